@@ -1,0 +1,124 @@
+"""The defense interface (``defenses.md`` §9).
+
+The training harness (``robustbench_dml.training``) owns data, optimiser, schedule, devices, checkpoints and
+logging. A defense owns model preparation (BN freezing, BN routes) and the per-batch loss, and keeps its
+cross-step state (LGA's previous loss, CA-TRIDE's phase) in ``state_dict`` so that resumption is exact.
+
+A defense is a class registered with ``@DEFENSES.register("id")`` whose nested frozen dataclass ``Config``
+lists every hyper-parameter under its paper name; ``Config.for_preset(preset)`` gives the defaults for the
+"28" (28x28, c2f2) and "224" (224x224, ResNet) presets. Defenses never open files, parse arguments or print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robustbench_dml.registry import Registry
+
+DEFENSES: Registry = Registry(
+    "defense",
+    builtin_modules=(
+        "defenses.vanilla", "defenses.est", "defenses.act", "defenses.hm", "defenses.ca_tride", "defenses.mdprop",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Training-time adversary budget in [0,1] pixel units (``defenses.md`` §0.6)."""
+
+    eps: float
+    alpha: float
+    steps: int
+
+    def __post_init__(self):
+        if self.eps < 0 or self.alpha < 0 or self.steps < 0:
+            raise ValueError(f"eps, alpha and steps must be >= 0, got {self}")
+
+
+# Training-time adversaries of EST/ACT/HM per preset (``defenses.md`` §0.6).
+TRAIN_THREATS = {
+    "28": ThreatModel(eps=77 / 255, alpha=3 / 255, steps=32),
+    "224": ThreatModel(eps=8 / 255, alpha=1 / 255, steps=32),
+}
+
+
+@dataclass
+class StepContext:
+    """What the harness tells a defense about the current step. All randomness comes from ``generator``."""
+
+    epoch: int
+    max_epochs: int
+    global_step: int
+    generator: torch.Generator
+    dataset: str
+    log: Callable[[str, float], None] = lambda key, value: None
+
+
+@dataclass
+class StepResult:
+    """``loss``: scalar with graph (the harness calls backward and steps); forward/backward counts for the
+    training-cost accounting; ``stats``: numbers for the progress bar and logs (hardness, collapseness, ...)."""
+
+    loss: torch.Tensor
+    n_forward: int
+    n_backward: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """Base of every defense's ``Config``; subclasses add fields and override ``for_preset``."""
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> "DefenseConfig":
+        return cls(**overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Defense:
+    """Base class. Subclasses set ``Config`` and implement ``training_step``."""
+
+    id: ClassVar[str]
+    Config: ClassVar[type[DefenseConfig]] = DefenseConfig
+    batch_layout: ClassVar[str] = "spc2"  # or "class_random" (MDProp)
+
+    def __init__(self, config: DefenseConfig | None = None, *, preset: str = "28", **overrides: Any):
+        if config is not None and overrides:
+            raise ValueError("pass either a config or keyword overrides, not both")
+        self.config = config if config is not None else self.Config.for_preset(preset, **overrides)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Adapt a fresh backbone before training (freeze BN, add BN routes...). Default: unchanged."""
+        return model
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Put ``model`` in the mode its training forward uses. Default: ``train()``, BN frozen in eval."""
+        model.train()
+        freeze_batchnorm(model)
+
+    def training_step(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      ctx: StepContext) -> StepResult:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Keep every BatchNorm in eval mode (running statistics fixed; affine weights stay trainable)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()

@@ -1,0 +1,44 @@
+"""Entry point of ``dmlbench``. Subcommand modules register themselves with ``add_parser(subparsers)``.
+
+Errors a user can fix (:class:`~robustbench_dml.errors.UserError`) are printed as one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from robustbench_dml import __version__
+from robustbench_dml.errors import UserError
+
+SUBCOMMANDS = ("list", "train", "evaluate", "run", "submit", "leaderboard", "compare", "plot", "convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dmlbench",
+        description="Train, attack and rank adversarial-training defenses for deep metric learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"dmlbench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"robustbench_dml.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"dmlbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dmlbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
