@@ -49,6 +49,14 @@ TRAIN_THREATS = {
 }
 
 
+def preset_threat(preset: str) -> ThreatModel:
+    """``TRAIN_THREATS[preset]``, or a ValueError naming the known presets."""
+    try:
+        return TRAIN_THREATS[str(preset)]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(TRAIN_THREATS)}") from None
+
+
 @dataclass
 class StepContext:
     """What the harness tells a defense about the current step. All randomness comes from ``generator``."""
@@ -90,6 +98,8 @@ class Defense:
     id: ClassVar[str]
     Config: ClassVar[type[DefenseConfig]] = DefenseConfig
     batch_layout: ClassVar[str] = "spc2"  # or "class_random" (MDProp)
+    # Backbone per preset when the user names none (e.g. MDProp needs BatchNorm: {"28": "c2f2bn"}).
+    preferred_backbones: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: DefenseConfig | None = None, *, preset: str = "28", **overrides: Any):
         if config is not None and overrides:
@@ -109,12 +119,23 @@ class Defense:
                       ctx: StepContext) -> StepResult:
         raise NotImplementedError
 
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The plain backbone to checkpoint (same state-dict keys as a fresh one from ``backbones.create``).
+        Default: the model itself (unwrapped from DDP); MDProp strips its auxiliary BN routes."""
+        return unwrap(model)
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a (Distributed)DataParallel wrapper, else ``model``: training-time attacks run on it
+    (``ecosystem.md`` pitfall 15), while the training forward uses the wrapper so gradients are synchronised."""
+    return getattr(model, "module", model)
 
 
 def freeze_batchnorm(model: nn.Module) -> None:

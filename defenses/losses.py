@@ -22,3 +22,73 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
 def hardness(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """Per-triplet ``H = d(a,p) - d(a,n)`` in [-2, 2] on normalised vectors."""
     return pairwise_distance(anchor, positive) - pairwise_distance(anchor, negative)
+
+
+def ics_loss(anchor: torch.Tensor, anchor_adv: torch.Tensor, positive: torch.Tensor,
+             margin: float = 0.0) -> torch.Tensor:
+    """HM's Intra-Class Structure term (unweighted): ``mean_i max(0, d(a_i, a~_i) - d(a_i, p_i) + margin)`` with
+    clean anchor ``a``, adversarial anchor ``a~`` and clean positive ``p`` (normalised vectors; margin 0 in the
+    paper). The caller multiplies by lambda."""
+    return triplet_loss(anchor, anchor_adv, positive, margin)
+
+
+def softmax_weighted_mean(d: torch.Tensor, lam: float) -> torch.Tensor:
+    """CA-TRIDE's ``W(d; lambda) = sum_i w_i d_i / sum_i w_i`` with ``w_i = exp(lambda (d_i - max_j d_j))``
+    (``defenses.md`` §5.1): the plain mean at lambda = 0, the max as lambda -> inf. Max-subtracted, so it is
+    stable for any lambda. The max is detached (it cancels in the ratio)."""
+    w = torch.exp(lam * (d - d.detach().max()))
+    return (w * d).sum() / w.sum()
+
+
+def collapseness(d_ap: torch.Tensor, d_an: torch.Tensor, lam: float) -> torch.Tensor:
+    """``C = W(d_ap) - W(d_an)`` (> 0: the batch is collapsed, positives farther than negatives)."""
+    return softmax_weighted_mean(d_ap, lam) - softmax_weighted_mean(d_an, lam)
+
+
+def mean_smallest(d: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """Mean of the ``k`` smallest entries of the vector ``d`` (default ``max(1, len(d) // 2)``)."""
+    k = max(1, len(d) // 2) if k is None else k
+    return torch.topk(d, k, largest=False, sorted=False).values.mean()
+
+
+def top_ranked_loss(d_ap: torch.Tensor, d_an: torch.Tensor, margin: float = 0.04) -> torch.Tensor:
+    """CA-TRIDE's L_TR: ``relu(mean_small(d_ap) - mean_small(d_an) + margin)`` over the floor(N/2) smallest
+    anchor-positive and anchor-negative distances of the batch."""
+    return F.relu(mean_smallest(d_ap) - mean_smallest(d_an) + margin)
+
+
+def multi_similarity_loss(emb: torch.Tensor, labels: torch.Tensor, *, pos_weight: float = 2.0,
+                          neg_weight: float = 40.0, margin: float | None = 0.1,
+                          threshold: float = 0.5) -> torch.Tensor:
+    """Multi-Similarity loss (Wang et al., CVPR'19) as MDProp uses it (Roth et al.'s framework).
+
+    ``emb``: (B, D) raw embeddings (normalised here; cosine similarity ``s``). Per anchor i, positives are the
+    other same-label rows and negatives the different-label rows; with ``margin`` set, pairs are first mined:
+    negatives with ``s_in + margin > min_p s_ip`` and positives with ``s_ip - margin < max_n s_in``. Anchors
+    left without a mined positive or negative are skipped. Loss per anchor:
+    ``1/a log(1 + sum_p exp(-a (s_ip - t))) + 1/b log(1 + sum_n exp(b (s_in - t)))`` with a = ``pos_weight``,
+    b = ``neg_weight``, t = ``threshold``; the mean over kept anchors (0 with a graph if none is kept).
+    """
+    z = F.normalize(emb, dim=1)
+    s = z @ z.t()
+    n = len(labels)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(n, dtype=torch.bool, device=labels.device)
+    pos = same & ~eye
+    neg = ~same
+    if margin is not None:
+        sd = s.detach()
+        big = torch.full_like(sd, float("inf"))
+        min_pos = torch.where(pos, sd, big).amin(dim=1, keepdim=True)
+        max_neg = torch.where(neg, sd, -big).amax(dim=1, keepdim=True)
+        neg = neg & (sd + margin > min_pos)
+        pos = pos & (sd - margin < max_neg)
+    keep = pos.any(dim=1) & neg.any(dim=1)
+    if not bool(keep.any()):
+        return s.sum() * 0.0
+    zero = torch.zeros(n, 1, dtype=s.dtype, device=s.device)
+    ninf = torch.full_like(s, -float("inf"))
+    pos_term = torch.logsumexp(torch.cat([zero, torch.where(pos, -pos_weight * (s - threshold), ninf)], 1), 1)
+    neg_term = torch.logsumexp(torch.cat([zero, torch.where(neg, neg_weight * (s - threshold), ninf)], 1), 1)
+    per_anchor = pos_term / pos_weight + neg_term / neg_weight
+    return per_anchor[keep].mean()

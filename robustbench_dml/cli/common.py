@@ -3,14 +3,72 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+
+from robustbench_dml.config import TrainConfig
+from robustbench_dml.errors import UserError
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
 
 
-def show_progress() -> bool:
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bars even on a terminal")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
     """Progress bars only on an interactive terminal, never in CI or logs."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    return sys.stderr.isatty() and not os.environ.get("CI") and not getattr(args, "no_progress", False)
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--defense", default="vanilla", help="defense id (dmlbench list defenses); default vanilla")
+    g.add_argument("--dataset", default="digits", help="dataset id (dmlbench list datasets); default digits")
+    g.add_argument("--data-root", help="folder holding the dataset in its official layout")
+    g.add_argument("--backbone", help="backbone id (default: the dataset preset's)")
+    g.add_argument("--embedding-dim", type=int, default=512)
+    g.add_argument("--epochs", type=int, help="SPC-2 epochs (preset: 8 for 28x28, 75 for 224x224)")
+    g.add_argument("--batch-size", type=int, help="pairs per batch (preset: 128 for 28x28, 56 for 224x224)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--pgd-steps", type=int, help="training-time PGD steps of the defense's adversary")
+    g.add_argument("--set", dest="defense_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the defense's config (JSON value), e.g. --set lam=0.05")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, help="CPU threads for torch and faiss (default: all available cores)")
+    g.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    pre = g.add_mutually_exclusive_group()
+    pre.add_argument("--no-pretrained", action="store_true", help="train a ResNet from scratch")
+    pre.add_argument("--pretrained-weights", metavar="FILE", help="torchvision ImageNet weights file for ResNets")
+    g.add_argument("--out", help="run directory (default runs/DATASET/DEFENSE/seedS)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+
+
+def parse_assignments(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    params = parse_assignments(args.defense_set)
+    if args.pgd_steps is not None:
+        params["steps"] = args.pgd_steps
+    pretrained = False if args.no_pretrained else (args.pretrained_weights or None)
+    return TrainConfig(
+        defense=args.defense, dataset=args.dataset, data_root=args.data_root, backbone=args.backbone,
+        embedding_dim=args.embedding_dim, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device, threads=args.threads,
+        num_workers=args.num_workers, defense_params=params,
+    )

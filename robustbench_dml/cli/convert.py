@@ -1,6 +1,27 @@
-"""Placeholder for `dmlbench convert` (being written)."""
+"""``dmlbench convert``: bring a plain PyTorch state dict trained elsewhere into a checkpoint directory."""
+
+from __future__ import annotations
 
 
-def add_parser(sub):
-    p = sub.add_parser("convert", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert", help="convert a plain state dict (.pt) into a checkpoint (safetensors + meta)",
+                       description="Reads the file with torch.load(weights_only=True); nothing else is unpickled.")
+    p.add_argument("state_dict", help="file written by torch.save(model.state_dict(), path)")
+    p.add_argument("--backbone", required=True, help="backbone id the weights belong to")
+    p.add_argument("--dataset", required=True, help="dataset id the model was trained for")
+    p.add_argument("--embedding-dim", type=int, default=512)
+    p.add_argument("--key", help="entry of a nested dict holding the state dict (e.g. state_dict)")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from robustbench_dml import datasets
+    from robustbench_dml.checkpoint import convert_state_dict
+
+    info = datasets.info(args.dataset)
+    kwargs = {"in_channels": info.channels} if args.backbone.startswith("c2f2") else {}
+    out = convert_state_dict(args.state_dict, args.out, backbone=args.backbone, dataset=args.dataset,
+                             embedding_dim=args.embedding_dim, key=args.key, **kwargs)
+    print(out)
+    return 0

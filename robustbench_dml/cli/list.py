@@ -1,6 +1,32 @@
-"""Placeholder for `dmlbench list` (being written)."""
+"""``dmlbench list {datasets,backbones,defenses,attacks,suites}``: the registered ids."""
+
+from __future__ import annotations
+
+KINDS = ("datasets", "backbones", "defenses", "attacks", "suites")
 
 
-def add_parser(sub):
-    p = sub.add_parser("list", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_parser(sub) -> None:
+    p = sub.add_parser("list", help="list registered datasets, backbones, defenses, attacks or suites")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. '*res*'")
+    p.set_defaults(func=run)
+
+
+def _registry(kind: str):
+    if kind == "datasets":
+        from robustbench_dml.datasets import DATASETS as reg
+    elif kind == "backbones":
+        from robustbench_dml.backbones import BACKBONES as reg
+    elif kind == "defenses":
+        from defenses import DEFENSES as reg
+    elif kind == "attacks":
+        from attacks import ATTACKS as reg
+    else:
+        from attacks.suites import SUITES as reg
+    return reg
+
+
+def run(args) -> int:
+    for name in _registry(args.kind).list(args.pattern):
+        print(name)
+    return 0

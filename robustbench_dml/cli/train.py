@@ -1,6 +1,31 @@
-"""Placeholder for `dmlbench train` (being written)."""
+"""``dmlbench train``: train a defense and write its checkpoint (the path is printed last)."""
+
+from __future__ import annotations
+
+from robustbench_dml.cli.common import add_device, add_progress, add_train_options, show_progress, train_config
 
 
-def add_parser(sub):
-    p = sub.add_parser("train", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a defense and write a checkpoint",
+                       description="Train a defense; print the checkpoint directory as the last line.")
+    add_train_options(p)
+    add_device(p)
+    add_progress(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from robustbench_dml.training import train
+
+    cfg = train_config(args)
+    summary = train(cfg, args.out, resume=args.resume, progress=show_progress(args),
+                    on_epoch=None if show_progress(args) else _log_epoch)
+    print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, "
+          f"{summary.seconds_per_epoch:.1f} s/epoch, benign R@1 {summary.benign_r1:.1f}")
+    print(summary.checkpoint)
+    return 0
+
+
+def _log_epoch(record: dict) -> None:
+    extra = f" R@1 {record['R@1']:.1f}" if "R@1" in record else ""
+    print(f"epoch {record['epoch']}: loss {record['loss']:.4f} ({record['seconds']:.1f} s){extra}", flush=True)

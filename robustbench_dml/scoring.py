@@ -1,0 +1,222 @@
+"""ERS and ARS: one 0-100 robustness number from the white-box ranking-attack suite (higher is more robust).
+
+ERS (Empirical Robustness Score; RobRank T-PAMI, used by HM CVPR'22 and CA-TRIDE ICML'24) is the mean of 10
+resistance terms; ARS (Adversarial Resistance Score; CA-TRIDE ICML'24) is the mean of 8 terms that measure the
+recall-type attacks relative to the model's own benign R@1 and drop the two embedding-distance attacks (TMA, ES:D),
+which reward a collapsed embedding. Both are defined in ``shared/specs/scoring.md``; no term is clipped, exactly as
+the published numbers were made.
+
+Units of ``raw`` (the keys of the suite's results): ``CA+``, ``CA-``, ``QA+``, ``QA-`` percent of the gallery
+(0-100); ``TMA`` cosine (-1..1); ``ES:D`` distance (0..2 on the unit sphere); ``ES:R``, ``LTM``, ``GTM``, ``GTT``
+and the benign ``R@1`` percent (0-100).
+
+Beyond the published scores: :func:`bootstrap_ci` (seeded percentile bootstrap over queries, all keys resampled
+jointly) and :func:`worst_case` (share of queries on which at least one attack of the suite succeeded).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ERS_KEYS", "ARS_KEYS", "SCORES", "ers", "ars", "score", "resistance_terms", "bootstrap_ci",
+           "worst_case"]
+
+# term name -> (formula on the raw values). The formulas work on floats and on numpy arrays alike, so the point
+# estimate and the bootstrap replicates use the very same code.
+_Formula = Callable[[Mapping[str, Any]], Any]
+
+_ERS_TERMS: dict[str, _Formula] = {
+    "CA+": lambda r: 2.0 * r["CA+"],
+    "CA-": lambda r: 100.0 - r["CA-"],
+    "QA+": lambda r: 2.0 * r["QA+"],
+    "QA-": lambda r: 100.0 - r["QA-"],
+    "TMA": lambda r: 100.0 * (1.0 - r["TMA"]),
+    "ES:D": lambda r: 100.0 * (2.0 - r["ES:D"]) / 2.0,
+    "ES:R": lambda r: r["ES:R"],
+    "LTM": lambda r: r["LTM"],
+    "GTM": lambda r: r["GTM"],
+    "GTT": lambda r: r["GTT"],
+}
+
+_ARS_TERMS: dict[str, _Formula] = {
+    "CA+": lambda r: 2.0 * r["CA+"],
+    "CA-": lambda r: 100.0 - r["CA-"],
+    "QA+": lambda r: 2.0 * r["QA+"],
+    "QA-": lambda r: 100.0 - r["QA-"],
+    "ES:R": lambda r: 100.0 * r["ES:R"] / r["R@1"],
+    "LTM": lambda r: 100.0 * r["LTM"] / r["R@1"],
+    "GTM": lambda r: 100.0 * r["GTM"] / r["R@1"],
+    "GTT": lambda r: r["GTT"],
+}
+
+_TERMS = {"ERS": _ERS_TERMS, "ARS": _ARS_TERMS}
+SCORES = tuple(_TERMS)
+
+#: raw keys each score needs
+ERS_KEYS: tuple[str, ...] = tuple(_ERS_TERMS)
+ARS_KEYS: tuple[str, ...] = ("CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM", "GTT", "R@1")
+_KEYS = {"ERS": ERS_KEYS, "ARS": ARS_KEYS}
+
+
+def _score_name(score: str) -> str:
+    name = str(score).upper()
+    if name not in _TERMS:
+        raise ValueError(f"unknown score {score!r}; use one of {', '.join(SCORES)}")
+    return name
+
+
+def _checked(raw: Mapping[str, Any], score: str) -> dict[str, float]:
+    """The finite float values of the keys ``score`` needs; ValueError naming missing or bad keys."""
+    keys = _KEYS[score]
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise ValueError(f"{score} needs raw attack results for keys {', '.join(missing)} (missing)")
+    out: dict[str, float] = {}
+    for k in keys:
+        v = raw[k]
+        if isinstance(v, bool):
+            raise ValueError(f"{score}: raw[{k!r}] is a bool, expected a number")
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{score}: raw[{k!r}] = {v!r} is not a number") from None
+        if not math.isfinite(f):
+            raise ValueError(f"{score}: raw[{k!r}] = {f} is not finite")
+        out[k] = f
+    if score == "ARS" and out["R@1"] <= 0.0:
+        raise ValueError(f"ARS is undefined for benign R@1 = {out['R@1']} (the recall terms divide by R@1)")
+    return out
+
+
+def resistance_terms(raw: Mapping[str, Any], score: str = "ERS") -> dict[str, float]:
+    """The per-attack resistance terms that ``score`` averages, keyed by attack key, in the order of the papers.
+
+    ERS: ``CA+ CA- QA+ QA- TMA ES:D ES:R LTM GTM GTT`` (10 terms); ARS: ``CA+ CA- QA+ QA- ES:R LTM GTM GTT`` (8 terms;
+    ES:R, LTM and GTM relative to the benign R@1). Terms are on a 0-100 scale (100 = the attack had no effect) but
+    are not clipped.
+    """
+    name = _score_name(score)
+    values = _checked(raw, name)
+    return {term: float(f(values)) for term, f in _TERMS[name].items()}
+
+
+def score(raw: Mapping[str, Any], name: str = "ERS") -> float:
+    """ERS or ARS by name (unrounded)."""
+    terms = resistance_terms(raw, name)
+    return math.fsum(terms.values()) / len(terms)
+
+
+def ers(raw: Mapping[str, Any]) -> float:
+    """Empirical Robustness Score: mean of the 10 ERS terms, unrounded (tables round to one decimal).
+
+    Raises ValueError naming missing keys, for NaN or infinite inputs.
+    """
+    return score(raw, "ERS")
+
+
+def ars(raw: Mapping[str, Any]) -> float:
+    """Adversarial Resistance Score (CA-TRIDE, ICML'24): mean of the 8 ARS terms, unrounded; ``raw`` must hold ``R@1``.
+
+    Raises ValueError naming missing keys, for NaN or infinite inputs, and for ``R@1 <= 0``.
+    """
+    return score(raw, "ARS")
+
+
+def _per_query_matrix(per_query: Mapping[str, Sequence[float]], keys: Sequence[str], score: str) -> np.ndarray:
+    missing = [k for k in keys if k not in per_query]
+    if missing:
+        raise ValueError(f"{score} bootstrap needs per-query results for keys {', '.join(missing)} (missing)")
+    cols = []
+    for k in keys:
+        try:
+            a = np.asarray(per_query[k], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{score} bootstrap: per_query[{k!r}] is not a sequence of numbers") from None
+        if a.ndim != 1:
+            raise ValueError(f"{score} bootstrap: per_query[{k!r}] must be one value per query (1-D), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{score} bootstrap: per_query[{k!r}] holds NaN or infinite values")
+        cols.append(a)
+    lengths = {k: len(c) for k, c in zip(keys, cols)}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{score} bootstrap: per-query lists differ in length: {lengths}")
+    if cols[0].size == 0:
+        raise ValueError(f"{score} bootstrap needs at least one query")
+    return np.stack(cols, axis=1)  # (n_queries, n_keys)
+
+
+def bootstrap_ci(per_query: Mapping[str, Sequence[float]], *, score: str = "ERS", n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ERS or ARS over queries.
+
+    ``per_query[key]`` holds one value per query in the units of the raw results (so its mean is the raw value);
+    every key uses the same query order. Each replicate draws ``n`` query indices with replacement from a
+    ``numpy.random.default_rng(seed)`` generator and applies them to **all keys jointly** (for ARS including the
+    per-query benign ``R@1`` values, 0 or 100), then recomputes the score from the resampled means. Returns
+    ``(lo, hi)``, the ``(1-level)/2`` and ``(1+level)/2`` quantiles of the replicate scores. Memory is bounded by
+    processing the replicates in chunks. Replicates whose ARS is undefined (resampled R@1 = 0) are dropped.
+    """
+    name = _score_name(score)
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    keys = _KEYS[name]
+    data = _per_query_matrix(per_query, keys, name)
+    point = {k: float(v) for k, v in zip(keys, data.mean(axis=0))}
+    _checked(point, name)  # same errors as the point estimate (e.g. R@1 = 0 for ARS)
+
+    n = data.shape[0]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(int(n_boot), 4_000_000 // max(n, 1)))
+    scores: list[np.ndarray] = []
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n))
+        means = data[idx].mean(axis=1)  # (b, n_keys)
+        cols = {k: means[:, j] for j, k in enumerate(keys)}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = [f(cols) for f in _TERMS[name].values()]
+            s = np.sum(terms, axis=0) / len(terms)
+        scores.append(s)
+        done += b
+    all_scores = np.concatenate(scores)
+    all_scores = all_scores[np.isfinite(all_scores)]
+    if all_scores.size == 0:
+        raise ValueError(f"{name} bootstrap: no replicate gave a finite score")
+    alpha = (1.0 - float(level)) / 2.0
+    lo, hi = np.quantile(all_scores, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def worst_case(success: Mapping[str, Sequence[bool]]) -> float:
+    """Percent of queries on which at least one attack of the suite succeeded (AutoAttack-style worst case).
+
+    ``success[attack_id]`` holds one bool per query, same query order for every attack. 0 means no attack ever
+    succeeded; 100 means every query was broken by some attack. Lower is more robust.
+    """
+    if not success:
+        raise ValueError("worst_case needs the per-query success flags of at least one attack")
+    arrays = {}
+    for k, v in success.items():
+        a = np.asarray(v)
+        if a.ndim != 1:
+            raise ValueError(f"worst_case: success[{k!r}] must be one flag per query (1-D), got shape {a.shape}")
+        if a.size and a.dtype != np.bool_:
+            if not np.all(np.isin(a, (0, 1))):
+                raise ValueError(f"worst_case: success[{k!r}] must hold booleans")
+            a = a.astype(bool)
+        arrays[k] = a.astype(bool)
+    lengths = {k: a.size for k, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"worst_case: success lists differ in length: {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError("worst_case needs at least one query")
+    broken = np.logical_or.reduce(np.stack(list(arrays.values())), axis=0)
+    return 100.0 * float(broken.mean())

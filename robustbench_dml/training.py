@@ -1,0 +1,230 @@
+"""The one training loop: data, optimiser, schedule, devices, DDP, resume, progress and checkpoints.
+
+A defense (``defenses/``) supplies only model preparation and the per-batch loss. Layout of a run directory::
+
+    OUT/checkpoint/{model.safetensors, meta.json}   the result (rewritten atomically after every epoch)
+    OUT/config.json                                 the resolved TrainConfig
+    OUT/train_state.pt                              resume state (tensors and numbers only; weights_only load)
+    OUT/history.jsonl                               one line of losses, statistics and benign R@1 per epoch
+
+Resumption is exact at epoch boundaries: the batch order, the pair partners and every defense's random
+choices come from generators derived from (seed, epoch) and (seed, step), never from global state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from robustbench_dml import backbones, datasets
+from robustbench_dml.checkpoint import save_checkpoint
+from robustbench_dml.config import PRESETS, TrainConfig
+from robustbench_dml.datasets.samplers import SPC2BatchSampler
+from robustbench_dml.errors import UserError
+from robustbench_dml.progress import Progress
+from robustbench_dml.runtime import generator, resolve_device, seed_everything, set_threads
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class TrainSummary:
+    checkpoint: Path
+    epochs: int
+    steps: int
+    seconds_per_epoch: float
+    benign_r1: float | None
+    forward_passes: int
+    backward_passes: int
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    return Path("runs") / cfg.dataset / cfg.defense / f"seed{cfg.seed}"
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def setup_distributed(device: torch.device) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, NCCL on CUDA."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def build(cfg: TrainConfig):
+    """Resolve ``cfg`` against the dataset's preset; build the defense and the prepared model."""
+    import defenses
+
+    info = datasets.info(cfg.dataset)
+    preset = PRESETS[info.preset]
+    defense_cls = defenses.DEFENSES.get(cfg.defense)
+    if cfg.backbone is None:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "backbone": defense_cls.preferred_backbones.get(
+            info.preset, preset.backbone)})
+    cfg = cfg.resolve(preset)
+    try:
+        defense = defense_cls(preset=info.preset, **cfg.defense_params)
+    except TypeError as e:
+        raise UserError(f"bad option for defense {cfg.defense}: {e}") from None
+    kwargs: dict[str, Any] = {"embedding_dim": cfg.embedding_dim}
+    if cfg.backbone.startswith("c2f2"):
+        kwargs["in_channels"] = info.channels
+    else:
+        kwargs["pretrained"] = cfg.pretrained
+    model = backbones.create(cfg.backbone, **kwargs)
+    if getattr(model, "input_size", info.image_size) != info.image_size:
+        raise UserError(f"backbone {cfg.backbone} takes {model.input_size}x{model.input_size} images but "
+                        f"{cfg.dataset} has {info.image_size}x{info.image_size}; pick a matching --backbone")
+    spec = model.spec
+    model = defense.prepare_model(model)
+    model.spec = spec
+    return cfg, info, defense, model
+
+
+def _save_state(path: Path, model, optimizer, defense, epoch: int, step: int, counts: list[int]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "defense": defense.state_dict(),
+                "epoch": epoch, "global_step": step, "counts": counts}, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: bool = False,
+          progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> TrainSummary:
+    """Train ``cfg.defense`` on ``cfg.dataset``; write the run directory; return where the checkpoint is."""
+    device = resolve_device(cfg.device)
+    distributed = setup_distributed(device)
+    rank, world = _dist_info()
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    cfg, info, defense, model = build(cfg)
+    out = Path(out) if out is not None else default_out(cfg)
+    state_path = out / STATE_FILE
+    if out.exists() and any(out.iterdir()) and not resume and rank == 0:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
+    train_set = datasets.create(cfg.dataset, root=cfg.data_root, split="train")
+    test_set = datasets.create(cfg.dataset, root=cfg.data_root, split="test") if rank == 0 else None
+
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, step, counts = 0, 0, [0, 0]
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        defense.load_state_dict(state["defense"])
+        start_epoch, step, counts = state["epoch"], state["global_step"], list(state["counts"])
+    ddp_model = model
+    if distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    sampler = SPC2BatchSampler(train_set.labels, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    if len(sampler) == 0:
+        raise UserError(f"{cfg.dataset} has {len(train_set)} training images, fewer than one batch of "
+                        f"{cfg.batch_size * world} pairs; lower --batch-size")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+    history = out / "history.jsonl"
+    bar = Progress(progress and rank == 0, total=(cfg.epochs - start_epoch) * len(sampler),
+                    title=f"{cfg.defense} on {cfg.dataset}")
+    epoch_seconds: list[float] = []
+    benign_r1 = None
+    with bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            sampler.set_epoch(epoch)
+            torch.manual_seed(int(generator(cfg.seed, "augment", epoch).initial_seed()))
+            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                generator=generator(cfg.seed, "loader", epoch))
+            t0, losses, stats_sum = time.perf_counter(), [], {}
+            for images, labels in loader:
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                ctx = _context(defense, epoch, cfg, step, device)
+                defense.train_mode(ddp_model)
+                result = defense.training_step(ddp_model, images, labels, ctx)
+                optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                optimizer.step()
+                counts[0] += result.n_forward
+                counts[1] += result.n_backward
+                step += 1
+                losses.append(float(result.loss.detach()))
+                for k, v in result.stats.items():
+                    stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
+                bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}" + "".join(
+                    f" {k} {float(v):.3g}" for k, v in result.stats.items()))
+            epoch_seconds.append(time.perf_counter() - t0)
+            if rank != 0:
+                continue
+            record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
+                      "seconds": epoch_seconds[-1],
+                      **{k: v / len(losses) for k, v in stats_sum.items()}}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                benign_r1 = _benign_r1(model, defense, test_set, device)
+                record["R@1"] = benign_r1
+            with history.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            _write_checkpoint(out, model, defense, cfg, info, epoch + 1, counts, step)
+            _save_state(state_path, model, optimizer, defense, epoch + 1, step, counts)
+            if on_epoch is not None:
+                on_epoch(record)
+    if distributed:
+        torch.distributed.barrier()
+    done = max(cfg.epochs - start_epoch, 1)
+    return TrainSummary(checkpoint=out / "checkpoint", epochs=cfg.epochs, steps=step,
+                        seconds_per_epoch=sum(epoch_seconds) / done if epoch_seconds else 0.0,
+                        benign_r1=benign_r1, forward_passes=counts[0], backward_passes=counts[1])
+
+
+def _context(defense, epoch: int, cfg: TrainConfig, step: int, device: torch.device):
+    from defenses.base import StepContext
+
+    return StepContext(epoch=epoch, max_epochs=cfg.epochs, global_step=step,
+                       generator=generator(cfg.seed, "step", step), dataset=cfg.dataset)
+
+
+def _export(model, defense):
+    export = getattr(defense, "export_model", None)
+    return export(model) if export is not None else model
+
+
+def _benign_r1(model, defense, test_set, device) -> float:
+    from robustbench_dml.gallery import embed
+    from robustbench_dml.metrics import retrieval_metrics
+
+    gallery = embed(_export(model, defense), test_set, device=device)
+    return float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False)["R@1"])
+
+
+def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_done: int, counts, step) -> None:
+    exported = _export(model, defense)
+    exported.spec = model.spec
+    save_checkpoint(out / "checkpoint", exported, {
+        "dataset": cfg.dataset,
+        "image_size": info.image_size,
+        "preset": info.preset,
+        "defense": cfg.defense,
+        "defense_config": defense.config.to_dict(),
+        "train_config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "epochs_done": epochs_done,
+        "steps": step,
+        "forward_passes": counts[0],
+        "backward_passes": counts[1],
+    })
