@@ -1,1 +1,114 @@
-"""Placeholder: being written."""
+"""EST, Embedding-Shifted Triplet (Zhou et al., ECCV'20, arXiv 2002.11293; RobRank ``rc2f2d`` / ``rres18d``;
+``defenses.md`` §2).
+
+Threat model: L-infinity ball of radius ``eps`` in [0,1] pixel space (clipped to [0,1]), robrank PGD without
+random start. The adversary (ES) moves *every* image of the SPC-2 batch (anchors included, 2N images) as far
+as possible from its own clean embedding, with no direction given:
+``J(x) = -sum_j ||e(x_j) - e(x0_j)||``, minimised. The model then trains on the adversarial batch with the vanilla
+triplet loss, *mining the triplets on the adversarial embeddings*.
+
+Per step: 1 no-grad eval forward of the clean batch (logging: ``loss_clean``, and the reference embedding of
+ES), then ``steps`` forward/backward pairs of the attack (eval mode, on the unwrapped module), then one
+train-mode forward/backward. Cost: ``1 + steps`` forwards and ``steps`` backwards besides the training
+forward/backward.
+
+Quirks of the reference and our choices:
+* ES jitter: in the first attack iteration the reference embedding gets ``1e-7 * {-1, 0, +1}`` noise so that the
+  distance gradient is not degenerate at ``x = x0``; we draw it from ``ctx.generator`` (first iteration only)
+  and use the reference ``pairwise_distance`` (with its 1e-6 offset), which already keeps the gradient finite.
+* BatchNorm: ``rres18d`` sets ``is_advtrain``, which disables the BN freeze of the other RN18 defenses, so BN
+  uses batch statistics in the training forward and its running statistics follow *adversarial* batches only.
+  ``bn_live=True`` (default, the reference and the published EST rows) keeps that; ``bn_live=False`` freezes BN
+  as for vanilla/ACT/HM. Backbones without BN (c2f2) are unaffected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from attacks.pgd import eval_mode, pgd
+from defenses.base import DEFENSES, Defense, DefenseConfig, StepContext, StepResult, preset_threat, unwrap
+from defenses.losses import MARGIN, pairwise_distance, triplet_loss
+from defenses.miners import MINERS
+
+
+@dataclass(frozen=True)
+class ESTConfig(DefenseConfig):
+    """``eps``/``alpha``: pixel budget and PGD step; ``steps``: PGD iterations (eta); ``miner``: triplet miner
+    (EST[R] = "random"); ``margin``: triplet margin gamma; ``jitter``: ES first-iteration jitter scale;
+    ``bn_live``: BN uses batch statistics in training (reference) instead of frozen."""
+
+    eps: float = 77 / 255
+    alpha: float = 3 / 255
+    steps: int = 32
+    miner: str = "random"
+    margin: float = MARGIN
+    jitter: float = 1e-7
+    bn_live: bool = True
+
+    def __post_init__(self):
+        if self.eps < 0 or self.alpha < 0 or self.steps < 0:
+            raise ValueError(f"eps, alpha and steps must be >= 0, got {self.eps}, {self.alpha}, {self.steps}")
+        MINERS.get(self.miner)
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> "ESTConfig":
+        t = preset_threat(preset)
+        return cls(**{"eps": t.eps, "alpha": t.alpha, "steps": t.steps, **overrides})
+
+
+def embedding_shift_attack(net, x: torch.Tensor, reference: torch.Tensor, *, eps: float, alpha: float,
+                           steps: int, jitter: float = 1e-7, generator: torch.Generator | None = None):
+    """ES-PGD: maximise ``sum_j ||e(x~_j) - reference_j||`` over the eps-ball around ``x`` (B, C, H, W) in
+    [0,1]; ``reference`` (B, D) is the clean normalised embedding. Runs ``net`` as given (the caller sets eval
+    mode). Returns the engine's :class:`~attacks.pgd.PGDResult`."""
+    ref0 = reference.detach()
+    if jitter > 0 and steps > 0:
+        noise = torch.randint(-1, 2, ref0.shape, generator=generator, device="cpu").to(ref0)
+        ref_first = ref0 + jitter * noise
+    else:
+        ref_first = ref0
+    calls = [0]
+
+    def objective(xa: torch.Tensor) -> torch.Tensor:
+        ref = ref_first if calls[0] == 0 else ref0
+        calls[0] += 1
+        return -pairwise_distance(F.normalize(net(xa), dim=1), ref).sum()
+
+    return pgd(objective, x, eps=eps, alpha=alpha, steps=steps)
+
+
+@DEFENSES.register("est")
+class EST(Defense):
+    id = "est"
+    Config = ESTConfig
+
+    def train_mode(self, model) -> None:
+        if self.config.bn_live:
+            model.train()
+        else:
+            super().train_mode(model)
+
+    def training_step(self, model, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> StepResult:
+        cfg = self.config
+        net = unwrap(model)
+        with eval_mode(net), torch.no_grad():
+            z_clean = F.normalize(net(images), dim=1)
+        with eval_mode(net):
+            res = embedding_shift_attack(net, images, z_clean, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+                                         jitter=cfg.jitter, generator=ctx.generator)
+        z = F.normalize(model(res.x_adv), dim=1)
+        anc, pos, neg = MINERS.get(cfg.miner)(z.detach(), labels, ctx.generator, margin=cfg.margin)
+        loss = triplet_loss(z[anc], z[pos], z[neg], cfg.margin)
+        with torch.no_grad():
+            c_anc, c_pos, c_neg = anc, pos, neg
+            stats = {
+                "loss_clean": float(triplet_loss(z_clean[c_anc], z_clean[c_pos], z_clean[c_neg], cfg.margin)),
+                "shift": float((z.detach() - z_clean).norm(dim=1).mean()),
+                "iterations": float(res.iterations),
+            }
+        return StepResult(loss=loss, n_forward=2 + res.iterations, n_backward=1 + res.iterations, stats=stats)

@@ -44,6 +44,7 @@ class TrainSummary:
     benign_r1: float | None
     forward_passes: int
     backward_passes: int
+    rank: int = 0
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -186,10 +187,11 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
                 on_epoch(record)
     if distributed:
         torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     done = max(cfg.epochs - start_epoch, 1)
     return TrainSummary(checkpoint=out / "checkpoint", epochs=cfg.epochs, steps=step,
                         seconds_per_epoch=sum(epoch_seconds) / done if epoch_seconds else 0.0,
-                        benign_r1=benign_r1, forward_passes=counts[0], backward_passes=counts[1])
+                        benign_r1=benign_r1, forward_passes=counts[0], backward_passes=counts[1], rank=rank)
 
 
 def _context(defense, epoch: int, cfg: TrainConfig, step: int, device: torch.device):
@@ -227,4 +229,5 @@ def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_
         "steps": step,
         "forward_passes": counts[0],
         "backward_passes": counts[1],
+        "world_size": _dist_info()[1],
     })

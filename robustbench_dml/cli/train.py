@@ -20,6 +20,8 @@ def run(args) -> int:
     cfg = train_config(args)
     summary = train(cfg, args.out, resume=args.resume, progress=show_progress(args),
                     on_epoch=None if show_progress(args) else _log_epoch)
+    if summary.rank != 0:
+        return 0
     print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, "
           f"{summary.seconds_per_epoch:.1f} s/epoch, benign R@1 {summary.benign_r1:.1f}")
     print(summary.checkpoint)

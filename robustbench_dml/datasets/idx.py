@@ -91,7 +91,7 @@ class IdxDigits(TensorDataset):
         base = require_root(root, self.title, self.hint)
         folder = self._locate(base, split)
         labels = self._labels(folder, split)
-        images_path = self._file(folder, FILES[split][0], base)
+        images_path = self._file(folder, FILES[split][0])
         images = parse_idx(read_idx_bytes(images_path, self.title, self.hint), IMAGES_MAGIC, images_path,
                            self.title, self.hint)
         if images.shape[1:] != (SIZE, SIZE):
@@ -112,15 +112,14 @@ class IdxDigits(TensorDataset):
         raise UserError(f"{self.title} not found: expected {FILES[split][0]}[.gz] and {FILES[split][1]}[.gz] "
                         f"in {where}; {self.hint}")
 
-    def _file(self, folder: Path, name: str, base: Path) -> Path:
+    def _file(self, folder: Path, name: str) -> Path:
         for candidate in (folder / name, folder / (name + ".gz")):
             if candidate.is_file():
                 return candidate
-        raise UserError(f"{self.title} not found: expected {folder / name}[.gz] (under --data-root {base}); "
-                        f"{self.hint}")
+        raise UserError(f"{self.title} not found: expected {folder / name}[.gz]; {self.hint}")
 
     def _labels(self, folder: Path, split: str) -> np.ndarray:
-        path = self._file(folder, FILES[split][1], folder)
+        path = self._file(folder, FILES[split][1])
         labels = parse_idx(read_idx_bytes(path, self.title, self.hint), LABELS_MAGIC, path, self.title, self.hint)
         if labels.size and labels.max() >= NUM_CLASSES:
             raise malformed(self.title, path, f"label {int(labels.max())} out of range 0..{NUM_CLASSES - 1}",

@@ -133,10 +133,20 @@ def load_rgb(path: Path, title: str, hint: str) -> Image.Image:
         raise UserError(f"{title}: cannot decode image {path} ({reason}); {hint}") from None
 
 
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """ToTensor for an RGB PIL image: (3, H, W) float32 = uint8 / 255, the same values as torchvision's.
+
+    Done in numpy (single-threaded): per-item torch ops on ~150k elements start the intra-op thread pool,
+    which is far slower than one thread when the cores are busy (measured 57 ms vs 2 ms per image).
+    """
+    arr = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return torch.from_numpy(np.divide(arr, np.float32(255.0), dtype=np.float32, order="C"))
+
+
 def eval_transform(img: Image.Image) -> torch.Tensor:
     """Resize((256,256)) -> CenterCrop(224) -> ToTensor: (3, 224, 224) float32 in [0, 1], deterministic."""
     img = TF.resize(img, [RESIZE, RESIZE])
-    return TF.to_tensor(TF.center_crop(img, [CROP, CROP]))
+    return to_tensor(TF.center_crop(img, [CROP, CROP]))
 
 
 def train_transform(img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -151,7 +161,7 @@ def train_transform(img: Image.Image, generator: torch.Generator | None = None) 
     img = TF.crop(img, top, left, CROP, CROP)
     if flip:
         img = TF.hflip(img)
-    return TF.to_tensor(img)
+    return to_tensor(img)
 
 
 class ImageListDataset(RetrievalDataset):

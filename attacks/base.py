@@ -1,0 +1,384 @@
+"""The ranking-attack interface and the rank arithmetic every attack shares (RobRank, ``attacks.md`` §1-§6).
+
+Threat model (white box): the attacked images (queries or candidates; they are gallery members) move inside the
+L-infinity ball of radius ``eps`` around their clean pixels, intersected with [0,1]; gradients flow through the
+model; the gallery embeddings (clean test split, L2-normalised, metric ``N``: d(a,b) = ||a-b||_2) never change.
+Every attack *minimises* its loss with the one PGD engine (:func:`attacks.pgd.pgd`), no random start.
+
+Call shape (all attacks)::
+
+    out = attack(images, labels, gallery, generator=g, query_index=idx)
+
+``images`` (B, C, H, W) in [0,1]; ``labels`` (B,) int; ``gallery`` a :class:`robustbench_dml.gallery.Gallery`;
+``generator`` a CPU ``torch.Generator`` for every random selection (drawn on the CPU, so selections do not depend
+on the device); ``query_index`` (B,) the gallery indices of the attacked images ("self"). Without it, self is the
+nearest gallery item to the clean embedding (RobRank's argmin rule), which is ambiguous when the split holds exact
+duplicates: the evaluation always passes the index.
+
+Results are per query, on the CPU, in the units of ``scoring.md`` (percent of gallery for CA/QA, cosine for TMA,
+distance for ES:D, 0/100 per query for ES:R, LTM, GTM, GTT), for the clean images (``clean``) and after the attack
+(``per_query``), plus a per-query ``success`` flag whose definition each attack documents. Success always means
+"the attack changed the outcome": it is False wherever the clean state is already the attacker's goal, so at
+eps = 0 no query succeeds. The "top 1%" used by CA/QA success is the first floor(0.01 N) + 1 places of a ranking
+(the K + 1 nearest items of RobRank's CA-/QA- selections, self included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.pgd import eval_mode, pgd
+from robustbench_dml.errors import UserError
+
+DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for per-batch fixed data (CA's sorted distances)
+
+
+@dataclass
+class AttackOutput:
+    """What one attack call returns; every tensor is detached and on the CPU except ``x_adv`` (input device).
+
+    ``per_query`` / ``clean``: key -> (B,) float64 in scoring units; ``success``: (B,) bool;
+    ``selection``: the drawn targets (gallery indices, (B, W) / (B, M) / (B,)) for inspection;
+    ``iterations``: PGD gradient evaluations run per image.
+    """
+
+    x_adv: torch.Tensor
+    per_query: dict[str, torch.Tensor]
+    success: torch.Tensor
+    clean: dict[str, torch.Tensor]
+    selection: dict[str, torch.Tensor] = field(default_factory=dict)
+    iterations: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure rank arithmetic (functions of distance tensors; unit-tested on hand-made values)
+
+
+def top_fraction_limit(n: int) -> int:
+    """K = floor(0.01 N): RobRank's "top 1%" pool size (CA-/QA- select among the K nearest non-self items)."""
+    return int(n * 0.01)
+
+
+def sort_with_prefix(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row of fixed distances (R, N) ascending; return (sorted (R, N), prefix sums (R, N+1)).
+
+    Prefix sums are accumulated in float64 and stored in the rows' dtype (loss values stay accurate to ~1e-7
+    relative; gradients do not use them).
+    """
+    srt = torch.sort(rows, dim=1).values
+    prefix = torch.zeros(rows.shape[0], rows.shape[1] + 1, dtype=torch.float64, device=rows.device)
+    prefix[:, 1:] = torch.cumsum(srt.double(), dim=1)
+    return srt, prefix.to(rows.dtype)
+
+
+def strict_count_sorted(srt: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """#{x : B_x < a} per row, from rows sorted ascending (R, N) and thresholds ``a`` (R,). Ties not counted."""
+    return torch.searchsorted(srt, a.detach().reshape(-1, 1).contiguous(), right=False).squeeze(1)
+
+
+def sorted_hinge(a: torch.Tensor, srt: torch.Tensor, prefix: torch.Tensor, sign: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row hinge mean over fixed distances, with autograd through ``a`` only.
+
+    sign "+": mean_x max(0, a - B_x)  (value (cnt*a - sum_{B<a} B)/N, d/da = #{B < a}/N)
+    sign "-": mean_x max(0, B_x - a)  (value (sum_{B>a} B - cnt*a)/N, d/da = -#{B > a}/N)
+    ``a`` (R,) differentiable, ``srt``/``prefix`` from :func:`sort_with_prefix`. Returns (loss (R,), strict count
+    #{B < a} (R,) int64). The gradient equals torch's relu-based hinge (relu'(0) = 0, ties do not count).
+    """
+    n = srt.shape[1]
+    ad = a.detach()
+    lt = strict_count_sorted(srt, ad)
+    if sign == "+":
+        cnt = lt
+        value = cnt.double() * ad.double() - prefix.gather(1, cnt.view(-1, 1)).squeeze(1).double()
+        slope = cnt.to(a.dtype)
+    elif sign == "-":
+        le = torch.searchsorted(srt, ad.reshape(-1, 1).contiguous(), right=True).squeeze(1)
+        cnt = n - le
+        value = (prefix[:, n].double() - prefix.gather(1, le.view(-1, 1)).squeeze(1).double()) - cnt.double() * ad.double()
+        slope = -cnt.to(a.dtype)
+    else:
+        raise ValueError(f"sign must be '+' or '-', not {sign!r}")
+    loss = (value / n).to(a.dtype) + slope * (a - ad) / n
+    return loss, lt
+
+
+def positions_in_row(dist: torch.Tensor, targets: torch.Tensor, offset: int = 0,
+                     target_dist: torch.Tensor | None = None) -> torch.Tensor:
+    """0-based positions of gallery items ``targets`` (B, M) in the stable ascending sort of full rows.
+
+    ``dist`` (B, c) holds the distances to gallery items [offset, offset + c); the count returned is that chunk's
+    contribution: #{x in chunk : B_x < B_k} + #{x in chunk : B_x == B_k and x < k} (ties broken by index, as a
+    stable sort). ``target_dist`` (B, M): B_k; taken from ``dist`` when None (the chunk must then hold the whole
+    row). Summing over chunks gives the position; self is not removed (RobRank QA, ``attacks.md`` §3).
+    """
+    if target_dist is None:
+        target_dist = dist.gather(1, targets - offset)
+    idx = torch.arange(offset, offset + dist.shape[1], device=dist.device)
+    d = dist.unsqueeze(1)  # (B, 1, c)
+    t = target_dist.unsqueeze(2)  # (B, M, 1)
+    before = (d < t) | ((d == t) & (idx.view(1, 1, -1) < targets.unsqueeze(2)))
+    return before.sum(dim=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chunked gallery passes (memory O(B x chunk))
+
+
+def chunks(gallery, rows: int) -> list[tuple[int, int]]:
+    """The gallery ranges one chunked pass uses for ``rows`` query rows: rows x chunk stays near 4M elements."""
+    return list(gallery.iter_chunks(max(1024, (1 << 22) // max(1, rows))))
+
+
+def gather_row_values(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """B_k = d(z_i, X_k) for gallery indices ``targets`` (B, M), read from the same chunked distance pass (same
+    rows, same ranges) as :func:`chunked_positions`, so the values are bit-identical to the ones it compares."""
+    out = torch.zeros(targets.shape, dtype=z.dtype, device=z.device)
+    for start, stop in chunks(gallery, targets.numel()):
+        inside = (targets >= start) & (targets < stop)
+        if not bool(inside.any()):
+            continue
+        dist = gallery.distances(z, start, stop)
+        vals = dist.gather(1, (targets - start).clamp(0, stop - start - 1))
+        out = torch.where(inside, vals, out)
+    return out
+
+
+@torch.no_grad()
+def chunked_positions(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Positions (B, M) of ``targets`` in each query's stable ascending distance ranking over the whole gallery."""
+    tvals = gather_row_values(gallery, z, targets)
+    pos = torch.zeros(targets.shape, dtype=torch.int64, device=z.device)
+    for start, stop in chunks(gallery, targets.numel()):
+        pos += positions_in_row(gallery.distances(z, start, stop), targets, start, tvals)
+    return pos
+
+
+@torch.no_grad()
+def chunked_strict_counts(gallery, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """#{x : d(q_r, X_x) < a_r} per row r of ``q`` (R, D) over the whole gallery (CA's rank)."""
+    cnt = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
+    for start, stop in chunks(gallery, q.shape[0]):
+        cnt += (gallery.distances(q, start, stop) < a.view(-1, 1)).sum(dim=1)
+    return cnt
+
+
+@torch.no_grad()
+def chunked_row_hinge(gallery, z: torch.Tensor, a: torch.Tensor, sign: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each query row z_i (B, D) and thresholds a (B, M): the hinge sums over the whole gallery and the part
+    of their gradient w.r.t. z_i that flows through the distances B_x = d(z_i, X_x).
+
+    sign "+": H_im = sum_x max(0, a_im - B_x); sign "-": H_im = sum_x max(0, B_x - a_im).
+    Returns (H (B, M) float64, active (B, M) int64 = #{x : B_x < a} for "+" / #{x : B_x > a} for "-",
+    V (B, D) = sum_m sum_{x active} (z_i - X_x) / B_x), so that d(sum_m H_im)/dz_i = ±(sum_m active_im grad a_im)
+    ∓ V_i with fixed a's contribution handled by the caller. A distance of exactly 0 contributes no gradient
+    (as torch.cdist). One pass over the gallery in chunks: memory O(B x M x chunk).
+    """
+    b, m = a.shape
+    h = torch.zeros(b, m, dtype=torch.float64, device=z.device)
+    active = torch.zeros(b, m, dtype=torch.int64, device=z.device)
+    wsum = torch.zeros(b, 1, dtype=z.dtype, device=z.device)
+    wx = torch.zeros_like(z)
+    for start, stop in chunks(gallery, b * m):
+        dist = gallery.distances(z, start, stop)  # (B, c)
+        d = dist.unsqueeze(1)
+        t = a.unsqueeze(2)
+        mask = (d < t) if sign == "+" else (d > t)  # (B, M, c)
+        diff = (t - d) if sign == "+" else (d - t)
+        h += (diff * mask).sum(dim=2, dtype=torch.float64)
+        n_active = mask.sum(dim=1)  # (B, c): how many m count item x
+        active += mask.sum(dim=2)
+        inv = torch.where(dist > 0, 1.0 / dist.clamp_min(1e-30), torch.zeros_like(dist))
+        w = n_active.to(z.dtype) * inv
+        wsum += w.sum(dim=1, keepdim=True)
+        wx += w @ gallery.embeddings[start:stop]
+    return h, active, z * wsum - wx
+
+
+@torch.no_grad()
+def chunked_extremes(gallery, z: torch.Tensor, labels: torch.Tensor, exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(farthest item with a different label, nearest item with the same label) per query, gallery indices (B,).
+
+    ``exclude`` (B,): a gallery index removed from the same-label set (self), or None to keep every item.
+    A query with no same-label item gets index -1.
+    """
+    b = z.shape[0]
+    neg_d = torch.full((b,), -1.0, dtype=z.dtype, device=z.device)
+    neg_i = torch.full((b,), -1, dtype=torch.int64, device=z.device)
+    pos_d = torch.full((b,), float("inf"), dtype=z.dtype, device=z.device)
+    pos_i = torch.full((b,), -1, dtype=torch.int64, device=z.device)
+    for start, stop in chunks(gallery, b):
+        dist = gallery.distances(z, start, stop)
+        same = gallery.labels[start:stop].view(1, -1) == labels.view(-1, 1)
+        dn = dist.masked_fill(same, -1.0)
+        v, i = dn.max(dim=1)
+        upd = v > neg_d
+        neg_d = torch.where(upd, v, neg_d)
+        neg_i = torch.where(upd, i + start, neg_i)
+        keep = same
+        if exclude is not None:
+            idx = torch.arange(start, stop, device=z.device).view(1, -1)
+            keep = keep & (idx != exclude.view(-1, 1))
+        dp = dist.masked_fill(~keep, float("inf"))
+        v, i = dp.min(dim=1)
+        upd = v < pos_d
+        pos_d = torch.where(upd, v, pos_d)
+        pos_i = torch.where(upd, i + start, pos_i)
+    return neg_i, pos_i
+
+
+def pair_distance(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d(z_i, x_i) = ||z_i - x_i||_2 row-wise, differentiable (zero gradient at zero distance)."""
+    return torch.linalg.vector_norm(z - x, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The attack base class
+
+
+class RankingAttack:
+    """Base class of the ranking attacks: selection, loss, measurement and success, run through one PGD loop.
+
+    Subclasses set ``id`` and ``keys`` and implement :meth:`select`, :meth:`loss`, :meth:`measure` and
+    :meth:`succeeded`; :meth:`prepare` (fixed per-pass data) and :meth:`max_rows` (memory) are optional.
+    ``state`` is a dict of per-query tensors (first dimension B) so a batch can be split into passes.
+
+    Args:
+        model: an embedding network, pixels [0,1] -> raw embeddings (normalised here).
+        eps, alpha, steps: L-infinity radius and step in pixel units, PGD iterations (1 = FGSM with step eps).
+        robrank_compat: reproduce the reference's quirks (``attacks.md`` §9) instead of the correct behaviour.
+        memory_budget: bytes allowed for fixed per-batch data; larger batches are attacked in row passes.
+    """
+
+    id: ClassVar[str] = ""
+    keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, *, eps: float, alpha: float, steps: int, robrank_compat: bool = False,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET):
+        if eps < 0 or alpha < 0:
+            raise UserError(f"eps and alpha must be >= 0 (got eps={eps}, alpha={alpha})")
+        if steps < 0 or int(steps) != steps:
+            raise UserError(f"steps must be a non-negative integer (got {steps})")
+        self.model = model
+        self.eps = float(eps)
+        self.alpha = float(alpha)
+        self.steps = int(steps)
+        self.robrank_compat = bool(robrank_compat)
+        self.memory_budget = int(memory_budget)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(id={self.id!r}, eps={self.eps}, alpha={self.alpha}, steps={self.steps}, "
+                f"robrank_compat={self.robrank_compat})")
+
+    # -- pieces the subclasses provide ------------------------------------------------------------------------
+    def select(self, z0: torch.Tensor, labels: torch.Tensor, self_idx: torch.Tensor, gallery,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {}
+
+    def prepare(self, state: dict[str, torch.Tensor], gallery) -> Any:
+        """Per-pass data that stays fixed during PGD (computed once, without grad)."""
+        return None
+
+    def loss(self, z: torch.Tensor, state: dict[str, torch.Tensor], fixed: Any, gallery, t: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def measure(self, z: torch.Tensor, state: dict[str, torch.Tensor], gallery, *, clean: bool) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def succeeded(self, clean: dict[str, torch.Tensor], adv: dict[str, torch.Tensor],
+                  state: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def max_rows(self, n: int) -> int | None:
+        """Rows per PGD pass (None: the whole batch)."""
+        return None
+
+    # -- the shared driver ------------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model(x), dim=1)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, gallery, *, generator: torch.Generator,
+                 query_index: torch.Tensor | None = None) -> AttackOutput:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError("generator must be a torch.Generator (use robustbench_dml.runtime.generator)")
+        device = gallery.embeddings.device
+        x0 = images.detach().to(device=device, dtype=torch.float32)
+        labels = torch.as_tensor(labels).to(device=device, dtype=torch.int64)
+        with eval_mode(self.model):
+            with torch.no_grad():
+                z0 = self.embed(x0)
+                if query_index is None:
+                    self_idx = gallery.knn(z0, 1)[1][:, 0].to(device)
+                else:
+                    self_idx = torch.as_tensor(query_index).to(device=device, dtype=torch.int64)
+                state = self.select(z0, labels, self_idx, gallery, generator)
+                state.update(z0=z0, labels=labels, self_idx=self_idx)
+                clean = self.measure(z0, state, gallery, clean=True)
+            x_adv, z_last, iterations = self._run_pgd(x0, state, gallery)
+            with torch.no_grad():
+                z_adv = self.embed(x_adv)
+                state["z_last"] = z_last
+                adv = self.measure(z_adv, state, gallery, clean=False)
+        success = self.succeeded(clean, adv, state, len(gallery))
+        to_cpu = lambda d: {k: v.detach().to("cpu", torch.float64) for k, v in d.items()}  # noqa: E731
+        selection = {k: v.detach().cpu() for k, v in state.items() if k.startswith("sel_")}
+        return AttackOutput(x_adv=x_adv.to(images.device), per_query=to_cpu(adv), success=success.detach().cpu(),
+                            clean=to_cpu(clean), selection=selection, iterations=iterations)
+
+    def _run_pgd(self, x0: torch.Tensor, state: dict[str, torch.Tensor], gallery) -> tuple[torch.Tensor, torch.Tensor, int]:
+        b = x0.shape[0]
+        rows = self.max_rows(len(gallery)) or b
+        rows = max(1, min(rows, b))
+        xs, zs, iterations = [], [], 0
+        for s in range(0, b, rows):
+            sub = {k: v[s:s + rows] for k, v in state.items()}
+            fixed = self.prepare(sub, gallery)
+            last: list[torch.Tensor] = [sub["z0"]]
+            counter = [0]
+
+            def objective(x: torch.Tensor, sub=sub, fixed=fixed, last=last, counter=counter) -> torch.Tensor:
+                z = self.embed(x)
+                last[0] = z.detach()
+                t = counter[0]
+                counter[0] += 1
+                return self.loss(z, sub, fixed, gallery, t)
+
+            res = pgd(objective, x0[s:s + rows], eps=self.eps, alpha=self.alpha, steps=self.steps)
+            xs.append(res.x_adv)
+            zs.append(last[0])
+            iterations = res.iterations
+        return torch.cat(xs), torch.cat(zs), iterations
+
+
+def flip_success(clean_good: torch.Tensor, adv_good: torch.Tensor) -> torch.Tensor:
+    """Success = the defender's outcome was good on the clean image and is not after the attack."""
+    return clean_good & ~adv_good
+
+
+def require_pool(n: int, needed: int, what: str) -> int:
+    """K = floor(0.01 N) for CA-/QA-, checked against the number of items the attack needs from the pool."""
+    k = top_fraction_limit(n)
+    if k < max(1, needed):
+        raise UserError(f"{what} needs floor(0.01 x gallery size) >= {max(1, needed)} but the gallery has {n} items; "
+                        f"use a gallery of at least {100 * max(1, needed)} items")
+    return k
+
+
+AttackFactory = Callable[..., RankingAttack]
+
+
+@torch.no_grad()
+def top1_correct(gallery, z: torch.Tensor, labels: torch.Tensor, self_idx: torch.Tensor) -> torch.Tensor:
+    """Whether the nearest gallery item other than self (masked by index) has the query's true label (B,) bool."""
+    _, idx = gallery.knn(z, 1, exclude=self_idx)
+    return gallery.labels[idx[:, 0].to(gallery.labels.device)].to(labels.device) == labels
+
+
+def recall_percent(correct: torch.Tensor) -> torch.Tensor:
+    """0/100 per query (recall@1 in percent once averaged)."""
+    return correct.double() * 100.0

@@ -1,0 +1,107 @@
+"""Candidate attacks CA+ / CA- (Zhou et al., "Adversarial Ranking Attack and Defense", ECCV'20; RobRank T-PAMI),
+``attacks.md`` §2.
+
+Perturbed image: the candidate c (a gallery member). Its W queries Q_w are clean gallery embeddings:
+CA+ draws them uniformly from [0, N) with replacement ("rank c high for arbitrary queries", self possible);
+CA- draws W positions with replacement from the K = floor(0.01 N) nearest non-self items of c ("queries that
+already rank c near the top").
+
+Loss per candidate: A_w = d(embed(c), Q_w), B_{x,w} = d(X_x, Q_w) over the whole gallery;
+CA+: mean_{x,w} max(0, A_w - B_{x,w}); CA-: mean_{x,w} max(0, B_{x,w} - A_w). B does not depend on c, so each
+pass sorts it once and every PGD step costs a binary search (value and exact gradient from prefix sums).
+Rows that do not fit ``memory_budget`` (sorted distances + prefix sums, 8 bytes per entry) are attacked in
+several passes; the images are independent in eval mode, so the result is the same up to float rounding.
+
+Result ``CA+`` / ``CA-``: 100 * mean_w #{x : B_{x,w} < A_w} / N, percent of the gallery (strict count, the clean
+self stays in the gallery). Success: CA+ moves c from outside to inside the top 1% of its queries' rankings
+(mean strict count <= floor(0.01 N)); CA- moves it from inside to outside.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attacks.base import (
+    RankingAttack,
+    chunked_strict_counts,
+    chunks,
+    flip_success,
+    pair_distance,
+    require_pool,
+    sort_with_prefix,
+    sorted_hinge,
+    top_fraction_limit,
+)
+from robustbench_dml.errors import UserError
+
+
+class CandidateAttack(RankingAttack):
+    """CA+ (``sign="+"``) or CA- (``sign="-"``) with ``W`` queries per candidate."""
+
+    sign = "+"
+
+    def __init__(self, model, *, eps: float, alpha: float, steps: int, W: int = 1, **kwargs):
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, **kwargs)
+        if int(W) != W or W < 1:
+            raise UserError(f"{self.id}: W must be a positive integer (got {W})")
+        self.W = int(W)
+
+    def select(self, z0, labels, self_idx, gallery, generator):
+        n, b = len(gallery), z0.shape[0]
+        if self.sign == "+":
+            sel = torch.randint(n, (b, self.W), generator=generator)
+        else:
+            k = require_pool(n, 1, "CA-")
+            _, near = gallery.knn(z0, k, exclude=self_idx)
+            pos = torch.randint(k, (b, self.W), generator=generator)
+            sel = near.cpu().gather(1, pos)
+        return {"sel_queries": sel.to(z0.device)}
+
+    def max_rows(self, n: int) -> int:
+        return max(1, self.memory_budget // (8 * self.W * n + 1))
+
+    def _fixed_rows(self, state, gallery) -> torch.Tensor:
+        q = gallery.embeddings[state["sel_queries"].reshape(-1)]  # (R*W, D)
+        return q
+
+    def prepare(self, state, gallery):
+        q = self._fixed_rows(state, gallery)
+        rows = torch.cat([gallery.distances(q, s, e) for s, e in chunks(gallery, q.shape[0])], dim=1)
+        srt, prefix = sort_with_prefix(rows)
+        return q, srt, prefix
+
+    def loss(self, z, state, fixed, gallery, t):
+        q, srt, prefix = fixed
+        zw = z.repeat_interleave(self.W, dim=0)  # (R*W, D)
+        a = pair_distance(zw, q)
+        terms, _ = sorted_hinge(a, srt, prefix, self.sign)
+        return terms.mean()
+
+    def measure(self, z, state, gallery, *, clean):
+        q = self._fixed_rows(state, gallery)
+        zw = z.repeat_interleave(self.W, dim=0)
+        cnt = chunked_strict_counts(gallery, q, pair_distance(zw, q))
+        rank = cnt.view(-1, self.W).double().mean(dim=1)
+        return {self.id: 100.0 * rank / len(gallery)}
+
+    def succeeded(self, clean, adv, state, n):
+        limit = top_fraction_limit(n) / n * 100.0
+        if self.sign == "+":
+            return flip_success(clean[self.id] > limit, adv[self.id] > limit)
+        return flip_success(clean[self.id] <= limit, adv[self.id] <= limit)
+
+
+class CandidateAttackPlus(CandidateAttack):
+    """CA+: pull the candidate up the rankings of W random queries."""
+
+    id = "CA+"
+    keys = ("CA+",)
+    sign = "+"
+
+
+class CandidateAttackMinus(CandidateAttack):
+    """CA-: push the candidate down the rankings of W queries that currently rank it in their top 1%."""
+
+    id = "CA-"
+    keys = ("CA-",)
+    sign = "-"

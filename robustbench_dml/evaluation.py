@@ -1,0 +1,361 @@
+"""Run an attack suite against a model: benign metrics, every attack over the test split, ERS/ARS, provenance.
+
+Protocol (RobRank ``attacks.md`` §1.1, ``scoring.md``): the gallery is the whole test split embedded once in
+loader order (eval mode); the queries are the first ``max_queries`` items of that split (all by default) in
+loader order, attacked in batches of the suite's ``batch_size``; each attacked image is a gallery member and is
+told its gallery index (self). Every random selection of batch ``b`` of attack ``a`` comes from
+``runtime.generator(seed, a, b)``, so the numbers do not depend on batch order or on how many processes run.
+
+Per-query results are kept in scoring units (``attacks.base``); ``raw[key]`` is their mean over queries, or,
+with ``robrank_compat=True``, the mean of per-batch means as the reference reports (quirk Q4; the other quirks
+Q1-Q3 are switched inside the attacks). Benign ``R@1`` enters ``raw`` as the per-query mean of the same top-1
+test (self excluded by index), so ARS's ratios use exactly the evaluated queries.
+
+Resumability: with ``state_dir``, each finished attack is written atomically to
+``state_dir/<key>/<attack>.json`` where ``<key>`` hashes (checkpoint sha256, suite hash, seed, overrides,
+robrank_compat); a later call with the same key skips finished attacks and ends with the same numbers (floats
+round-trip exactly through JSON). The device is not part of the key.
+
+Sharding: when ``torch.distributed`` is initialised (``torchrun``), batch ``b`` runs on rank ``b % world_size``;
+per-batch results are gathered with ``all_gather_object``, merged by batch index (no duplicates) and only rank 0
+writes state files. Every rank returns the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks.suites import Suite, get_suite
+from robustbench_dml.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class EvaluationResult:
+    """Everything needed to recompute the scores, plus provenance (layout: CONTRACTS.md, schema_version 1)."""
+
+    checkpoint: dict[str, Any]
+    suite: dict[str, Any]
+    seed: int
+    device: str
+    versions: dict[str, str]
+    robrank_compat: bool
+    num_queries: int
+    benign: dict[str, float]
+    raw: dict[str, float]
+    per_query: dict[str, list[float]]
+    success: dict[str, list[bool]]
+    scores: dict[str, Any]
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def eligible(self) -> bool:
+        return bool(self.suite.get("eligible", False))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        order = ["schema_version", "checkpoint", "suite", "seed", "device", "versions", "robrank_compat",
+                 "num_queries", "benign", "raw", "per_query", "success", "scores", "extra"]
+        return {k: d[k] for k in order}
+
+    def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 1) -> str:
+        """Strict JSON text (NaN/inf, e.g. a skipped NMI, become null), written atomically to ``path`` when given."""
+        text = json.dumps(_finite(self.to_dict()), indent=indent, allow_nan=False)
+        if path is not None:
+            atomic_write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | os.PathLike) -> EvaluationResult:
+        """Parse JSON text, or read it from a file path."""
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            text = Path(source).read_text()
+        d = json.loads(text)
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"evaluation result has schema_version {d.get('schema_version')!r}; this version reads "
+                            f"{SCHEMA_VERSION}")
+        d.setdefault("extra", {})
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def aggregate(values: Sequence[float], batch_sizes: Sequence[int], robrank_compat: bool = False) -> float:
+    """Mean over queries, or (``robrank_compat``, quirk Q4) the unweighted mean of the per-batch means."""
+    if sum(batch_sizes) != len(values):
+        raise ValueError(f"batch sizes sum to {sum(batch_sizes)} but there are {len(values)} values")
+    if not values:
+        return math.nan
+    if not robrank_compat:
+        return math.fsum(values) / len(values)
+    means, s = [], 0
+    for b in batch_sizes:
+        means.append(math.fsum(values[s:s + b]) / b)
+        s += b
+    return math.fsum(means) / len(means)
+
+
+def batch_ranges(num_queries: int, batch_size: int) -> list[tuple[int, int]]:
+    """Query index ranges [start, stop) of each batch, in loader order (the last one may be smaller)."""
+    return [(s, min(num_queries, s + batch_size)) for s in range(0, num_queries, batch_size)]
+
+
+def model_sha256(model: nn.Module) -> str:
+    """sha256 over a model's state dict (names, dtypes, shapes, bytes) for models not loaded from a checkpoint."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_key(checkpoint_sha: str, suite_hash: str, seed: int, overrides: Mapping[str, Any], robrank_compat: bool) -> str:
+    blob = json.dumps({"checkpoint": checkpoint_sha, "suite": suite_hash, "seed": seed, "overrides": dict(overrides),
+                       "robrank_compat": robrank_compat}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _attack_file(attack_id: str) -> str:
+    return attack_id.replace("+", "plus").replace("-", "minus").replace(":", "_") + ".json"
+
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(local: dict[int, Any], world: int) -> dict[int, Any]:
+    """Merge per-batch payloads of every rank by batch index (no duplicates)."""
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, local)
+    merged: dict[int, Any] = {}
+    for part in parts:
+        for b, payload in part.items():
+            merged.setdefault(b, payload)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------- the runner
+
+
+def _resolve_input(target, meta, dataset, data_root, device):
+    from robustbench_dml import datasets
+
+    if isinstance(target, tuple):
+        if len(target) != 3:
+            raise UserError("pass a checkpoint directory or a (model, meta, test_dataset) tuple")
+        model, meta, dataset = target
+    elif isinstance(target, nn.Module):
+        model = target
+    else:
+        from robustbench_dml.checkpoint import checkpoint_sha256, load_checkpoint
+
+        path = Path(target)
+        if not path.is_dir():
+            raise UserError(f"checkpoint directory {path} does not exist; pass the folder holding meta.json")
+        model, meta = load_checkpoint(path, device)
+        info = {"sha256": checkpoint_sha256(path), "path": str(path), "meta": meta}
+        if dataset is None:
+            dataset = datasets.create(meta["dataset"], root=data_root, split="test")
+        return model, info, dataset
+    meta = dict(meta or {})
+    if dataset is None:
+        if "dataset" not in meta:
+            raise UserError("an in-memory model needs a test dataset (dataset=...) or meta['dataset']")
+        dataset = datasets.create(meta["dataset"], root=data_root, split="test")
+    sha = meta.get("weights_sha256") or model_sha256(model)
+    return model.to(device), {"sha256": sha, "path": None, "meta": meta}, dataset
+
+
+def _query_batch(dataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[i] for i in range(start, stop)]
+    images = torch.stack([torch.as_tensor(x) for x, _ in items])
+    labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+    return images, labels
+
+
+def evaluate(
+    checkpoint_dir_or_model,
+    suite: str | Suite = "rob28",
+    *,
+    attacks: Sequence[str] | None = None,
+    max_queries: int | None = None,
+    eps: float | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    robrank_compat: bool = False,
+    state_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    meta: Mapping[str, Any] | None = None,
+    dataset=None,
+    data_root: str | None = None,
+    benign_nmi: bool = True,
+) -> EvaluationResult:
+    """Evaluate a checkpoint directory, an in-memory model (with ``meta``/``dataset``) or a
+    ``(model, meta, test_dataset)`` tuple under ``suite``; see the module docstring for the protocol.
+
+    Overrides of the published suite (``attacks``: a subset of its attack ids; ``max_queries``; ``eps``, which
+    replaces the radius of every attack) are recorded and make the result ineligible for a leaderboard.
+    """
+    import attacks as attack_zoo
+    from robustbench_dml import metrics, scoring
+    from robustbench_dml.gallery import embed
+    from robustbench_dml.progress import Progress
+    from robustbench_dml.runtime import generator, resolve_device, versions
+
+    suite_obj = get_suite(suite)
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if max_queries is not None and int(max_queries) < 1:
+        raise UserError(f"--max-queries must be a positive integer (got {max_queries})")
+    if eps is not None and not (0 <= float(eps) <= 1):
+        raise UserError(f"--eps must lie in [0, 1] (pixel units), got {eps}")
+    attack_ids = suite_obj.attack_ids
+    if attacks is not None:
+        attacks = list(attacks)
+        unknown = [a for a in attacks if a not in attack_ids]
+        if unknown:
+            raise UserError(f"attack(s) {', '.join(unknown)} are not in suite {suite_obj.id}; "
+                            f"choose from {', '.join(attack_ids)}")
+        attack_ids = [a for a in attack_ids if a in attacks]
+    overrides = {"eps": None if eps is None else float(eps), "attacks": attacks,
+                 "max_queries": None if max_queries is None else int(max_queries)}
+    eligible = all(v is None for v in overrides.values())
+
+    model, ckpt_info, test_set = _resolve_input(checkpoint_dir_or_model, meta, dataset, data_root, dev)
+    rank, world = _dist_info()
+    show = progress and rank == 0
+
+    gallery = embed(model, test_set, batch_size=256, device=dev, progress=show)
+    n = len(gallery)
+    num_queries = n if max_queries is None else min(n, int(max_queries))
+    benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi, seed=seed)
+    ranges = batch_ranges(num_queries, suite_obj.batch_size)
+    batch_sizes = [e - s for s, e in ranges]
+
+    key = state_key(ckpt_info["sha256"], suite_obj.hash, seed, overrides, robrank_compat)
+    state_path = Path(state_dir) / key if state_dir is not None else None
+
+    per_query: dict[str, list[float]] = {}
+    success: dict[str, list[bool]] = {}
+    # benign per-query top-1 (self excluded by index), the R@1 that ARS divides by
+    q_idx = torch.arange(num_queries, device=gallery.device)
+    _, top = gallery.knn(gallery.embeddings[:num_queries], 1, exclude=q_idx)
+    per_query["R@1"] = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
+
+    with Progress(show, len(attack_ids) * len(ranges), f"{suite_obj.id}") as bar:
+        for attack_id in attack_ids:
+            entry = suite_obj.attack(attack_id)
+            atk = attack_zoo.create(attack_id, model=model, eps=suite_obj.eps if eps is None else float(eps),
+                                    alpha=suite_obj.alpha, steps=suite_obj.steps, robrank_compat=robrank_compat,
+                                    **entry.kwargs())
+            done = _load_state(state_path, attack_id, num_queries) if state_path is not None else None
+            if done is None:
+                local: dict[int, Any] = {}
+                for b, (start, stop) in enumerate(ranges):
+                    if b % world != rank:
+                        continue
+                    images, labels = _query_batch(test_set, start, stop)
+                    out = atk(images, labels, gallery, generator=generator(seed, attack_id, b),
+                              query_index=torch.arange(start, stop))
+                    local[b] = ({k: out.per_query[k].tolist() for k in atk.keys}, out.success.tolist())
+                    bar.advance(f"{attack_id} batch {b + 1}/{len(ranges)}")
+                merged = _gather(local, world)
+                done = {"per_query": {k: [v for b in range(len(ranges)) for v in merged[b][0][k]] for k in atk.keys},
+                        "success": [s for b in range(len(ranges)) for s in merged[b][1]]}
+                if state_path is not None and rank == 0:
+                    _save_state(state_path, attack_id, num_queries, done)
+            else:
+                for _ in ranges:
+                    bar.advance(f"{attack_id} (resumed)")
+            per_query.update(done["per_query"])
+            success[attack_id] = done["success"]
+
+    raw = {k: aggregate(v, batch_sizes, robrank_compat) for k, v in per_query.items()}
+    scores = _scores(raw, per_query, success, seed, scoring)
+    return EvaluationResult(
+        checkpoint=ckpt_info,
+        suite={"id": suite_obj.id, "version": suite_obj.version, "hash": suite_obj.hash, "params": suite_obj.params,
+               "overrides": overrides, "eligible": eligible},
+        seed=int(seed), device=str(dev), versions=versions(), robrank_compat=bool(robrank_compat),
+        num_queries=num_queries, benign=dict(benign), raw=raw, per_query=per_query, success=success, scores=scores,
+    )
+
+
+def _scores(raw, per_query, success, seed, scoring) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, fn in (("ERS", scoring.ers), ("ARS", scoring.ars)):
+        try:
+            out[name] = fn(raw)
+            out[f"{name}_ci"] = list(scoring.bootstrap_ci(per_query, score=name, seed=seed))
+        except ValueError as e:  # a subset of attacks, or R@1 = 0: the score is undefined
+            out[name] = None
+            out[f"{name}_ci"] = None
+            out.setdefault("notes", []).append(f"{name}: {e}")
+    out["worst_case"] = scoring.worst_case(success) if success else None
+    return out
+
+
+def _load_state(path: Path, attack_id: str, num_queries: int) -> dict | None:
+    f = path / _attack_file(attack_id)
+    if not f.is_file():
+        return None
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged state file is recomputed
+    if d.get("attack") != attack_id or d.get("num_queries") != num_queries:
+        return None
+    return {"per_query": d["per_query"], "success": d["success"]}
+
+
+def _save_state(path: Path, attack_id: str, num_queries: int, done: dict) -> None:
+    atomic_write_text(path / _attack_file(attack_id),
+                      json.dumps({"attack": attack_id, "num_queries": num_queries, **done}))

@@ -1,0 +1,201 @@
+"""Exact k-nearest-neighbour search with one tie order on every backend (ecosystem.md §5, pitfalls 8-12).
+
+Metric: Euclidean distance ``||q - g||_2`` on float32 embeddings (L2-normalised by the caller; RobRank metric
+"N"). The result is the k smallest items under the total order ``(distance, gallery index)`` ascending, with
+one gallery index per query optionally excluded (the query itself, excluded *by index*).
+
+How every backend gives the same answer:
+
+1. A *coarse* search (faiss ``IndexFlatL2`` or chunked torch ``|q|^2 + |g|^2 - 2 q.g``) proposes the
+   ``m = k + extra`` nearest candidates. Coarse squared distances carry float32 rounding that depends on the
+   backend (and faiss/topk return tied items in backend-specific orders: ascending, descending, scrambled).
+2. The candidates' *canonical* distances are recomputed pairwise with ``torch.cdist`` in direct mode
+   (``sqrt(sum((q - g)^2))``, no matrix product): a function of the two vectors alone, bitwise the same
+   whichever backend proposed them, and exactly 0 for duplicates. Candidates are sorted by
+   (canonical distance, index) with stable sorts.
+3. Boundary check: an item left out by the coarse search has coarse squared distance >= the largest proposed
+   one, ``c_m``, hence canonical squared distance >= ``c_m - tol``. When the k-th canonical distance is not
+   clearly below that (near-ties at the k boundary, e.g. collapsed embeddings) the query is searched again
+   with twice as many candidates, up to the whole gallery, where the answer is exact by construction.
+
+So with all-equal embeddings every backend returns indices ``0..k-1`` (skipping the excluded one).
+Memory: O(B * m) per query chunk plus O(chunk * D) scratch; never O(N^2).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+BACKENDS = ("auto", "faiss", "torch")
+
+# Absolute slack on coarse *squared* distances, relative to (|q|^2 + max|g|^2); float32 expansion error is
+# a few ulps of that scale (~1e-7), so 1e-5 leaves two orders of magnitude of margin.
+_REL_TOL = 1e-5
+# Elements per temporary block (B x chunk distances, or B x m x D gathered candidates).
+_BLOCK = 1 << 22
+
+
+@lru_cache(maxsize=1)
+def faiss_module():
+    """The one place faiss is imported (lazily; ecosystem pitfall 12). None when not installed."""
+    try:
+        import faiss  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
+        return None
+    return faiss
+
+
+def faiss_has_gpu() -> bool:
+    faiss = faiss_module()
+    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto``: faiss on CPU tensors (or CUDA tensors when GPU faiss is installed), else chunked torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if faiss_module() is None:
+            return "torch"
+        if device.type == "cpu" or (device.type == "cuda" and faiss_has_gpu()):
+            return "faiss"
+        return "torch"
+    if backend == "faiss" and faiss_module() is None:
+        raise ValueError("backend='faiss' needs the faiss package (pip install faiss-cpu)")
+    return backend
+
+
+class FlatIndex:
+    """The gallery side of the search: the embeddings plus, lazily, one faiss flat index over them."""
+
+    def __init__(self, embeddings: torch.Tensor, backend: str = "auto"):
+        if embeddings.ndim != 2:
+            raise ValueError(f"gallery embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
+        self.emb = embeddings.detach().to(torch.float32).contiguous()
+        self.backend = resolve_backend(backend, self.emb.device)
+        self._faiss_index = None
+        self._sqnorm = (self.emb * self.emb).sum(1)
+        self._max_sqnorm = float(self._sqnorm.max()) if len(self.emb) else 0.0
+
+    def __len__(self) -> int:
+        return self.emb.shape[0]
+
+    # -- coarse candidate generation -------------------------------------------------------------------
+    def _faiss(self):
+        if self._faiss_index is None:
+            faiss = faiss_module()
+            cpu = faiss.IndexFlatL2(self.emb.shape[1])
+            cpu.add(np.ascontiguousarray(self.emb.cpu().numpy(), dtype=np.float32))
+            index = cpu
+            if self.emb.device.type == "cuda" and faiss_has_gpu():  # pragma: no cover - needs GPU faiss
+                self._gpu_res = faiss.StandardGpuResources()
+                index = faiss.index_cpu_to_gpu(self._gpu_res, self.emb.device.index or 0, cpu)
+            self._faiss_index = index
+        return self._faiss_index
+
+    def coarse(self, q: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Approximately-ordered m nearest candidates: (squared distances (B, m), indices (B, m) int64)."""
+        n = len(self)
+        m = min(m, n)
+        if self.backend == "faiss" and not (self.emb.device.type == "cuda" and m > 2048):
+            qn = np.ascontiguousarray(q.detach().cpu().numpy(), dtype=np.float32)
+            d2, idx = self._faiss().search(qn, m)
+            return (torch.from_numpy(d2).to(q.device), torch.from_numpy(idx).to(q.device, torch.int64))
+        return self._torch_coarse(q, m)
+
+    def _torch_coarse(self, q: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self)
+        qs = (q * q).sum(1, keepdim=True)
+        chunk = max(m, _BLOCK // max(1, q.shape[0]))
+        best_d = best_i = None
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            g = self.emb[start:stop]
+            d2 = (qs + self._sqnorm[start:stop][None, :]).addmm_(q, g.T, alpha=-2.0)
+            mm = min(m, stop - start)
+            d, i = torch.topk(d2, mm, dim=1, largest=False, sorted=False)
+            i = i + start
+            if best_d is not None:
+                d, i = torch.cat([best_d, d], 1), torch.cat([best_i, i], 1)
+                if d.shape[1] > m:
+                    d, sel = torch.topk(d, m, dim=1, largest=False, sorted=False)
+                    i = i.gather(1, sel)
+            best_d, best_i = d, i
+        order = torch.argsort(best_d, dim=1)
+        return best_d.gather(1, order), best_i.gather(1, order)
+
+    # -- canonical distances ---------------------------------------------------------------------------
+    def exact_distances(self, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Canonical distances (B, m) between q (B, D) and gallery rows idx (B, m): direct, position-free."""
+        b, m = idx.shape
+        d = self.emb.shape[1]
+        out = torch.empty(b, m, dtype=torch.float32, device=q.device)
+        rows = max(1, _BLOCK // max(1, m * d))
+        emb = self.emb
+        for s in range(0, b, rows):
+            e = min(b, s + rows)
+            g = emb[idx[s:e]]  # (rows, m, D)
+            out[s:e] = torch.cdist(q[s:e, None, :], g, compute_mode="donot_use_mm_for_euclid_dist")[:, 0]
+        return out
+
+    # -- public search ---------------------------------------------------------------------------------
+    def search(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+               extra: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """k nearest gallery rows per query, ordered by (distance, index); see the module docstring."""
+        n = len(self)
+        if queries.ndim != 2 or queries.shape[1] != self.emb.shape[1]:
+            raise ValueError(f"queries must be (B, {self.emb.shape[1]}), got {tuple(queries.shape)}")
+        q = queries.detach().to(torch.float32).contiguous()
+        b = q.shape[0]
+        if exclude is None:
+            ex = torch.full((b,), -1, dtype=torch.int64, device=q.device)
+        else:
+            ex = torch.as_tensor(exclude, device=q.device).to(torch.int64).reshape(-1)
+            if ex.shape[0] != b:
+                raise ValueError(f"exclude must hold one index per query ({b}), got {ex.shape[0]}")
+        available = n - 1 if bool((ex >= 0).any()) else n
+        if k < 1 or k > available:
+            raise ValueError(f"k={k} must be between 1 and the number of searchable gallery items ({available})")
+        dev = self.emb.device
+        q, ex = q.to(dev), ex.to(dev)
+        out_d = torch.empty(b, k, dtype=torch.float32, device=dev)
+        out_i = torch.empty(b, k, dtype=torch.int64, device=dev)
+        tol_scale = (q * q).sum(1) + self._max_sqnorm
+        m = min(n, k + 1 + (extra if extra is not None else max(8, k // 8)))
+        pending = torch.arange(b, device=dev)
+        while pending.numel():
+            rows = max(1, min(65536, _BLOCK // m))
+            oks = [self._search_block(q[sel], sel, k, ex[sel], m, tol_scale[sel], out_d, out_i)
+                   for sel in pending.split(rows)]
+            pending = pending[~torch.cat(oks)]
+            m = min(n, 2 * m)
+        return out_d.to(queries.device), out_i.to(queries.device)
+
+    def _search_block(self, q, sel, k, ex, m, tol_scale, out_d, out_i) -> torch.Tensor:
+        n = len(self)
+        if m >= n:
+            idx = torch.arange(n, device=q.device).expand(q.shape[0], n)
+            c_last = None
+        else:
+            c2, idx = self.coarse(q, m)
+            c_last = c2[:, -1].to(torch.float64)
+        d = self.exact_distances(q, idx)
+        d = d.masked_fill(idx == ex[:, None], math.inf)
+        # (distance, index) order: stable sort by index, then stable sort by distance.
+        o1 = torch.argsort(idx, dim=1, stable=True)
+        idx, d = idx.gather(1, o1), d.gather(1, o1)
+        o2 = torch.argsort(d, dim=1, stable=True)
+        idx, d = idx.gather(1, o2)[:, :k], d.gather(1, o2)[:, :k]
+        if c_last is None:
+            ok = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
+        else:
+            dk = d[:, -1].to(torch.float64)
+            tol = _REL_TOL * tol_scale.to(torch.float64)
+            ok = (dk * dk) < (c_last - 2 * tol)
+        out_d[sel[ok]] = d[ok]
+        out_i[sel[ok]] = idx[ok]
+        return ok

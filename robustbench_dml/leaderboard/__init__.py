@@ -1,0 +1,45 @@
+"""Result records, versioned leaderboards, the published reference rows, tables and plots.
+
+Typical use (what ``dmlbench run`` / ``submit`` / ``leaderboard`` / ``compare`` / ``plot`` do)::
+
+    from robustbench_dml.leaderboard import LeaderboardStore, Record, reference_frame, render, frames_concat
+
+    record = Record.from_evaluation(json.load(open("eval.json")), submitter="alice")
+    store = LeaderboardStore("leaderboards")
+    version, added = store.add_record(record)               # new immutable version unless already present
+    board = store.load(record.dataset, record.suite_id)     # validated against its manifest
+    both = frames_concat([board, reference_frame(record.dataset)])
+    print(render(both, "md", highlight_record_id=record.record_id))
+
+Names are imported lazily (PEP 562): writing a record needs only pyarrow, so concurrent ``submit`` processes start
+fast; pandas is imported when a frame is built and matplotlib when a plot is drawn. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "records": ("ARROW_SCHEMA", "COLUMNS", "DTYPES", "RECORD_SCHEMA_VERSION", "Record", "coerce_frame",
+                "empty_frame", "read_record", "records_to_frame", "sort_frame"),
+    "reference": ("REFERENCE_SUITE", "build_reference_store", "reference_frame", "reference_records"),
+    "store": ("LeaderboardStore", "frames_concat"),
+    "tables": ("TABLE_COLUMNS", "render", "write"),
+    "plots": ("plot_eps_curve", "plot_resistance"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

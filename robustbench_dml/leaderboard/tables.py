@@ -1,0 +1,279 @@
+"""Leaderboard and comparison tables in the papers' layout: Markdown, CSV, LaTeX (booktabs) and HTML.
+
+Columns (HM CVPR'22 / CA-TRIDE ICML'24 layout): ``R@1 R@2 mAP NMI CA+ CA- QA+ QA- ES:R LTM GTM GTT ERS ARS``,
+after the identifying columns (rank, defense, backbone, training PGD steps, submitter or paper). Values are rounded
+to one decimal (``TMA`` and ``ES:D`` to three) in md/latex/html; CSV keeps full precision so it reads back in pandas
+unchanged.
+
+The best value of each column is marked (bold): the direction is per column (``CA-``, ``QA-``, ``TMA``, ``ES:D``
+and ``worst_case``: lower is better; everything else higher). Values equal after rounding tie. For ``ERS`` and
+``ARS`` a row is also marked when its bootstrap confidence interval overlaps the best row's interval (a row without
+an interval, e.g. a published one, counts as the point ``[v, v]``), so differences within the noise show as ties.
+
+``values="terms"`` shows the resistance terms instead of raw attack results (the CA-TRIDE table's layout: every
+column higher-is-better, ES:R/LTM/GTM relative to the benign R@1 as in ARS, TMA/ES:D as in ERS).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["TABLE_COLUMNS", "LOWER_IS_BETTER", "FORMATS", "table_frame", "best_marks", "render", "write"]
+
+#: the papers' metric columns, in order
+TABLE_COLUMNS: tuple[str, ...] = ("R@1", "R@2", "mAP", "NMI", "CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM",
+                                  "GTT", "ERS", "ARS")
+LOWER_IS_BETTER = frozenset({"CA-", "QA-", "TMA", "ES:D", "worst_case"})
+_THREE_DECIMALS = frozenset({"TMA", "ES:D"})
+_CI_COLUMNS = {"ERS": ("ERS_lo", "ERS_hi"), "ARS": ("ARS_lo", "ARS_hi")}
+FORMATS = ("md", "csv", "latex", "html")
+_ID_HEADERS = {"rank": "#", "dataset": "Data", "defense": "Defense", "backbone": "Backbone", "steps": "Steps",
+               "by": "By"}
+
+
+def _decimals(col: str, values: str = "raw") -> int:
+    """Raw TMA (cosine) and ES:D (distance) need three decimals; everything else, terms included, one."""
+    return 3 if values == "raw" and col in _THREE_DECIMALS else 1
+
+
+def _by(df: pd.DataFrame) -> pd.Series:
+    """Who the row comes from: the submitter, or ``<paper>, <venue>`` for published rows."""
+    out = []
+    for reported, submitter, source in zip(df["reported"], df["submitter"], df["source"]):
+        if bool(reported) and isinstance(source, str):
+            out.append(source.split(" (")[0] + " (paper)")
+        else:
+            out.append(str(submitter))
+    return pd.Series(out, index=df.index, dtype=pd.StringDtype())
+
+
+def _terms(df: pd.DataFrame) -> pd.DataFrame:
+    """Resistance terms (ARS terms; TMA and ES:D as ERS terms), elementwise; NaN where a value is missing."""
+    out = df.copy()
+    r1 = df["R@1"].astype("float64").where(df["R@1"] != 0)
+    out["CA+"] = 2 * df["CA+"]
+    out["CA-"] = 100 - df["CA-"]
+    out["QA+"] = 2 * df["QA+"]
+    out["QA-"] = 100 - df["QA-"]
+    out["TMA"] = 100 * (1 - df["TMA"])
+    out["ES:D"] = 100 * (2 - df["ES:D"]) / 2
+    for c in ("ES:R", "LTM", "GTM"):
+        out[c] = 100 * df[c] / r1
+    return out
+
+
+def table_frame(df: pd.DataFrame, *, columns: Sequence[str] | None = None, values: str = "raw") -> pd.DataFrame:
+    """The table's data (unrounded): identifying columns, then ``columns`` (default :data:`TABLE_COLUMNS`).
+
+    ``df`` is a leaderboard frame (store/reference schema). The row order is kept; ``rank`` numbers the rows 1..n.
+    The confidence-interval columns of ERS/ARS are appended when those scores are shown (used for tie marking).
+    """
+    if values not in ("raw", "terms"):
+        raise ValueError(f"values must be 'raw' or 'terms', got {values!r}")
+    columns = tuple(columns) if columns is not None else TABLE_COLUMNS
+    unknown = [c for c in columns if c not in df.columns]
+    if unknown:
+        raise ValueError(f"unknown table columns {', '.join(unknown)}")
+    src = _terms(df) if values == "terms" else df
+    out = pd.DataFrame(index=pd.RangeIndex(len(df)))
+    out["rank"] = pd.Series(np.arange(1, len(df) + 1), dtype="int64")
+    if df["dataset"].nunique() > 1:
+        out["dataset"] = df["dataset"].reset_index(drop=True).astype(pd.StringDtype())
+    out["defense"] = df["defense"].reset_index(drop=True).astype(pd.StringDtype())
+    out["backbone"] = df["backbone"].reset_index(drop=True).astype(pd.StringDtype())
+    out["steps"] = df["steps"].reset_index(drop=True).astype("Int64")
+    out["by"] = _by(df).reset_index(drop=True)
+    for c in columns:
+        out[c] = src[c].reset_index(drop=True).astype("float64")
+    for score, (lo, hi) in _CI_COLUMNS.items():
+        if score in columns:
+            out[lo] = df[lo].reset_index(drop=True).astype("float64")
+            out[hi] = df[hi].reset_index(drop=True).astype("float64")
+    out["record_id"] = df["record_id"].reset_index(drop=True).astype(pd.StringDtype())
+    return out
+
+
+def best_marks(table: pd.DataFrame, columns: Sequence[str], *, values: str = "raw") -> dict[str, set[int]]:
+    """Row positions to mark as best per column of a :func:`table_frame` (see the module docstring for ties)."""
+    marks: dict[str, set[int]] = {}
+    for c in columns:
+        v = table[c].to_numpy(dtype="float64")
+        ok = np.isfinite(v)
+        if not ok.any():
+            marks[c] = set()
+            continue
+        lower = values == "raw" and c in LOWER_IS_BETTER
+        rounded = np.round(v, _decimals(c, values))
+        target = np.nanmin(np.where(ok, rounded, np.nan)) if lower else np.nanmax(np.where(ok, rounded, np.nan))
+        chosen = {i for i in range(len(v)) if ok[i] and rounded[i] == target}
+        if c in _CI_COLUMNS and _CI_COLUMNS[c][0] in table.columns:
+            lo_c, hi_c = _CI_COLUMNS[c]
+            lo = table[lo_c].to_numpy(dtype="float64")
+            hi = table[hi_c].to_numpy(dtype="float64")
+            lo = np.where(np.isfinite(lo), lo, v)
+            hi = np.where(np.isfinite(hi), hi, v)
+            best = int(np.nanargmax(np.where(ok, v, np.nan)))
+            for i in range(len(v)):
+                if ok[i] and lo[i] <= hi[best] and hi[i] >= lo[best]:
+                    chosen.add(i)
+        marks[c] = chosen
+    return marks
+
+
+def _fmt(x: float, col: str, values: str) -> str | None:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)) or pd.isna(x):
+        return None
+    return f"{x:.{_decimals(col, values)}f}"
+
+
+def _cells(table: pd.DataFrame, columns: Sequence[str], values: str, highlight: str | None
+           ) -> tuple[list[str], list[list[tuple[str | None, bool]]], list[bool]]:
+    """Headers, rows of (text or None for missing, is_best) and per-row highlight flags."""
+    ids = [c for c in ("rank", "dataset", "defense", "backbone", "steps", "by") if c in table.columns]
+    headers = [_ID_HEADERS[c] for c in ids] + list(columns)
+    marks = best_marks(table, columns, values=values)
+    rows, flags = [], []
+    for i in range(len(table)):
+        row: list[tuple[str | None, bool]] = []
+        for c in ids:
+            v = table[c].iloc[i]
+            row.append((None if pd.isna(v) else str(v), False))
+        for c in columns:
+            row.append((_fmt(table[c].iloc[i], c, values), i in marks[c]))
+        rows.append(row)
+        flags.append(highlight is not None and table["record_id"].iloc[i] == highlight)
+    return headers, rows, flags
+
+
+def _md(headers, rows, flags) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |",
+             "|" + "|".join("---:" if h not in ("Defense", "Backbone", "By", "Data") else "---" for h in headers)
+             + "|"]
+    for row, hl in zip(rows, flags):
+        cells = []
+        for j, (text, best) in enumerate(row):
+            t = "–" if text is None else esc(text)
+            if best and text is not None:
+                t = f"**{t}**"
+            if j == 0 and hl:
+                t = f"→ {t}"
+            cells.append(t)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+              ">": r"\textgreater{}", "|": r"\textbar{}", "–": "--", "→": r"$\rightarrow$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESC.get(ch, ch) for ch in text)
+
+
+def _latex(headers, rows, flags, standalone: bool, title: str | None) -> str:
+    align = "".join("l" if h in ("Defense", "Backbone", "By", "Data") else "r" for h in headers)
+    out = []
+    if standalone:
+        out += [r"\documentclass{article}", r"\usepackage[T1]{fontenc}", r"\usepackage{booktabs}",
+                r"\usepackage[margin=1cm,landscape]{geometry}", r"\begin{document}", r"\scriptsize"]
+        if title:
+            out.append(latex_escape(title) + r"\par\medskip")
+    out += [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+            " & ".join(latex_escape(h) for h in headers) + r" \\", r"\midrule"]
+    for row, hl in zip(rows, flags):
+        cells = []
+        for j, (text, best) in enumerate(row):
+            t = "--" if text is None else latex_escape(text)
+            if best and text is not None:
+                t = rf"\textbf{{{t}}}"
+            if j == 0 and hl:
+                t = rf"$\rightarrow$ {t}"
+            cells.append(t)
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if standalone:
+        out.append(r"\end{document}")
+    return "\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em}
+table{border-collapse:collapse;font-size:0.9em}
+th,td{padding:0.25em 0.6em;border-bottom:1px solid #ddd;text-align:right}
+th{border-bottom:2px solid #333}
+td.text,th.text{text-align:left}
+tr.highlight td{background:#fff3b0}
+caption{caption-side:top;text-align:left;font-weight:bold;margin-bottom:0.5em}"""
+
+
+def _html(headers, rows, flags, title: str | None) -> str:
+    title_text = html.escape(title or "robustbench-dml leaderboard")
+    textual = {"Defense", "Backbone", "By", "Data"}
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           f"<title>{title_text}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>", "<table>",
+           f"<caption>{title_text}</caption>", "<thead>", "<tr>"]
+    out += [f'<th class="{"text" if h in textual else "num"}">{html.escape(h)}</th>' for h in headers]
+    out += ["</tr>", "</thead>", "<tbody>"]
+    for row, hl in zip(rows, flags):
+        out.append('<tr class="highlight">' if hl else "<tr>")
+        for h, (text, best) in zip(headers, row):
+            t = "&ndash;" if text is None else html.escape(text)
+            if best and text is not None:
+                t = f"<strong>{t}</strong>"
+            out.append(f'<td class="{"text" if h in textual else "num"}">{t}</td>')
+        out.append("</tr>")
+    out += ["</tbody>", "</table>",
+            "<p><small>Bold: best per column (ERS/ARS: ties within the bootstrap confidence interval). "
+            "CA-, QA-, TMA, ES:D: lower is better.</small></p>", "</body>", "</html>"]
+    return "\n".join(out) + "\n"
+
+
+def render(df: pd.DataFrame, fmt: str = "md", *, highlight_record_id: str | None = None,
+           columns: Sequence[str] | None = None, values: str = "raw", title: str | None = None,
+           standalone: bool = False) -> str:
+    """Render a leaderboard/comparison frame as ``md``, ``csv``, ``latex`` or ``html`` text.
+
+    ``highlight_record_id`` marks one row (an arrow in md/latex, a coloured row in html), e.g. the row just
+    added. ``columns`` picks metric columns (default :data:`TABLE_COLUMNS`; ``TMA``/``ES:D``/``worst_case`` may be
+    added). ``standalone`` wraps the LaTeX tabular in a compilable document (HTML is always a full page).
+    CSV holds the unrounded numbers, the identifying columns, the CI bounds and ``record_id``, with no marks.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+    columns = tuple(columns) if columns is not None else TABLE_COLUMNS
+    table = table_frame(df, columns=columns, values=values)
+    if fmt == "csv":
+        buf = io.StringIO()
+        table.to_csv(buf, index=False)
+        return buf.getvalue()
+    headers, rows, flags = _cells(table, columns, values, highlight_record_id)
+    if fmt == "md":
+        return _md(headers, rows, flags)
+    if fmt == "latex":
+        return _latex(headers, rows, flags, standalone, title)
+    return _html(headers, rows, flags, title)
+
+
+def write(df: pd.DataFrame, path: str | Path, fmt: str | None = None, **kwargs) -> Path:
+    """Render to ``path``; ``fmt`` defaults from the suffix (.md, .csv, .tex, .html)."""
+    path = Path(path)
+    if fmt is None:
+        fmt = {".md": "md", ".csv": "csv", ".tex": "latex", ".html": "html", ".htm": "html"}.get(path.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"cannot tell the table format from {path.name!r}; pass fmt= (md, csv, latex, html)")
+    if fmt == "latex":
+        kwargs.setdefault("standalone", True)
+    text = render(df, fmt, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

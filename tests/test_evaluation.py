@@ -1,0 +1,188 @@
+"""The evaluation runner on the embedded digits test split with a tiny linear embedding model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import attacks
+from attacks.suites import ROB28, Suite
+from robustbench_dml import datasets, evaluation
+from robustbench_dml.evaluation import EvaluationResult, aggregate, batch_ranges, evaluate
+from robustbench_dml.errors import UserError
+from robustbench_dml.gallery import embed
+from robustbench_dml.runtime import generator
+
+SMALL = Suite(id="small", version=1, eps=0.1, alpha=0.02, steps=2, batch_size=16, attacks=ROB28.attacks)
+NQ = 40  # batches of 16, 16, 8
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The first 300 items of the digits test split (a gallery of 300 keeps the file fast)."""
+    full = datasets.create("digits", split="test")
+    return datasets.TensorDataset(full.images[:300], full.labels[:300], full.info)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16))
+
+
+@pytest.fixture(scope="module")
+def base(model, digits):
+    return evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False)
+
+
+def test_result_layout_and_json_round_trip(base, model, tmp_path):
+    d = json.loads(base.to_json())
+    for k in ("schema_version", "checkpoint", "suite", "seed", "device", "versions", "robrank_compat", "num_queries",
+              "benign", "raw", "per_query", "success", "scores"):
+        assert k in d
+    assert d["schema_version"] == 1 and d["num_queries"] == NQ
+    assert set(d["raw"]) == {"CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT", "R@1"}
+    assert set(d["per_query"]) == set(d["raw"])
+    assert set(d["success"]) == set(ROB28.attack_ids)
+    assert all(len(v) == NQ for v in d["per_query"].values()) and all(len(v) == NQ for v in d["success"].values())
+    for k, v in d["per_query"].items():
+        assert d["raw"][k] == pytest.approx(sum(v) / NQ)
+    assert d["suite"]["hash"] == SMALL.hash and d["suite"]["overrides"] == {"eps": None, "attacks": None,
+                                                                          "max_queries": NQ}
+    assert d["suite"]["eligible"] is False  # max_queries is an override
+    assert d["checkpoint"]["sha256"] == evaluation.model_sha256(model) and d["checkpoint"]["path"] is None
+    s = d["scores"]
+    assert s["ERS"] is not None and s["ERS_ci"][0] <= s["ERS"] <= s["ERS_ci"][1]
+    assert s["ARS"] is not None and 0 <= s["worst_case"] <= 100
+    again = EvaluationResult.from_json(base.to_json(tmp_path / "r.json"))
+    assert again.to_json() == base.to_json()
+    assert again.raw == base.raw and again.per_query == base.per_query
+    assert EvaluationResult.from_json(tmp_path / "r.json").raw == base.raw
+
+
+def test_benign_r1_matches_metrics(model, digits):
+    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, attacks=["TMA"], device="cpu", benign_nmi=False)
+    assert r.num_queries == len(digits)
+    assert r.raw["R@1"] == pytest.approx(r.benign["R@1"])
+    assert r.scores["ERS"] is None and r.scores["worst_case"] is not None
+
+
+def test_eps_zero_leaves_every_result_clean(model, digits, base):
+    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, eps=0.0, device="cpu",
+                 benign_nmi=False)
+    assert r.suite["overrides"]["eps"] == 0.0 and not r.eligible
+    raw = r.raw
+    assert raw["ES:D"] == 0.0 and raw["GTT"] == 100.0
+    assert raw["ES:R"] == raw["LTM"] == raw["GTM"] == raw["R@1"]
+    assert r.scores["worst_case"] == 0.0
+    # the attacks at eps 0.1 move every result in the attacker's direction
+    b = base.raw
+    assert b["CA+"] < raw["CA+"] and b["QA+"] < raw["QA+"] and b["CA-"] > raw["CA-"] and b["QA-"] > raw["QA-"]
+    assert b["TMA"] > raw["TMA"] and b["ES:D"] > 0 and b["GTT"] < 100
+
+
+def test_same_seed_same_numbers_other_seed_other_selection(model, digits, base):
+    again = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
+                     attacks=["CA+", "TMA"])
+    assert again.per_query["CA+"] == base.per_query["CA+"] and again.per_query["TMA"] == base.per_query["TMA"]
+    other = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
+                     attacks=["TMA"], seed=1)
+    assert other.per_query["TMA"] != base.per_query["TMA"]
+
+
+def test_batch_results_depend_only_on_seed_attack_and_batch_index(model, digits, base):
+    gallery = embed(model, digits, device="cpu")
+    for b in reversed(range(3)):  # any order
+        start, stop = batch_ranges(NQ, SMALL.batch_size)[b]
+        images = torch.stack([digits[i][0] for i in range(start, stop)])
+        labels = torch.tensor([digits[i][1] for i in range(start, stop)])
+        atk = attacks.create("QA-", model=model, eps=SMALL.eps, alpha=SMALL.alpha, steps=SMALL.steps, M=1)
+        out = atk(images, labels, gallery, generator=generator(0, "QA-", b), query_index=torch.arange(start, stop))
+        assert out.per_query["QA-"].tolist() == base.per_query["QA-"][start:stop]
+
+
+def test_resume_skips_finished_attacks_and_gives_the_same_numbers(model, digits, tmp_path, monkeypatch):
+    kw = dict(max_queries=NQ, device="cpu", benign_nmi=False, state_dir=tmp_path, attacks=["CA-", "QA+", "GTT"])
+    first = evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+    (state,) = list(tmp_path.iterdir())
+    assert sorted(p.name for p in state.iterdir()) == ["CAminus.json", "GTT.json", "QAplus.json"]
+    (state / "GTT.json").unlink()  # "interrupted" before GTT finished
+
+    def boom(*a, **k):
+        raise AssertionError("a finished attack ran again")
+
+    monkeypatch.setattr(attacks.query.QueryAttack, "__call__", boom)
+    monkeypatch.setattr(attacks.candidate.CandidateAttack, "__call__", boom)
+    second = evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+    assert second.raw == first.raw and second.per_query == first.per_query and second.success == first.success
+    assert (state / "GTT.json").is_file()
+    # another seed is another state key
+    monkeypatch.undo()
+    evaluate((model, {"dataset": "digits"}, digits), SMALL, **{**kw, "attacks": ["TMA"]}, seed=3)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_q4_aggregation_mean_of_batch_means():
+    sizes = [e - s for s, e in batch_ranges(1000, 128)]
+    assert sizes == [128] * 7 + [104]
+    values = [float(b) for b, n in enumerate(sizes) for _ in range(n)]
+    assert aggregate(values, sizes, robrank_compat=True) == pytest.approx(3.5)  # mean of 0..7
+    assert aggregate(values, sizes) == pytest.approx((128 * 21 + 104 * 7) / 1000)
+
+
+def test_robrank_compat_raw_is_mean_of_batch_means(model, digits, base):
+    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
+                 robrank_compat=True, attacks=["CA+", "ES"])
+    assert r.robrank_compat
+    pq = r.per_query["CA+"]
+    assert pq == base.per_query["CA+"]  # CA has no quirk: same per-query values
+    assert r.raw["CA+"] == pytest.approx((sum(pq[:16]) / 16 + sum(pq[16:32]) / 16 + sum(pq[32:]) / 8) / 3)
+    assert r.raw["CA+"] != pytest.approx(sum(pq) / NQ, abs=1e-12) or len(set(pq)) == 1
+    assert r.per_query["ES:D"] != base.per_query["ES:D"]  # Q1: ES:D at iterate T-1
+
+
+def test_sharded_ranks_gather_to_the_single_process_result(model, digits, base, monkeypatch):
+    kw = dict(max_queries=NQ, device="cpu", benign_nmi=False, attacks=["QA+"])
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def gather_rank1(local, world):
+        captured.update(local)
+        raise Stop
+
+    monkeypatch.setattr(evaluation, "_dist_info", lambda: (1, 2))
+    monkeypatch.setattr(evaluation, "_gather", gather_rank1)
+    with pytest.raises(Stop):
+        evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+    assert sorted(captured) == [1]  # rank 1 of 2 ran batch 1 only
+    monkeypatch.setattr(evaluation, "_dist_info", lambda: (0, 2))
+    monkeypatch.setattr(evaluation, "_gather", lambda local, world: {**local, **captured, **local})
+    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+    assert r.per_query["QA+"] == base.per_query["QA+"] and r.success["QA+"] == base.success["QA+"]
+
+
+def test_checkpoint_directory_input(tmp_path):
+    from robustbench_dml import backbones
+    from robustbench_dml.checkpoint import checkpoint_sha256, save_checkpoint
+
+    torch.manual_seed(0)
+    net = backbones.create("c2f2", embedding_dim=8)
+    meta = {"dataset": "digits", "defense": "vanilla"}
+    path = save_checkpoint(tmp_path / "ckpt", net, meta)
+    r = evaluate(path, SMALL, attacks=["TMA"], max_queries=8, device="cpu", benign_nmi=False)
+    assert r.checkpoint["sha256"] == checkpoint_sha256(path) and r.checkpoint["path"] == str(path)
+    assert r.checkpoint["meta"]["dataset"] == "digits"
+
+
+def test_user_errors(model, digits):
+    with pytest.raises(UserError, match="not in suite"):
+        evaluate((model, {}, digits), SMALL, attacks=["XX"], device="cpu")
+    with pytest.raises(UserError, match="max-queries"):
+        evaluate((model, {}, digits), SMALL, max_queries=0, device="cpu")
+    with pytest.raises(UserError, match="does not exist"):
+        evaluate("/nonexistent/ckpt", SMALL, device="cpu")

@@ -1,0 +1,185 @@
+"""Gallery: exact kNN with one (distance, index) tie order on every backend, exclusion by index, embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_dml.gallery import Gallery, embed, embed_tensor
+
+BACKENDS = ["faiss", "torch"]
+
+
+def _brute_knn(emb: np.ndarray, queries: np.ndarray, k: int, exclude) -> tuple[np.ndarray, np.ndarray]:
+    """float64 distances, Python-sorted by (distance, index): the independent reference order."""
+    d = np.sqrt(((queries[:, None, :].astype(np.float64) - emb[None, :, :].astype(np.float64)) ** 2).sum(-1))
+    idx, dist = [], []
+    for r in range(len(queries)):
+        order = sorted((j for j in range(len(emb)) if j != exclude[r]), key=lambda j: (d[r, j], j))[:k]
+        idx.append(order)
+        dist.append(d[r, order])
+    return np.array(idx), np.array(dist)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["random", "duplicates", "coarse_grid"])
+def test_knn_matches_bruteforce_stable_order(backend, kind):
+    rng = np.random.default_rng(1)
+    if kind == "random":
+        emb = _unit(rng.normal(size=(257, 12)))
+    elif kind == "duplicates":  # every vector 6 times: ties everywhere, order must be by index
+        emb = np.repeat(_unit(rng.normal(size=(40, 12))), 6, axis=0)[rng.permutation(240)]
+    else:  # small integer vectors: distances sqrt(integer), exact in float32, many equal between distinct rows
+        emb = rng.integers(-1, 2, size=(200, 4)).astype(np.float32)
+    qi = np.arange(0, len(emb), 5)
+    g = Gallery(torch.from_numpy(emb), torch.zeros(len(emb), dtype=torch.int64), backend=backend)
+    assert g.backend == backend
+    dist, idx = g.knn(torch.from_numpy(emb[qi]), 15, exclude=torch.from_numpy(qi))
+    ref_idx, ref_dist = _brute_knn(emb, emb[qi], 15, qi)
+    np.testing.assert_array_equal(idx.numpy(), ref_idx)
+    np.testing.assert_allclose(dist.numpy(), ref_dist, atol=1e-6)
+    assert dist.dtype == torch.float32 and idx.dtype == torch.int64
+    # sorted by (distance, index): non-decreasing distance, increasing index inside equal distances
+    d, i = dist.numpy(), idx.numpy()
+    assert np.all((d[:, 1:] > d[:, :-1]) | ((d[:, 1:] == d[:, :-1]) & (i[:, 1:] > i[:, :-1])))
+
+
+def test_collapsed_embeddings_give_first_indices_on_every_backend():
+    emb = torch.full((300, 16), 0.25)  # all rows equal and unit norm
+    exclude = torch.tensor([0, 3, 299, -1])
+    results = {}
+    for backend in BACKENDS:
+        g = Gallery(emb, torch.arange(300) % 3, backend=backend)
+        results[backend] = g.knn(emb[:4], 5, exclude=exclude)
+        np.testing.assert_array_equal(results[backend][1].numpy(),
+                                      [[1, 2, 3, 4, 5], [0, 1, 2, 4, 5], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+        assert torch.all(results[backend][0] == 0)
+    assert torch.equal(results["faiss"][0], results["torch"][0])
+    assert torch.equal(results["faiss"][1], results["torch"][1])
+
+
+def test_raw_faiss_tie_order_differs_but_ours_does_not():
+    """Pitfall 8: faiss IndexFlatIP returns collapsed ties in descending ids; Gallery must not."""
+    from robustbench_dml.knn import faiss_module
+
+    faiss = faiss_module()
+    emb = np.full((50, 8), 8 ** -0.5, dtype=np.float32)
+    ip = faiss.IndexFlatIP(8)
+    ip.add(emb)
+    _, raw = ip.search(emb[:1], 3)
+    g = Gallery(torch.from_numpy(emb), torch.zeros(50), backend="faiss")
+    _, ours = g.knn(torch.from_numpy(emb[:1]), 3)
+    assert ours[0].tolist() == [0, 1, 2]
+    assert raw[0].tolist() != [0, 1, 2]  # documents why the re-sort exists (descending on faiss-cpu 1.15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_query_excluded_by_index_not_by_first_hit(backend):
+    rng = np.random.default_rng(2)
+    base = _unit(rng.normal(size=(30, 6)))
+    emb = np.concatenate([base, base[:5]])  # rows 30..34 duplicate rows 0..4
+    g = Gallery(torch.from_numpy(emb), torch.arange(35), backend=backend)
+    q = torch.from_numpy(emb[[0, 32, 7]])
+    dist, idx = g.knn(q, 2, exclude=torch.tensor([0, 32, 7]))
+    # query 0: its duplicate 30 stays (distance 0), itself is gone; query 32: duplicate 2 stays
+    assert idx[0, 0].item() == 30 and dist[0, 0].item() == 0.0
+    assert idx[1, 0].item() == 2 and dist[1, 0].item() == 0.0
+    assert 0 not in idx[0].tolist() and 32 not in idx[1].tolist() and 7 not in idx[2].tolist()
+    assert dist[2, 0].item() > 0  # no duplicate for row 7: the first hit is a genuine neighbour
+    # without exclusion the query finds itself first (lowest index among its zero-distance copies)
+    _, idx_all = g.knn(q, 1)
+    assert idx_all[:, 0].tolist() == [0, 2, 7]
+
+
+def test_knn_rejects_bad_k_and_exclude():
+    g = Gallery(torch.eye(4), torch.arange(4))
+    with pytest.raises(ValueError):
+        g.knn(torch.eye(4), 4, exclude=torch.arange(4))
+    with pytest.raises(ValueError):
+        g.knn(torch.eye(4), 0)
+    with pytest.raises(ValueError):
+        g.knn(torch.eye(4), 2, exclude=torch.arange(3))
+    with pytest.raises(ValueError):
+        Gallery(torch.eye(4), torch.arange(3))
+
+
+def test_distances_match_cdist_and_are_differentiable():
+    rng = np.random.default_rng(3)
+    emb = torch.from_numpy(_unit(rng.normal(size=(50, 9))))
+    g = Gallery(emb, torch.zeros(50))
+    z = emb[:4].clone().requires_grad_(True)  # distance 0 to its own row
+    parts = [g.distances(z, s, e) for s, e in g.iter_chunks(chunk=7)]
+    assert [p.shape[1] for p in parts] == [7] * 7 + [1]
+    full = torch.cat(parts, 1)
+    ref = torch.from_numpy(np.sqrt(((emb[:4, None].double() - emb[None].double()) ** 2).sum(-1).numpy()))
+    torch.testing.assert_close(full.double(), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(full, torch.cdist(emb[:4], emb))
+    full.sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    assert list(g.iter_chunks()) == [(0, 50)]
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y, self.labels = x, y, y.numpy()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 5))
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_embed_restores_mode_keeps_parameters_and_is_eval(train_mode):
+    model = _model()
+    model.train(train_mode)
+    model[2].train(not train_mode)  # mixed submodule modes must be restored exactly
+    modes = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(37, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(37) % 4
+    gal = embed(model, _Images(x, y), batch_size=10)
+    assert [m.training for m in model.modules()] == modes
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k  # BatchNorm running stats untouched
+    model.eval()
+    with torch.no_grad():
+        ref = F.normalize(model(x), dim=1)
+    torch.testing.assert_close(gal.embeddings, ref)
+    assert torch.equal(gal.labels, y) and gal.labels.dtype == torch.int64
+    assert not gal.embeddings.requires_grad and gal.embeddings.is_contiguous()
+    torch.testing.assert_close(gal.embeddings.norm(dim=1), torch.ones(37))
+    model.train(train_mode)
+    z = embed_tensor(model, x, batch_size=16)
+    assert model.training == train_mode
+    torch.testing.assert_close(z, gal.embeddings)
+
+
+def test_embed_rejects_empty_and_bad_batch():
+    model = _model()
+    with pytest.raises(ValueError):
+        embed(model, _Images(torch.rand(0, 1, 4, 4), torch.zeros(0, dtype=torch.int64)))
+    with pytest.raises(ValueError):
+        embed(model, _Images(torch.rand(3, 1, 4, 4), torch.zeros(3, dtype=torch.int64)), batch_size=0)
+
+
+def test_backends_agree_on_float_rounded_near_ties():
+    """Normalised grid vectors: mathematically equal distances differ by float32 ulps; backends still agree."""
+    rng = np.random.default_rng(4)
+    emb = torch.from_numpy(_unit(rng.integers(-1, 2, size=(300, 5)).astype(np.float32) + 1e-7))
+    qi = torch.arange(0, 300, 7)
+    res = [Gallery(emb, torch.zeros(300), backend=b).knn(emb[qi], 20, exclude=qi) for b in BACKENDS]
+    assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1])

@@ -1,0 +1,447 @@
+"""Records, the versioned store (concurrency, crash safety, damage detection), reference rows, tables and plots."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from robustbench_dml import scoring
+from robustbench_dml.errors import UserError
+from robustbench_dml.leaderboard import records as records_mod
+from robustbench_dml.leaderboard import (COLUMNS, DTYPES, LeaderboardStore, Record, empty_frame, frames_concat,
+                                         plot_eps_curve, plot_resistance, read_record, reference_frame,
+                                         reference_records, render)
+from robustbench_dml.leaderboard.records import write_record
+from robustbench_dml.leaderboard.store import frame_to_parquet_bytes, parquet_bytes_to_frame
+from robustbench_dml.leaderboard.tables import best_marks, table_frame
+
+SUITE_HASH = hashlib.sha256(b"rob28-v1").hexdigest()
+
+
+def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits") -> dict:
+    """A synthetic evaluation result in the CONTRACTS.md layout; model i gets distinct numbers."""
+    rng = np.random.default_rng(i)
+    raw = {"CA+": 10 + 3 * i, "CA-": 60 - 4 * i, "QA+": 8 + 2 * i, "QA-": 55 - 3 * i, "TMA": 0.8 - 0.05 * i,
+           "ES:D": 0.9 - 0.05 * i, "ES:R": 20 + i, "LTM": 15 + i, "GTM": 25 + 2 * i, "GTT": 1.0 + i, "R@1": 90.0 - i}
+    raw = {k: float(v + rng.uniform(0, 0.01)) for k, v in raw.items()}
+    return {
+        "schema_version": 1,
+        "checkpoint": {"sha256": hashlib.sha256(f"model-{i}".encode()).hexdigest(), "path": f"runs/m{i}",
+                       "meta": {"dataset": dataset, "backbone": "c2f2", "defense": "ca_tride",
+                                "defense_config": {"lam": 10.0, "threat": {"eps": 0.3, "steps": 16}}}},
+        "suite": {"id": "rob28", "version": 1, "hash": SUITE_HASH, "params": {},
+                  "overrides": {"eps": None, "attacks": None, "max_queries": None}, "eligible": eligible},
+        "seed": 0, "device": "cpu", "versions": {"robustbench_dml": "0.1.0", "torch": "2"},
+        "robrank_compat": False, "num_queries": 64,
+        "benign": {"R@1": raw["R@1"], "R@2": 95.0, "mAP": 70.0 + i, "MAP@R": 60.0, "mAP@10": 80.0, "NMI": 75.0},
+        "raw": raw,
+        "scores": {"ERS": scoring.ers(raw), "ARS": scoring.ars(raw),
+                   "ERS_ci": [scoring.ers(raw) - 1.0, scoring.ers(raw) + 1.0],
+                   "ARS_ci": [scoring.ars(raw) - 1.5, scoring.ars(raw) + 1.5], "worst_case": 80.0 - i},
+    }
+
+
+def make_record(i: int, **kw) -> Record:
+    return Record.from_evaluation(make_eval(i, **kw), submitter=f"user{i}", created="2025-01-01")
+
+
+# ---- records -----------------------------------------------------------------------------------------------------
+def test_record_from_evaluation_fields():
+    ev = make_eval(2)
+    rec = Record.from_evaluation(ev, submitter="alice", created="2025-01-02")
+    sha = ev["checkpoint"]["sha256"]
+    assert rec.record_id == f"{sha[:16]}-{SUITE_HASH[:12]}"
+    assert (rec.dataset, rec.suite_id, rec.suite_version, rec.backbone, rec.defense) == \
+        ("digits", "rob28", 1, "c2f2", "ca_tride")
+    assert rec.steps == 16 and rec.seed == 0 and rec.device == "cpu" and rec.eligible and not rec.reported
+    assert rec.ers == pytest.approx(scoring.ers(ev["raw"])) and rec.ars == pytest.approx(scoring.ars(ev["raw"]))
+    assert rec.ca_minus == ev["raw"]["CA-"] and rec.r1 == ev["benign"]["R@1"] and rec.nmi == 75.0
+    assert json.loads(rec.defense_config)["lam"] == 10.0
+    assert (rec.ers_lo, rec.ars_hi, rec.worst_case) == (ev["scores"]["ERS_ci"][0], ev["scores"]["ARS_ci"][1], 78.0)
+    # JSON round trip
+    again = Record.from_json_dict(json.loads(rec.to_json()))
+    assert again == rec
+
+
+def test_record_refuses_edited_scores_and_bad_input():
+    ev = make_eval(1)
+    ev["scores"]["ERS"] += 0.5
+    with pytest.raises(UserError, match="does not match its raw results"):
+        Record.from_evaluation(ev, submitter="x")
+    ev = make_eval(1)
+    ev["checkpoint"]["sha256"] = "abc"
+    with pytest.raises(UserError, match="64 hex"):
+        Record.from_evaluation(ev, submitter="x")
+    with pytest.raises(UserError, match="submitter"):
+        Record.from_evaluation(make_eval(1), submitter=" \n")
+    ev = make_eval(1)
+    del ev["suite"]
+    with pytest.raises(UserError, match="suite"):
+        Record.from_evaluation(ev, submitter="x")
+
+
+def test_damaged_record_file_names_the_file(tmp_path):
+    rec = make_record(0)
+    path = tmp_path / f"{rec.record_id}.json"
+    write_record(rec, path)
+    assert read_record(path) == rec
+    good = path.read_text()
+    cases = {
+        "truncated": good[: len(good) // 2],
+        "nan": good.replace(f'"ers": {json.dumps(rec.ers)}', '"ers": NaN'),
+        "schema": good.replace('"schema_version": 1', '"schema_version": 99'),
+        "type": good.replace('"eligible": true', '"eligible": "yes"'),
+        "missing": json.dumps({k: v for k, v in json.loads(good).items() if k != "dataset"}),
+    }
+    for name, text in cases.items():
+        assert text != good, name
+        path.write_text(text)
+        with pytest.raises(UserError, match=str(path).replace("\\", "\\\\")):
+            read_record(path)
+
+
+# ---- store basics ------------------------------------------------------------------------------------------------
+def test_add_load_resubmit_and_diff(tmp_path):
+    store = LeaderboardStore(tmp_path)
+    assert store.versions("digits", "rob28") == []
+    empty = store.load("digits", "rob28")
+    assert empty.empty and dict(empty.dtypes) == DTYPES
+    r0, r1 = make_record(0), make_record(3)
+    assert store.add_record(r0) == (1, True)
+    assert store.add_record(r0) == (1, False)                        # resubmission: nothing new
+    again = Record.from_evaluation(make_eval(0), submitter="someone else", created="2030-01-01")
+    assert store.add_record(again) == (1, False)                     # same checkpoint + suite -> same record id
+    assert store.add_record(r1) == (2, True)
+    assert store.versions("digits", "rob28") == [1, 2]
+    df = store.load("digits", "rob28")
+    assert list(df.columns) == list(COLUMNS) and dict(df.dtypes) == DTYPES
+    assert df["record_id"].tolist() == [r1.record_id, r0.record_id]    # ARS desc (model 3 is more robust)
+    assert df["ARS"].is_monotonic_decreasing
+    assert df.loc[1, "submitter"] == "user0"                          # the first record is kept
+    assert len(store.load("digits", "rob28", 1)) == 1
+    m = store.manifest("digits", "rob28", 2)
+    assert m["rows"] == 2 and set(m["records"]) == {r0.record_id, r1.record_id}
+    assert m["parquet_sha256"] == hashlib.sha256(store.parquet_path("digits", "rob28", 2).read_bytes()).hexdigest()
+    assert m["previous"] == 1 and m["package_version"]
+    rec_path = store.record_path(r0)
+    assert m["records"][r0.record_id] == hashlib.sha256(rec_path.read_bytes()).hexdigest()
+    d = store.diff("digits", "rob28", 1, 2)
+    assert d["change"].tolist() == ["added"] and d["record_id"].tolist() == [r1.record_id]
+    assert store.diff("digits", "rob28", 2, 1)["change"].tolist() == ["removed"]
+    assert store.verify("digits", "rob28") == [1, 2]
+    assert store.leaderboards() == [("digits", "rob28")]
+    with pytest.raises(UserError, match="version"):
+        store.load("digits", "rob28", 3)
+
+
+def test_ineligible_result_refused(tmp_path):
+    store = LeaderboardStore(tmp_path)
+    with pytest.raises(UserError, match="not eligible"):
+        store.add_record(make_record(0, eligible=False))
+    assert store.versions("digits", "rob28") == []
+    assert not store.records_dir("digits", "rob28").exists()
+    assert store.add_record(make_record(0, eligible=False), allow_ineligible=True) == (1, True)
+
+
+def test_empty_leaderboard_dtype_round_trip():
+    df = empty_frame()
+    data = frame_to_parquet_bytes(df)
+    schema = pq.read_schema(io.BytesIO(data))
+    assert "null" not in {str(f.type) for f in schema}
+    back = parquet_bytes_to_frame(data)
+    pd.testing.assert_frame_equal(back, df)
+    assert dict(back.dtypes) == DTYPES
+    assert str(back["defense"].dtype) == str(pd.StringDtype()) and str(back["steps"].dtype) == "Int64"
+
+
+def test_full_frame_round_trip_keeps_values():
+    df = frames_concat([reference_frame("cub"), reference_frame("sop")])
+    back = parquet_bytes_to_frame(frame_to_parquet_bytes(df))
+    pd.testing.assert_frame_equal(back, df)
+    assert back["steps"].isna().sum() == 2 and back["source"].notna().all()
+
+
+# ---- concurrency -------------------------------------------------------------------------------------------------
+@pytest.mark.ddp
+def test_eight_concurrent_submissions(tmp_path):
+    store = LeaderboardStore(tmp_path)
+    recs = [make_record(i) for i in range(8)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=store.add_record, args=(r,)) for r in recs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 8
+    assert store.versions("digits", "rob28") == list(range(1, 9))
+    seen: set[str] = set()
+    for v in range(1, 9):
+        df = store.load("digits", "rob28", v)                        # each validated against its manifest
+        ids = set(df["record_id"])
+        assert len(df) == v and len(ids) == v and seen < ids           # append-only history, no duplicates
+        assert store.manifest("digits", "rob28", v)["previous"] == (v - 1 or None)
+        seen = ids
+    assert seen == {r.record_id for r in recs}
+    assert store.verify("digits", "rob28") == list(range(1, 9))
+
+
+# ---- crash safety ------------------------------------------------------------------------------------------------
+def _crash_on(monkeypatch, suffix: str):
+    real = records_mod._replace
+
+    def replace(src, dst):
+        if str(dst).endswith(suffix):
+            assert Path(src).exists() and Path(src).stat().st_size > 0      # the temp file was written
+            raise OSError("simulated crash")
+        real(src, dst)
+
+    monkeypatch.setattr(records_mod, "_replace", replace)
+
+
+@pytest.mark.parametrize("suffix", ["v2.parquet", "v2.manifest.json", "latest"])
+def test_crash_mid_write_keeps_previous_version(tmp_path, monkeypatch, suffix):
+    store = LeaderboardStore(tmp_path)
+    r0, r1 = make_record(0), make_record(1)
+    store.add_record(r0)
+    before = store.load("digits", "rob28")
+    _crash_on(monkeypatch, suffix)
+    with pytest.raises(OSError, match="simulated crash"):
+        store.add_record(r1)
+    board = store.board_dir("digits", "rob28")
+    assert store.versions("digits", "rob28") == [1]
+    pd.testing.assert_frame_equal(store.load("digits", "rob28"), before)
+    assert not [p for p in board.iterdir() if p.name.endswith(".tmp")]           # temp files cleaned up
+    monkeypatch.undo()
+    # the next writer publishes v2 (overwriting any unpublished v2 file) with both rows
+    assert store.add_record(r1) == (2, True)
+    assert len(store.load("digits", "rob28")) == 2 and store.verify("digits", "rob28") == [1, 2]
+
+
+# ---- damage detection --------------------------------------------------------------------------------------------
+def _store_with_two(tmp_path) -> LeaderboardStore:
+    store = LeaderboardStore(tmp_path)
+    store.add_record(make_record(0))
+    store.add_record(make_record(1))
+    return store
+
+
+def test_damaged_parquet_is_a_clear_error(tmp_path):
+    store = _store_with_two(tmp_path)
+    path = store.parquet_path("digits", "rob28", 2)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match its manifest"):
+        store.load("digits", "rob28")
+    assert len(store.load("digits", "rob28", 1)) == 1                 # older versions still load
+    # garbage whose hash the manifest matches: still refused, as unreadable parquet
+    path.write_bytes(b"PAR1 not really parquet PAR1")
+    mpath = store.manifest_path("digits", "rob28", 2)
+    m = json.loads(mpath.read_text())
+    m["parquet_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(UserError, match="not a readable parquet"):
+        store.load("digits", "rob28")
+
+
+def test_manifest_hash_mismatch_and_damage(tmp_path):
+    store = _store_with_two(tmp_path)
+    mpath = store.manifest_path("digits", "rob28", 2)
+    good = mpath.read_text()
+    m = json.loads(good)
+    m["parquet_sha256"] = "0" * 64
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(UserError, match="does not match its manifest"):
+        store.load("digits", "rob28")
+    mpath.write_text("{not json")
+    with pytest.raises(UserError, match="manifest .* is damaged"):
+        store.load("digits", "rob28")
+    mpath.write_text(good)
+    m = json.loads(good)
+    m["rows"] = 3
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(UserError, match="rows"):
+        store.load("digits", "rob28")
+    mpath.write_text(good)
+    store.load("digits", "rob28")
+    store._pointer_path("digits", "rob28").write_text("garbage")
+    with pytest.raises(UserError, match="pointer"):
+        store.load("digits", "rob28")
+
+
+def test_damaged_record_blocks_publishing(tmp_path):
+    store = _store_with_two(tmp_path)
+    rpath = store.record_path(make_record(0))
+    rpath.write_text(rpath.read_text()[:-20])
+    with pytest.raises(UserError, match=str(rpath)):
+        store.add_record(make_record(2))
+    assert store.versions("digits", "rob28") == [1, 2]
+    with pytest.raises(UserError, match="does not match the manifest|damaged"):
+        store.verify("digits", "rob28")
+
+
+def test_wrong_schema_parquet_refused(tmp_path):
+    df = empty_frame().drop(columns=["note"])
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    with pytest.raises(UserError, match="schema"):
+        parquet_bytes_to_frame(buf.getvalue())
+
+
+# ---- reference rows ----------------------------------------------------------------------------------------------
+def test_reference_rows_recompute_published_scores():
+    checked = {"ERS": 0, "ARS": 0}
+    for rec in reference_records():
+        assert rec.reported and rec.source and rec.checkpoint_sha256 is None
+        raw = rec.raw()
+        if rec.ers is not None and all(k in raw for k in scoring.ERS_KEYS):
+            assert abs(scoring.ers(raw) - rec.ers) <= 0.1, rec
+            checked["ERS"] += 1
+        if rec.ars is not None and all(k in raw for k in scoring.ARS_KEYS):
+            assert abs(scoring.ars(raw) - rec.ars) <= 0.1, rec
+            checked["ARS"] += 1
+    assert checked == {"ERS": 3, "ARS": 5}   # HM none / ACT / HM&ICS; CA-TRIDE table 3 + ablation 2
+
+
+def test_reference_frame_schema_and_content():
+    cub = reference_frame("cub")
+    assert dict(cub.dtypes) == DTYPES and cub["reported"].all()
+    hm = cub[(cub["defense"] == "HM[S,LGA]&ICS") & (cub["steps"] == 32)].iloc[0]
+    assert (hm["R@1"], hm["R@2"], hm["mAP"], hm["NMI"], hm["ERS"]) == (34.9, 45.0, 19.8, 47.1, 36.0)
+    assert np.isnan(hm["MAP@R"]) and np.isnan(hm["ARS"])
+    assert cub.iloc[0]["defense"] == "CA-TRIDE"                       # best ARS first
+    assert len(reference_frame("sop")) == 11 and len(reference_frame("cars")) == 9
+    assert reference_frame("digits").empty and dict(reference_frame("digits").dtypes) == DTYPES
+
+
+def test_shipped_reference_leaderboard_matches_code():
+    root = Path(__file__).resolve().parents[1] / "leaderboards" / "reference"
+    store = LeaderboardStore(root)
+    assert store.leaderboards() == [("cars", "reference"), ("cub", "reference"), ("sop", "reference")]
+    for ds, _ in store.leaderboards():
+        pd.testing.assert_frame_equal(store.load(ds, "reference"), reference_frame(ds))
+
+
+# ---- tables ------------------------------------------------------------------------------------------------------
+def _board(tmp_path) -> tuple[pd.DataFrame, list[Record]]:
+    store = LeaderboardStore(tmp_path)
+    recs = [make_record(i) for i in (0, 1, 4)]
+    store.add_records(recs)
+    return store.load("digits", "rob28"), recs
+
+
+def test_best_marks_direction_and_ci_ties(tmp_path):
+    df, recs = _board(tmp_path)          # rows: model 4, 1, 0 (ARS desc)
+    table = table_frame(df)
+    marks = best_marks(table, ["CA+", "CA-", "ERS", "ARS", "R@1"])
+    assert marks["CA+"] == {0}           # higher CA+ is better: model 4
+    assert marks["CA-"] == {0}           # lower CA- is better: model 4 has the lowest
+    assert marks["R@1"] == {2}           # model 0 has the highest benign R@1
+    # ERS gap between models 4 and 1 is ~8.9 with CIs of +-1: only the best is marked; widen model 1's CI -> tie
+    assert marks["ERS"] == {0}
+    wide = df.copy()
+    wide.loc[1, ["ERS_lo", "ERS_hi"]] = [wide.loc[1, "ERS"] - 9, wide.loc[1, "ERS"] + 9]
+    assert best_marks(table_frame(wide), ["ERS"])["ERS"] == {0, 1}
+    terms = table_frame(df, values="terms")
+    assert terms.loc[0, "CA-"] == pytest.approx(100 - df.loc[0, "CA-"])
+    assert best_marks(terms, ["CA-"], values="terms")["CA-"] == {0}
+
+
+def test_render_markdown_latex_html(tmp_path):
+    df, recs = _board(tmp_path)
+    df.loc[0, "defense"] = "HM[S,LGA]&ICS_v2 50%"
+    md = render(df, "md", highlight_record_id=recs[1].record_id)
+    lines = md.strip().splitlines()
+    assert lines[0].startswith("| # | Defense") and "| ERS | ARS |" in lines[0]
+    assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines[2:])
+    assert "→" in lines[3] and f"**{df.loc[0, 'ARS']:.1f}**" in lines[2]
+    tex = render(df, "latex", standalone=True)
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"\usepackage{booktabs}" in tex and r"HM[S,LGA]\&ICS\_v2 50\%" in tex
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    ncols = tex.split(r"\begin{tabular}{")[1].split("}")[0]
+    assert all(row.count(" & ") == len(ncols) - 1 and row.endswith(r"\\") for row in body)
+    page = render(df, "html", highlight_record_id=recs[0].record_id, title="digits <rob28>")
+    _check_html(page)
+    assert "digits &lt;rob28&gt;" in page and 'class="highlight"' in page and "HM[S,LGA]&amp;ICS" in page
+    with pytest.raises(ValueError, match="format"):
+        render(df, "xlsx")
+    terms = render(df, "md", values="terms", columns=("TMA", "ES:D", "ARS"))
+    tma_term = 100 * (1 - df.loc[0, "TMA"])
+    assert f"{tma_term:.1f}" in terms and f"{tma_term:.3f}" not in terms    # terms are 0-100: one decimal
+    assert f"{df.loc[0, 'TMA']:.3f}" in render(df, "md", columns=("TMA", "ES:D"))
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "latex", "html"])
+def test_render_empty_leaderboard(fmt):
+    text = render(empty_frame(), fmt)
+    assert "ARS" in text
+    if fmt == "html":
+        _check_html(text, rows=False)
+
+
+class _Balance(HTMLParser):
+    VOID = {"meta", "br", "hr", "img", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack)
+        self.stack.pop()
+
+
+def _check_html(page: str, rows: bool = True) -> None:
+    assert page.lstrip().lower().startswith("<!doctype html>")
+    p = _Balance()
+    p.feed(page)
+    p.close()
+    assert p.stack == [] and {"html", "head", "body", "table", "thead", "tbody", "th"} <= set(p.tags)
+    assert ("td" in p.tags) == rows
+
+
+def test_csv_reads_back_unchanged(tmp_path):
+    df, _ = _board(tmp_path)
+    both = frames_concat([df, reference_frame("cub")])
+    text = render(both, "csv")
+    back = pd.read_csv(io.StringIO(text))
+    expected = table_frame(both)
+    numeric = [c for c in expected.columns if expected[c].dtype == "float64"]
+    assert "ERS" in numeric and "ERS_lo" in numeric
+    pd.testing.assert_frame_equal(back[numeric], expected[numeric])
+    assert back["defense"].tolist() == expected["defense"].tolist()
+    assert back["record_id"].tolist() == both["record_id"].tolist()
+
+
+# ---- plots -------------------------------------------------------------------------------------------------------
+def _is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1024
+
+
+def test_plots_write_pngs(tmp_path):
+    df, _ = _board(tmp_path)
+    rows = frames_concat([df, reference_frame("cub").head(2)])
+    assert _is_png(plot_resistance(rows, tmp_path / "res.png"))
+    assert _is_png(plot_resistance(rows, tmp_path / "res_ers.png", score="ERS"))
+    curves = {f"model {i}": [(e / 255, make_eval(i + e)["raw"]) for e in (0, 8, 16)] for i in range(2)}
+    assert _is_png(plot_eps_curve(curves, tmp_path / "eps.png"))
+    assert _is_png(plot_eps_curve(curves, tmp_path / "eps_ca.png", key="CA+"))
+    with pytest.raises(ValueError, match="XYZ"):
+        plot_eps_curve(curves, tmp_path / "bad.png", key="XYZ")
