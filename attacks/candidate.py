@@ -23,6 +23,7 @@ import torch
 
 from attacks.base import (
     RankingAttack,
+    chunk_distances,
     chunked_strict_counts,
     chunks,
     flip_success,
@@ -66,7 +67,7 @@ class CandidateAttack(RankingAttack):
 
     def prepare(self, state, gallery):
         q = self._fixed_rows(state, gallery)
-        rows = torch.cat([gallery.distances(q, s, e) for s, e in chunks(gallery, q.shape[0])], dim=1)
+        rows = torch.cat([chunk_distances(gallery, q, s, e) for s, e in chunks(gallery, q.shape[0])], dim=1)
         srt, prefix = sort_with_prefix(rows)
         return q, srt, prefix
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import RankingAttack, chunks, flip_success, pair_distance, recall_percent, top1_correct
+from attacks.base import RankingAttack, chunk_distances, chunks, flip_success, pair_distance, recall_percent, top1_correct
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def nearest_unmatching(gallery, z: torch.Tensor, predicted: torch.Tensor, self_i
     best_d = torch.full((z.shape[0],), float("inf"), dtype=z.dtype, device=z.device)
     best_i = torch.full((z.shape[0],), -1, dtype=torch.int64, device=z.device)
     for start, stop in chunks(gallery, z.shape[0]):
-        dist = gallery.distances(z, start, stop)
+        dist = chunk_distances(gallery, z, start, stop)
         idx = torch.arange(start, stop, device=z.device).view(1, -1)
         bad = (gallery.labels[start:stop].view(1, -1) == predicted.view(-1, 1)) | (idx == self_idx.view(-1, 1))
         v, i = dist.masked_fill(bad, float("inf")).min(dim=1)

@@ -23,7 +23,8 @@ reference's toggle ends up adding it to every training loss). Triplets come from
 
 Schedules (both configurable, both recorded in the config): ``step_ramp`` (the code; default on):
 ``alpha_eff = alpha * epoch / max_epochs``, so epoch 0 is clean training (we then skip the attack entirely,
-which only saves its cost) and the eps-ball fills only once ``steps * alpha_eff >= eps``;
+which only saves its cost) and the eps-ball fills only once ``steps * alpha_eff >= eps`` (with ``steps == 1``
+the engine's FGSM step is ``min(eps, alpha_eff)``, so the ramp holds there too);
 ``assist_warmup_fraction`` (the paper; default 0.25): during the first quarter of the epochs the ANP objective
 drops its assist term ``relu(C)`` (attack only). ``mode``: "alternate" (CA-TRIDE), "anp" (CA-ANP), "cap" (CA-CAP).
 

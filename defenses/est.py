@@ -105,9 +105,8 @@ class EST(Defense):
         anc, pos, neg = MINERS.get(cfg.miner)(z.detach(), labels, ctx.generator, margin=cfg.margin)
         loss = triplet_loss(z[anc], z[pos], z[neg], cfg.margin)
         with torch.no_grad():
-            c_anc, c_pos, c_neg = anc, pos, neg
             stats = {
-                "loss_clean": float(triplet_loss(z_clean[c_anc], z_clean[c_pos], z_clean[c_neg], cfg.margin)),
+                "loss_clean": float(triplet_loss(z_clean[anc], z_clean[pos], z_clean[neg], cfg.margin)),
                 "shift": float((z.detach() - z_clean).norm(dim=1).mean()),
                 "iterations": float(res.iterations),
             }

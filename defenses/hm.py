@@ -138,16 +138,16 @@ class HM(Defense):
             raise ValueError(f"unexpected HM state keys {sorted(extra)}")
         self.prev_loss = float(state.get("prev_loss", INITIAL_PREV_LOSS))
 
-    def destination_hardness(self, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-                             anc: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``(H_D, l_bar)``: H_D as a 0-d tensor (LGA-type, const) or (N,) (benign, lga_bias)."""
+    def destination_hardness(self, z: torch.Tensor, labels: torch.Tensor,
+                             generator: torch.Generator) -> tuple[torch.Tensor, float]:
+        """``(H_D, l_bar)`` from the clean normalised embeddings ``z``: H_D is a 0-d tensor (LGA-type, const) or
+        (N,) (benign, lga_bias; destination triplets share the source anchors ``0, 2, 4, ...``)."""
         cfg = self.config
         gamma = cfg.margin
         lbar = lga_level(self.prev_loss, cfg.lga_u)
         dest = cfg.destination
         if dest in ("benign", "lga_bias"):
             da, dp, dn = MINERS.get(cfg.desth)(z, labels, generator, margin=cfg.margin)
-            assert torch.equal(da, anc)
             h = hardness(z[da], z[dp], z[dn])
             return (h if dest == "benign" else h + cfg.xi * (1.0 - lbar)), lbar
         value = {
@@ -164,7 +164,7 @@ class HM(Defense):
         with eval_mode(net), torch.no_grad():
             z_clean = F.normalize(net(images), dim=1)
         anc, pos, neg = MINERS.get(cfg.srch)(z_clean, labels, ctx.generator, margin=cfg.margin)
-        h_dest, lbar = self.destination_hardness(z_clean, labels, ctx.generator, anc)
+        h_dest, lbar = self.destination_hardness(z_clean, labels, ctx.generator)
         steps = 0 if cfg.srch == cfg.desth else cfg.steps
         with eval_mode(net):
             xa, xp, xn, res = hardness_manipulation(net, images[anc], images[pos], images[neg], h_dest,

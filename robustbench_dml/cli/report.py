@@ -1,0 +1,75 @@
+"""Terminal rendering of evaluation results (rich tables); plain text when not on a terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+BENIGN_KEYS = ("R@1", "R@2", "mAP", "MAP@R", "mAP@10", "NMI")
+ATTACK_KEYS = ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
+HIGHER_IS_BETTER = {"CA+": True, "CA-": False, "QA+": True, "QA-": False, "TMA": False, "ES:D": False,
+                    "ES:R": True, "LTM": True, "GTM": True, "GTT": True}
+
+
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def benign_table(benign: Mapping[str, float], title: str = "benign retrieval (percent)") -> Table:
+    t = Table(title=title)
+    for k in BENIGN_KEYS:
+        t.add_column(k, justify="right")
+    t.add_row(*[_num(benign.get(k), 1) for k in BENIGN_KEYS])
+    return t
+
+
+def attack_table(result: Mapping[str, Any]) -> Table:
+    """Raw result, clean value and the ERS / ARS resistance term of every attack key, then the scores."""
+    raw = result["raw"]
+    terms = {s: _safe_terms(raw, s) for s in ("ERS", "ARS")}
+    clean = result.get("extra", {}).get("clean", {})
+    t = Table(title=f"attacks ({result['suite']['id']}, {result['num_queries']} queries)")
+    cols = ("attack", "raw", "clean", "better", "ERS term", "ARS term") if clean else \
+        ("attack", "raw", "better", "ERS term", "ARS term")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("attack", "better") else "right")
+    for k in ATTACK_KEYS:
+        if k not in raw:
+            continue
+        digits = 3 if k in ("TMA", "ES:D") else 1
+        cells = [k, _num(raw[k], digits)] + ([_num(clean.get(k), digits)] if clean else []) + [
+            "higher" if HIGHER_IS_BETTER[k] else "lower", _num(terms["ERS"].get(k), 1), _num(terms["ARS"].get(k), 1)]
+        t.add_row(*cells)
+    scores = result.get("scores", {})
+    for s in ("ERS", "ARS"):
+        ci = scores.get(f"{s}_ci")
+        ci_txt = f"  [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and ci[0] is not None else ""
+        t.add_row(*_pad([f"[bold]{s}[/bold]", f"[bold]{_num(scores.get(s), 1)}[/bold]{ci_txt}"], len(cols)))
+    if scores.get("worst_case") is not None:
+        t.add_row(*_pad(["worst case (% queries broken)", _num(scores["worst_case"], 1)], len(cols)))
+    return t
+
+
+def _safe_terms(raw: Mapping[str, float], score: str) -> dict[str, float]:
+    from robustbench_dml import scoring
+
+    try:
+        return scoring.resistance_terms(raw, score)
+    except ValueError:
+        return {}
+
+
+def _num(v: Any, digits: int) -> str:
+    if v is None:
+        return "-"
+    try:
+        return f"{float(v):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _pad(cells: list[str], n: int) -> list[str]:
+    return cells + [""] * (n - len(cells))
