@@ -255,7 +255,10 @@ def evaluate(
     from robustbench_dml.runtime import generator, resolve_device, versions
 
     suite_obj = get_suite(suite)
+    rank, world = _dist_info()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if world > 1 and dev.type == "cuda" and dev.index is None:  # torchrun: one GPU per local rank
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if max_queries is not None and int(max_queries) < 1:
         raise UserError(f"--max-queries must be a positive integer (got {max_queries})")
     if eps is not None and not (0 <= float(eps) <= 1):
@@ -273,7 +276,6 @@ def evaluate(
     eligible = all(v is None for v in overrides.values())
 
     model, ckpt_info, test_set = _resolve_input(checkpoint_dir_or_model, meta, dataset, data_root, dev)
-    rank, world = _dist_info()
     show = progress and rank == 0
 
     gallery = embed(model, test_set, batch_size=256, device=dev, progress=show, backend=knn_backend)

@@ -113,13 +113,13 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
         torch.cuda.set_device(device)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
-    cfg, info, defense, model = build(cfg)
     out = Path(out) if out is not None else default_out(cfg)
     state_path = out / STATE_FILE
     if out.exists() and any(out.iterdir()) and not resume and rank == 0:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
     train_set = datasets.create(cfg.dataset, root=cfg.data_root, split="train")
     test_set = datasets.create(cfg.dataset, root=cfg.data_root, split="test") if rank == 0 else None
+    cfg, info, defense, model = build(cfg)
 
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

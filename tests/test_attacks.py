@@ -437,7 +437,10 @@ def test_self_defaults_to_nearest_item(toy):
 
 def test_candidate_passes_split_by_memory_budget_agree(toy):
     whole = toy.attack("CA+", W=2)
-    split = toy.attack("CA+", W=2, memory_budget=3 * 8 * 2 * 1000)  # 3 rows per pass
+    budget = 3 * (20 * 2 * 1000 + 1)
+    assert attacks.create("CA+", model=toy.model, eps=0.1, alpha=0.01, steps=4, W=2,
+                          memory_budget=budget).max_rows(1000) == 3
+    split = toy.attack("CA+", W=2, memory_budget=budget)  # passes of 3, 3, 2 rows
     assert torch.equal(whole.selection["sel_queries"], split.selection["sel_queries"])
     assert torch.allclose(whole.x_adv, split.x_adv, atol=1e-6)
     assert torch.equal(whole.per_query["CA+"], split.per_query["CA+"])

@@ -1,6 +1,85 @@
-"""Placeholder for `dmlbench leaderboard` (being written)."""
+"""``dmlbench leaderboard show|export|diff``: read the versioned leaderboards (and the papers' rows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robustbench_dml.errors import UserError
+
+DEFAULT_DIR = "leaderboards"
+FORMATS = ("md", "csv", "latex", "html")
 
 
-def add_parser(sub):
-    p = sub.add_parser("leaderboard", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_leaderboard_dir(p) -> None:
+    p.add_argument("--leaderboard-dir", default=DEFAULT_DIR, help=f"leaderboard store (default ./{DEFAULT_DIR})")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("leaderboard", help="show, export or diff a leaderboard version",
+                       description="Leaderboards are derived from append-only records as numbered, immutable "
+                                   "versions (leaderboards/DATASET/SUITE/vN.parquet + manifest).")
+    p.add_argument("action", choices=("show", "export", "diff"))
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--suite", help="suite id (default: the dataset's)")
+    p.add_argument("--version", help="N (default: latest), or A..B for diff")
+    p.add_argument("--format", choices=FORMATS, help="md (default for show), csv, latex or html")
+    p.add_argument("--output", help="write to this file instead of standard output")
+    p.add_argument("--no-reference", action="store_true", help="leave out the rows published by the papers")
+    add_leaderboard_dir(p)
+    p.set_defaults(func=run)
+
+
+def board_with_reference(store, dataset: str, suite: str, version: int | None, reference: bool):
+    from robustbench_dml.leaderboard import frames_concat, reference_frame
+
+    frame = store.load(dataset, suite, version)
+    if reference:
+        ref = reference_frame(dataset)
+        if len(ref):
+            frame = frames_concat([frame, ref])
+    return frame
+
+
+def emit(text: str, output: str | None) -> None:
+    if output:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        print(path)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+
+
+def run(args) -> int:
+    from robustbench_dml import datasets
+    from robustbench_dml.leaderboard import LeaderboardStore, render
+
+    suite = args.suite or datasets.info(args.dataset).suite if args.dataset in datasets.DATASETS else args.suite
+    if suite is None:
+        raise UserError(f"unknown dataset {args.dataset!r}; pass --suite as well for a custom one")
+    store = LeaderboardStore(args.leaderboard_dir)
+    fmt = args.format or ("csv" if args.action == "diff" else "md")
+    if args.action == "diff":
+        if not args.version or ".." not in args.version:
+            raise UserError("diff needs --version A..B (two version numbers)")
+        a, b = (_int(v) for v in args.version.split("..", 1))
+        emit(store.diff(args.dataset, suite, a, b).to_csv(index=False) if fmt == "csv" else
+             render(store.diff(args.dataset, suite, a, b), fmt), args.output)
+        return 0
+    version = _int(args.version) if args.version else None
+    frame = board_with_reference(store, args.dataset, suite, version, not args.no_reference)
+    if not len(frame):
+        raise UserError(f"no leaderboard for {args.dataset}/{suite} in {args.leaderboard_dir} yet; "
+                        f"add one with `dmlbench run` or `dmlbench submit`")
+    title = f"{args.dataset} / {suite}" + (f" v{version}" if version else "")
+    emit(render(frame, fmt, title=title, standalone=args.action == "export" and fmt == "latex"), args.output)
+    return 0
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.lstrip("v"))
+    except ValueError:
+        raise UserError(f"version must be a number like 3 (got {text!r})") from None

@@ -1,6 +1,43 @@
-"""Placeholder for `dmlbench plot` (being written)."""
+"""``dmlbench plot``: PNG pictures of per-attack resistance terms, or of robustness against eps."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from robustbench_dml.cli.compare import find_result, load_records
+from robustbench_dml.errors import UserError
 
 
-def add_parser(sub):
-    p = sub.add_parser("plot", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_parser(sub) -> None:
+    p = sub.add_parser("plot", help="write PNGs: resistance terms per attack, or robustness against eps")
+    p.add_argument("kind", choices=("resistance", "eps"),
+                   help="resistance: bars of each attack's resistance term per run; eps: a score or raw attack "
+                        "result against eps, from `evaluate --eps` sweeps")
+    p.add_argument("results", nargs="+", metavar="RUN_CHECKPOINT_OR_JSON")
+    p.add_argument("--score", choices=("ERS", "ARS"), default="ARS", help="terms of this score (resistance)")
+    p.add_argument("--key", default="ERS", help="what to plot against eps: ERS, ARS or an attack key like CA+")
+    p.add_argument("--output", required=True, help="PNG file to write")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from robustbench_dml.leaderboard import plot_eps_curve, plot_resistance, records_to_frame
+
+    if args.kind == "resistance":
+        plot_resistance(records_to_frame(load_records(args.results, None)), args.output, score=args.score)
+    else:
+        import json
+
+        curves: dict[str, list] = defaultdict(list)
+        for p in args.results:
+            data = json.loads(find_result(Path(p), None).read_text())
+            eps = data["suite"].get("overrides", {}).get("eps")
+            eps = eps if eps is not None else data["suite"]["params"]["eps"]
+            label = f"{data['checkpoint']['meta'].get('defense', '?')} {data['checkpoint']['sha256'][:8]}"
+            curves[label].append((float(eps), {**data["raw"], **data.get("scores", {})}))
+        if not curves:
+            raise UserError("no results to plot")
+        plot_eps_curve({k: sorted(v, key=lambda t: t[0]) for k, v in curves.items()}, args.output, key=args.key)
+    print(args.output)
+    return 0

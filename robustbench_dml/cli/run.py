@@ -1,6 +1,48 @@
-"""Placeholder for `dmlbench run` (being written)."""
+"""``dmlbench run``: the main job. Train a defense, evaluate it with the dataset's suite, record the result,
+publish a new leaderboard version and print the leaderboard with the new row marked."""
+
+from __future__ import annotations
+
+import argparse
+
+from robustbench_dml.cli.common import add_device, add_progress, add_train_options, show_progress, train_config
+from robustbench_dml.cli.leaderboard import add_leaderboard_dir
 
 
-def add_parser(sub):
-    p = sub.add_parser("run", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="train, attack, score and rank a defense in one command")
+    add_train_options(p)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-seed", type=int, default=0, help="seed of the attacks' random selections")
+    g.add_argument("--name", help="submitter name on the leaderboard (default: your user name)")
+    add_leaderboard_dir(p)
+    add_device(p)
+    add_progress(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from robustbench_dml.cli.evaluate import evaluate_checkpoint
+    from robustbench_dml.cli.report import attack_table, benign_table, console
+    from robustbench_dml.cli.submit import publish, show_board
+    from robustbench_dml.cli.train import _log_epoch
+    from robustbench_dml.training import train
+
+    cfg = train_config(args)
+    progress = show_progress(args)
+    summary = train(cfg, args.out, resume=args.resume, progress=progress, on_epoch=None if progress else _log_epoch)
+    if summary.rank != 0:
+        return 0
+    print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, {summary.seconds_per_epoch:.1f} s/epoch")
+    print(summary.checkpoint)
+    eval_args = argparse.Namespace(suite=None, attacks=None, max_queries=None, eps=None, eval_seed=args.eval_seed,
+                                   robrank_compat=False, eval_data_root=None, device=args.device,
+                                   no_progress=args.no_progress, json=None)
+    result, out = evaluate_checkpoint(summary.checkpoint, eval_args, data_root=cfg.data_root)
+    con = console()
+    con.print(benign_table(result.benign))
+    con.print(attack_table(result.to_dict()))
+    print(out)
+    record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name)
+    show_board(record, version, added, args.leaderboard_dir)
+    return 0

@@ -1,6 +1,80 @@
-"""Placeholder for `dmlbench submit` (being written)."""
+"""``dmlbench submit``: validate an untrusted checkpoint, evaluate it with a published suite, record, publish.
+
+Every refusal is one line and a non-zero exit, and leaves the leaderboard untouched: the checkpoint is
+validated (safetensors + meta.json, known backbone and dataset, weight shapes, no pickles) and fully evaluated
+before anything is written to the store, and the store's writes are atomic.
+"""
+
+from __future__ import annotations
+
+import getpass
+import tempfile
+from pathlib import Path
+
+from robustbench_dml.cli.common import add_device, add_progress, show_progress
+from robustbench_dml.cli.leaderboard import add_leaderboard_dir
+from robustbench_dml.errors import UserError
 
 
-def add_parser(sub):
-    p = sub.add_parser("submit", help="(not yet available)")
-    p.set_defaults(func=lambda args: print("not yet available") or 1)
+def add_parser(sub) -> None:
+    p = sub.add_parser("submit", help="score a checkpoint and add it to a leaderboard")
+    p.add_argument("checkpoint", help="checkpoint directory (model.safetensors + meta.json)")
+    p.add_argument("--suite", help="published suite (default: the dataset's)")
+    p.add_argument("--name", help="submitter name shown on the leaderboard (default: your user name)")
+    p.add_argument("--data-root", help="folder holding the checkpoint's dataset")
+    p.add_argument("--eval-seed", type=int, default=0)
+    add_leaderboard_dir(p)
+    add_device(p)
+    add_progress(p)
+    p.set_defaults(func=run)
+
+
+def validate(checkpoint: Path) -> dict:
+    """Everything that can be checked before spending time on attacks; raises UserError."""
+    from robustbench_dml import datasets
+    from robustbench_dml.checkpoint import load_checkpoint
+
+    _model, meta = load_checkpoint(checkpoint)  # layout, pickles, sha256, backbone, shapes
+    if meta["dataset"] not in datasets.DATASETS:
+        raise UserError(f"{checkpoint}/meta.json names unknown dataset {meta['dataset']!r}; "
+                        f"known: {', '.join(datasets.list_datasets())}")
+    return meta
+
+
+def publish(result, *, leaderboard_dir: str, name: str | None):
+    """Record ``result`` and publish a new leaderboard version; return (record, version, added)."""
+    from robustbench_dml.leaderboard import LeaderboardStore, Record
+
+    record = Record.from_evaluation(result.to_dict(), submitter=name or getpass.getuser())
+    version, added = LeaderboardStore(leaderboard_dir).add_record(record)
+    return record, version, added
+
+
+def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
+    from robustbench_dml.cli.leaderboard import board_with_reference
+    from robustbench_dml.leaderboard import LeaderboardStore, render
+
+    frame = board_with_reference(LeaderboardStore(leaderboard_dir), record.dataset, record.suite_id, version, True)
+    print(render(frame, "md", highlight_record_id=record.record_id), end="")
+    state = "added to" if added else "already on (no new version)"
+    print(f"{record.record_id}: ERS {record.ers:.1f}, ARS {record.ars:.1f}; {state} "
+          f"{leaderboard_dir}/{record.dataset}/{record.suite_id} v{version}")
+
+
+def run(args) -> int:
+    from robustbench_dml import datasets
+    from robustbench_dml.evaluation import evaluate
+
+    checkpoint = Path(args.checkpoint)
+    meta = validate(checkpoint)
+    suite = args.suite or datasets.info(meta["dataset"]).suite
+    from attacks.suites import SUITES
+
+    if suite not in SUITES:
+        raise UserError(f"unknown suite {suite!r}; known: {', '.join(SUITES.list())}")
+    with tempfile.TemporaryDirectory(prefix="dmlbench-submit-") as state:
+        result = evaluate(checkpoint, suite, seed=args.eval_seed, device=args.device, state_dir=state,
+                          progress=show_progress(args), data_root=args.data_root)
+    record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name)
+    show_board(record, version, added, args.leaderboard_dir)
+    return 0

@@ -1,0 +1,107 @@
+"""The dmlbench command line as a user meets it: listings, one-line refusals, nothing half-written."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from robustbench_dml import backbones
+from robustbench_dml.checkpoint import save_checkpoint
+from robustbench_dml.cli.main import main
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dmlbench: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("kind,expected", [("datasets", "digits"), ("backbones", "c2f2"), ("defenses", "ca_tride"),
+                                           ("attacks", "CA+"), ("suites", "rob28")])
+def test_list(kind, expected, capsys):
+    assert main(["list", kind]) == 0
+    assert expected in capsys.readouterr().out.split()
+
+
+def test_list_glob(capsys):
+    assert main(["list", "backbones", "resnet*"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet18", "resnet50"]
+
+
+def test_missing_dataset_is_one_line(tmp_path, capsys):
+    assert main(["train", "--dataset", "cub", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "CUB" in _err_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_defense_suggests(capsys, tmp_path):
+    assert main(["train", "--defense", "ca-tride", "--out", str(tmp_path / "r")]) == 2
+    assert "did you mean ca_tride" in _err_line(capsys)
+
+
+def _checkpoint(tmp_path, name="ck", dataset="digits"):
+    torch.manual_seed(0)
+    model = backbones.create("c2f2", embedding_dim=8, in_channels=1)
+    return save_checkpoint(tmp_path / name, model, {"dataset": dataset, "defense": "vanilla"})
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("payload ran",))
+
+
+@pytest.mark.parametrize("damage", ["pickle", "no_meta", "unknown_dataset", "bad_shape", "tampered", "missing"])
+def test_submit_refusals_leave_no_trace(tmp_path, capsys, damage):
+    ck = _checkpoint(tmp_path)
+    if damage == "pickle":
+        (ck / "model.safetensors").unlink()
+        (ck / "meta.json").unlink()
+        with open(ck / "model.pth", "wb") as f:
+            pickle.dump(_Payload(), f)
+    elif damage == "no_meta":
+        (ck / "meta.json").unlink()
+    elif damage in ("unknown_dataset", "bad_shape"):
+        meta = json.loads((ck / "meta.json").read_text())
+        if damage == "unknown_dataset":
+            meta["dataset"] = "imagenet"
+        else:
+            meta["embedding_dim"] = 9
+        (ck / "meta.json").write_text(json.dumps(meta))
+    elif damage == "tampered":
+        data = bytearray((ck / "model.safetensors").read_bytes())
+        data[-3] ^= 1
+        (ck / "model.safetensors").write_bytes(bytes(data))
+    else:
+        ck = tmp_path / "nowhere"
+    boards = tmp_path / "boards"
+    assert main(["submit", str(ck), "--leaderboard-dir", str(boards), "--name", "eve"]) == 2
+    _err_line(capsys)
+    assert "payload ran" not in capsys.readouterr().out
+    assert not boards.exists()
+
+
+def test_convert_then_benign_evaluate(tmp_path, capsys):
+    torch.manual_seed(1)
+    model = backbones.create("c2f2", embedding_dim=8, in_channels=1)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    assert main(["convert", str(tmp_path / "w.pt"), "--backbone", "c2f2", "--dataset", "digits",
+                 "--embedding-dim", "8", "--out", str(tmp_path / "ck")]) == 0
+    assert capsys.readouterr().out.strip().endswith("ck")
+    out = tmp_path / "b.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ck"), "--benign-only", "--json", str(out),
+                 "--device", "cpu"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["benign"]) >= {"R@1", "R@2", "mAP", "MAP@R", "mAP@10", "NMI"} and data["num_items"] == 896
+
+
+def test_leaderboard_show_without_board_is_one_line(tmp_path, capsys):
+    assert main(["leaderboard", "show", "--dataset", "digits", "--leaderboard-dir", str(tmp_path)]) == 2
+    assert "dmlbench run" in _err_line(capsys)
+
+
+def test_leaderboard_show_reference_rows(tmp_path, capsys):
+    assert main(["leaderboard", "show", "--dataset", "cub", "--leaderboard-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CA-TRIDE" in out or "ca_tride" in out
+    assert "51.6" in out  # the CA-TRIDE paper's ARS on CUB
