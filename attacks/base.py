@@ -21,15 +21,18 @@ distance for ES:D, 0/100 per query for ES:R, LTM, GTM, GTT), for the clean image
 "the attack changed the outcome": it is False wherever the clean state is already the attacker's goal, so at
 eps = 0 no query succeeds. The "top 1%" used by CA/QA success is the first floor(0.01 N) + 1 places of a ranking
 (the K + 1 nearest items of RobRank's CA-/QA- selections, self included).
+
+Gallery-side cost: selections and top-k measurements use ``Gallery.knn`` (canonical (distance, index) order);
+everything done at every PGD step is a chunked pass over ``gallery.embeddings`` (:func:`chunk_distances`,
+memory O(B x chunk)); distances that stay fixed during PGD (CA's query-to-gallery rows) are sorted once per pass.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -157,9 +160,13 @@ def chunk_distances(gallery, z: torch.Tensor, start: int, stop: int) -> torch.Te
     return d.clamp_min_(0.0).sqrt_()
 
 
+CHUNK_ELEMENTS = 1 << 20  # rows x chunk per temporary (4 MiB of float32: cache-friendly; measured ~1.5x faster
+#                           than 16 MiB blocks on the element-wise passes)
+
+
 def chunks(gallery, rows: int) -> list[tuple[int, int]]:
-    """The gallery ranges one chunked pass uses for ``rows`` query rows: rows x chunk stays near 4M elements."""
-    return list(gallery.iter_chunks(max(1024, (1 << 22) // max(1, rows))))
+    """The gallery ranges one chunked pass uses for ``rows`` query rows: rows x chunk stays near 1M elements."""
+    return list(gallery.iter_chunks(max(1024, CHUNK_ELEMENTS // max(1, rows))))
 
 
 def gather_row_values(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -90,14 +90,15 @@ def scaling(sizes: list[int], batch: int, steps: int, dim: int) -> None:
     x = torch.rand(batch, 1, 28, 28)
     y = torch.randint(10, (batch,))
     print(f"# scaling: tiny model Linear(784, {dim}), batch {batch}, steps {steps}; seconds per batch")
-    print("attack  " + "".join(f"{n:>12d}" for n in sizes))
     rows: dict[str, list[float]] = {e.id: [] for e in ROB28.attacks}
     for n in sizes:
         gallery = _gallery(model, x, n)
         for entry in ROB28.attacks:
             rows[entry.id].append(_run(entry.id, model, x, y, gallery, eps=ROB28.eps, alpha=ROB28.alpha,
                                        steps=steps, params=entry.kwargs()))
+            print(f"  n={n} {entry.id}: {rows[entry.id][-1]:.2f} s", flush=True)
         del gallery
+    print("attack  " + "".join(f"{n:>12d}" for n in sizes))
     for aid, ts in rows.items():
         print(f"{aid:6s}  " + "".join(f"{t:12.2f}" for t in ts))
     totals = [sum(r[i] for r in rows.values()) for i in range(len(sizes))]

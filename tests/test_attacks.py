@@ -130,9 +130,17 @@ def test_qa_rank_arithmetic_hand_example():
     assert positions_in_row(tied, torch.tensor([[0, 1, 3]])).tolist() == [[1, 2, 3]]
 
 
-def test_chunked_positions_and_counts_equal_brute_force():
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Force several gallery chunks (of 700 items) in the chunked passes of attacks.base."""
+    import attacks.base as base
+
+    monkeypatch.setattr(base, "chunks", lambda gallery, rows: list(gallery.iter_chunks(700)))
+
+
+def test_chunked_positions_and_counts_equal_brute_force(small_chunks):
     g = torch.Generator().manual_seed(4)
-    n = 3000  # > one chunk of 1024 rows
+    n = 3000  # 5 chunks
     emb = F.normalize(torch.randn(n, 6, generator=g), dim=1)
     emb[100:110] = emb[5]  # duplicates -> exact ties
     gal = Gallery(emb, torch.zeros(n, dtype=torch.int64))
@@ -145,7 +153,7 @@ def test_chunked_positions_and_counts_equal_brute_force():
     assert chunked_strict_counts(gal, z, a).tolist() == (full < a.view(-1, 1)).sum(dim=1).tolist()
 
 
-def test_row_hinge_value_and_gradient_equal_dense_autograd():
+def test_row_hinge_value_and_gradient_equal_dense_autograd(small_chunks):
     g = torch.Generator().manual_seed(5)
     n = 2500
     emb = F.normalize(torch.randn(n, 5, generator=g), dim=1)
@@ -362,7 +370,7 @@ def test_gtm_target_default_and_q2_compat():
     assert torch.equal(nearest_unmatching(toy.gallery, z0, predicted, torch.arange(b)), u)
 
 
-def test_ltm_q3_compat_keeps_self_positive(toy):
+def test_ltm_q3_compat_keeps_self_positive(toy, small_chunks):
     b = 8
     z0 = toy.gallery.embeddings[:b]
     y = toy.labels[:b]
