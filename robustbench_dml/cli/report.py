@@ -49,7 +49,7 @@ def attack_table(result: Mapping[str, Any]) -> Table:
         ci_txt = f"  [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and ci[0] is not None else ""
         t.add_row(*_pad([f"[bold]{s}[/bold]", f"[bold]{_num(scores.get(s), 1)}[/bold]{ci_txt}"], len(cols)))
     if scores.get("worst_case") is not None:
-        t.add_row(*_pad(["worst case (% queries broken)", _num(scores["worst_case"], 1)], len(cols)))
+        t.add_row(*_pad(["worst case (%)", _num(scores["worst_case"], 1)], len(cols)))
     return t
 
 
