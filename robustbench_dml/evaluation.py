@@ -289,6 +289,7 @@ def evaluate(
     state_path = Path(state_dir) / key if state_dir is not None else None
 
     per_query: dict[str, list[float]] = {}
+    clean: dict[str, list[float]] = {}  # the same measurements on the unperturbed queries
     success: dict[str, list[bool]] = {}
     # benign per-query top-1 (self excluded by index), the R@1 that ARS divides by
     q_idx = torch.arange(num_queries, device=gallery.device)
@@ -310,17 +311,20 @@ def evaluate(
                     images, labels = _query_batch(test_set, start, stop)
                     out = atk(images, labels, gallery, generator=generator(seed, attack_id, b),
                               query_index=torch.arange(start, stop))
-                    local[b] = ({k: out.per_query[k].tolist() for k in atk.keys}, out.success.tolist())
+                    local[b] = ({k: out.per_query[k].tolist() for k in atk.keys}, out.success.tolist(),
+                                {k: out.clean[k].tolist() for k in atk.keys})
                     bar.advance(f"{attack_id} batch {b + 1}/{len(ranges)}")
                 merged = _gather(local, world)
                 done = {"per_query": {k: [v for b in range(len(ranges)) for v in merged[b][0][k]] for k in atk.keys},
-                        "success": [s for b in range(len(ranges)) for s in merged[b][1]]}
+                        "success": [s for b in range(len(ranges)) for s in merged[b][1]],
+                        "clean": {k: [v for b in range(len(ranges)) for v in merged[b][2][k]] for k in atk.keys}}
                 if state_path is not None and rank == 0:
                     _save_state(state_path, attack_id, num_queries, done)
             else:
                 for _ in ranges:
                     bar.advance(f"{attack_id} (resumed)")
             per_query.update(done["per_query"])
+            clean.update(done.get("clean", {}))
             success[attack_id] = done["success"]
 
     raw = {k: aggregate(v, batch_sizes, robrank_compat) for k, v in per_query.items()}
@@ -331,6 +335,7 @@ def evaluate(
                "overrides": overrides, "eligible": eligible},
         seed=int(seed), device=str(dev), versions=versions(), robrank_compat=bool(robrank_compat),
         num_queries=num_queries, benign=dict(benign), raw=raw, per_query=per_query, success=success, scores=scores,
+        extra={"clean": {k: aggregate(v, batch_sizes, robrank_compat) for k, v in clean.items()}},
     )
 
 
@@ -358,7 +363,7 @@ def _load_state(path: Path, attack_id: str, num_queries: int) -> dict | None:
         return None  # a damaged state file is recomputed
     if d.get("attack") != attack_id or d.get("num_queries") != num_queries:
         return None
-    return {"per_query": d["per_query"], "success": d["success"]}
+    return {"per_query": d["per_query"], "success": d["success"], "clean": d.get("clean", {})}
 
 
 def _save_state(path: Path, attack_id: str, num_queries: int, done: dict) -> None:

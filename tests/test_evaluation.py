@@ -78,6 +78,10 @@ def test_eps_zero_leaves_every_result_clean(model, digits, base):
     assert raw["ES:D"] == 0.0 and raw["GTT"] == 100.0
     assert raw["ES:R"] == raw["LTM"] == raw["GTM"] == raw["R@1"]
     assert r.scores["worst_case"] == 0.0
+    # every result equals the same measurement on the clean queries (kept in extra["clean"])
+    assert set(r.extra["clean"]) == set(raw) - {"R@1"}
+    assert all(raw[k] == pytest.approx(v, abs=1e-9) for k, v in r.extra["clean"].items())
+    assert base.extra["clean"] == pytest.approx(r.extra["clean"])  # clean values do not depend on eps
     # the attacks at eps 0.1 move every result in the attacker's direction
     b = base.raw
     assert b["CA+"] < raw["CA+"] and b["QA+"] < raw["QA+"] and b["CA-"] > raw["CA-"] and b["QA-"] > raw["QA-"]
