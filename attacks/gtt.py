@@ -12,8 +12,6 @@ value 100 by construction). ``ID-Retain@1`` (a_i still the top-1) is reported in
 
 from __future__ import annotations
 
-import torch
-
 from attacks.base import RankingAttack, flip_success
 from attacks.query import row_hinge_loss
 

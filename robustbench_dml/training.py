@@ -13,7 +13,6 @@ choices come from generators derived from (seed, epoch) and (seed, step), never 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time

@@ -425,7 +425,7 @@ def test_items_11_12_est_mines_adversarial_embeddings_and_reduces_to_vanilla(rec
     rec = record_miner("random")
     x, y = data()
     d, w, inner = prepared("est")
-    r = step(d, w, x, y)
+    step(d, w, x, y)
     emb, (anc, pos, neg) = rec.calls[-1]
     xa = train_input(w)
     assert not torch.equal(xa, x)

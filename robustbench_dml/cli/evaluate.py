@@ -7,7 +7,6 @@ from pathlib import Path
 
 from robustbench_dml.cli.common import add_device, add_progress, show_progress
 from robustbench_dml.cli.report import attack_table, benign_table, console
-from robustbench_dml.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -109,5 +108,3 @@ def _benign(checkpoint: Path, args, con) -> int:
     print(out)
     return 0
 
-
-__all__ = ["add_eval_options", "evaluate_checkpoint", "UserError"]

@@ -50,8 +50,6 @@ _LOCK_TIMEOUT_S = 300.0
 
 def frame_to_parquet_bytes(df: pd.DataFrame) -> bytes:
     """Serialise a leaderboard frame with the explicit :data:`ARROW_SCHEMA` (typed even when empty)."""
-    import pandas as pd
-
     df = coerce_frame(df)
     table = pa.Table.from_pandas(df, schema=ARROW_SCHEMA, preserve_index=False)
     buf = io.BytesIO()
