@@ -13,6 +13,7 @@ choices come from generators derived from (seed, epoch) and (seed, step), never 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,6 +24,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
+import defenses
+from defenses.base import StepContext
 from robustbench_dml import backbones, datasets
 from robustbench_dml.checkpoint import save_checkpoint
 from robustbench_dml.config import PRESETS, TrainConfig
@@ -66,14 +69,11 @@ def setup_distributed(device: torch.device) -> bool:
 
 def build(cfg: TrainConfig):
     """Resolve ``cfg`` against the dataset's preset; build the defense and the prepared model."""
-    import defenses
-
     info = datasets.info(cfg.dataset)
     preset = PRESETS[info.preset]
     defense_cls = defenses.DEFENSES.get(cfg.defense)
     if cfg.backbone is None:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "backbone": defense_cls.preferred_backbones.get(
-            info.preset, preset.backbone)})
+        cfg = dataclasses.replace(cfg, backbone=defense_cls.preferred_backbones.get(info.preset, preset.backbone))
     cfg = cfg.resolve(preset)
     try:
         defense = defense_cls(preset=info.preset, **cfg.defense_params)
@@ -155,7 +155,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
             t0, losses, stats_sum = time.perf_counter(), [], {}
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                ctx = _context(defense, epoch, cfg, step, device)
+                ctx = StepContext(epoch=epoch, max_epochs=cfg.epochs, global_step=step,
+                                  generator=generator(cfg.seed, "step", step), dataset=cfg.dataset)
                 defense.train_mode(ddp_model)
                 result = defense.training_step(ddp_model, images, labels, ctx)
                 optimizer.zero_grad(set_to_none=True)
@@ -191,13 +192,6 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     return TrainSummary(checkpoint=out / "checkpoint", epochs=cfg.epochs, steps=step,
                         seconds_per_epoch=sum(epoch_seconds) / done if epoch_seconds else 0.0,
                         benign_r1=benign_r1, forward_passes=counts[0], backward_passes=counts[1], rank=rank)
-
-
-def _context(defense, epoch: int, cfg: TrainConfig, step: int, device: torch.device):
-    from defenses.base import StepContext
-
-    return StepContext(epoch=epoch, max_epochs=cfg.epochs, global_step=step,
-                       generator=generator(cfg.seed, "step", step), dataset=cfg.dataset)
 
 
 def _export(model, defense):

@@ -32,36 +32,40 @@ def add_eval_options(p) -> None:
     g.add_argument("--robrank-compat", action="store_true",
                    help="reproduce the reference code's quirks Q1-Q4 (attacks.md section 9) for like-for-like "
                         "comparison with published numbers")
-    g.add_argument("--eval-data-root", dest="eval_data_root", help="dataset folder (default: the training one)")
+    g.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained from)")
 
 
-def default_json(checkpoint: Path, suite: str, args) -> Path:
+def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, max_queries: int | None = None,
+                 eps: float | None = None, robrank_compat: bool = False) -> Path:
+    """``eval/SUITE[-overrides].json`` beside the checkpoint directory (in the run directory)."""
     parts = [suite]
-    if args.attacks:
-        parts.append("attacks-" + args.attacks.replace(",", "_").replace("+", "p").replace("-", "m").replace(":", ""))
-    if args.max_queries:
-        parts.append(f"q{args.max_queries}")
-    if args.eps is not None:
-        parts.append(f"eps{args.eps:g}")
-    if args.robrank_compat:
+    if attacks:
+        parts.append("attacks-" + attacks.replace(",", "_").replace("+", "p").replace("-", "m").replace(":", ""))
+    if max_queries:
+        parts.append(f"q{max_queries}")
+    if eps is not None:
+        parts.append(f"eps{eps:g}")
+    if robrank_compat:
         parts.append("compat")
     return checkpoint.parent / "eval" / ("-".join(parts) + ".json")
 
 
-def evaluate_checkpoint(checkpoint: Path, args, *, data_root: str | None = None):
-    """Run the suite on ``checkpoint`` with the CLI's options; write and return the result."""
+def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: str | None = None,
+                        max_queries: int | None = None, eps: float | None = None, seed: int = 0,
+                        device: str = "auto", robrank_compat: bool = False, json_path: str | None = None,
+                        data_root: str | None = None, progress: bool = False):
+    """Run a suite on ``checkpoint`` (the dataset's suite by default); write and return (result, path)."""
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import read_meta
     from robustbench_dml.evaluation import evaluate
 
     meta = read_meta(checkpoint)
-    suite = args.suite or datasets.info(meta["dataset"]).suite
-    out = Path(args.json) if getattr(args, "json", None) else default_json(checkpoint, suite, args)
-    attacks = [a.strip() for a in args.attacks.split(",")] if args.attacks else None
-    result = evaluate(checkpoint, suite, attacks=attacks, max_queries=args.max_queries, eps=args.eps,
-                      seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat,
-                      state_dir=out.parent / "state", progress=show_progress(args),
-                      data_root=args.eval_data_root or data_root or _train_root(meta))
+    suite = suite or datasets.info(meta["dataset"]).suite
+    out = Path(json_path) if json_path else default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries,
+                                                          eps=eps, robrank_compat=robrank_compat)
+    result = evaluate(checkpoint, suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
+                      max_queries=max_queries, eps=eps, seed=seed, device=device, robrank_compat=robrank_compat,
+                      state_dir=out.parent / "state", progress=progress, data_root=data_root or _train_root(meta))
     result.to_json(out)
     return result, out
 
@@ -75,7 +79,10 @@ def run(args) -> int:
     con = console()
     if args.benign_only:
         return _benign(checkpoint, args, con)
-    result, out = evaluate_checkpoint(checkpoint, args)
+    result, out = evaluate_checkpoint(
+        checkpoint, suite=args.suite, attacks=args.attacks, max_queries=args.max_queries, eps=args.eps,
+        seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat, json_path=args.json,
+        data_root=args.data_root, progress=show_progress(args))
     con.print(benign_table(result.benign))
     con.print(attack_table(result.to_dict()))
     if not result.eligible:
@@ -94,7 +101,7 @@ def _benign(checkpoint: Path, args, con) -> int:
 
     device = resolve_device(args.device)
     model, meta = load_checkpoint(checkpoint, device)
-    test = datasets.create(meta["dataset"], root=args.eval_data_root or _train_root(meta), split="test")
+    test = datasets.create(meta["dataset"], root=args.data_root or _train_root(meta), split="test")
     gallery = embed(model, test, device=device, progress=show_progress(args))
     metrics = retrieval_metrics(gallery.embeddings, gallery.labels, seed=args.eval_seed)
     con.print(benign_table(metrics))

@@ -3,8 +3,6 @@ publish a new leaderboard version and print the leaderboard with the new row mar
 
 from __future__ import annotations
 
-import argparse
-
 from robustbench_dml.cli.common import add_device, add_progress, add_train_options, show_progress, train_config
 from robustbench_dml.cli.leaderboard import add_leaderboard_dir
 
@@ -35,10 +33,8 @@ def run(args) -> int:
         return 0
     print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, {summary.seconds_per_epoch:.1f} s/epoch")
     print(summary.checkpoint)
-    eval_args = argparse.Namespace(suite=None, attacks=None, max_queries=None, eps=None, eval_seed=args.eval_seed,
-                                   robrank_compat=False, eval_data_root=None, device=args.device,
-                                   no_progress=args.no_progress, json=None)
-    result, out = evaluate_checkpoint(summary.checkpoint, eval_args, data_root=cfg.data_root)
+    result, out = evaluate_checkpoint(summary.checkpoint, seed=args.eval_seed, device=args.device,
+                                      data_root=cfg.data_root, progress=progress)
     con = console()
     con.print(benign_table(result.benign))
     con.print(attack_table(result.to_dict()))
