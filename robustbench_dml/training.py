@@ -77,8 +77,12 @@ def build(cfg: TrainConfig):
     cfg = cfg.resolve(preset)
     try:
         defense = defense_cls(preset=info.preset, **cfg.defense_params)
-    except TypeError as e:
-        raise UserError(f"bad option for defense {cfg.defense}: {e}") from None
+    except TypeError:
+        known = ", ".join(f.name for f in dataclasses.fields(defense_cls.Config))
+        unknown = ", ".join(sorted(set(cfg.defense_params) - {f.name for f in dataclasses.fields(defense_cls.Config)}))
+        raise UserError(f"defense {cfg.defense} has no option {unknown or '(see --set)'}; its options: {known}") from None
+    except ValueError as e:
+        raise UserError(f"defense {cfg.defense}: {e}") from None
     kwargs: dict[str, Any] = {"embedding_dim": cfg.embedding_dim}
     if cfg.backbone.startswith("c2f2"):
         kwargs["in_channels"] = info.channels
