@@ -166,8 +166,10 @@ def checkpoint_sha256(directory: str | os.PathLike) -> str:
 
 
 def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str, dataset: str,
-                       embedding_dim: int = 512, key: str | None = None, **backbone_kwargs: Any) -> Path:
-    """Bring a plain PyTorch state dict into a checkpoint (``torch.load(weights_only=True)``, no fallback)."""
+                       embedding_dim: int = 512, key: str | None = None, channels: int | None = None) -> Path:
+    """Bring a plain PyTorch state dict into a checkpoint (``torch.load(weights_only=True)``, no fallback).
+
+    ``channels`` defaults to the dataset's image channels."""
     import pickle
 
     try:
@@ -184,7 +186,11 @@ def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, bac
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{source} is not a flat state dict of tensors; pass --key NAME for a nested one")
-    model = backbones.create(backbone, embedding_dim=embedding_dim, pretrained=False, **backbone_kwargs)
+    if channels is None:
+        from robustbench_dml import datasets
+
+        channels = datasets.info(dataset).channels
+    model = backbones.create_for_data(backbone, embedding_dim=embedding_dim, channels=channels)
     state = _clean_state_dict(obj)
     try:
         model.load_state_dict(state, strict=True)

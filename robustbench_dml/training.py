@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -83,12 +83,8 @@ def build(cfg: TrainConfig):
         raise UserError(f"defense {cfg.defense} has no option {unknown or '(see --set)'}; its options: {known}") from None
     except ValueError as e:
         raise UserError(f"defense {cfg.defense}: {e}") from None
-    kwargs: dict[str, Any] = {"embedding_dim": cfg.embedding_dim}
-    if cfg.backbone.startswith("c2f2"):
-        kwargs["in_channels"] = info.channels
-    else:
-        kwargs["pretrained"] = cfg.pretrained
-    model = backbones.create(cfg.backbone, **kwargs)
+    model = backbones.create_for_data(cfg.backbone, embedding_dim=cfg.embedding_dim, channels=info.channels,
+                                      pretrained=cfg.pretrained)
     if getattr(model, "input_size", info.image_size) != info.image_size:
         raise UserError(f"backbone {cfg.backbone} takes {model.input_size}x{model.input_size} images but "
                         f"{cfg.dataset} has {info.image_size}x{info.image_size}; pick a matching --backbone")

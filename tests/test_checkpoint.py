@@ -77,7 +77,7 @@ def test_convert_plain_state_dict_strips_ddp_prefix(tmp_path):
     m = _model(3)
     torch.save({"state_dict": {f"module.{k}": v for k, v in m.state_dict().items()}}, tmp_path / "w.pt")
     d = convert_state_dict(tmp_path / "w.pt", tmp_path / "ck", backbone="c2f2", dataset="digits",
-                           embedding_dim=16, key="state_dict", in_channels=1)
+                           embedding_dim=16, key="state_dict")
     m2, meta = load_checkpoint(d)
     assert meta["defense"] == "external"
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))

@@ -8,13 +8,27 @@ from __future__ import annotations
 
 from robustbench_dml.backbones.base import BACKBONES, EmbeddingNet, Normalize
 
-__all__ = ["BACKBONES", "EmbeddingNet", "Normalize", "create", "list_backbones"]
+__all__ = ["BACKBONES", "EmbeddingNet", "Normalize", "create", "create_for_data", "list_backbones"]
 
 
 def create(name: str, **kwargs) -> EmbeddingNet:
     model = BACKBONES.create(name, **kwargs)
     model.spec = {"backbone": name, **{k: v for k, v in kwargs.items() if k != "pretrained"}}
     return model
+
+
+def create_for_data(name: str, *, embedding_dim: int, channels: int,
+                    pretrained: bool | str | None = False) -> EmbeddingNet:
+    """Build ``name`` for images with ``channels`` channels, passing only the arguments its factory takes."""
+    import inspect
+
+    params = inspect.signature(BACKBONES.get(name)).parameters
+    kwargs: dict = {"embedding_dim": embedding_dim}
+    if "in_channels" in params:
+        kwargs["in_channels"] = channels
+    if "pretrained" in params:
+        kwargs["pretrained"] = pretrained
+    return create(name, **kwargs)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

@@ -19,9 +19,8 @@ def run(args) -> int:
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import convert_state_dict
 
-    info = datasets.info(args.dataset)
-    kwargs = {"in_channels": info.channels} if args.backbone.startswith("c2f2") else {}
     out = convert_state_dict(args.state_dict, args.out, backbone=args.backbone, dataset=args.dataset,
-                             embedding_dim=args.embedding_dim, key=args.key, **kwargs)
+                             channels=datasets.info(args.dataset).channels, embedding_dim=args.embedding_dim,
+                             key=args.key)
     print(out)
     return 0
