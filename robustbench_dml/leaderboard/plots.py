@@ -67,6 +67,14 @@ _IDEAL = {"CA+": 50.0, "CA-": 0.0, "QA+": 50.0, "QA-": 0.0, "TMA": 0.0, "ES:D": 
           "GTM": 100.0, "GTT": 100.0, "R@1": 100.0}
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
 def plot_resistance(rows: pd.DataFrame | Sequence[Mapping[str, Any]], path: str | Path, *, score: str = "ARS",
                     title: str | None = None) -> Path:
     """Grouped bars of the per-attack resistance terms (0-100, higher is more robust) of each row.
@@ -98,13 +106,9 @@ def plot_resistance(rows: pd.DataFrame | Sequence[Mapping[str, Any]], path: str 
         ax.set_ylabel(f"{score} resistance term (100 = no effect)")
         ax.set_title(title or f"Per-attack resistance terms ({score})")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(n, 2))
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        return _save(fig, path)
     finally:
         plt.close(fig)
-    return path
 
 
 def plot_eps_curve(results: Mapping[str, Sequence[tuple[float, Mapping[str, float]]]], path: str | Path, *,
@@ -141,10 +145,6 @@ def plot_eps_curve(results: Mapping[str, Sequence[tuple[float, Mapping[str, floa
         ax.set_title(title or f"{key} against the attack budget")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        return _save(fig, path)
     finally:
         plt.close(fig)
-    return path
