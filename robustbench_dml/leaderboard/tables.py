@@ -152,22 +152,33 @@ def _cells(table: pd.DataFrame, columns: Sequence[str], values: str, highlight: 
     return headers, rows, flags
 
 
+TEXT_HEADERS = frozenset({"Defense", "Backbone", "By", "Data"})
+
+
+def _marked_cells(rows, flags, *, escape, missing: str, bold, arrow) -> list[list[str]]:
+    """Each row's cells escaped, the missing ones as ``missing``, best ones ``bold``; the highlighted row's first
+    cell prefixed by ``arrow`` (None: no arrow)."""
+    out = []
+    for row, hl in zip(rows, flags):
+        cells = []
+        for j, (text, best) in enumerate(row):
+            t = missing if text is None else escape(text)
+            if best and text is not None:
+                t = bold(t)
+            if j == 0 and hl and arrow:
+                t = f"{arrow} {t}"
+            cells.append(t)
+        out.append(cells)
+    return out
+
+
 def _md(headers, rows, flags) -> str:
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
     lines = ["| " + " | ".join(esc(h) for h in headers) + " |",
-             "|" + "|".join("---:" if h not in ("Defense", "Backbone", "By", "Data") else "---" for h in headers)
-             + "|"]
-    for row, hl in zip(rows, flags):
-        cells = []
-        for j, (text, best) in enumerate(row):
-            t = "–" if text is None else esc(text)
-            if best and text is not None:
-                t = f"**{t}**"
-            if j == 0 and hl:
-                t = f"→ {t}"
-            cells.append(t)
+             "|" + "|".join("---" if h in TEXT_HEADERS else "---:" for h in headers) + "|"]
+    for cells in _marked_cells(rows, flags, escape=esc, missing="–", bold=lambda t: f"**{t}**", arrow="→"):
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -182,7 +193,7 @@ def latex_escape(text: str) -> str:
 
 
 def _latex(headers, rows, flags, standalone: bool, title: str | None) -> str:
-    align = "".join("l" if h in ("Defense", "Backbone", "By", "Data") else "r" for h in headers)
+    align = "".join("l" if h in TEXT_HEADERS else "r" for h in headers)
     out = []
     if standalone:
         out += [r"\documentclass{article}", r"\usepackage[T1]{fontenc}", r"\usepackage{booktabs}",
@@ -191,15 +202,8 @@ def _latex(headers, rows, flags, standalone: bool, title: str | None) -> str:
             out.append(latex_escape(title) + r"\par\medskip")
     out += [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
             " & ".join(latex_escape(h) for h in headers) + r" \\", r"\midrule"]
-    for row, hl in zip(rows, flags):
-        cells = []
-        for j, (text, best) in enumerate(row):
-            t = "--" if text is None else latex_escape(text)
-            if best and text is not None:
-                t = rf"\textbf{{{t}}}"
-            if j == 0 and hl:
-                t = rf"$\rightarrow$ {t}"
-            cells.append(t)
+    for cells in _marked_cells(rows, flags, escape=latex_escape, missing="--", bold=lambda t: rf"\textbf{{{t}}}",
+                               arrow=r"$\rightarrow$"):
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     if standalone:
@@ -218,19 +222,16 @@ caption{caption-side:top;text-align:left;font-weight:bold;margin-bottom:0.5em}""
 
 def _html(headers, rows, flags, title: str | None) -> str:
     title_text = html.escape(title or "robustbench-dml leaderboard")
-    textual = {"Defense", "Backbone", "By", "Data"}
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            f"<title>{title_text}</title>", f"<style>\n{_CSS}\n</style>", "</head>", "<body>", "<table>",
            f"<caption>{title_text}</caption>", "<thead>", "<tr>"]
-    out += [f'<th class="{"text" if h in textual else "num"}">{html.escape(h)}</th>' for h in headers]
+    out += [f'<th class="{"text" if h in TEXT_HEADERS else "num"}">{html.escape(h)}</th>' for h in headers]
     out += ["</tr>", "</thead>", "<tbody>"]
-    for row, hl in zip(rows, flags):
+    marked = _marked_cells(rows, flags, escape=html.escape, missing="&ndash;", bold=lambda t: f"<strong>{t}</strong>",
+                           arrow=None)
+    for cells, hl in zip(marked, flags):
         out.append('<tr class="highlight">' if hl else "<tr>")
-        for h, (text, best) in zip(headers, row):
-            t = "&ndash;" if text is None else html.escape(text)
-            if best and text is not None:
-                t = f"<strong>{t}</strong>"
-            out.append(f'<td class="{"text" if h in textual else "num"}">{t}</td>')
+        out += [f'<td class="{"text" if h in TEXT_HEADERS else "num"}">{t}</td>' for h, t in zip(headers, cells)]
         out.append("</tr>")
     out += ["</tbody>", "</table>",
             "<p><small>Bold: best per column (ERS/ARS: ties within the bootstrap confidence interval). "
