@@ -92,6 +92,12 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[s
     return directory
 
 
+def training_data_root(meta: dict[str, Any]) -> str | None:
+    """The ``--data-root`` a checkpoint was trained from (None for the embedded digits or a converted model):
+    the default data folder of its evaluation."""
+    return (meta.get("train_config") or {}).get("data_root")
+
+
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """Validate the directory's layout and metadata without loading weights."""
     directory = Path(directory)

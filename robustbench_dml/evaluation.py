@@ -188,6 +188,7 @@ def _gather(local: dict[int, Any], world: int) -> dict[int, Any]:
 
 def _resolve_input(target, meta, dataset, data_root, device):
     from robustbench_dml import datasets
+    from robustbench_dml.checkpoint import training_data_root
 
     if isinstance(target, tuple):
         if len(target) != 3:
@@ -204,13 +205,13 @@ def _resolve_input(target, meta, dataset, data_root, device):
         model, meta = load_checkpoint(path, device)
         info = {"sha256": checkpoint_sha256(path), "path": str(path), "meta": meta}
         if dataset is None:
-            dataset = datasets.create(meta["dataset"], root=data_root, split="test")
+            dataset = datasets.create(meta["dataset"], root=data_root or training_data_root(meta), split="test")
         return model, info, dataset
     meta = dict(meta or {})
     if dataset is None:
         if "dataset" not in meta:
             raise UserError("an in-memory model needs a test dataset (dataset=...) or meta['dataset']")
-        dataset = datasets.create(meta["dataset"], root=data_root, split="test")
+        dataset = datasets.create(meta["dataset"], root=data_root or training_data_root(meta), split="test")
     sha = meta.get("weights_sha256") or model_sha256(model)
     return model.to(device), {"sha256": sha, "path": None, "meta": meta}, dataset
 
@@ -245,6 +246,7 @@ def evaluate(
 
     Overrides of the published suite (``attacks``: a subset of its attack ids; ``max_queries``; ``eps``, which
     replaces the radius of every attack) are recorded and make the result ineligible for a leaderboard.
+    ``data_root``: the test data's folder when ``dataset`` is not given (default: the checkpoint's training one).
     ``knn_backend`` is the gallery's kNN backend; every backend returns the same neighbours (``robustbench_dml.knn``),
     and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores.
     """

@@ -183,6 +183,21 @@ def test_checkpoint_directory_input(tmp_path):
     assert r.checkpoint["meta"]["dataset"] == "digits"
 
 
+def test_checkpoint_evaluates_on_its_training_data_root_by_default(tmp_path):
+    from robustbench_dml import backbones
+    from robustbench_dml.checkpoint import save_checkpoint
+    from fixtures_datasets import make_idx
+
+    make_idx(tmp_path / "data", n_test=6)     # mnist has no embedded copy: only the recorded folder can serve
+    torch.manual_seed(0)
+    meta = {"dataset": "mnist", "defense": "vanilla", "train_config": {"data_root": str(tmp_path / "data")}}
+    path = save_checkpoint(tmp_path / "ckpt", backbones.create("c2f2", embedding_dim=8), meta)
+    r = evaluate(path, SMALL, attacks=["TMA"], max_queries=4, device="cpu", benign_nmi=False)
+    assert r.num_queries == 4 and len(r.per_query["TMA"]) == 4
+    with pytest.raises(UserError, match="--data-root"):       # an explicit folder wins over the recorded one
+        evaluate(path, SMALL, attacks=["TMA"], max_queries=4, device="cpu", data_root=str(tmp_path / "empty"))
+
+
 def test_user_errors(model, digits):
     with pytest.raises(UserError, match="not in suite"):
         evaluate((model, {}, digits), SMALL, attacks=["XX"], device="cpu")

@@ -65,13 +65,9 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
                                                           eps=eps, robrank_compat=robrank_compat)
     result = evaluate(checkpoint, suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
                       max_queries=max_queries, eps=eps, seed=seed, device=device, robrank_compat=robrank_compat,
-                      state_dir=out.parent / "state", progress=progress, data_root=data_root or _train_root(meta))
+                      state_dir=out.parent / "state", progress=progress, data_root=data_root)
     result.to_json(out)
     return result, out
-
-
-def _train_root(meta: dict) -> str | None:
-    return (meta.get("train_config") or {}).get("data_root")
 
 
 def run(args) -> int:
@@ -94,14 +90,14 @@ def run(args) -> int:
 
 def _benign(checkpoint: Path, args, con) -> int:
     from robustbench_dml import datasets
-    from robustbench_dml.checkpoint import load_checkpoint
+    from robustbench_dml.checkpoint import load_checkpoint, training_data_root
     from robustbench_dml.gallery import embed
     from robustbench_dml.metrics import retrieval_metrics
     from robustbench_dml.runtime import resolve_device
 
     device = resolve_device(args.device)
     model, meta = load_checkpoint(checkpoint, device)
-    test = datasets.create(meta["dataset"], root=args.data_root or _train_root(meta), split="test")
+    test = datasets.create(meta["dataset"], root=args.data_root or training_data_root(meta), split="test")
     gallery = embed(model, test, device=device, progress=show_progress(args))
     metrics = retrieval_metrics(gallery.embeddings, gallery.labels, seed=args.eval_seed)
     con.print(benign_table(metrics))
