@@ -309,7 +309,7 @@ def test_reference_rows_recompute_published_scores():
         if rec.ars is not None and all(k in raw for k in scoring.ARS_KEYS):
             assert abs(scoring.ars(raw) - rec.ars) <= 0.1, rec
             checked["ARS"] += 1
-    assert checked == {"ERS": 3, "ARS": 5}   # HM none / ACT / HM&ICS; CA-TRIDE table 3 + ablation 2
+    assert checked == {"ERS": 6, "ARS": 5}   # HM none / ACT / HM&ICS, RobRank Fashion 3; CA-TRIDE table 3 + abl. 2
 
 
 def test_reference_frame_schema_and_content():
@@ -321,12 +321,16 @@ def test_reference_frame_schema_and_content():
     assert cub.iloc[0]["defense"] == "CA-TRIDE"                       # best ARS first
     assert len(reference_frame("sop")) == 11 and len(reference_frame("cars")) == 9
     assert reference_frame("digits").empty and dict(reference_frame("digits").dtypes) == DTYPES
+    fashion = reference_frame("fashion").set_index("defense")
+    assert list(fashion.index) == ["ACT[R]", "EST[R]", "none"] and (fashion["backbone"] == "c2f2").all()
+    assert tuple(fashion.loc["ACT[R]", ["R@1", "mAP@10", "TMA", "ES:D", "ERS"]]) == (78.7, 69.9, 0.259, 0.541, 63.3)
 
 
 def test_shipped_reference_leaderboard_matches_code():
     root = Path(__file__).resolve().parents[1] / "leaderboards" / "reference"
     store = LeaderboardStore(root)
-    assert store.leaderboards() == [("cars", "reference"), ("cub", "reference"), ("sop", "reference")]
+    assert store.leaderboards() == [("cars", "reference"), ("cub", "reference"), ("fashion", "reference"),
+                                    ("sop", "reference")]
     for ds, _ in store.leaderboards():
         pd.testing.assert_frame_equal(store.load(ds, "reference"), reference_frame(ds))
 

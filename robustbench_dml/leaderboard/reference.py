@@ -1,9 +1,12 @@
-"""Published leaderboard rows (``reported=True``): the HM paper's table and the CA-TRIDE paper's table.
+"""Published leaderboard rows (``reported=True``): the HM paper's table, the CA-TRIDE paper's table and RobRank's
+Fashion-MNIST table.
 
-These are literal numbers from the papers (via ``shared/specs/defenses.md`` §7.1, §5.5 and ``scoring.md``), so a
-user sees their own model beside the published ones. All rows are ResNet-18, 224x224 data, eps 8/255, triplet loss
-with the N metric, measured with the RobRank reference code (hence ``robrank_compat=True``); ``steps`` is the number
-of training PGD steps (eta). Values a paper does not give are ``None`` (NaN in the frame).
+These are literal numbers from the papers (via ``shared/specs/defenses.md`` §7.1, §5.5, ``attacks.md`` §8.1 and
+``scoring.md``), so a user sees their own model beside the published ones. The HM and CA-TRIDE rows are ResNet-18,
+224x224 data, eps 8/255; RobRank's Fashion rows are c2f2, 28x28, eps 77/255 (the ``rob28`` suite). All use the
+triplet loss with the N metric and were measured with the RobRank reference code (hence ``robrank_compat=True``);
+``steps`` is the number of training PGD steps (eta). Values a paper does not give are ``None`` (NaN in the frame).
+RobRank's table prints no ERS; its ERS here is computed from its printed columns (as ``attacks.md`` §8.1 does).
 
 The CA-TRIDE paper prints *resistance terms*, not raw attack results; the raw values stored here are converted back
 exactly (``CA+ = term / 2``, ``CA- = 100 - term``, ``ES:R = term * R@1 / 100``, ...), so ``scoring.ars`` of a stored
@@ -34,8 +37,10 @@ SOURCES = {
               "ablation rows",
     "CA-TRIDE": "CA-TRIDE, ICML 2024 (Collapse-Aware TRIplet DEcoupling), comparison table CUB ResNet-18",
     "CA-TRIDE-abl": "CA-TRIDE, ICML 2024 (Collapse-Aware TRIplet DEcoupling), ablation table CUB ResNet-18",
+    "RobRank": "RobRank, T-PAMI (Zhou et al.: Adversarial Attack and Defense in Deep Ranking), "
+               "doc/dmltab-fashion.txt",
 }
-_YEAR = {"HM": "2022", "HM-abl": "2022", "CA-TRIDE": "2024", "CA-TRIDE-abl": "2024"}
+_YEAR = {"HM": "2022", "HM-abl": "2022", "CA-TRIDE": "2024", "CA-TRIDE-abl": "2024", "RobRank": "2024"}
 
 _ERS_ORDER = ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
 _TERM_ORDER = ("CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM", "GTT")
@@ -50,9 +55,9 @@ def terms_to_raw(r1: float, terms: Sequence[float]) -> dict[str, float]:
 
 def _hm(dataset: str, defense: str, eta: int | None, r1: float, r2: float | None, map_: float | None,
         nmi: float | None, ers: float, raw: Sequence[float] | None = None, *, src: str = "HM",
-        note: str | None = None) -> dict[str, Any]:
+        note: str | None = None, backbone: str = "resnet18", map10: float | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"src": src, "dataset": dataset, "defense": defense, "steps": eta, "R@1": r1, "R@2": r2,
-                           "mAP": map_, "NMI": nmi, "ERS": ers, "note": note}
+                           "mAP": map_, "mAP@10": map10, "NMI": nmi, "ERS": ers, "note": note, "backbone": backbone}
     if raw is not None:
         row.update(zip(_ERS_ORDER, raw, strict=True))
     return row
@@ -70,6 +75,7 @@ def _ca(defense: str, eta: int, r1: float, r2: float | None, map_: float | None,
 
 
 _N = None
+_ROBRANK28 = {"src": "RobRank", "backbone": "c2f2", "note": "ERS computed from the published columns"}
 #: literal published rows (paper column names; ``src`` keys :data:`SOURCES`)
 REFERENCE_ROWS: list[dict[str, Any]] = [
     # ---- HM paper, Table "sota" (defenses.md 7.1) ----------------------------------------------------------------
@@ -127,17 +133,25 @@ REFERENCE_ROWS: list[dict[str, Any]] = [
         src="CA-TRIDE-abl", note="ARS computed from the published terms"),
     _ca("CA-CAP", 16, 33.8, _N, _N, _N, (34.2, 68.0, 52.2, 70.8, 51.2, 47.6, 60.7, 3.1), _N, 48.5,
         src="CA-TRIDE-abl", note="ARS computed from the published terms"),
+    # ---- RobRank, Fashion-MNIST, rob28 (attacks.md 8.1; its "mAP@R" is mAP@10) -----------------------------------
+    _hm("fashion", "none", _N, 87.6, 92.9, 84.4, 76.6, 4.2,
+        (1.1, 96.8, 0.3, 97.8, 0.990, 1.604, 0.1, 0.0, 12.6, 0.0), **_ROBRANK28, map10=83.1),
+    _hm("fashion", "EST[R]", 32, 76.6, 86.0, 59.2, 61.0, 38.7,
+        (14.9, 36.1, 20.9, 48.6, 0.966, 0.288, 62.0, 28.0, 20.8, 0.0), **_ROBRANK28, map10=68.2),
+    _hm("fashion", "ACT[R]", 32, 78.7, 87.1, 68.8, 67.2, 63.3,
+        (33.6, 14.6, 38.5, 12.1, 0.259, 0.541, 48.5, 59.5, 60.2, 0.1), **_ROBRANK28, map10=69.9),
 ]
 
 
 def _record(row: Mapping[str, Any]) -> Record:
     key = repr((row["src"], row["dataset"], row["defense"], row["steps"], row.get("note")))
     rid = "ref-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    metric = {c: row.get(c) for c in ("R@1", "R@2", "mAP", "NMI", "ERS", "ARS", *RAW_COLUMNS)}
+    metric = {c: row.get(c) for c in ("R@1", "R@2", "mAP", "mAP@10", "NMI", "ERS", "ARS", *RAW_COLUMNS)}
     return Record(
         record_id=rid, dataset=row["dataset"], suite_id=REFERENCE_SUITE, suite_version=None,
-        defense=row["defense"], backbone="resnet18", steps=row["steps"],
-        r1=metric["R@1"], r2=metric["R@2"], map=metric["mAP"], map_at_r=None, map_at_10=None, nmi=metric["NMI"],
+        defense=row["defense"], backbone=row.get("backbone", "resnet18"), steps=row["steps"],
+        r1=metric["R@1"], r2=metric["R@2"], map=metric["mAP"], map_at_r=None, map_at_10=metric["mAP@10"],
+        nmi=metric["NMI"],
         ca_plus=metric["CA+"], ca_minus=metric["CA-"], qa_plus=metric["QA+"], qa_minus=metric["QA-"],
         tma=metric["TMA"], es_d=metric["ES:D"], es_r=metric["ES:R"], ltm=metric["LTM"], gtm=metric["GTM"],
         gtt=metric["GTT"], ers=metric["ERS"], ars=metric["ARS"], ers_lo=None, ers_hi=None, ars_lo=None,
@@ -148,7 +162,8 @@ def _record(row: Mapping[str, Any]) -> Record:
 
 
 def reference_records(dataset: str | None = None) -> list[Record]:
-    """The published rows as records (``reported=True``), optionally only those of ``dataset`` (cub/cars/sop)."""
+    """The published rows as records (``reported=True``), optionally only those of ``dataset`` (cub/cars/sop/
+    fashion)."""
     return [_record(r) for r in REFERENCE_ROWS if dataset is None or r["dataset"] == dataset]
 
 
