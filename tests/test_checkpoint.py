@@ -63,7 +63,7 @@ def test_pickle_directory_is_refused_without_running_the_payload(tmp_path, monke
     d = tmp_path / "evil"
     d.mkdir()
     with open(d / "model.pt", "wb") as f:
-        pickle.dump({"w": _Payload()}, f)
+        pickle.dump({"w": _Payload()}, f, protocol=2)  # torch.load's own protocol: no warning
     with pytest.raises(UserError, match="pickled checkpoints are never loaded"):
         load_checkpoint(d)
     # the explicit conversion path uses weights_only=True and refuses the payload too

@@ -418,7 +418,7 @@ def test_item_10_est_shift_grows_with_steps():
     for steps in (0, 32):
         xa = embedding_shift_attack(net, x, z, eps=EPS, alpha=0.01, steps=steps,
                                     generator=torch.Generator().manual_seed(0)).x_adv
-        shift[steps] = float((e(net, xa) - z).norm(dim=1).mean())
+        shift[steps] = float((e(net, xa) - z).norm(dim=1).mean().detach())
     assert shift[0] == 0.0 and shift[32] > 0.05
 
 
