@@ -155,6 +155,11 @@ def e(net, x):
     return F.normalize(net(x), dim=1)
 
 
+def _scalar(t) -> float:
+    """A loss or statistic as a Python float, detached from the graph first."""
+    return t.detach().item() if isinstance(t, torch.Tensor) else float(t)
+
+
 # ---------------------------------------------------------------- configuration
 
 def test_registry_presets_and_config_errors():
@@ -437,7 +442,7 @@ def test_items_11_12_est_mines_adversarial_embeddings_and_reduces_to_vanilla(rec
     emb0, (anc, pos, neg) = rec.calls[-1]
     assert torch.equal(train_input(w0), x)
     z = e(inner0, x)
-    assert float(r0.loss) == pytest.approx(float(triplet_loss(z[anc], z[pos], z[neg])), abs=1e-12)
+    assert _scalar(r0.loss) == pytest.approx(_scalar(triplet_loss(z[anc], z[pos], z[neg])), abs=1e-12)
 
 
 @pytest.mark.parametrize("bn_live", [True, False])
@@ -474,14 +479,14 @@ def test_items_15_16_17_act_loss(record_miner):
     xa = train_input(w)
     assert torch.equal(xa[:n], x[anc])  # item 15: anchors untouched, train-mode forward
     z = e(inner, xa)
-    assert float(r.loss) == pytest.approx(float(triplet_loss(z[:n], z[n:2 * n], z[2 * n:])), abs=1e-12)
+    assert _scalar(r.loss) == pytest.approx(_scalar(triplet_loss(z[:n], z[n:2 * n], z[2 * n:])), abs=1e-12)
     zc = e(inner, x)
-    clean = float(triplet_loss(zc[anc], zc[pos], zc[neg]))
-    assert abs(float(r.loss) - clean) > 1e-4  # item 17: no clean-triplet term, the loss is adversarial only
+    clean = _scalar(triplet_loss(zc[anc], zc[pos], zc[neg]))
+    assert abs(_scalar(r.loss) - clean) > 1e-4  # item 17: no clean-triplet term, the loss is adversarial only
     d0, w0, _ = prepared("act", defense=make("act", eps=0.0))
     r0 = step(d0, w0, x, y)
     anc, pos, neg = rec.calls[-1][1]
-    assert float(r0.loss) == pytest.approx(float(triplet_loss(zc[anc], zc[pos], zc[neg])), abs=1e-12)  # item 16
+    assert _scalar(r0.loss) == pytest.approx(_scalar(triplet_loss(zc[anc], zc[pos], zc[neg])), abs=1e-12)  # item 16
 
 
 # ---------------------------------------------------------------- HM 18-25
@@ -497,8 +502,8 @@ def test_item_18_hm_same_miners_is_regular_training(record_miner, ics):
     xa = train_input(w)
     assert torch.equal(xa[:3 * n], torch.cat([x[anc], x[pos], x[neg]])) and r.stats["iterations"] == 0
     z = e(inner, x)
-    lt = float(triplet_loss(z[anc], z[pos], z[neg]))
-    assert float(r.loss) == pytest.approx(lt, abs=1e-12)  # ICS: d(a, a~) ~ 1e-6 < d(a, p) -> 0
+    lt = _scalar(triplet_loss(z[anc], z[pos], z[neg]))
+    assert _scalar(r.loss) == pytest.approx(lt, abs=1e-12)  # ICS: d(a, a~) ~ 1e-6 < d(a, p) -> 0
     assert r.n_forward == 2 and r.n_backward == 1
 
 
@@ -519,7 +524,7 @@ def test_items_19_20_hm_per_triplet_freeze_and_objective():
     assert bool((h_adv[up] >= h_s[up] - 1e-9).all()) and (h_adv[up] - h_s[up]).mean() > 0.01
 
     def et(h):
-        return float(torch.clamp(h - h_d, max=0).pow(2).mean())
+        return _scalar(torch.clamp(h - h_d, max=0).pow(2).mean())
 
     assert et(h_adv) < et(h_s)  # item 20
     scalar = torch.tensor(float(h_s.min()) - 0.01, dtype=x.dtype)
@@ -552,7 +557,7 @@ def test_item_21_lga_destination():
     losses = []
     for desth in ("semihard", "random", "distance"):
         dd, w, _ = prepared("hm", defense=make("hm", desth=desth))
-        losses.append(float(step(dd, w, x, y, ctx(seed=5)).loss))
+        losses.append(_scalar(step(dd, w, x, y, ctx(seed=5)).loss))
     assert losses[0] == losses[1] == losses[2]
 
 
@@ -566,11 +571,11 @@ def test_items_22_23_prev_loss_and_ics(record_miner):
         n = len(anc)
         z = e(inner, train_input(w))
         lt = triplet_loss(z[:n], z[n:2 * n], z[2 * n:3 * n])
-        assert d.prev_loss == pytest.approx(float(lt), abs=1e-12)  # item 22: pre-ICS
+        assert d.prev_loss == pytest.approx(_scalar(lt), abs=1e-12)  # item 22: pre-ICS
         a, a_adv, p = z[3 * n:4 * n], z[:n], z[4 * n:]
         manual_ics = torch.stack([F.relu((a[i] - a_adv[i]).norm() - (a[i] - p[i]).norm()) for i in range(n)]).mean()
-        assert float(manual_ics) > 0
-        assert float(r.loss) == pytest.approx(float(lt) + lam * float(manual_ics), abs=1e-5)
+        assert _scalar(manual_ics) > 0
+        assert _scalar(r.loss) == pytest.approx(_scalar(lt) + lam * _scalar(manual_ics), abs=1e-5)
     assert ics_lambda_for("SOP") == 0.05 and ics_lambda_for("cub") == 0.5 and ics_lambda_for("sop", 0.3) == 0.3
     # the ICS gradient reaches both the clean and the adversarial branch
     g = torch.Generator().manual_seed(0)
@@ -706,11 +711,11 @@ def test_item_30_gamma_c_is_a_detached_constant():
         j = anp_objective(ea, za, zp, zn, lam=10.0, assist=False)
         j.backward()
         c = collapseness(pairwise_distance(ea, zp), pairwise_distance(ea, zn), 10.0)
-        assert (float(c) > 0) == (sign > 0)
-        gamma = 1.0 if float(c) >= 0 else math.exp(float(c))
+        assert (_scalar(c) > 0) == (sign > 0)
+        gamma = 1.0 if _scalar(c) >= 0 else math.exp(_scalar(c))
         ea2 = anchor_src.clone().requires_grad_(True)
         attack = F.relu(mean_smallest(pairwise_distance(ea2, zn)) - pairwise_distance(ea2, za).mean())
-        assert float(j) == pytest.approx(gamma * float(attack), rel=1e-12)
+        assert _scalar(j) == pytest.approx(gamma * _scalar(attack), rel=1e-12)
         (gamma * attack).backward()
         assert torch.allclose(ea.grad, ea2.grad, atol=1e-12)
         if sign < 0:
@@ -733,10 +738,10 @@ def test_items_31_32_ca_tride_loss_has_top_ranked_term(phase, monkeypatch):
     n = len(anc)
     z = e(inner, train_input(w))
     d_ap, d_an = pairwise_distance(z[:n], z[n:2 * n]), pairwise_distance(z[:n], z[2 * n:])
-    ltr = float(F.relu(d_ap.sort().values[:n // 2].mean() - d_an.sort().values[:n // 2].mean() + 0.04))
-    lt = float(F.relu(d_ap - d_an + 0.2).mean())
-    assert float(r.loss) == pytest.approx(lt + 0.5 * ltr, abs=1e-12)
-    assert float(top_ranked_loss(d_ap, d_an)) == pytest.approx(ltr, abs=1e-12)
+    ltr = _scalar(F.relu(d_ap.sort().values[:n // 2].mean() - d_an.sort().values[:n // 2].mean() + 0.04))
+    lt = _scalar(F.relu(d_ap - d_an + 0.2).mean())
+    assert _scalar(r.loss) == pytest.approx(lt + 0.5 * ltr, abs=1e-12)
+    assert _scalar(top_ranked_loss(d_ap, d_an)) == pytest.approx(ltr, abs=1e-12)
 
 
 def test_item_33_lambda_is_configuration():
@@ -750,8 +755,8 @@ def test_item_33_lambda_is_configuration():
     z = e(inner, x)
     anc, pos, neg = MINERS.get("semihard")(z.detach(), y, torch.Generator().manual_seed(0), margin=0.2)
     d_ap, d_an = pairwise_distance(z[anc], z[pos]), pairwise_distance(z[anc], z[neg])
-    assert stats[None] == pytest.approx(float(collapseness(d_ap, d_an, 2.0)), abs=1e-12)
-    assert stats[0.0] == pytest.approx(float(d_ap.mean() - d_an.mean()), abs=1e-12)
+    assert stats[None] == pytest.approx(_scalar(collapseness(d_ap, d_an, 2.0)), abs=1e-12)
+    assert stats[0.0] == pytest.approx(_scalar(d_ap.mean() - d_an.mean()), abs=1e-12)
 
 
 # ---------------------------------------------------------------- MDProp 34-40
@@ -773,7 +778,7 @@ def test_items_34_40_mdprop_batch_assembly_and_single_criterion(monkeypatch):
     z, labels, kw = calls[0]
     assert z.shape[0] == 2 * b and torch.equal(labels, torch.cat([y, y[:h], y[h:]]))
     assert kw == dict(pos_weight=2.0, neg_weight=40.0, margin=0.1, threshold=0.5)
-    assert float(r.loss) == float(real(z, labels, **kw))
+    assert _scalar(r.loss) == _scalar(real(z, labels, **kw))
 
 
 def _perturb(mods, attr, buffers=False):
@@ -920,10 +925,10 @@ def test_hm_state_round_trip_is_exact():
     step(d, w, x, y)
     saved = d.state_dict()
     assert saved["prev_loss"] != 2.0
-    a = float(step(d, w, x, y, ctx(seed=9)).loss)
+    a = _scalar(step(d, w, x, y, ctx(seed=9)).loss)
     other = make("hm")
     other.load_state_dict(saved)
-    assert float(step(other, Wrapper(inner), x, y, ctx(seed=9)).loss) == a
+    assert _scalar(step(other, Wrapper(inner), x, y, ctx(seed=9)).loss) == a
     with pytest.raises(ValueError):
         other.load_state_dict({"prev": 1.0})
 
