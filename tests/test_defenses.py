@@ -267,7 +267,7 @@ def test_item_3_step_leaves_modes_params_and_grads(name):
     if name != "mdprop" and not (name == "est" and d.config.bn_live):
         for k, v in inner.state_dict().items():
             assert torch.equal(v, params[k]), k
-    assert r.loss.requires_grad and r.loss.dim() == 0 and math.isfinite(float(r.loss.detach()))
+    assert r.loss.requires_grad and r.loss.dim() == 0 and math.isfinite(_scalar(r.loss))
 
 
 def test_item_4_only_designated_images_move(record_miner, record_ghard):
@@ -372,10 +372,10 @@ def test_item_6_losses_use_normalised_embeddings(name):
     d, w, inner = prepared(name)
     x, y = data()
     copies = {c: Wrapper(scaled_copy(inner, c)) for c in (0.01, 25.0)}  # before live BN stats move
-    ref = float(step(d, w, x, y, ctx(seed=3)).loss.detach())
+    ref = _scalar(step(d, w, x, y, ctx(seed=3)).loss)
     for c, w2 in copies.items():
         d2 = make(name)
-        assert float(step(d2, w2, x, y, ctx(seed=3)).loss.detach()) == pytest.approx(ref, rel=1e-7, abs=1e-9)
+        assert _scalar(step(d2, w2, x, y, ctx(seed=3)).loss) == pytest.approx(ref, rel=1e-7, abs=1e-9)
 
 
 # ---------------------------------------------------------------- vanilla 7-9
@@ -385,13 +385,13 @@ def test_item_8_vanilla_loss_formula(record_miner):
     d, w, inner = prepared("vanilla")
     x, y = data()
     r = step(d, w, x, y)
-    loss = float(r.loss.detach())
+    loss = _scalar(r.loss)
     anc, pos, neg = rec.calls[-1][1]
     assert bool((y[neg] != y[anc]).all())  # item 7
     z = e(inner, x)
     manual = torch.stack([F.relu((z[a] - z[p]).norm() - (z[a] - z[n]).norm() + 0.2)
                           for a, p, n in zip(anc, pos, neg)]).mean()
-    assert loss == pytest.approx(float(manual.detach()), abs=1e-5)
+    assert loss == pytest.approx(_scalar(manual), abs=1e-5)
     assert 0.0 <= loss <= 2.2
 
 
@@ -423,7 +423,7 @@ def test_item_10_est_shift_grows_with_steps():
     for steps in (0, 32):
         xa = embedding_shift_attack(net, x, z, eps=EPS, alpha=0.01, steps=steps,
                                     generator=torch.Generator().manual_seed(0)).x_adv
-        shift[steps] = float((e(net, xa) - z).norm(dim=1).mean().detach())
+        shift[steps] = _scalar((e(net, xa) - z).norm(dim=1).mean())
     assert shift[0] == 0.0 and shift[32] > 0.05
 
 
@@ -957,7 +957,7 @@ def test_smoke_two_adam_steps_on_c2f2(name):
         d.train_mode(model)
         r = d.training_step(model, x, y, StepContext(epoch=1, max_epochs=2, global_step=s, generator=g,
                                                      dataset="digits"))
-        assert math.isfinite(float(r.loss.detach()))
+        assert math.isfinite(_scalar(r.loss))
         opt.zero_grad()
         r.loss.backward()
         opt.step()
