@@ -3,8 +3,11 @@ published undefended row (``attacks.md`` §8.1) under the ``rob28`` suite with t
 
 The full reproduction (8 epochs, EST and ACT too, per-column report) is ``benchmarks/reproduce_fashion.py``; this is
 its CI-sized check: one training epoch and the first 256 test queries. One epoch of the published eight leaves the
-model a little less sensitive (measured: ES:D 1.40 against 1.60 after eight, CA- 90 against 97-100), hence a band of
-12 points per ERS term; a broken attack or data path is off by tens of points.
+model a little less sensitive (measured: CA- 90 against 97-100 after eight), hence a band of 12 points per ERS term.
+ES:D varies most between models: 1.40 and 1.31 after this one epoch in two processes (float summation order), 1.77
+and 1.61 after eight epochs with seeds 0 and 1, published 1.60; its band is 20 points (0.4 of ES:D). ERS may differ by
+4 (it was 6.0 here, 2.7 and 4.6 for our two eight-epoch seeds, 4.2 published). A broken attack or data path is off
+by tens of points.
 """
 
 import pytest
@@ -26,6 +29,7 @@ def test_undefended_fashion_row_matches_robrank(tmp_path, shared_data):
     published = reference_frame("fashion").set_index("defense").loc["none"].to_dict()
     ours, theirs = scoring.resistance_terms(result.raw), scoring.resistance_terms(published)
     assert 78 < result.benign["R@1"] < published["R@1"] + 2     # one epoch of the published eight
-    for key in scoring.ERS_KEYS:
-        assert abs(ours[key] - theirs[key]) <= 12, (key, ours[key], theirs[key])
-    assert abs(scoring.ers(result.raw) - published["ERS"]) <= 2.5
+    band = {key: 20 if key == "ES:D" else 12 for key in scoring.ERS_KEYS}
+    diff = {key: ours[key] - theirs[key] for key in scoring.ERS_KEYS}
+    assert all(abs(diff[key]) <= band[key] for key in diff), diff
+    assert abs(scoring.ers(result.raw) - published["ERS"]) <= 4
