@@ -98,9 +98,7 @@ def main() -> None:
         t_eval = time.perf_counter() - t0
         # benign metrics over the whole test set, as published (raw["R@1"] covers only the attacked queries)
         rows[defense] = {**result.raw, **result.benign, **result.scores}
-        history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-        timings[defense] = {"train_s": t_train, "eval_s": t_eval,
-                            "s_per_epoch": sum(h["seconds"] for h in history) / len(history)}
+        timings[defense] = {"train_s": t_train, "eval_s": t_eval, "s_per_epoch": summary.seconds_per_epoch}
         (out / "reproduction.json").write_text(json.dumps({"row": rows[defense], **timings[defense],
                                                            "args": vars(args), "alpha": alpha}, indent=1))
         print(f"{defense}: {timings[defense]['s_per_epoch']:.0f} s/epoch, evaluated in {t_eval:.0f} s", flush=True)

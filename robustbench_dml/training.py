@@ -188,10 +188,24 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     if distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    done = max(cfg.epochs - start_epoch, 1)
+    seconds_per_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else 0.0
+    if rank == 0:  # the whole run, across resumptions (this call may have trained some epochs or none)
+        seconds_per_epoch, benign_r1 = _run_totals(history)
     return TrainSummary(checkpoint=out / "checkpoint", epochs=cfg.epochs, steps=step,
-                        seconds_per_epoch=sum(epoch_seconds) / done if epoch_seconds else 0.0,
-                        benign_r1=benign_r1, forward_passes=counts[0], backward_passes=counts[1], rank=rank)
+                        seconds_per_epoch=seconds_per_epoch, benign_r1=benign_r1, forward_passes=counts[0],
+                        backward_passes=counts[1], rank=rank)
+
+
+def _run_totals(history: Path) -> tuple[float, float | None]:
+    """Mean seconds per epoch and the last benign R@1 over every epoch of ``history.jsonl`` (a redone epoch counts
+    once, its last record)."""
+    records = {}
+    for line in history.read_text().splitlines():
+        record = json.loads(line)
+        records[record["epoch"]] = record
+    seconds = [r["seconds"] for r in records.values()]
+    r1 = [r["R@1"] for _, r in sorted(records.items()) if "R@1" in r]
+    return (sum(seconds) / len(seconds) if seconds else 0.0), (r1[-1] if r1 else None)
 
 
 def _export(model, defense):

@@ -33,6 +33,11 @@ def test_resume_after_interruption_is_exact(tmp_path):
     assert read_meta(full.checkpoint)["weights_sha256"] == read_meta(resumed.checkpoint)["weights_sha256"]
     history = [json.loads(line) for line in (tmp_path / "part" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    # the summary covers the whole run, not only the epochs of the resuming call
+    assert resumed.seconds_per_epoch == pytest.approx(sum(h["seconds"] for h in history) / 3)
+    assert resumed.benign_r1 == history[-1]["R@1"] == full.benign_r1
+    again = train(TrainConfig(seed=1, **{**TINY, "epochs": 3}), tmp_path / "part", resume=True)  # nothing left
+    assert (again.seconds_per_epoch, again.benign_r1) == (resumed.seconds_per_epoch, resumed.benign_r1)
 
 
 def test_run_directory_outputs_and_metadata(tmp_path):
