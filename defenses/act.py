@@ -87,8 +87,10 @@ class ACT(Defense):
         za, zp, zn = z[:n], z[n:2 * n], z[2 * n:]
         loss = triplet_loss(za, zp, zn, cfg.margin)
         with torch.no_grad():
+            loss_clean = float(triplet_loss(z_clean[anc], z_clean[pos], z_clean[neg], cfg.margin))
             stats = {
-                "loss_clean": float(triplet_loss(z_clean[anc], z_clean[pos], z_clean[neg], cfg.margin)),
+                "loss_clean": loss_clean,
+                "adv_gain": float(loss.detach()) - loss_clean,
                 "d_pn_clean": float(pairwise_distance(z_clean[pos], z_clean[neg]).mean()),
                 "d_pn_adv": float(pairwise_distance(zp, zn).mean()),
                 "iterations": float(res.iterations),

@@ -12,6 +12,7 @@ lists every hyper-parameter under its paper name; ``Config.for_preset(preset)`` 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -91,6 +92,24 @@ class DefenseConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def check_types(cls, values: Mapping[str, Any]) -> None:
+        """Every given field holds a value of its declared type (``float`` accepts integers, never booleans) and
+        every number is finite; raises ValueError naming the field (unknown names are left to the constructor)."""
+        kinds = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "None": (type(None),)}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            value = values[f.name]
+            names = [t.strip() for t in str(f.type).split("|")]
+            if not all(n in kinds for n in names):
+                continue  # a type we do not check here
+            allowed = tuple(t for n in names for t in kinds[n])
+            if isinstance(value, bool) and "bool" not in names or not isinstance(value, allowed):
+                raise ValueError(f"option {f.name} must be {' or '.join(names)}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"option {f.name} must be finite, got {value!r}")
+
 
 class Defense:
     """Base class. Subclasses set ``Config`` and implement ``training_step``."""
@@ -104,7 +123,10 @@ class Defense:
     def __init__(self, config: DefenseConfig | None = None, *, preset: str = "28", **overrides: Any):
         if config is not None and overrides:
             raise ValueError("pass either a config or keyword overrides, not both")
-        self.config = config if config is not None else self.Config.for_preset(preset, **overrides)
+        if config is None:
+            self.Config.check_types(overrides)
+            config = self.Config.for_preset(preset, **overrides)
+        self.config = config
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Adapt a fresh backbone before training (freeze BN, add BN routes...). Default: unchanged."""
@@ -136,6 +158,10 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a (Distributed)DataParallel wrapper, else ``model``: training-time attacks run on it
     (``ecosystem.md`` pitfall 15), while the training forward uses the wrapper so gradients are synchronised."""
     return getattr(model, "module", model)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def freeze_batchnorm(model: nn.Module) -> None:

@@ -17,9 +17,13 @@ Quirks of the reference and our choices:
   distance gradient is not degenerate at ``x = x0``; we draw it from ``ctx.generator`` (first iteration only)
   and use the reference ``pairwise_distance`` (with its 1e-6 offset), which already keeps the gradient finite.
 * BatchNorm: ``rres18d`` sets ``is_advtrain``, which disables the BN freeze of the other RN18 defenses, so BN
-  uses batch statistics in the training forward and its running statistics follow *adversarial* batches only.
-  ``bn_live=True`` (default, the reference and the published EST rows) keeps that; ``bn_live=False`` freezes BN
-  as for vanilla/ACT/HM. Backbones without BN (c2f2) are unaffected.
+  uses batch statistics in the training forward. ``bn_live=True`` (default, the reference and the published EST
+  rows) keeps that, and, as the reference, runs the step's first clean no-grad forward in *train* mode, so the
+  running statistics follow clean and adversarial batches alike (an EMA of about half each); the attack's
+  reference embedding and ``loss_clean`` still come from an eval-mode forward (one extra no-grad forward, only
+  on backbones with BN). ``bn_live=False`` freezes BN as for vanilla/ACT/HM. c2f2 has no BN: unaffected.
+* ``adv_gain`` (per step): the triplet loss on the adversarial embeddings minus the same loss (same triplets,
+  mined on the adversarial embeddings) on the clean ones: positive when the adversary makes training harder.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from attacks.pgd import eval_mode, pgd
-from defenses.base import DEFENSES, Defense, DefenseConfig, StepContext, StepResult, preset_threat, unwrap
+from defenses.base import (DEFENSES, Defense, DefenseConfig, StepContext, StepResult, has_batchnorm, preset_threat,
+                           unwrap)
 from defenses.losses import MARGIN, pairwise_distance, triplet_loss
 from defenses.miners import MINERS
 
@@ -96,6 +101,10 @@ class EST(Defense):
     def training_step(self, model, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> StepResult:
         cfg = self.config
         net = unwrap(model)
+        live_bn = cfg.bn_live and has_batchnorm(net)
+        if live_bn:  # the reference's clean forward in train mode: BN running statistics see the clean batch
+            with torch.no_grad():
+                net(images)
         with eval_mode(net), torch.no_grad():
             z_clean = F.normalize(net(images), dim=1)
         with eval_mode(net):
@@ -105,9 +114,11 @@ class EST(Defense):
         anc, pos, neg = MINERS.get(cfg.miner)(z.detach(), labels, ctx.generator, margin=cfg.margin)
         loss = triplet_loss(z[anc], z[pos], z[neg], cfg.margin)
         with torch.no_grad():
+            loss_clean = float(triplet_loss(z_clean[anc], z_clean[pos], z_clean[neg], cfg.margin))
             stats = {
-                "loss_clean": float(triplet_loss(z_clean[anc], z_clean[pos], z_clean[neg], cfg.margin)),
+                "loss_clean": loss_clean,
+                "adv_gain": float(loss.detach()) - loss_clean,
                 "shift": float((z.detach() - z_clean).norm(dim=1).mean()),
                 "iterations": float(res.iterations),
             }
-        return StepResult(loss=loss, n_forward=2 + res.iterations, n_backward=1 + res.iterations, stats=stats)
+        return StepResult(loss=loss, n_forward=2 + int(live_bn) + res.iterations, n_backward=1 + res.iterations, stats=stats)

@@ -185,8 +185,10 @@ class HM(Defense):
             stats["ics"] = float(l_ics.detach())
         with torch.no_grad():
             h_src = hardness(z_clean[anc], z_clean[pos], z_clean[neg])
+            loss_clean = float(F.relu(h_src + cfg.margin).mean())
             stats.update({
-                "loss_clean": float(F.relu(h_src + cfg.margin).mean()),
+                "loss_clean": loss_clean,
+                "adv_gain": self.prev_loss - loss_clean,
                 "loss_adv": self.prev_loss,
                 "H_src": float(h_src.mean()),
                 "H_dst": float(h_dest.float().mean()),

@@ -32,17 +32,45 @@ def ics_loss(anchor: torch.Tensor, anchor_adv: torch.Tensor, positive: torch.Ten
     return triplet_loss(anchor, anchor_adv, positive, margin)
 
 
-def softmax_weighted_mean(d: torch.Tensor, lam: float) -> torch.Tensor:
-    """CA-TRIDE's ``W(d; lambda) = sum_i w_i d_i / sum_i w_i`` with ``w_i = exp(lambda (d_i - max_j d_j))``
-    (``defenses.md`` §5.1): the plain mean at lambda = 0, the max as lambda -> inf. Max-subtracted, so it is
-    stable for any lambda. The max is detached (it cancels in the ratio)."""
-    w = torch.exp(lam * (d - d.detach().max()))
+WEIGHTINGS = ("paper", "released", "research_build")
+
+
+def attention_weights(d: torch.Tensor, lam: float, weighting: str = "paper") -> torch.Tensor:
+    """CA-TRIDE's per-pair weights ``w_i`` of the weighted distance (``d``: (N,) distances in [0, 2]).
+
+    * ``"paper"`` (the ICML'24 paper and its authors' slides): ``w_i = exp(-lambda (d_i - min_j d_j))``, emphasis on
+      the *closest* (top-ranked) pairs, **detached**. With weights that carry gradient,
+      ``dW/dd_i = (w_i / sum w)(1 - lambda (d_i - W))`` is negative for every ``d_i > W + 1/lambda``, so sign-PGD,
+      which gives every image a full step whatever its weight, would move those pairs *against* the objective.
+      Detached, ``dW/dd_i = w_i / sum w > 0`` for every pair: each image moves the way the objective asks
+      (measured in ``tests/test_defenses.py``: every CAP step raises each anchor-positive distance of a trained
+      digits model on average, and the adversarial triplet loss rises above the clean one).
+    * ``"released"`` (the fork's released ``pnp.py``): ``w_i = exp(lambda (d_i - max_j d_j))``, emphasis on the
+      *farthest* pairs, weights carrying gradient (the defect that makes its adversary ease most triplets).
+    * ``"research_build"`` (the compiled module shipped beside it): ``w_i = exp(-lambda relu(d_i - 2 sigma))`` with
+      ``sigma`` the standard deviation of ``d``, detached.
+    """
+    if weighting == "paper":
+        return torch.exp(-lam * (d - d.min())).detach()
+    if weighting == "released":
+        return torch.exp(lam * (d - d.detach().max()))
+    if weighting == "research_build":
+        sigma = d.detach().std() if len(d) > 1 else d.new_zeros(())
+        return torch.exp(-lam * F.relu(d - 2 * sigma)).detach()
+    raise ValueError(f"unknown weighting {weighting!r}; known: {', '.join(WEIGHTINGS)}")
+
+
+def weighted_mean(d: torch.Tensor, lam: float, weighting: str = "paper") -> torch.Tensor:
+    """``d_w = sum_i w_i d_i / sum_i w_i`` with :func:`attention_weights`: the plain mean at lambda = 0; as
+    lambda grows, the min (``"paper"``, ``"research_build"`` below its threshold) or the max (``"released"``).
+    Stable for any lambda (the exponent is never positive)."""
+    w = attention_weights(d, lam, weighting)
     return (w * d).sum() / w.sum()
 
 
-def collapseness(d_ap: torch.Tensor, d_an: torch.Tensor, lam: float) -> torch.Tensor:
-    """``C = W(d_ap) - W(d_an)`` (> 0: the batch is collapsed, positives farther than negatives)."""
-    return softmax_weighted_mean(d_ap, lam) - softmax_weighted_mean(d_an, lam)
+def collapseness(d_ap: torch.Tensor, d_an: torch.Tensor, lam: float, weighting: str = "paper") -> torch.Tensor:
+    """``C = d_w(A, P) - d_w(A, N)`` (> 0: the batch is collapsed, positives farther than negatives)."""
+    return weighted_mean(d_ap, lam, weighting) - weighted_mean(d_an, lam, weighting)
 
 
 def mean_smallest(d: torch.Tensor, k: int | None = None) -> torch.Tensor:

@@ -172,6 +172,11 @@ class MDProp(Defense):
         b = len(images)
         with torch.no_grad():
             zn = F.normalize(z.detach(), dim=1)
-            stats = {"shift": float((zn[b:] - zn[:b]).norm(dim=1).mean()), "iterations": float(its)}
+            ms = dict(pos_weight=cfg.ms_pos_weight, neg_weight=cfg.ms_neg_weight, margin=cfg.ms_margin,
+                      threshold=cfg.ms_threshold)
+            stats = {"shift": float((zn[b:] - zn[:b]).norm(dim=1).mean()), "iterations": float(its),
+                     # the MS loss of the adversarial half minus that of the clean half (each mined on itself)
+                     "adv_gain": float(multi_similarity_loss(zn[b:], labels, **ms))
+                     - float(multi_similarity_loss(zn[:b], labels, **ms))}
         n_attack_fwd = len(sizes) - 1
         return StepResult(loss=loss, n_forward=n_attack_fwd + its + 1, n_backward=its + 1, stats=stats)

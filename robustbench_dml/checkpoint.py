@@ -27,6 +27,7 @@ SCHEMA_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+MAX_EMBEDDING_DIM = 65536
 REQUIRED_META = ("schema_version", "dataset", "backbone", "backbone_kwargs", "embedding_dim", "defense",
                  "weights_sha256")
 
@@ -50,11 +51,31 @@ def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``meta`` (plus provenance) atomically to ``directory``; return its path."""
+def check_target(directory: str | os.PathLike, replace: bool = False) -> Path:
+    """Refuse to write a checkpoint over anything but an empty folder or, with ``replace``, a checkpoint folder
+    (exactly ``model.safetensors`` and ``meta.json``): a folder holding anything else is never touched."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} exists and is not a folder; choose another output folder")
+    if directory.is_dir():
+        contents = sorted(p.name for p in directory.iterdir())
+        foreign = [n for n in contents if n not in (WEIGHTS, META)]
+        if foreign:
+            raise UserError(f"{directory} already holds {foreign[0]}, which is not ours; choose another output "
+                            "folder (nothing was written)")
+        if contents and not replace:
+            raise UserError(f"{directory} already holds a checkpoint; pass --overwrite to replace it or choose "
+                            "another output folder")
+    return directory
+
+
+def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[str, Any], *,
+                    replace: bool = False) -> Path:
+    """Write ``model``'s weights and ``meta`` (plus provenance) atomically to ``directory``; return its path.
+    ``directory`` must be absent, empty or (with ``replace``) a checkpoint folder: see :func:`check_target`."""
     from safetensors.torch import save_file
 
-    directory = Path(directory)
+    directory = check_target(directory, replace)
     directory.parent.mkdir(parents=True, exist_ok=True)
     spec = dict(getattr(model, "spec", {}) or {})
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -79,10 +100,8 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[s
                 os.fsync(fh.fileno())
         old = None
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(directory, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            os.replace(directory, old)  # onto the empty folder we just made
         os.replace(tmp, directory)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -125,6 +144,11 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{directory / META} lacks {', '.join(missing)}")
     if meta["schema_version"] != SCHEMA_VERSION:
         raise UserError(f"{directory / META} has schema_version {meta['schema_version']}, expected {SCHEMA_VERSION}")
+    dim = meta["embedding_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_EMBEDDING_DIM:
+        raise UserError(f"{directory / META}: embedding_dim must be an integer in 1..{MAX_EMBEDDING_DIM}, got {dim!r}")
+    if not isinstance(meta["backbone_kwargs"], dict):
+        raise UserError(f"{directory / META}: backbone_kwargs must be a JSON object, got {meta['backbone_kwargs']!r}")
     if meta["backbone"] not in backbones.BACKBONES:
         raise UserError(f"{directory / META} names unknown backbone {meta['backbone']!r}; "
                         f"known: {', '.join(backbones.list_backbones())}")
@@ -163,6 +187,10 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
                   else f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
         raise UserError(f"{directory / WEIGHTS} does not fit backbone {meta['backbone']} ({detail})")
+    bad_values = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad_values is not None:
+        raise UserError(f"{directory / WEIGHTS}: {bad_values} holds NaN or infinite values (a diverged training); "
+                        "such a model cannot be evaluated")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
 
@@ -172,12 +200,15 @@ def checkpoint_sha256(directory: str | os.PathLike) -> str:
 
 
 def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str, dataset: str,
-                       embedding_dim: int = 512, key: str | None = None, channels: int | None = None) -> Path:
+                       embedding_dim: int = 512, key: str | None = None, channels: int | None = None,
+                       overwrite: bool = False) -> Path:
     """Bring a plain PyTorch state dict into a checkpoint (``torch.load(weights_only=True)``, no fallback).
 
-    ``channels`` defaults to the dataset's image channels."""
+    ``channels`` defaults to the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a
+    checkpoint folder; it is checked before anything is read."""
     import pickle
 
+    check_target(out, overwrite)
     try:
         obj = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -203,4 +234,4 @@ def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, bac
     except RuntimeError as e:
         raise UserError(f"{source} does not fit backbone {backbone}: {str(e).splitlines()[0]}") from None
     return save_checkpoint(out, model, {"dataset": dataset, "defense": "external", "defense_config": {},
-                                        "source": str(source)})
+                                        "source": str(source)}, replace=overwrite)

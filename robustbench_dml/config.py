@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,8 @@ class TrainConfig:
     ``batch_size`` counts SPC-2 pairs per process (a batch holds twice as many images).
     ``defense_params`` overrides fields of the defense's own ``Config`` (e.g. ``{"steps": 8}``).
     ``pretrained``: True (torchvision's local cache), False, or a path to ImageNet weights.
+    ``train_subset``: train on a seeded class-stratified subset of this many training images (the same subset
+    for every training seed; ``datasets.base.stratified_subset``), for budgeted studies.
     """
 
     defense: str = "vanilla"
@@ -59,18 +62,21 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     num_workers: int = 0
+    train_subset: int | None = None
     defense_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("embedding_dim", "epochs", "batch_size", "eval_every"):
+        for name in ("embedding_dim", "epochs", "batch_size", "eval_every", "train_subset"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise UserError(f"{name} must be a positive integer, got {v!r}")
         for name in ("lr", "weight_decay"):
             v = getattr(self, name)
-            if v is not None and not v >= 0:
-                raise UserError(f"{name} must be >= 0, got {v!r}")
-        if self.num_workers < 0:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf):
+                raise UserError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise UserError(f"threads must be a positive integer, got {self.threads!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {self.num_workers}")
 
     def resolve(self, preset: Preset) -> TrainConfig:

@@ -284,6 +284,7 @@ def evaluate(
     n = len(gallery)
     num_queries = n if max_queries is None else min(n, int(max_queries))
     benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi, seed=seed)
+    benign["entanglement"] = metrics.entanglement(gallery.embeddings, gallery.labels, seed=seed)
     ranges = batch_ranges(num_queries, suite_obj.batch_size)
     batch_sizes = [e - s for s, e in ranges]
 

@@ -209,3 +209,30 @@ def _map_sum(index, qrows, idx, rel, prec, r, members, map_max_rank) -> float:
         ap = torch.where(valid, t.to(torch.float64) / rank_sorted.to(torch.float64), 0.0).sum(1)
         total += float((ap / r[part]).sum())
     return total
+
+
+def entanglement(embeddings, labels, *, max_items: int = 10_000, seed: int = 0, block: int = 1024) -> float:
+    """CA-TRIDE's entanglement level of an embedding space: the mean Euclidean distance over same-class pairs
+    divided by the mean over different-class pairs (pairs i != j, embeddings L2-normalised here; the paper
+    reports 0.79 CUB, 0.79 CARS, 0.66 SOP). Above ``max_items`` rows a seeded random subset is used. Computed
+    in float64 blocks of ``block`` rows; nan when either kind of pair is missing."""
+    emb = torch.nn.functional.normalize(torch.as_tensor(embeddings).detach().to(torch.float64), dim=1)
+    lab = torch.as_tensor(_to_numpy(labels) if not isinstance(labels, torch.Tensor) else labels)
+    lab = lab.to(device=emb.device, dtype=torch.int64).reshape(-1)
+    if len(lab) > max_items:
+        pick = np.sort(np.random.default_rng(seed).choice(len(lab), size=max_items, replace=False))
+        pick = torch.from_numpy(pick).to(emb.device)
+        emb, lab = emb[pick], lab[pick]
+    sums = torch.zeros(2, dtype=torch.float64, device=emb.device)
+    counts = torch.zeros(2, dtype=torch.float64, device=emb.device)
+    for start in range(0, len(lab), block):
+        d = torch.cdist(emb[start:start + block], emb)
+        same = lab[start:start + block, None] == lab[None, :]
+        rows = torch.arange(start, min(start + block, len(lab)), device=emb.device)
+        same[rows - start, rows] = False  # i == j is no pair
+        other = lab[start:start + block, None] != lab[None, :]
+        sums += torch.stack([d[same].sum(), d[other].sum()])
+        counts += torch.stack([same.sum(), other.sum()]).to(torch.float64)
+    if counts[0] == 0 or counts[1] == 0 or sums[1] == 0:
+        return float("nan")
+    return float((sums[0] / counts[0]) / (sums[1] / counts[1]))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,6 +32,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels for the duration (restored afterwards). On the CPU the one non-deterministic
+    kernel of our training was the accumulating index backward (``z[anc]`` with repeated indices, summed in
+    thread-arrival order): with two threads three seed-0 trainings gave three weight hashes; with this, one.
+    On CUDA kernels without a deterministic version only warn (``warn_only``)."""
+    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
 
 
 def generator(seed: int, *keys: int | str, device: str | torch.device = "cpu") -> torch.Generator:

@@ -29,10 +29,12 @@ from defenses.base import StepContext
 from robustbench_dml import backbones, datasets
 from robustbench_dml.checkpoint import save_checkpoint
 from robustbench_dml.config import PRESETS, TrainConfig
+from robustbench_dml.datasets.base import stratified_subset
 from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
+from robustbench_dml.evaluation import atomic_write_text
 from robustbench_dml.progress import Progress
-from robustbench_dml.runtime import generator, resolve_device, seed_everything, set_threads
+from robustbench_dml.runtime import deterministic, generator, resolve_device, seed_everything, set_threads
 
 STATE_FILE = "train_state.pt"
 
@@ -75,14 +77,14 @@ def build(cfg: TrainConfig):
     if cfg.backbone is None:
         cfg = dataclasses.replace(cfg, backbone=defense_cls.preferred_backbones.get(info.preset, preset.backbone))
     cfg = cfg.resolve(preset)
+    names = [f.name for f in dataclasses.fields(defense_cls.Config)]
+    unknown = sorted(set(cfg.defense_params) - set(names))
+    if unknown:
+        raise UserError(f"defense {cfg.defense} has no option {', '.join(unknown)}; its options: {', '.join(names)}")
     try:
         defense = defense_cls(preset=info.preset, **cfg.defense_params)
-    except TypeError:
-        known = ", ".join(f.name for f in dataclasses.fields(defense_cls.Config))
-        unknown = ", ".join(sorted(set(cfg.defense_params) - {f.name for f in dataclasses.fields(defense_cls.Config)}))
-        raise UserError(f"defense {cfg.defense} has no option {unknown or '(see --set)'}; its options: {known}") from None
-    except ValueError as e:
-        raise UserError(f"defense {cfg.defense}: {e}") from None
+    except (TypeError, ValueError) as e:  # a value of the wrong type or out of range
+        raise UserError(f"defense {cfg.defense}: {e} (check the --set values)") from None
     model = backbones.create_for_data(cfg.backbone, embedding_dim=cfg.embedding_dim, channels=info.channels,
                                       pretrained=cfg.pretrained)
     if getattr(model, "input_size", info.image_size) != info.image_size:
@@ -96,14 +98,25 @@ def build(cfg: TrainConfig):
 
 def _save_state(path: Path, model, optimizer, defense, epoch: int, step: int, counts: list[int]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "defense": defense.state_dict(),
-                "epoch": epoch, "global_step": step, "counts": counts}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "defense": defense.state_dict(), "epoch": epoch, "global_step": step, "counts": counts}, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill between the two lines leaves no half-written state behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: bool = False,
           progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> TrainSummary:
-    """Train ``cfg.defense`` on ``cfg.dataset``; write the run directory; return where the checkpoint is."""
+    """Train ``cfg.defense`` on ``cfg.dataset``; write the run directory; return where the checkpoint is.
+    Deterministic kernels throughout (:func:`~robustbench_dml.runtime.deterministic`): one seed gives one set
+    of weights at any thread count on the CPU."""
+    with deterministic(resolve_device(cfg.device)):
+        return _train(cfg, out, resume=resume, progress=progress, on_epoch=on_epoch)
+
+
+def _train(cfg: TrainConfig, out, *, resume: bool, progress: bool, on_epoch) -> TrainSummary:
     device = resolve_device(cfg.device)
     distributed = setup_distributed(device)
     rank, world = _dist_info()
@@ -114,9 +127,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     seed_everything(cfg.seed)
     out = Path(out) if out is not None else default_out(cfg)
     state_path = out / STATE_FILE
-    if out.exists() and any(out.iterdir()) and not resume and rank == 0:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a run directory; choose another --out")
+    started = out.is_dir() and any(p.name != "config.json" for p in out.iterdir())  # a failed start leaves config.json
+    if started and not resume and rank == 0:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
     train_set = datasets.create(cfg.dataset, root=cfg.data_root, split="train")
+    if cfg.train_subset is not None:
+        train_set = stratified_subset(train_set, cfg.train_subset)
     test_set = datasets.create(cfg.dataset, root=cfg.data_root, split="test") if rank == 0 else None
     cfg, info, defense, model = build(cfg)
 
@@ -140,7 +158,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
                         f"{cfg.batch_size * world} pairs; lower --batch-size")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json() + "\n")
+        atomic_write_text(out / "config.json", cfg.to_json() + "\n")
     history = out / "history.jsonl"
     bar = Progress(progress and rank == 0, total=(cfg.epochs - start_epoch) * len(sampler),
                     title=f"{cfg.defense} on {cfg.dataset}")
@@ -152,13 +170,17 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
             torch.manual_seed(int(generator(cfg.seed, "augment", epoch).initial_seed()))
             loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
                                 generator=generator(cfg.seed, "loader", epoch))
-            t0, losses, stats_sum = time.perf_counter(), [], {}
+            t0, losses, stats_sum, stats_n = time.perf_counter(), [], {}, {}
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 ctx = StepContext(epoch=epoch, max_epochs=cfg.epochs, global_step=step,
                                   generator=generator(cfg.seed, "step", step), dataset=cfg.dataset)
                 defense.train_mode(ddp_model)
                 result = defense.training_step(ddp_model, images, labels, ctx)
+                if not torch.isfinite(result.loss.detach()).all():
+                    raise UserError(f"training diverged: the loss became {float(result.loss.detach())} at epoch "
+                                    f"{epoch + 1}, step {step + 1}; lower --lr or check the --set values (the last "
+                                    f"good epoch is kept in {out})")
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
                 optimizer.step()
@@ -166,8 +188,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
                 counts[1] += result.n_backward
                 step += 1
                 losses.append(float(result.loss.detach()))
-                for k, v in result.stats.items():
+                for k, v in result.stats.items():  # a statistic is averaged over the steps that report it
                     stats_sum[k] = stats_sum.get(k, 0.0) + float(v)
+                    stats_n[k] = stats_n.get(k, 0) + 1
                 bar.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}" + "".join(
                     f" {k} {float(v):.3g}" for k, v in result.stats.items()))
             epoch_seconds.append(time.perf_counter() - t0)
@@ -175,13 +198,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
                 continue
             record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / len(losses),
                       "seconds": epoch_seconds[-1],
-                      **{k: v / len(losses) for k, v in stats_sum.items()}}
+                      **{k: v / stats_n[k] for k, v in stats_sum.items()}}
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                benign_r1 = _benign_r1(model, defense, test_set, device)
-                record["R@1"] = benign_r1
+                benign_r1, tangle = _benign_metrics(model, defense, test_set, device)
+                record["R@1"], record["entanglement"] = benign_r1, tangle
             with history.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            _write_checkpoint(out, model, defense, cfg, info, epoch + 1, counts, step)
+            _write_checkpoint(out, model, defense, cfg, info, epoch + 1, counts, step,
+                              {k: record[k] for k in ("R@1", "entanglement") if k in record})
             _save_state(state_path, model, optimizer, defense, epoch + 1, step, counts)
             if on_epoch is not None:
                 on_epoch(record)
@@ -213,15 +237,18 @@ def _export(model, defense):
     return export(model) if export is not None else model
 
 
-def _benign_r1(model, defense, test_set, device) -> float:
+def _benign_metrics(model, defense, test_set, device) -> tuple[float, float]:
+    """Benign R@1 and entanglement (CA-TRIDE's mean intra- over inter-class distance) on the test split."""
     from robustbench_dml.gallery import embed
-    from robustbench_dml.metrics import retrieval_metrics
+    from robustbench_dml.metrics import entanglement, retrieval_metrics
 
     gallery = embed(_export(model, defense), test_set, device=device)
-    return float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False)["R@1"])
+    r1 = float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False)["R@1"])
+    return r1, entanglement(gallery.embeddings, gallery.labels)
 
 
-def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_done: int, counts, step) -> None:
+def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_done: int, counts, step,
+                      benign: dict[str, float]) -> None:
     exported = _export(model, defense)
     exported.spec = model.spec
     save_checkpoint(out / "checkpoint", exported, {
@@ -237,4 +264,5 @@ def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_
         "forward_passes": counts[0],
         "backward_passes": counts[1],
         "world_size": _dist_info()[1],
-    })
+        "benign": benign,  # test split at the last evaluated epoch (empty if this epoch was not evaluated)
+    }, replace=True)

@@ -32,7 +32,7 @@ def test_two_process_gloo_training_matches_single_process_layout(tmp_path):
     m_ddp, meta_ddp = load_checkpoint(ddp_out / "checkpoint")
     m_one, meta_one = load_checkpoint(single_out / "checkpoint")
     assert {k: v.shape for k, v in m_ddp.state_dict().items()} == {k: v.shape for k, v in m_one.state_dict().items()}
-    volatile = {"weights_sha256", "created", "steps", "forward_passes", "backward_passes", "world_size"}
+    volatile = {"weights_sha256", "created", "steps", "forward_passes", "backward_passes", "world_size", "benign"}
     assert {k: v for k, v in meta_ddp.items() if k not in volatile} == \
         {k: v for k, v in meta_one.items() if k not in volatile}
     assert meta_ddp["world_size"] == 2 and meta_one["world_size"] == 1

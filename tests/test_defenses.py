@@ -14,16 +14,18 @@ from torch import nn
 import defenses
 from defenses.act import pn_collapse
 from defenses.base import StepContext
-from defenses.ca_tride import anp_attack, anp_objective, cap_attack, lambda_for
+from defenses.ca_tride import anp_attack, anp_objective, cap_attack, lambda_for, lambda_from_entanglement
 from defenses.est import embedding_shift_attack
 from defenses.hm import hardness_manipulation, ics_lambda_for, lga_level
-from defenses.losses import (collapseness, hardness, ics_loss, mean_smallest, multi_similarity_loss,
-                             pairwise_distance, softmax_weighted_mean, top_ranked_loss, triplet_loss)
+from defenses.losses import (attention_weights, collapseness, hardness, ics_loss, mean_smallest,
+                             multi_similarity_loss, pairwise_distance, top_ranked_loss, triplet_loss,
+                             weighted_mean)
 from defenses.mdprop import feature_attack
 from defenses.miners import MINERS
 from defenses.routed_bn import RoutedBatchNorm, bn_route
 from attacks.pgd import eval_mode
 from robustbench_dml.errors import UserError
+from robustbench_dml.metrics import entanglement
 
 PGD_DEFENSES = ["est", "act", "hm", "ca_tride", "mdprop"]
 EPS, ALPHA, STEPS = 0.1, 0.03, 4
@@ -612,16 +614,47 @@ def test_item_25_hm_destination_2_is_min_max_training():
 
 # ---------------------------------------------------------------- CA-TRIDE 26-33
 
-def test_item_26_softmax_weighted_mean():
+def test_item_26_weighted_mean_variants_against_hand_formulas():
     d = torch.tensor([0.3, 1.1, 0.7, 0.2], dtype=torch.float64)
-    assert float(softmax_weighted_mean(d, 0.0)) == pytest.approx(float(d.mean()))
-    assert float(softmax_weighted_mean(d, 1e4)) == pytest.approx(1.1)
     lam = 3.0
-    naive = float((torch.exp(lam * d) * d).sum() / torch.exp(lam * d).sum())
-    assert float(softmax_weighted_mean(d, lam)) == pytest.approx(naive, rel=1e-12)
-    assert math.isfinite(float(softmax_weighted_mean(d * 1000, 1e3)))
-    assert float(collapseness(d, d.flip(0), 2.0)) == pytest.approx(
-        float(softmax_weighted_mean(d, 2.0) - softmax_weighted_mean(d.flip(0), 2.0)))
+    naive = {  # the three definitions written out, without the stabilising shifts
+        "paper": torch.exp(-lam * d),
+        "released": torch.exp(lam * d),
+        "research_build": torch.exp(-lam * torch.clamp(d - 2 * d.std(), min=0)),
+    }
+    for weighting, w in naive.items():
+        assert float(weighted_mean(d, 0.0, weighting)) == pytest.approx(float(d.mean()))
+        assert float(weighted_mean(d, lam, weighting)) == pytest.approx(float((w * d).sum() / w.sum()), rel=1e-12)
+        assert math.isfinite(float(weighted_mean(d * 1000, 1e3, weighting)))
+        assert float(collapseness(d, d.flip(0), 2.0, weighting)) == pytest.approx(
+            float(weighted_mean(d, 2.0, weighting) - weighted_mean(d.flip(0), 2.0, weighting)))
+    assert float(weighted_mean(d, 1e4, "paper")) == pytest.approx(0.2)  # the closest pair
+    assert float(weighted_mean(d, 1e4, "released")) == pytest.approx(1.1)  # the farthest pair
+    # paper and research build: detached weights, so every pair's gradient is its (positive) weight share;
+    # released: weights with gradient, negative for pairs far below the weighted mean
+    for weighting, all_positive in (("paper", True), ("research_build", True), ("released", False)):
+        dd = d.clone().requires_grad_(True)
+        weighted_mean(dd, 10.0, weighting).backward()
+        w = attention_weights(d, 10.0, weighting)
+        if all_positive:
+            assert torch.allclose(dd.grad, w / w.sum(), atol=1e-12) and bool((dd.grad > 0).all())
+        else:
+            assert bool((dd.grad < 0).any())
+    with pytest.raises(ValueError, match="weighting"):
+        weighted_mean(d, 1.0, "slides")
+
+
+def test_entanglement_and_the_lambda_rule():
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1])
+    # intra pairs: (0,1), (2,3): sqrt 2 each; inter pairs: (0,2), (1,3): 2 and (0,3), (1,2): sqrt 2
+    assert entanglement(z, y) == pytest.approx(math.sqrt(2) / ((2 + math.sqrt(2)) / 2))
+    assert math.isnan(entanglement(z, torch.zeros(4, dtype=torch.long)))
+    # the rule passes through the paper's pairs and is clipped to [0, 20]
+    assert lambda_from_entanglement(0.66) == pytest.approx(2.0)
+    assert lambda_from_entanglement(0.79) == pytest.approx(9.75)
+    assert lambda_from_entanglement(0.3) == 0.0 and lambda_from_entanglement(5.0) == 20.0
+    assert lambda_from_entanglement(float("nan")) == 0.0
 
 
 def test_item_27_phase_alternates_and_state_round_trips():
@@ -746,17 +779,23 @@ def test_items_31_32_ca_tride_loss_has_top_ranked_term(phase, monkeypatch):
 
 def test_item_33_lambda_is_configuration():
     assert lambda_for("cub") == 10.0 and lambda_for("CARS") == 9.5 and lambda_for("sop") == 2.0
-    assert lambda_for("digits") == 10.0 and lambda_for("sop", 4.0) == 4.0
+    assert lambda_for("digits") == "auto" and lambda_for("sop", 4.0) == 4.0
+    assert lambda_for("cub", weighting="research_build") == "auto"
+    assert lambda_for("digits", weighting="released") == 10.0 and lambda_for("sop", weighting="released") == 2.0
     x, y = data()
     stats = {}
-    for lam in (None, 0.0):
+    for lam in (None, 0.0, "auto"):
         d, w, inner = prepared("ca_tride", defense=make("ca_tride", lam=lam))
-        stats[lam] = step(d, w, x, y, ctx(dataset="sop", epoch=0)).stats["C"]
+        stats[lam] = step(d, w, x, y, ctx(dataset="sop", epoch=0)).stats
     z = e(inner, x)
     anc, pos, neg = MINERS.get("semihard")(z.detach(), y, torch.Generator().manual_seed(0), margin=0.2)
     d_ap, d_an = pairwise_distance(z[anc], z[pos]), pairwise_distance(z[anc], z[neg])
-    assert stats[None] == pytest.approx(_scalar(collapseness(d_ap, d_an, 2.0)), abs=1e-12)
-    assert stats[0.0] == pytest.approx(_scalar(d_ap.mean() - d_an.mean()), abs=1e-12)
+    assert stats[None]["C"] == pytest.approx(_scalar(collapseness(d_ap, d_an, 2.0)), abs=1e-12)
+    assert stats[0.0]["C"] == pytest.approx(_scalar(d_ap.mean() - d_an.mean()), abs=1e-12)
+    assert stats["auto"]["lam"] == pytest.approx(lambda_from_entanglement(entanglement(z, y)))
+    for bad in (-1.0, "big", float("inf"), True):
+        with pytest.raises(ValueError, match="lam"):
+            make("ca_tride", lam=bad)
 
 
 # ---------------------------------------------------------------- MDProp 34-40
@@ -774,8 +813,9 @@ def test_items_34_40_mdprop_batch_assembly_and_single_criterion(monkeypatch):
     assert xa.shape[0] == 2 * b and torch.equal(xa[:b], x)
     eps = d.config.eps
     assert (xa[b:b + h] - x[:h]).abs().max() <= eps + 1e-12 and (xa[b + h:] - x[h:]).abs().max() <= eps + 1e-12
-    assert len(calls) == 1
-    z, labels, kw = calls[0]
+    training = [c for c in calls if c[0].requires_grad]  # the others are the detached adv_gain statistics
+    assert len(training) == 1
+    z, labels, kw = training[0]
     assert z.shape[0] == 2 * b and torch.equal(labels, torch.cat([y, y[:h], y[h:]]))
     assert kw == dict(pos_weight=2.0, neg_weight=40.0, margin=0.1, threshold=0.5)
     assert _scalar(r.loss) == _scalar(real(z, labels, **kw))
@@ -964,3 +1004,18 @@ def test_smoke_two_adam_steps_on_c2f2(name):
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert set(d.export_model(model).state_dict()) == set(backbones.create(
         "c2f2bn" if name == "mdprop" else "c2f2", embedding_dim=16).state_dict())
+
+
+@pytest.mark.parametrize("bn_live", [True, False])
+def test_est_clean_forward_updates_bn_statistics_in_train_mode(bn_live):
+    """The reference's clean forward runs in train mode, so with live BN the running mean takes two EMA updates
+    per step (clean, then adversarial); with no attack steps both batches are the clean one."""
+    x, y = data()
+    d, w, inner = prepared("est", bn=True, defense=make("est", steps=0, bn_live=bn_live))
+    rm0 = inner.bn.running_mean.clone()
+    mu = inner.conv(x).detach().mean(dim=(0, 2, 3))
+    r = step(d, w, x, y)
+    m = inner.bn.momentum
+    want = (1 - m) ** 2 * rm0 + (1 - (1 - m) ** 2) * mu if bn_live else rm0
+    assert torch.allclose(inner.bn.running_mean, want, atol=1e-12)
+    assert r.n_forward == 2 + int(bn_live)

@@ -33,6 +33,8 @@ def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits") -> dict
     raw = {"CA+": 10 + 3 * i, "CA-": 60 - 4 * i, "QA+": 8 + 2 * i, "QA-": 55 - 3 * i, "TMA": 0.8 - 0.05 * i,
            "ES:D": 0.9 - 0.05 * i, "ES:R": 20 + i, "LTM": 15 + i, "GTM": 25 + 2 * i, "GTT": 1.0 + i, "R@1": 90.0 - i}
     raw = {k: float(v + rng.uniform(0, 0.01)) for k, v in raw.items()}
+    # per-query results whose means are the raw values (half the queries 1 below, half 1 above)
+    per_query = {k: [v - 1.0, v + 1.0] * 32 for k, v in raw.items()}
     return {
         "schema_version": 1,
         "checkpoint": {"sha256": hashlib.sha256(f"model-{i}".encode()).hexdigest(), "path": f"runs/m{i}",
@@ -43,10 +45,10 @@ def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits") -> dict
         "seed": 0, "device": "cpu", "versions": {"robustbench_dml": "0.1.0", "torch": "2"},
         "robrank_compat": False, "num_queries": 64,
         "benign": {"R@1": raw["R@1"], "R@2": 95.0, "mAP": 70.0 + i, "MAP@R": 60.0, "mAP@10": 80.0, "NMI": 75.0},
-        "raw": raw,
+        "raw": raw, "per_query": per_query,
         "scores": {"ERS": scoring.ers(raw), "ARS": scoring.ars(raw),
-                   "ERS_ci": [scoring.ers(raw) - 1.0, scoring.ers(raw) + 1.0],
-                   "ARS_ci": [scoring.ars(raw) - 1.5, scoring.ars(raw) + 1.5], "worst_case": 80.0 - i},
+                   "ERS_ci": list(scoring.bootstrap_ci(per_query, score="ERS", seed=0)),
+                   "ARS_ci": list(scoring.bootstrap_ci(per_query, score="ARS", seed=0)), "worst_case": 80.0 - i},
     }
 
 

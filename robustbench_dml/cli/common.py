@@ -41,6 +41,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, help="CPU threads for torch and faiss (default: all available cores)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    g.add_argument("--train-subset", type=int, metavar="N",
+                   help="train on a seeded class-stratified subset of N training images (budgeted studies)")
     pre = g.add_mutually_exclusive_group()
     pre.add_argument("--no-pretrained", action="store_true", help="train a ResNet from scratch")
     pre.add_argument("--pretrained-weights", metavar="FILE", help="torchvision ImageNet weights file for ResNets")
@@ -70,5 +72,5 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         defense=args.defense, dataset=args.dataset, data_root=args.data_root, backbone=args.backbone,
         embedding_dim=args.embedding_dim, pretrained=pretrained, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device, threads=args.threads,
-        num_workers=args.num_workers, defense_params=params,
+        num_workers=args.num_workers, train_subset=args.train_subset, defense_params=params,
     )

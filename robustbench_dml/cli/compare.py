@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--suite", help="which evaluation to use when a run has several (default: the dataset's)")
     p.add_argument("--format", choices=FORMATS, default="md")
     p.add_argument("--output")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--reference", action="store_true", help="add the papers' published rows for the dataset")
     p.set_defaults(func=run)
 
@@ -58,5 +59,5 @@ def run(args) -> int:
     frame = records_to_frame(records)
     if args.reference:
         frame = frames_concat([frame, reference_frame(records[0].dataset)])
-    emit(render(frame, args.format), args.output)
+    emit(render(frame, args.format), args.output, args.overwrite)
     return 0

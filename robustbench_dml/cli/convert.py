@@ -11,7 +11,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dataset", required=True, help="dataset id the model was trained for")
     p.add_argument("--embedding-dim", type=int, default=512)
     p.add_argument("--key", help="entry of a nested dict holding the state dict (e.g. state_dict)")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--out", required=True, help="checkpoint directory to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a checkpoint already in --out (a folder holding anything else is never touched)")
     p.set_defaults(func=run)
 
 
@@ -21,6 +23,6 @@ def run(args) -> int:
 
     out = convert_state_dict(args.state_dict, args.out, backbone=args.backbone, dataset=args.dataset,
                              channels=datasets.info(args.dataset).channels, embedding_dim=args.embedding_dim,
-                             key=args.key)
+                             key=args.key, overwrite=args.overwrite)
     print(out)
     return 0

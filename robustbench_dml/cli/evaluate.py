@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from robustbench_dml.cli.common import add_device, add_progress, show_progress
+from robustbench_dml.cli.leaderboard import check_output
 from robustbench_dml.cli.report import attack_table, benign_table, console
+from robustbench_dml.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -16,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (model.safetensors + meta.json)")
     add_eval_options(p)
     p.add_argument("--benign-only", action="store_true", help="only the benign retrieval metrics")
-    p.add_argument("--json", help="where to write the result (default: eval/ beside the checkpoint)")
+    p.add_argument("--json", help="new file to write the result to (default: eval/ beside the checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
     add_device(p)
     add_progress(p)
     p.set_defaults(func=run)
@@ -53,14 +56,22 @@ def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, ma
 def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: str | None = None,
                         max_queries: int | None = None, eps: float | None = None, seed: int = 0,
                         device: str = "auto", robrank_compat: bool = False, json_path: str | None = None,
-                        data_root: str | None = None, progress: bool = False):
+                        data_root: str | None = None, progress: bool = False, overwrite: bool = False):
     """Run a suite on ``checkpoint`` (the dataset's suite by default); write and return (result, path)."""
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import read_meta
     from robustbench_dml.evaluation import evaluate
 
     meta = read_meta(checkpoint)
-    suite = suite or datasets.info(meta["dataset"]).suite
+    if meta["dataset"] not in datasets.DATASETS:
+        raise UserError(f"{checkpoint}/meta.json names unknown dataset {meta['dataset']!r}")
+    native = datasets.info(meta["dataset"]).suite
+    suite = suite or native
+    published = {datasets.info(d).suite for d in datasets.list_datasets()}
+    if suite in published and suite != native:
+        raise UserError(f"suite {suite} is for another input size than {meta['dataset']}'s; use {native}")
+    if json_path is not None:
+        check_output(json_path, overwrite)
     out = Path(json_path) if json_path else default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries,
                                                           eps=eps, robrank_compat=robrank_compat)
     result = evaluate(checkpoint, suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
@@ -78,7 +89,7 @@ def run(args) -> int:
     result, out = evaluate_checkpoint(
         checkpoint, suite=args.suite, attacks=args.attacks, max_queries=args.max_queries, eps=args.eps,
         seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat, json_path=args.json,
-        data_root=args.data_root, progress=show_progress(args))
+        data_root=args.data_root, progress=show_progress(args), overwrite=args.overwrite)
     con.print(benign_table(result.benign))
     con.print(attack_table(result.to_dict()))
     if not result.eligible:
@@ -96,6 +107,8 @@ def _benign(checkpoint: Path, args, con) -> int:
     from robustbench_dml.runtime import resolve_device
 
     device = resolve_device(args.device)
+    if args.json is not None:
+        check_output(args.json, args.overwrite)
     model, meta = load_checkpoint(checkpoint, device)
     test = datasets.create(meta["dataset"], root=args.data_root or training_data_root(meta), split="test")
     gallery = embed(model, test, device=device, progress=show_progress(args))
@@ -105,9 +118,9 @@ def _benign(checkpoint: Path, args, con) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"checkpoint": str(checkpoint), "sha256": meta["weights_sha256"], "dataset": meta["dataset"],
                "num_items": len(test), "benign": metrics}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(out)
+    from robustbench_dml.evaluation import atomic_write_text
+
+    atomic_write_text(out, json.dumps(payload, indent=1) + "\n")
     print(out)
     return 0
 

@@ -1,4 +1,5 @@
-"""``dmlbench leaderboard show|export|diff``: read the versioned leaderboards (and the papers' rows)."""
+"""``dmlbench leaderboard show|export|diff|rebuild``: read the versioned leaderboards (and the papers' rows);
+``rebuild`` publishes a new version derived from the record files (after a damaged version)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("leaderboard", help="show, export or diff a leaderboard version",
                        description="Leaderboards are derived from append-only records as numbered, immutable "
                                    "versions (leaderboards/DATASET/SUITE/vN.parquet + manifest).")
-    p.add_argument("action", choices=("show", "export", "diff"))
+    p.add_argument("action", choices=("show", "export", "diff", "rebuild"))
     p.add_argument("--dataset", required=True)
     p.add_argument("--suite", help="suite id (default: the dataset's)")
     p.add_argument("--version", help="N (default: latest), or A..B for diff")
     p.add_argument("--format", choices=FORMATS, help="md (default for show), csv, latex or html")
-    p.add_argument("--output", help="write to this file instead of standard output")
+    p.add_argument("--output", help="write to this new file instead of standard output")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--no-reference", action="store_true", help="leave out the rows published by the papers")
     add_leaderboard_dir(p)
     p.set_defaults(func=run)
@@ -40,13 +42,24 @@ def board_with_reference(store, dataset: str, suite: str, version: int | None, r
     return frame
 
 
-def emit(text: str, output: str | None) -> None:
+def check_output(output: str | None, overwrite: bool = False) -> None:
+    """An output file the user named: refused if it exists (unless ``overwrite``) or is a folder."""
+    if output is None:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise UserError(f"--output {path} already exists; pass --overwrite to replace it or name a new file")
+
+
+def emit(text: str, output: str | None, overwrite: bool = False) -> None:
     if output:
+        from robustbench_dml.evaluation import atomic_write_text
+
+        check_output(output, overwrite)
         path = Path(output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
         print(path)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
@@ -60,13 +73,18 @@ def run(args) -> int:
     if suite is None:
         raise UserError(f"unknown dataset {args.dataset!r}; pass --suite as well for a custom one")
     store = LeaderboardStore(args.leaderboard_dir)
+    check_output(args.output, args.overwrite)
+    if args.action == "rebuild":
+        version = store.rebuild(args.dataset, suite)
+        print(f"{args.leaderboard_dir}/{args.dataset}/{suite} v{version}")
+        return 0
     fmt = args.format or ("csv" if args.action == "diff" else "md")
     if args.action == "diff":
         if not args.version or ".." not in args.version:
             raise UserError("diff needs --version A..B (two version numbers)")
         a, b = (_int(v) for v in args.version.split("..", 1))
         emit(store.diff(args.dataset, suite, a, b).to_csv(index=False) if fmt == "csv" else
-             render(store.diff(args.dataset, suite, a, b), fmt), args.output)
+             render(store.diff(args.dataset, suite, a, b), fmt), args.output, args.overwrite)
         return 0
     version = _int(args.version) if args.version else None
     frame = board_with_reference(store, args.dataset, suite, version, not args.no_reference)
@@ -74,7 +92,8 @@ def run(args) -> int:
         raise UserError(f"no leaderboard for {args.dataset}/{suite} in {args.leaderboard_dir} yet; "
                         f"add one with `dmlbench run` or `dmlbench submit`")
     title = f"{args.dataset} / {suite}" + (f" v{version}" if version else "")
-    emit(render(frame, fmt, title=title, standalone=args.action == "export" and fmt == "latex"), args.output)
+    standalone = args.action == "export" and fmt == "latex"
+    emit(render(frame, fmt, title=title, standalone=standalone), args.output, args.overwrite)
     return 0
 
 

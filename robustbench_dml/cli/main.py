@@ -15,8 +15,15 @@ from robustbench_dml.errors import UserError
 SUBCOMMANDS = ("list", "train", "evaluate", "run", "submit", "leaderboard", "compare", "plot", "convert")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line (what is wrong, where help is), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dmlbench",
         description="Train, attack and rank adversarial-training defenses for deep metric learning.",
     )
@@ -34,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"dmlbench: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable, full or missing paths the user named
+        where = f" {e.filename}" if e.filename else ""
+        print(f"dmlbench: error: cannot access{where}: {e.strerror or e}; choose another path or free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dmlbench: interrupted", file=sys.stderr)

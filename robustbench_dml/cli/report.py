@@ -20,9 +20,13 @@ def console() -> Console:
 
 def benign_table(benign: Mapping[str, float], title: str = "benign retrieval (percent)") -> Table:
     t = Table(title=title)
+    cells = [_num(benign.get(k), 1) for k in BENIGN_KEYS]
     for k in BENIGN_KEYS:
         t.add_column(k, justify="right")
-    t.add_row(*[_num(benign.get(k), 1) for k in BENIGN_KEYS])
+    if benign.get("entanglement") is not None:  # CA-TRIDE's intra/inter distance ratio, not a percentage
+        t.add_column("entanglement", justify="right")
+        cells.append(_num(benign["entanglement"], 3))
+    t.add_row(*cells)
     return t
 
 

@@ -26,7 +26,11 @@ def run(args) -> int:
     from robustbench_dml.cli.train import _log_epoch
     from robustbench_dml.training import train
 
+    from robustbench_dml import datasets
+    from robustbench_dml.leaderboard import LeaderboardStore
+
     cfg = train_config(args)
+    LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, datasets.info(cfg.dataset).suite)
     progress = show_progress(args)
     summary = train(cfg, args.out, resume=args.resume, progress=progress, on_epoch=None if progress else _log_epoch)
     if summary.rank != 0:

@@ -72,6 +72,9 @@ def run(args) -> int:
 
     if suite not in SUITES:
         raise UserError(f"unknown suite {suite!r}; known: {', '.join(SUITES.list())}")
+    from robustbench_dml.leaderboard import LeaderboardStore
+
+    LeaderboardStore(args.leaderboard_dir).check_writable(meta["dataset"], suite)
     with tempfile.TemporaryDirectory(prefix="dmlbench-submit-") as state:
         result = evaluate(checkpoint, suite, seed=args.eval_seed, device=args.device, state_dir=state,
                           progress=show_progress(args), data_root=args.data_root)

@@ -61,3 +61,34 @@ class TensorDataset(RetrievalDataset):
 
     def __getitem__(self, i: int):
         return self.images[i].float().div_(255.0), int(self.labels[i])
+
+
+class SubsetDataset(RetrievalDataset):
+    """The rows ``indices`` of ``base`` (same items, same ``info``), with their ``labels``."""
+
+    def __init__(self, base: RetrievalDataset, indices: np.ndarray):
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+        self.labels = base.labels[self.indices]
+        self.info = base.info
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[int(self.indices[i])]
+
+
+def stratified_subset(dataset: RetrievalDataset, size: int, seed: int = 0) -> RetrievalDataset:
+    """A seeded subset of ``size`` rows holding every class in proportion (the first ``round(size * n_c / N)``
+    rows of each class's seeded permutation, at least 2 per class so that SPC-2 pairs exist); the dataset
+    itself when ``size >= len(dataset)``."""
+    n = len(dataset)
+    if size >= n:
+        return dataset
+    rng = np.random.default_rng([seed, size])
+    keep = []
+    for c in np.unique(dataset.labels):
+        rows = np.flatnonzero(dataset.labels == c)
+        take = min(len(rows), max(2, round(size * len(rows) / n)))
+        keep.append(rng.permutation(rows)[:take])
+    return SubsetDataset(dataset, np.sort(np.concatenate(keep)))

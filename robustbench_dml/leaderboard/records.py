@@ -276,13 +276,23 @@ class Record:
                 raise UserError(f"evaluation result: stored {name} {stored} does not match its raw results "
                                 f"({computed[name]:.6f}); the file was edited, re-run `dmlbench evaluate`")
 
+        per_query = result.get("per_query")
+
         def ci(name: str) -> tuple[float | None, float | None]:
+            """Re-derived from the per-query results (the stored interval must agree); None without them."""
             v = scores.get(f"{name}_ci")
-            if v is None:
-                return None, None
-            if not isinstance(v, (list, tuple)) or len(v) != 2:
+            if v is not None and (not isinstance(v, (list, tuple)) or len(v) != 2):
                 raise UserError(f"evaluation result: scores.{name}_ci must be [lo, hi], got {v!r}")
-            return v[0], v[1]
+            if not isinstance(per_query, Mapping) or computed[name] is None:
+                return None, None
+            try:
+                derived = scoring.bootstrap_ci(per_query, score=name, seed=int(result.get("seed") or 0))
+            except (ValueError, TypeError, KeyError):
+                return None, None
+            if v is not None and None not in v and max(abs(float(a) - b) for a, b in zip(v, derived)) > 1e-6:
+                raise UserError(f"evaluation result: stored {name} interval {v} does not match its per-query "
+                                "results; the file was edited, re-run `dmlbench evaluate`")
+            return derived
 
         ers_lo, ers_hi = ci("ERS")
         ars_lo, ars_hi = ci("ARS")

@@ -23,6 +23,9 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import os
+import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +76,7 @@ def parquet_bytes_to_frame(data: bytes, *, where: str = "leaderboard file") -> p
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserError(f"{where} is not a readable parquet file ({str(exc).splitlines()[0]}); it is damaged, "
-                        "rebuild it with `dmlbench leaderboard build` or restore it") from None
+                        "rebuild it with `dmlbench leaderboard rebuild --dataset ID` or restore it") from None
     if not table.schema.equals(ARROW_SCHEMA, check_metadata=False):
         raise UserError(f"{where} does not have the leaderboard schema (version {RECORD_SCHEMA_VERSION}); "
                         "it is damaged or from another robustbench_dml version")
@@ -123,12 +126,22 @@ class LeaderboardStore:
         """Number of the newest published version; 0 when the leaderboard has none yet."""
         path = self._pointer_path(dataset, suite)
         if not path.exists():
+            present = self._present_versions(dataset, suite)
+            if present:  # never let a lost pointer make the next publish reuse a published number
+                raise UserError(f"leaderboard pointer {path} is missing but versions up to {present} exist; restore "
+                                f"it with `echo {present} > {path}` (nothing was written)")
             return 0
         text = path.read_text(encoding="utf-8", errors="replace").strip()
         if not text.isdigit() or int(text) < 1:
             raise UserError(f"leaderboard pointer {path} is damaged ({text[:20]!r}); write the newest good version "
-                            "number into it or run `dmlbench leaderboard build`")
+                            "number into it or run `dmlbench leaderboard rebuild --dataset ID`")
         return int(text)
+
+    def _present_versions(self, dataset: str, suite: str) -> int:
+        """The highest version number with a manifest file on disk (0 if none)."""
+        numbers = [int(m.group(1)) for p in self.board_dir(dataset, suite).glob("v*.manifest.json")
+                   if (m := re.fullmatch(r"v(\d+)\.manifest\.json", p.name))]
+        return max(numbers, default=0)
 
     def versions(self, dataset: str, suite: str) -> list[int]:
         """Published version numbers, oldest first (``[1, ..., latest]``)."""
@@ -153,7 +166,7 @@ class LeaderboardStore:
             raise UserError(f"leaderboard manifest {path} is missing; the leaderboard directory is damaged") from None
         except (UnicodeDecodeError, ValueError):
             raise UserError(f"leaderboard manifest {path} is damaged (not JSON); restore it or rebuild the "
-                            "leaderboard with `dmlbench leaderboard build`") from None
+                            "leaderboard with `dmlbench leaderboard rebuild --dataset ID`") from None
         required = {"schema_version", "dataset", "suite", "version", "parquet", "parquet_sha256", "rows", "records"}
         if not isinstance(data, dict) or not required <= set(data):
             raise UserError(f"leaderboard manifest {path} is damaged (missing fields)")
@@ -195,7 +208,7 @@ class LeaderboardStore:
         if digest != manifest["parquet_sha256"]:
             raise UserError(f"leaderboard file {path} does not match its manifest (sha256 {digest[:12]}... != "
                             f"{str(manifest['parquet_sha256'])[:12]}...); it was changed or damaged, restore it "
-                            "or rebuild with `dmlbench leaderboard build`")
+                            "or rebuild with `dmlbench leaderboard rebuild --dataset ID`")
         df = parquet_bytes_to_frame(data, where=f"leaderboard file {path}")
         if len(df) != manifest["rows"] or sorted(df["record_id"].tolist()) != sorted(manifest["records"]):
             raise UserError(f"leaderboard file {path} has {len(df)} rows, its manifest lists {manifest['rows']}; "
@@ -212,6 +225,7 @@ class LeaderboardStore:
             rec = read_record(path)
             if rec.dataset != dataset or rec.suite_id != suite:
                 raise UserError(f"record file {path} belongs to {rec.dataset}/{rec.suite_id}, not {dataset}/{suite}")
+            _check_derived(rec, path)
             out.append(rec)
         return out
 
@@ -264,6 +278,31 @@ class LeaderboardStore:
         return out
 
     # ---- writing ---------------------------------------------------------------------------------------------
+    def check_writable(self, dataset: str, suite: str) -> None:
+        """Before spending compute on a result for this leaderboard: its folders can be created and a file
+        written there (a read-only or full store is a one-line UserError). Leaves nothing behind: the folders
+        it had to create are removed again."""
+        created: list[Path] = []
+        try:
+            for d in (self.board_dir(dataset, suite), self.records_dir(dataset, suite)):
+                missing = [p for p in [d, *d.parents] if not p.exists()]
+                for p in reversed(missing):
+                    p.mkdir()
+                    created.append(p)
+                with tempfile.TemporaryFile(dir=d) as fh:
+                    fh.write(b"0" * 4096)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as e:
+            raise UserError(f"leaderboard directory {self.root} is not writable ({e.strerror or e}); choose "
+                            "another --leaderboard-dir (nothing was evaluated)") from None
+        finally:
+            for p in reversed(created):
+                try:
+                    p.rmdir()
+                except OSError:
+                    pass
+
     def add_record(self, record: Record, *, allow_ineligible: bool = False) -> tuple[int, bool]:
         """Record ``record`` and publish a new leaderboard version.
 
@@ -308,14 +347,24 @@ class LeaderboardStore:
 
     def rebuild(self, dataset: str, suite: str) -> int:
         """Publish a new version derived from the record files as they are (e.g. after a damaged version)."""
+        if not self.records(dataset, suite):
+            raise UserError(f"no records for {dataset}/{suite} under {self.root}; nothing to build")
         with self._lock(dataset, suite):
-            latest = self.latest_version(dataset, suite)
-            if not self.records(dataset, suite):
-                raise UserError(f"no records for {dataset}/{suite} under {self.root}; nothing to build")
-            return self._publish(dataset, suite, latest)
+            return self._publish(dataset, suite, self.latest_version(dataset, suite))
 
     def _publish(self, dataset: str, suite: str, latest: int) -> int:
-        """Derive version ``latest + 1`` from all record files; caller holds the lock."""
+        """Derive version ``latest + 1`` from all record files; caller holds the lock.
+
+        Refuses (nothing written) when a record already published no longer matches the sha256 its manifest
+        holds, or when any record's stored ERS/ARS differ from those re-derived from its raw results."""
+        self._remove_orphans(dataset, suite)
+        if latest:
+            rdir = self.records_dir(dataset, suite)
+            for rid, digest in self.manifest(dataset, suite, latest)["records"].items():
+                path = rdir / f"{rid}.json"
+                if not path.exists() or sha256_file(path) != digest:
+                    raise UserError(f"record file {path} no longer matches version {latest}'s manifest (changed or "
+                                    "deleted after publication); restore it, nothing was published")
         records = self.records(dataset, suite)
         version = latest + 1
         table = records_to_table(records)
@@ -341,6 +390,38 @@ class LeaderboardStore:
                            (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
         atomic_write_bytes(self._pointer_path(dataset, suite), f"{version}\n".encode())
         return version
+
+
+    _ORPHAN = re.compile(r"^\.(latest|v\d+\.parquet|v\d+\.manifest\.json|[0-9a-f]{16}-[0-9a-f]{12}\.json)"
+                         r"\.[A-Za-z0-9_]+\.tmp$")
+
+    def _remove_orphans(self, dataset: str, suite: str) -> None:
+        """Remove temp files our own atomic writes left behind when a writer was killed (caller holds the lock,
+        so no writer is active; only names of the form ``.<our file>.<random>.tmp`` are touched)."""
+        for d in (self.board_dir(dataset, suite), self.records_dir(dataset, suite)):
+            if d.is_dir():
+                for p in d.iterdir():
+                    if p.is_file() and self._ORPHAN.match(p.name):
+                        p.unlink(missing_ok=True)
+
+
+def _check_derived(record: Record, path: Path) -> None:
+    """A stored record's scores must be what its raw results give (scores are never trusted from a file), and a
+    record in a user store is never a paper's row (those live in code, :mod:`.reference`)."""
+    from robustbench_dml import scoring
+
+    if record.reported:
+        raise UserError(f"record file {path} claims to be a published row (reported=true); published rows are "
+                        "not stored in a leaderboard directory, remove that file")
+    raw = record.raw()
+    for name, stored in (("ERS", record.ers), ("ARS", record.ars)):
+        try:
+            derived = scoring.score(raw, name)
+        except ValueError:
+            derived = None
+        if (stored is None) != (derived is None) or (stored is not None and abs(stored - derived) > 1e-6):
+            raise UserError(f"record file {path}: stored {name} {stored} is not what its raw results give "
+                            f"({derived if derived is None else round(derived, 6)}); the file was edited, restore it")
 
 
 def _same(x: Any, y: Any) -> bool:

@@ -1,0 +1,173 @@
+"""The defense study: every defense through the same harness and budget on the genuine Fashion-MNIST, attacked
+with ``rob28`` under ``--robrank-compat`` (the published protocol), several training seeds, bootstrap intervals,
+and the verdict on the published ordering vanilla < EST < ACT < HM < CA-TRIDE in ARS.
+
+Rows (``CONFIGS``): vanilla, EST, ACT, HM (its headline config: Softhard source, LGA, ICS), MDProp (c2f2bn),
+CA-TRIDE in its three collapseness weightings (paper, released, research build) and its two single-phase
+ablations CA-ANP and CA-CAP (paper weighting).
+
+Budget (``--budget cpu``, the default): a seeded class-stratified subset of ``--train-subset`` training images
+(6,000 of 60,000: every class in proportion, the same subset for every seed), 8 epochs, 8-step training
+adversaries for every PGD defense (EST, ACT, HM: step 12/255, the published 32 x 3/255 reach; CA-TRIDE: its
+preset rule 2 eps / steps, ramped), rob28 on the first ``--max-queries`` 1,000 test queries against the whole
+10,000-image gallery. ``--budget gpu``: the published schedules (60,000 images, 32-step adversaries, 16 for
+CA-TRIDE, all 10,000 queries); a GPU machine runs it, the CPU would need weeks.
+
+Every run resumes (training per epoch, evaluation per attack), so the study can be stopped and restarted; after
+each run the table is rewritten to ``--report``.
+
+    python benchmarks/defense_study.py --seeds 0,1
+    python benchmarks/defense_study.py --budget gpu --seeds 0,1,2 --out runs/study_gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+# row name -> (defense id, defense options); the step counts and alphas are set per budget in ``params``
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "vanilla": ("vanilla", {}),
+    "est": ("est", {}),
+    "act": ("act", {}),
+    "hm": ("hm", {}),
+    "mdprop": ("mdprop", {}),
+    "ca_tride": ("ca_tride", {}),
+    "ca_tride[released]": ("ca_tride", {"weighting": "released"}),
+    "ca_tride[research_build]": ("ca_tride", {"weighting": "research_build"}),
+    "ca_anp": ("ca_tride", {"mode": "anp"}),
+    "ca_cap": ("ca_tride", {"mode": "cap"}),
+}
+PUBLISHED_ORDER = ("vanilla", "est", "act", "hm", "ca_tride")
+BUDGETS = {
+    "cpu": {"train_subset": 6000, "steps": 8, "ca_steps": 8, "max_queries": 1000},
+    "gpu": {"train_subset": None, "steps": 32, "ca_steps": 16, "max_queries": None},
+}
+COLUMNS = ("R@1", "CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
+
+
+def params(defense: str, options: dict, budget: dict) -> dict:
+    """The defense options of one row under ``budget``: 8 (or 32) steps keeping the published reach of 32 x 3/255
+    for EST/ACT/HM; CA-TRIDE's step follows its preset rule (2 eps / steps)."""
+    if defense in ("est", "act", "hm"):
+        return {**options, "steps": budget["steps"], "alpha": 32 * (3 / 255) / budget["steps"]}
+    if defense == "ca_tride":
+        return {**options, "steps": budget["ca_steps"]}
+    return dict(options)
+
+
+def run_one(name: str, seed: int, args, budget: dict) -> dict:
+    from robustbench_dml.config import TrainConfig
+    from robustbench_dml.evaluation import evaluate
+    from robustbench_dml.training import train
+
+    defense, options = CONFIGS[name]
+    out = Path(args.out) / name / f"seed{seed}"
+    row_path = out / "row.json"
+    if row_path.exists():
+        return json.loads(row_path.read_text())
+    t0 = time.perf_counter()
+    summary = train(TrainConfig(defense=defense, dataset="fashion", data_root=args.data_root, seed=seed,
+                                train_subset=budget["train_subset"], threads=args.threads,
+                                defense_params=params(defense, options, budget)), out, resume=True)
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = evaluate(summary.checkpoint, "rob28", max_queries=budget["max_queries"], robrank_compat=True,
+                      state_dir=out / "eval_state", data_root=args.data_root)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    gains = [h["adv_gain"] for h in history if "adv_gain" in h]
+    row = {"name": name, "seed": seed, **{k: result.raw[k] for k in COLUMNS if k in result.raw},
+           "benign_R@1": result.benign["R@1"], "entanglement": result.benign.get("entanglement"),
+           "ERS": result.scores["ERS"], "ERS_ci": result.scores["ERS_ci"], "ARS": result.scores["ARS"],
+           "ARS_ci": result.scores["ARS_ci"], "adv_gain": sum(gains) / len(gains) if gains else None,
+           "adv_gain_cap": _mean(history, "adv_gain_cap"), "adv_gain_anp": _mean(history, "adv_gain_anp"),
+           "train_s": t_train, "eval_s": time.perf_counter() - t0, "s_per_epoch": summary.seconds_per_epoch,
+           "defense_params": params(defense, options, budget)}
+    row_path.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _mean(history: list[dict], key: str) -> float | None:
+    values = [h[key] for h in history if key in h]
+    return sum(values) / len(values) if values else None
+
+
+def _num(v, digits=1) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def report(rows: list[dict], args, budget: dict) -> str:
+    by_name: dict[str, list[dict]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    head = ("| defense | seed | R@1 | " + " | ".join(COLUMNS[1:]) + " | ERS [95% CI] | ARS [95% CI] | adv_gain "
+            "(CAP / ANP) | entanglement | s/epoch |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name in CONFIGS:
+        for r in sorted(by_name.get(name, []), key=lambda r: r["seed"]):
+            digits = {"TMA": 3, "ES:D": 3}
+            gain = _num(r["adv_gain"], 3)
+            if r.get("adv_gain_cap") is not None:
+                gain += f" ({_num(r['adv_gain_cap'], 3)} / {_num(r.get('adv_gain_anp'), 3)})"
+            lines.append(f"| {name} | {r['seed']} | {_num(r['benign_R@1'])} | "
+                         + " | ".join(_num(r.get(c), digits.get(c, 1)) for c in COLUMNS[1:])
+                         + f" | {_num(r['ERS'])} [{_num(r['ERS_ci'][0])}, {_num(r['ERS_ci'][1])}]"
+                         + f" | {_num(r['ARS'])} [{_num(r['ARS_ci'][0])}, {_num(r['ARS_ci'][1])}]"
+                         + f" | {gain} | {_num(r.get('entanglement'), 3)} | {_num(r['s_per_epoch'], 0)} |")
+    means = {n: {k: sum(r[k] for r in rs) / len(rs) for k in ("ARS", "ERS", "benign_R@1")}
+             for n, rs in by_name.items()}
+    summary = ["| defense | seeds | R@1 | ERS | ARS |", "|---|---|---|---|---|"]
+    for name in sorted(means, key=lambda n: means[n]["ARS"]):
+        m = means[name]
+        summary.append(f"| {name} | {len(by_name[name])} | {_num(m['benign_R@1'])} | {_num(m['ERS'])} | "
+                       f"{_num(m['ARS'])} |")
+    present = [n for n in PUBLISHED_ORDER if n in means]
+    observed = sorted(present, key=lambda n: means[n]["ARS"])
+    missing = [n for n in PUBLISHED_ORDER if n not in means]
+    verdict = (f"Published ordering in ARS (vanilla < EST < ACT < HM < CA-TRIDE): observed "
+               f"{' < '.join(observed)}; "
+               + (f"no verdict yet, {', '.join(missing)} not measured." if missing else
+                  "it holds." if observed == present else "it does not hold."))
+    settings = (f"Fashion-MNIST (genuine, `{Path(args.data_root).name}`); training subset "
+                f"{budget['train_subset'] or 'all 60,000'} images; 8 epochs; training PGD {budget['steps']} steps "
+                f"(CA-TRIDE {budget['ca_steps']}); rob28 with robrank_compat on the first "
+                f"{budget['max_queries'] or 10000} test queries, eval seed 0; seeds {args.seeds}.")
+    return (f"# Defense study (budget `{args.budget}`)\n\n{settings}\n\nRegenerate: `python "
+            f"benchmarks/defense_study.py --budget {args.budget} --seeds {args.seeds}`\n\n"
+            + "\n".join(lines) + "\n\nMean over seeds, ordered by ARS:\n\n" + "\n".join(summary)
+            + f"\n\n{verdict}\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion-mnist"))
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--rows", default=",".join(CONFIGS), help="comma-separated row names (default: all)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/defense_study")
+    p.add_argument("--report", default=None, help="markdown table (default benchmarks/results/defense_study_BUDGET.md)")
+    args = p.parse_args()
+    budget = BUDGETS[args.budget]
+    report_path = Path(args.report or Path(__file__).parent / "results" / f"defense_study_{args.budget}.md")
+    names = args.rows.split(",")
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        p.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name in names:
+            rows.append(run_one(name, seed, args, budget))
+            r = rows[-1]
+            print(f"{name} seed {seed}: R@1 {r['benign_R@1']:.1f} ERS {r['ERS']:.1f} ARS {r['ARS']:.1f} "
+                  f"({r['s_per_epoch']:.0f} s/epoch, eval {r['eval_s']:.0f} s)", flush=True)
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+            report_path.write_text(report(rows, args, budget))
+    print(report_path.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The reliability promises under hostile input: one line on stderr, exit 2, nothing created, changed or deleted;
+no command removes what it did not create; a falsified score is never published; versions are immutable; one seed
+gives one set of weights at the default thread count (separate processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustbench_dml import backbones
+from robustbench_dml.checkpoint import read_meta, save_checkpoint
+from robustbench_dml.cli.main import main
+from robustbench_dml.errors import UserError
+from robustbench_dml.leaderboard import LeaderboardStore, Record
+from robustbench_dml.leaderboard.records import write_record
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch CANARY_RAN",))
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with the sha256 of its content (a folder maps to "dir")."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A working folder with a good checkpoint, damaged ones, a state dict, a user's folder and files."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = backbones.create("c2f2", embedding_dim=8, in_channels=1)
+    good = save_checkpoint(tmp_path / "good", model, {"dataset": "digits", "defense": "vanilla"})
+    for name, change in (("dim_neg", {"embedding_dim": -1}), ("dim_huge", {"embedding_dim": 10 ** 9}),
+                         ("kwargs_list", {"backbone_kwargs": [1, 2]}), ("dim_str", {"embedding_dim": "8"})):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes())
+        meta = {**json.loads((good / "meta.json").read_text()), **change}
+        (d / "meta.json").write_text(json.dumps(meta))
+    nan_model = backbones.create("c2f2", embedding_dim=8, in_channels=1)
+    with torch.no_grad():
+        nan_model.head.weight.fill_(float("nan"))
+    save_checkpoint(tmp_path / "nan", nan_model, {"dataset": "digits", "defense": "vanilla"})
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    torch.save({"state_dict": model.state_dict(), "x": 1}, tmp_path / "nested.pt")
+    with open(tmp_path / "hostile.pt", "wb") as f:
+        import pickle
+
+        pickle.dump({"w": _Payload()}, f, protocol=2)
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("my thesis\n")
+    (tmp_path / "notes.md").write_text("keep me\n")
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    return tmp_path
+
+
+E = ["evaluate", "--checkpoint"]
+BAD = {
+    # train / run: option values
+    "train lr inf": ["train", "--lr", "inf", "--out", "r"],
+    "train lr nan": ["train", "--lr", "nan", "--out", "r"],
+    "train lr negative": ["train", "--lr", "-1", "--out", "r"],
+    "train weight decay inf": ["train", "--weight-decay", "inf", "--out", "r"],
+    "train margin 1e999": ["train", "--set", "margin=1e999", "--out", "r"],
+    "train margin string": ["train", "--set", 'margin="abc"', "--out", "r"],
+    "train margin bool": ["train", "--set", "margin=true", "--out", "r"],
+    "train steps float": ["train", "--defense", "est", "--set", "steps=2.5", "--out", "r"],
+    "train eps string": ["train", "--defense", "est", "--set", 'eps="abc"', "--out", "r"],
+    "train unknown option": ["train", "--set", "bogus=1", "--out", "r"],
+    "train set without =": ["train", "--set", "margin", "--out", "r"],
+    "train threads -1": ["train", "--threads", "-1", "--out", "r"],
+    "train threads 0": ["train", "--threads", "0", "--out", "r"],
+    "train epochs 0": ["train", "--epochs", "0", "--out", "r"],
+    "train epochs text": ["train", "--epochs", "many", "--out", "r"],
+    "train batch negative": ["train", "--batch-size", "-3", "--out", "r"],
+    "train embedding 0": ["train", "--embedding-dim", "0", "--out", "r"],
+    "train subset 0": ["train", "--train-subset", "0", "--out", "r"],
+    "train unknown defense": ["train", "--defense", "nope", "--out", "r"],
+    "train unknown dataset": ["train", "--dataset", "nope", "--out", "r"],
+    "train missing data": ["train", "--dataset", "fashion", "--data-root", "nowhere", "--out", "r"],
+    "train cuda absent": ["train", "--device", "cuda", "--out", "r"],
+    "train bad device": ["train", "--device", "tpu9", "--out", "r"],
+    "train lam negative": ["train", "--defense", "ca_tride", "--set", "lam=-1", "--out", "r"],
+    "train weighting unknown": ["train", "--defense", "ca_tride", "--set", "weighting=slides", "--out", "r"],
+    "train mode unknown": ["train", "--defense", "ca_tride", "--set", "mode=both", "--out", "r"],
+    "train backbone mismatch": ["train", "--backbone", "resnet18", "--no-pretrained", "--out", "r"],
+    "train out is a file": ["train", "--out", "afile"],
+    "run lr inf": ["run", "--lr", "inf", "--out", "r"],
+    # evaluate: damaged checkpoints and options
+    "evaluate missing checkpoint": E + ["missing"],
+    "evaluate embedding_dim -1": E + ["dim_neg"],
+    "evaluate embedding_dim 1e9": E + ["dim_huge"],
+    "evaluate embedding_dim string": E + ["dim_str"],
+    "evaluate backbone_kwargs list": E + ["kwargs_list"],
+    "evaluate nan weights": E + ["nan"],
+    "evaluate unknown suite": E + ["good", "--suite", "nope"],
+    "evaluate rob224 on 28x28": E + ["good", "--suite", "rob224"],
+    "evaluate unknown attack": E + ["good", "--attacks", "XX+"],
+    "evaluate eps inf": E + ["good", "--eps", "inf"],
+    "evaluate max queries 0": E + ["good", "--max-queries", "0"],
+    "evaluate json into a folder": E + ["good", "--json", "thesis"],
+    "evaluate json exists": E + ["good", "--json", "notes.md"],
+    # submit
+    "submit missing checkpoint": ["submit", "missing"],
+    "submit nan weights": ["submit", "nan"],
+    "submit unknown suite": ["submit", "good", "--suite", "nope"],
+    # convert
+    "convert onto a user folder": ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits",
+                                   "--embedding-dim", "8", "--out", "thesis"],
+    "convert overwrite a user folder": ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits",
+                                        "--embedding-dim", "8", "--out", "thesis", "--overwrite"],
+    "convert onto a checkpoint": ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits",
+                                  "--embedding-dim", "8", "--out", "good"],
+    "convert missing file": ["convert", "none.pt", "--backbone", "c2f2", "--dataset", "digits", "--out", "c"],
+    "convert hostile pickle": ["convert", "hostile.pt", "--backbone", "c2f2", "--dataset", "digits", "--out", "c"],
+    "convert nested without key": ["convert", "nested.pt", "--backbone", "c2f2", "--dataset", "digits",
+                                   "--embedding-dim", "8", "--out", "c"],
+    "convert wrong dim": ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits", "--out", "c"],
+    "convert unknown backbone": ["convert", "state.pt", "--backbone", "vit", "--dataset", "digits", "--out", "c"],
+    # leaderboard / compare / plot / list
+    "leaderboard unknown dataset": ["leaderboard", "show", "--dataset", "nope"],
+    "leaderboard empty": ["leaderboard", "show", "--dataset", "digits"],
+    "leaderboard bad version": ["leaderboard", "show", "--dataset", "digits", "--version", "abc"],
+    "leaderboard diff without range": ["leaderboard", "diff", "--dataset", "digits"],
+    "leaderboard output exists": ["leaderboard", "export", "--dataset", "fashion", "--output", "notes.md"],
+    "leaderboard output folder": ["leaderboard", "export", "--dataset", "fashion", "--output", "thesis"],
+    "leaderboard unknown action": ["leaderboard", "build", "--dataset", "digits"],
+    "leaderboard rebuild nothing": ["leaderboard", "rebuild", "--dataset", "digits"],
+    "compare missing": ["compare", "missing"],
+    "plot missing": ["plot", "resistance", "missing", "--output", "p.png"],
+    "list unknown kind": ["list", "things"],
+    "no command": [],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_exit_2_and_leaves_everything_as_it_was(world, capsys, case):
+    before = _tree(world)
+    try:
+        rc = main(BAD[case])
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, (case, err)
+    assert err.count("\n") == 0 and "Traceback" not in err and err.startswith("dmlbench"), err
+    assert _tree(world) == before, f"{case} changed files"
+    assert not (world / "CANARY_RAN").exists()
+
+
+def test_convert_never_deletes_a_user_folder_and_overwrites_only_its_own_checkpoint(world, capsys):
+    args = ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits", "--embedding-dim", "8"]
+    assert main(args + ["--out", "new"]) == 0
+    first = read_meta(world / "new")
+    assert main(args + ["--out", "new"]) == 2  # an existing checkpoint needs --overwrite
+    assert main(args + ["--out", "new", "--overwrite"]) == 0
+    assert sorted(p.name for p in (world / "new").iterdir()) == ["meta.json", "model.safetensors"]
+    assert read_meta(world / "new")["weights_sha256"] == first["weights_sha256"]
+    assert (world / "thesis" / "chapter1.tex").read_text() == "my thesis\n"
+    assert not [p for p in world.iterdir() if p.name.startswith(".new")]  # no temp or old folder left
+
+
+def _eval(i: int) -> dict:
+    from test_leaderboard import make_eval
+
+    return make_eval(i)
+
+
+def test_a_falsified_score_is_never_published(tmp_path):
+    store = LeaderboardStore(tmp_path)
+    a = Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01")
+    store.add_record(a)
+    path = store.record_path(a)
+    data = json.loads(path.read_text())
+    data["ers"] = 50.0  # the true value is about 30
+    path.write_text(json.dumps(data))
+    b = Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01")
+    with pytest.raises(UserError, match="no longer matches|not what its raw"):
+        store.add_record(b)
+    assert store.latest_version("digits", "rob28") == 1
+    # even with the manifest's hash made to agree, the score is re-derived from the raw results
+    manifest_path = store.manifest_path("digits", "rob28", 1)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["records"][a.record_id] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="not what its raw"):
+        store.add_record(b)
+    # a forged "published" row in a user store is refused too
+    data.update(ers=a.ers, reported=True)
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="reported"):
+        store.rebuild("digits", "rob28")
+
+
+def test_an_edited_interval_is_refused():
+    ev = _eval(3)
+    ev["scores"]["ERS_ci"] = [0.0, 99.0]
+    with pytest.raises(UserError, match="interval"):
+        Record.from_evaluation(ev, submitter="x")
+
+
+def test_a_lost_pointer_never_reuses_a_published_version(tmp_path):
+    store = LeaderboardStore(tmp_path)
+    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    v1 = store.parquet_path("digits", "rob28", 1).read_bytes()
+    (tmp_path / "digits" / "rob28" / "latest").unlink()
+    with pytest.raises(UserError, match="echo 1 >"):
+        store.add_record(Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01"))
+    assert store.parquet_path("digits", "rob28", 1).read_bytes() == v1
+    assert not store.parquet_path("digits", "rob28", 2).exists()
+
+
+def test_orphan_temp_files_of_killed_writers_are_removed_and_only_those(tmp_path):
+    store = LeaderboardStore(tmp_path)
+    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    board = tmp_path / "digits" / "rob28"
+    orphans = [board / ".v2.parquet.abc123.tmp", board / ".latest.x_9.tmp"]
+    foreign = board / ".my-notes.tmp"
+    for p in orphans + [foreign]:
+        p.write_bytes(b"partial")
+    store.add_record(Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01"))
+    assert not any(p.exists() for p in orphans) and foreign.exists()
+
+
+def test_the_store_refuses_before_any_compute_when_it_cannot_write(tmp_path):
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store folder should be")
+    with pytest.raises(UserError, match="not writable"):
+        LeaderboardStore(blocker).check_writable("digits", "rob28")
+    if Path("/dev/full").exists():  # a full device: writes fail with ENOSPC
+        with pytest.raises(OSError):
+            Path("/dev/full").write_bytes(b"x" * 8192)
+
+
+def test_a_diverging_training_stops_with_one_line(tmp_path, capsys):
+    rc = main(["train", "--lr", "1e30", "--epochs", "1", "--out", str(tmp_path / "r"), "--threads", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "diverged" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_with_the_default_threads_in_separate_processes(tmp_path):
+    """Two fresh processes, default thread count (all cores), seed 0: identical weight hashes."""
+    shas = []
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "1",
+                        "--out", str(tmp_path / name)], check=True, capture_output=True, timeout=600)
+        shas.append(read_meta(tmp_path / name / "checkpoint")["weights_sha256"])
+    assert shas[0] == shas[1]
