@@ -1,4 +1,4 @@
-"""The ranking-attack interface and the rank arithmetic every attack shares (RobRank, ``attacks.md`` §1-§6).
+"""The ranking-attack interface and the rank arithmetic every attack shares (RobRank).
 
 Threat model (white box): the attacked images (queries or candidates; they are gallery members) move inside the
 L-infinity ball of radius ``eps`` around their clean pixels, intersected with [0,1]; gradients flow through the
@@ -15,8 +15,8 @@ on the device); ``query_index`` (B,) the gallery indices of the attacked images 
 nearest gallery item to the clean embedding (RobRank's argmin rule), which is ambiguous when the split holds exact
 duplicates: the evaluation always passes the index.
 
-Results are per query, on the CPU, in the units of ``scoring.md`` (percent of gallery for CA/QA, cosine for TMA,
-distance for ES:D, 0/100 per query for ES:R, LTM, GTM, GTT), for the clean images (``clean``) and after the attack
+Results are per query, on the CPU, in the units of ``docs/protocol.md`` (percent of gallery for CA/QA, cosine for
+TMA, distance for ES:D, 0/100 per query for ES:R, LTM, GTM, GTT), for the clean images (``clean``) and after the attack
 (``per_query``), plus a per-query ``success`` flag whose definition each attack documents. Success always means
 "the attack changed the outcome": it is False wherever the clean state is already the attacker's goal, so at
 eps = 0 no query succeeds. The "top 1%" used by CA/QA success is the first floor(0.01 N) + 1 places of a ranking
@@ -120,7 +120,7 @@ def positions_in_row(dist: torch.Tensor, targets: torch.Tensor, offset: int = 0,
     ``dist`` (B, c) holds the distances to gallery items [offset, offset + c); the count returned is that chunk's
     contribution: #{x in chunk : B_x < B_k} + #{x in chunk : B_x == B_k and x < k} (ties broken by index, as a
     stable sort). ``target_dist`` (B, M): B_k; taken from ``dist`` when None (the chunk must then hold the whole
-    row). Summing over chunks gives the position; self is not removed (RobRank QA, ``attacks.md`` §3).
+    row). Summing over chunks gives the position; self is not removed (RobRank QA).
     """
     if target_dist is None:
         target_dist = dist.gather(1, targets - offset)
@@ -288,7 +288,7 @@ class RankingAttack:
     Args:
         model: an embedding network, pixels [0,1] -> raw embeddings (normalised here).
         eps, alpha, steps: L-infinity radius and step in pixel units, PGD iterations (1 = FGSM with step eps).
-        robrank_compat: reproduce the reference's quirks (``attacks.md`` §9) instead of the correct behaviour.
+        robrank_compat: reproduce the reference's quirks (``docs/protocol.md``) instead of the correct behaviour.
         memory_budget: bytes allowed for fixed per-batch data; larger batches are attacked in row passes.
     """
 

@@ -1,5 +1,4 @@
-"""Candidate attacks CA+ / CA- (Zhou et al., "Adversarial Ranking Attack and Defense", ECCV'20; RobRank T-PAMI),
-``attacks.md`` §2.
+"""Candidate attacks CA+ / CA- (Zhou et al., "Adversarial Ranking Attack and Defense", ECCV'20; RobRank T-PAMI).
 
 Perturbed image: the candidate c (a gallery member). Its W queries Q_w are clean gallery embeddings:
 CA+ draws them uniformly from [0, N) with replacement ("rank c high for arbitrary queries", self possible);

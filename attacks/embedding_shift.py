@@ -1,4 +1,4 @@
-"""Embedding Shift ES (Zhou et al., ECCV'20, the untargeted attack behind EST; RobRank), ``attacks.md`` §4.
+"""Embedding Shift ES (Zhou et al., ECCV'20, the untargeted attack behind EST; RobRank).
 
 Perturbed image: the query; no selection. Loss: -sum_i ||embed(x_i) - e0_i + 1e-6||_2 (maximise the displacement
 from the clean embedding e0; RobRank's ``pairwise_distance`` epsilon), with e0 + 1e-7 as the reference at the first

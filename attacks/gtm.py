@@ -1,4 +1,4 @@
-"""Greedy Top-1 Misranking GTM (RobRank T-PAMI), ``attacks.md`` §6.
+"""Greedy Top-1 Misranking GTM (RobRank T-PAMI).
 
 Perturbed image: the query. Selection on the clean ranking with self masked (by gallery index): l_i, the label of
 the nearest non-self item (the *predicted* label), and u_i, the nearest non-self item whose label differs from

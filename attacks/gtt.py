@@ -1,4 +1,4 @@
-"""Greedy Top-1 Translocation GTT (RobRank T-PAMI), ``attacks.md`` §6.
+"""Greedy Top-1 Translocation GTT (RobRank T-PAMI).
 
 Perturbed image: the query. Selection on the clean ranking with self masked (by gallery index): a_i and b_i, the
 1st and 2nd nearest non-self items. Loss: the QA- loss with M = 1 and candidate a_i,

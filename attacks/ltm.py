@@ -1,5 +1,5 @@
 """Learning-to-Misrank LTM (Chen et al., "Universal Adversarial Attack on Deep Metric Learning"/"Learning to
-misrank", CVPR'20; RobRank's inline version), ``attacks.md`` §6.
+misrank", CVPR'20; RobRank's inline version).
 
 Perturbed image: the query. Loss: sum_i relu(max_{x: y_x != y_i} d(z_i, X_x) - min_{x: y_x = y_i, x != self}
 d(z_i, X_x)): pull the query toward its farthest negative and away from its nearest positive until every positive

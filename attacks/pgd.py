@@ -1,5 +1,5 @@
 """The one projected-gradient engine (L-infinity), shared by the evaluation attacks and the training-time
-adversaries of the defenses (RobRank ``attacks.md`` §1.4, ``defenses.md`` §0.5).
+adversaries of the defenses (RobRank).
 
 Threat model: the L-infinity ball of radius ``eps`` around the clean images, intersected with ``bounds``
 (the [0,1] pixel box by default). Objectives are *minimised*. Each step moves by ``alpha * sign(grad)``;

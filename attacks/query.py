@@ -1,4 +1,4 @@
-"""Query attacks QA+ / QA- (Zhou et al., ECCV'20; RobRank T-PAMI), ``attacks.md`` §3.
+"""Query attacks QA+ / QA- (Zhou et al., ECCV'20; RobRank T-PAMI).
 
 Perturbed image: the query q (a gallery member). Its M candidates C_m are clean gallery items: QA+ draws them
 uniformly from [0, N) with replacement; QA- takes M distinct items at random from the K = floor(0.01 N) nearest

@@ -1,4 +1,4 @@
-"""Frozen, versioned attack suites: the published ERS protocols of RobRank (``attacks.md`` §7.1).
+"""Frozen, versioned attack suites: the published ERS protocols of RobRank.
 
 A :class:`Suite` fixes everything that changes the numbers: the L-infinity budget ``eps`` (in [0,1] pixel
 units), the PGD step ``alpha`` and ``steps``, the attacks in order with their parameters (W = M = 1), and the
@@ -77,7 +77,7 @@ class Suite:
 
 
 def _rob_attacks() -> tuple[SuiteAttack, ...]:
-    """The 9 attacks of ``attacks.md`` §7.1 in order: CA+ W=1, CA- W=1, QA+ M=1, QA- M=1, TMA, ES, LTM, GTM, GTT."""
+    """The 9 attacks of RobRank's ERS protocol in order: CA+ W=1, CA- W=1, QA+ M=1, QA- M=1, TMA, ES, LTM, GTM, GTT."""
     return (
         SuiteAttack("CA+", (("W", 1),)),
         SuiteAttack("CA-", (("W", 1),)),

@@ -1,5 +1,5 @@
 """Targeted Mismatch Attack TMA (Tolias, Radenovic and Chum, "Targeted mismatch adversarial attack: query with a
-flower to retrieve the tower", ICCV'19; as run by RobRank), ``attacks.md`` §5.
+flower to retrieve the tower", ICCV'19; as run by RobRank).
 
 Perturbed image: the query. Target: one gallery item per query drawn uniformly from [0, N) (it may be self or a
 same-class item). Loss: mean_i (1 - cos(embed(q_i), X_{t_i})) (cosine whatever the metric).

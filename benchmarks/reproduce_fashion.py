@@ -1,4 +1,4 @@
-"""Reproduce RobRank's Fashion-MNIST rows (``attacks.md`` §8.1) with the genuine data in ../shared/data.
+"""Reproduce RobRank's Fashion-MNIST rows with the genuine data in ../shared/data.
 
 Rows: undefended ``rc2f2:ptripletN`` (our ``vanilla``), EST ``rc2f2d`` (``est``) and ACT ``rc2f2p`` (``act``),
 trained with the 28x28 preset and attacked with the ``rob28`` suite under ``--robrank-compat`` (the reference's
@@ -25,7 +25,7 @@ from pathlib import Path
 
 # our defense id -> RobRank's row in the reference leaderboard (robustbench_dml/leaderboard/reference.py)
 ROBRANK_ROWS = {"vanilla": "none", "est": "EST[R]", "act": "ACT[R]"}
-# RobRank's "mAP@R" is mAP@10 (attacks.md §7.2, quirk Q8); ours is printed under the same key.
+# RobRank's "mAP@R" is mAP@10 (quirk Q8, docs/protocol.md); ours is printed under the same key.
 COLUMNS = ("R@1", "R@2", "mAP", "mAP@10", "NMI", "CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM",
            "GTT", "ERS")
 RESCALED = ("TMA", "ES:D")  # compared on their ERS-term scale, 100 (1 - TMA) and 50 (2 - ES:D)
@@ -45,7 +45,7 @@ def differences(ours: dict[str, float], published: dict[str, float]) -> dict[str
 
 
 def published_rows() -> dict[str, dict[str, float]]:
-    """RobRank's Fashion rows (``attacks.md`` §8.1), keyed by our defense id."""
+    """RobRank's Fashion rows, keyed by our defense id."""
     from robustbench_dml.leaderboard import reference_frame
 
     frame = reference_frame("fashion").set_index("defense")

@@ -1,5 +1,5 @@
 """ACT, Anti-Collapse Triplet (Zhou et al., arXiv 2106.03614, T-PAMI'24; RobRank ``rc2f2p`` / ``rres18p``,
-``pnp_training_step``; ``defenses.md`` §3).
+``pnp_training_step``).
 
 Threat model: L-infinity ball of radius ``eps`` in [0,1] pixel space, robrank PGD without random start. The
 adversary perturbs the positive and the negative of each mined triplet (2N index copies; the anchors are

@@ -1,4 +1,4 @@
-"""The defense interface (``defenses.md`` §9).
+"""The defense interface (``docs/training.md``).
 
 The training harness (``robustbench_dml.training``) owns data, optimiser, schedule, devices, checkpoints and
 logging. A defense owns model preparation (BN freezing, BN routes) and the per-batch loss, and keeps its
@@ -32,7 +32,7 @@ DEFENSES: Registry = Registry(
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """Training-time adversary budget in [0,1] pixel units (``defenses.md`` §0.6)."""
+    """Training-time adversary budget in [0,1] pixel units (``docs/training.md``, Presets)."""
 
     eps: float
     alpha: float
@@ -43,7 +43,7 @@ class ThreatModel:
             raise ValueError(f"eps, alpha and steps must be >= 0, got {self}")
 
 
-# Training-time adversaries of EST/ACT/HM per preset (``defenses.md`` §0.6).
+# Training-time adversaries of EST/ACT/HM per preset (``docs/training.md``, Presets).
 TRAIN_THREATS = {
     "28": ThreatModel(eps=77 / 255, alpha=3 / 255, steps=32),
     "224": ThreatModel(eps=8 / 255, alpha=1 / 255, steps=32),
@@ -156,7 +156,8 @@ class Defense:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a (Distributed)DataParallel wrapper, else ``model``: training-time attacks run on it
-    (``ecosystem.md`` pitfall 15), while the training forward uses the wrapper so gradients are synchronised."""
+    (DDP's forward hooks must not run inside an attack), while the training forward uses the wrapper so gradients
+    are synchronised."""
     return getattr(model, "module", model)
 
 

@@ -1,5 +1,4 @@
-"""EST, Embedding-Shifted Triplet (Zhou et al., ECCV'20, arXiv 2002.11293; RobRank ``rc2f2d`` / ``rres18d``;
-``defenses.md`` §2).
+"""EST, Embedding-Shifted Triplet (Zhou et al., ECCV'20, arXiv 2002.11293; RobRank ``rc2f2d`` / ``rres18d``).
 
 Threat model: L-infinity ball of radius ``eps`` in [0,1] pixel space (clipped to [0,1]), robrank PGD without
 random start. The adversary (ES) moves *every* image of the SPC-2 batch (anchors included, 2N images) as far
@@ -121,4 +120,5 @@ class EST(Defense):
                 "shift": float((z.detach() - z_clean).norm(dim=1).mean()),
                 "iterations": float(res.iterations),
             }
-        return StepResult(loss=loss, n_forward=2 + int(live_bn) + res.iterations, n_backward=1 + res.iterations, stats=stats)
+        return StepResult(loss=loss, n_forward=2 + int(live_bn) + res.iterations, n_backward=1 + res.iterations,
+                          stats=stats)

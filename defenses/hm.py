@@ -1,5 +1,5 @@
 """HM, Hardness Manipulation, with LGA and ICS (Zhou et al., CVPR'22, arXiv 2203.01439; RobRank
-``hm_training_step``; ``defenses.md`` §4).
+``hm_training_step``).
 
 Threat model: L-infinity ball of radius ``eps`` in [0,1] pixel space, robrank PGD without random start. The
 adversary perturbs anchor, positive and negative of each source triplet (3N index copies) until the

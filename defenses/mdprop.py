@@ -1,5 +1,5 @@
 """MDProp, multi-targeted adversarial propagation with disentangled BN (Mondal et al., ACML'23,
-arXiv 2211.16253; ``intherejeet/MDProp``; ``defenses.md`` §6).
+arXiv 2211.16253; ``intherejeet/MDProp``).
 
 Every BatchNorm becomes a routed triple BN (main + ``aux_bn1`` + ``aux_bn2``, :mod:`defenses.routed_bn`). Per
 step, in eval mode: route ``adv1``, a *single-targeted* feature attack (STAX, T = ``attacker1_targets`` = 1)

@@ -1,4 +1,4 @@
-"""SPC-2 triplet miners (``defenses.md`` §0.3).
+"""SPC-2 triplet miners (``docs/training.md``, Data).
 
 Batches are laid out ``[c1, c1, c2, c2, ...]``: anchors at even indices ``0, 2, 4, ...`` and their positives at
 ``2i+1``. A miner maps (normalised embeddings without gradient, labels, generator) to three aligned index
@@ -70,13 +70,13 @@ def semihard_miner(emb: torch.Tensor, labels: torch.Tensor, generator: torch.Gen
 @MINERS.register("ghard")
 def ghard_miner(emb: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, margin: float = 0.2, *,
                 epoch: int = 0, max_epochs: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CA-TRIDE's spc2-ghard (``defenses.md`` §5.3): semihard negatives with the epoch margin
+    """CA-TRIDE's spc2-ghard: semihard negatives with the epoch margin
     :func:`ghard_margin` (``margin`` is its epoch-0 value); the positive is always ``2i+1``."""
     return semihard_miner(emb, labels, generator, margin=ghard_margin(epoch, max_epochs, margin))
 
 
 def ghard_margin(epoch: int, max_epochs: int, base: float = 0.2) -> float:
-    """``base * (1 - e/(2E))^2``: 0.2 at epoch 0 falling to 0.05 at epoch E (``defenses.md`` §8 item 32)."""
+    """``base * (1 - e/(2E))^2``: 0.2 at epoch 0 falling to 0.05 at epoch E."""
     return base * (1.0 - epoch / (2.0 * max(max_epochs, 1))) ** 2
 
 

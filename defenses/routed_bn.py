@@ -1,4 +1,4 @@
-"""Routed ("disentangled", AdvProp-style) BatchNorm for MDProp (``defenses.md`` §6.1, §6.3).
+"""Routed ("disentangled", AdvProp-style) BatchNorm for MDProp.
 
 :class:`RoutedBatchNorm` *is* the original BatchNorm (same parameters, buffers and state-dict keys, so the
 main route loads from and exports to a plain backbone) plus auxiliary BNs ``aux_bn1``, ``aux_bn2``, ...

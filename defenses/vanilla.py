@@ -1,4 +1,4 @@
-"""Vanilla triplet training, the undefended baseline (RobRank ``ptripletN``; ``defenses.md`` §1).
+"""Vanilla triplet training, the undefended baseline (RobRank ``ptripletN``).
 
 Per step: one train-mode forward of the SPC-2 batch, triplets mined on the detached normalised embeddings,
 ``L_T(a, p, n; 0.2)`` on normalised vectors. Cost: 1 forward + 1 backward.

@@ -17,7 +17,7 @@ from robustbench_dml.errors import UserError
 
 @dataclass(frozen=True)
 class Preset:
-    """Training schedule of ``defenses.md`` §0.4 (SPC-2 epochs, pairs per batch)."""
+    """Training schedule of ``docs/training.md``, Presets (SPC-2 epochs, pairs per batch)."""
 
     backbone: str
     epochs: int

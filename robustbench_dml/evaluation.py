@@ -1,6 +1,6 @@
 """Run an attack suite against a model: benign metrics, every attack over the test split, ERS/ARS, provenance.
 
-Protocol (RobRank ``attacks.md`` §1.1, ``scoring.md``): the gallery is the whole test split embedded once in
+Protocol (RobRank; ``docs/protocol.md``): the gallery is the whole test split embedded once in
 loader order (eval mode); the queries are the first ``max_queries`` items of that split (all by default) in
 loader order, attacked in batches of the suite's ``batch_size``; each attacked image is a gallery member and is
 told its gallery index (self). Every random selection of batch ``b`` of attack ``a`` comes from
@@ -44,7 +44,8 @@ SCHEMA_VERSION = 1
 
 @dataclass
 class EvaluationResult:
-    """Everything needed to recompute the scores, plus provenance (layout: CONTRACTS.md, schema_version 1)."""
+    """Everything needed to recompute the scores, plus provenance (schema_version 1; the layout is described in
+    ``docs/protocol.md``, The result file)."""
 
     checkpoint: dict[str, Any]
     suite: dict[str, Any]

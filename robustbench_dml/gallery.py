@@ -1,6 +1,6 @@
 """The retrieval gallery: reference embeddings computed once, their labels, and one exact kNN index.
 
-Protocol (RobRank, ``attacks.md`` §1.1 and §7.2): the model embeds the whole test split once, in eval mode,
+Protocol (RobRank): the model embeds the whole test split once, in eval mode,
 without gradients; embeddings are L2-normalised and compared with the Euclidean distance (metric "N",
 ``d in [0, 2]``). Attacks re-embed only the perturbed queries and rank them against this fixed gallery.
 Ranking order everywhere is (distance, gallery index) ascending, identical on the faiss and torch backends

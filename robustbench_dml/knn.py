@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour search with one tie order on every backend (ecosystem.md §5, pitfalls 8-12).
+"""Exact k-nearest-neighbour search with one tie order on every backend.
 
 Metric: Euclidean distance ``||q - g||_2`` on float32 embeddings (L2-normalised by the caller; RobRank metric
 "N"). The result is the k smallest items under the total order ``(distance, gallery index)`` ascending, with

@@ -3,7 +3,7 @@
 ERS (Empirical Robustness Score; RobRank T-PAMI, used by HM CVPR'22 and CA-TRIDE ICML'24) is the mean of 10
 resistance terms; ARS (Adversarial Resistance Score; CA-TRIDE ICML'24) is the mean of 8 terms that measure the
 recall-type attacks relative to the model's own benign R@1 and drop the two embedding-distance attacks (TMA, ES:D),
-which reward a collapsed embedding. Both are defined in ``shared/specs/scoring.md``; no term is clipped, exactly as
+which reward a collapsed embedding. Both are summarised in ``docs/protocol.md`` (Scores); no term is clipped, exactly as
 the published numbers were made.
 
 Units of ``raw`` (the keys of the suite's results): ``CA+``, ``CA-``, ``QA+``, ``QA-`` percent of the gallery

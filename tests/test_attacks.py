@@ -1,4 +1,4 @@
-"""The attack zoo against ``attacks.md`` §10 on the toy setup T (Linear(8,8), 1000-item gallery, metric N).
+"""The attack zoo against their defining properties on the toy setup T (Linear(8,8), 1000-item gallery, metric N).
 
 Expectations come from hand-computed values (§10 items 6-7), dense brute-force reimplementations of each loss
 (autograd on full distance matrices) and properties (identity at eps 0, budgets, immutability, determinism).
@@ -225,7 +225,7 @@ def test_es_moves_at_least_one_level(toy):
 
 
 def _dense_loss(aid, model, x, toy, out):
-    """Each attack's loss written densely (full distance matrices, torch autograd), from ``attacks.md``."""
+    """Each attack's loss written densely (full distance matrices, torch autograd), from its docstring."""
     z = _embed(model, x)
     X, y = toy.gallery.embeddings, toy.labels
     sel = out.selection

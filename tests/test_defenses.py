@@ -1,4 +1,4 @@
-"""The checkable properties of defenses.md §8 (items 1-40), cost counts against each section's cost line,
+"""The checkable properties of each defense (numbered items 1-40), cost counts against each defense's cost line,
 state round trips and a training smoke test per registered defense. Tiny fp64 models on 1x8x8 inputs."""
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ def test_item_4_only_designated_images_move(record_miner, record_ghard):
 
 
 def expected_cost(name, cfg, iterations):
-    """The cost lines of defenses.md §1-§6 in model calls (F) and backward passes (B) for our call layout."""
+    """The per-step cost lines of the defense docstrings in model calls (F) and backward passes (B), our layout."""
     if name == "vanilla":
         return 1, 1
     if name == "mdprop":

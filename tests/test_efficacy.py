@@ -1,4 +1,4 @@
-"""The attacks clearly work on a small undefended model trained on digits (attacks.md §10 item 10)."""
+"""The attacks clearly work on a small undefended model trained on digits."""
 
 import pytest
 
@@ -14,7 +14,7 @@ def test_rob28_breaks_an_undefended_digits_model(tmp_path):
     assert summary.benign_r1 > 90
     result = evaluate(summary.checkpoint, ROB28, max_queries=128, device="cpu", benign_nmi=False)
     raw, clean = result.raw, result.extra["clean"]
-    # clean reference levels (attacks.md §10 item 9)
+    # clean reference levels
     assert 40 < clean["CA+"] < 60 and 40 < clean["QA+"] < 60
     assert clean["CA-"] < 3 and clean["QA-"] < 3 and clean["GTT"] == 100 and clean["ES:D"] == 0
     assert clean["ES:R"] == clean["LTM"] == clean["GTM"] == raw["R@1"]

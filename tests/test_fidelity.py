@@ -1,5 +1,5 @@
 """Fidelity on genuine data: an undefended c2f2 trained on Fashion-MNIST (``../shared/data``) reproduces RobRank's
-published undefended row (``attacks.md`` §8.1) under the ``rob28`` suite with the reference's quirks.
+published undefended row under the ``rob28`` suite with the reference's quirks.
 
 The full reproduction (8 epochs, EST and ACT too, per-column report) is ``benchmarks/reproduce_fashion.py``; this is
 its CI-sized check: one training epoch and the first 256 test queries. One epoch of the published eight leaves the

@@ -28,7 +28,7 @@ SUITE_HASH = hashlib.sha256(b"rob28-v1").hexdigest()
 
 
 def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits") -> dict:
-    """A synthetic evaluation result in the CONTRACTS.md layout; model i gets distinct numbers."""
+    """A synthetic evaluation result in the layout of docs/protocol.md; model i gets distinct numbers."""
     rng = np.random.default_rng(i)
     raw = {"CA+": 10 + 3 * i, "CA-": 60 - 4 * i, "QA+": 8 + 2 * i, "QA-": 55 - 3 * i, "TMA": 0.8 - 0.05 * i,
            "ES:D": 0.9 - 0.05 * i, "ES:R": 20 + i, "LTM": 15 + i, "GTM": 25 + 2 * i, "GTT": 1.0 + i, "R@1": 90.0 - i}

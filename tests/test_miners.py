@@ -1,4 +1,4 @@
-"""SPC-2 miners (defenses.md §0.3, §5.3; §8 items 7 and 32) checked against brute-force definitions."""
+"""SPC-2 miners checked against brute-force definitions."""
 
 from __future__ import annotations
 

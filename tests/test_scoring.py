@@ -1,4 +1,4 @@
-"""ERS / ARS against the published numbers of scoring.md, attacks.md §8 and defenses.md §7.1; errors; bootstrap."""
+"""ERS / ARS against the published numbers of the RobRank, HM and CA-TRIDE papers; errors; bootstrap."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_perfect_and_broken_tuples():
     (27.5, (31.0, 62.9, 30.2, 68.5, 40.3, 34.2, 54.2, 1.0), 40.3),   # ACT
     (34.9, (31.0, 62.9, 33.2, 69.8, 51.3, 47.9, 78.2, 2.9), 47.2),   # HM
     (34.9, (32.6, 68.5, 41.8, 79.2, 61.9, 59.0, 64.8, 5.3), 51.6),   # CA-TRIDE
-    (34.2, (27.4, 56.7, 35.6, 73.3, 57.3, 61.1, 65.8, 5.1), 47.8),   # CA-ANP (defenses.md 5.5)
+    (34.2, (27.4, 56.7, 35.6, 73.3, 57.3, 61.1, 65.8, 5.1), 47.8),   # CA-ANP (CA-TRIDE ablation)
     (33.8, (34.2, 68.0, 52.2, 70.8, 51.2, 47.6, 60.7, 3.1), 48.5),   # CA-CAP
 ])
 def test_ars_catride_table(r1, terms, published):
@@ -57,7 +57,7 @@ def test_ars_catride_table(r1, terms, published):
 
 
 def test_ars_hm_uses_r1_relative_recall():
-    # scoring.md: HM's ES:R term is 100 * 17.9 / 34.9 = 51.3 from the HM paper's raw ES:R of 17.9
+    # the CA-TRIDE paper: HM's ES:R term is 100 * 17.9 / 34.9 = 51.3 from the HM paper's raw ES:R of 17.9
     raw = {**from_terms(34.9, (31.0, 62.9, 33.2, 69.8, 51.3, 47.9, 78.2, 2.9)), "ES:R": 17.9}
     assert resistance_terms(raw, "ARS")["ES:R"] == pytest.approx(51.289, abs=1e-3)
     assert ars(from_terms(34.9, (31.0, 62.9, 33.2, 69.8, 51.3, 47.9, 78.2, 2.9))) == pytest.approx(47.15)

@@ -1,4 +1,4 @@
-"""Published suites are frozen: their literal parameters (``attacks.md`` §7.1) and content hashes are pinned."""
+"""Published suites are frozen: their literal parameters and content hashes are pinned."""
 
 from __future__ import annotations
 

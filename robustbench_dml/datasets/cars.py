@@ -6,7 +6,7 @@ array ``annotations`` with fields ``relative_im_path`` such as ``car_ims/000001.
 and ``<root>/car_ims/`` (``car_ims.tgz`` extracted). The ``.mat`` is read with ``scipy.io.loadmat``, which
 parses data only (nothing is unpickled or executed).
 
-Zero-shot split (``defenses.md`` §0.2): classes 1-98 train (8,054 images), 99-196 test (8,131); the file's own
+Zero-shot split: classes 1-98 train (8,054 images), 99-196 test (8,131); the file's own
 ``test`` flag is not used. Labels are the original class ids (1..196). Items: (3, 224, 224) float32 in [0, 1]
 with the 224 transforms of ``images.py``.
 """

@@ -4,7 +4,7 @@ Layout (the official ``CUB_200_2011.tgz`` extracted): ``<root>/CUB_200_2011/imag
 relative_path``), ``image_class_labels.txt`` (``image_id class_id``, class ids 1..200) and
 ``images/<class dir>/<file>.jpg``. ``root`` may also be the ``CUB_200_2011`` folder itself.
 
-Zero-shot split (``defenses.md`` §0.2): classes 1-100 train (5,864 images), 101-200 test (5,924); the
+Zero-shot split: classes 1-100 train (5,864 images), 101-200 test (5,924); the
 official ``train_test_split.txt`` is not used. Labels are the original class ids (1..200), so train and test
 labels never overlap. Items: (3, 224, 224) float32 in [0, 1] with the 224 transforms of ``images.py``.
 """

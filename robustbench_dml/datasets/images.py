@@ -1,7 +1,7 @@
 """Shared parts of the three 224x224 image-folder datasets (CUB-200-2011, Cars196, SOP).
 
 Images stay on disk and are decoded per item with PIL, converted to RGB (grayscale and CMYK files exist in
-CUB and SOP), then transformed as RobRank does (``defenses.md`` §0.2):
+CUB and SOP), then transformed as RobRank does:
 
 * train: Resize((256, 256)) -> RandomCrop(224) -> RandomHorizontalFlip(0.5) -> ToTensor
 * test:  Resize((256, 256)) -> CenterCrop(224) -> ToTensor

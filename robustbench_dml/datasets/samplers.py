@@ -1,4 +1,4 @@
-"""The SPC-2 batch layout (``defenses.md`` §0.2) as a DistributedDataParallel-aware batch sampler.
+"""The SPC-2 batch layout (``docs/training.md``, Data) as a DistributedDataParallel-aware batch sampler.
 
 An epoch is one pass over the training images in a permutation drawn from (seed, epoch); each image ``i``
 becomes a pair ``(i, j)`` with ``j`` drawn uniformly from the images of the same class (``j`` may equal ``i``,

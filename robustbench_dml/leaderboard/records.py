@@ -1,6 +1,6 @@
 """The typed, append-only result record: one per (checkpoint sha256, suite hash), and the leaderboard frame schema.
 
-A :class:`Record` holds the benign metrics, every raw attack result (units of ``scoring.md``), ERS, ARS, their
+A :class:`Record` holds the benign metrics, every raw attack result (units of ``docs/protocol.md``), ERS, ARS, their
 bootstrap confidence intervals, the worst case, and the provenance (dataset, backbone, defense and configuration,
 seed, device, versions, suite id/version/hash, submitter, date). Rows published by papers are records too, with
 ``reported=True`` and a ``source`` citation (no checkpoint; values the paper does not give are ``None``).
@@ -131,7 +131,7 @@ def _json_str(obj: Any) -> str:
 
 @dataclass(frozen=True)
 class Record:
-    """One leaderboard row. Metric fields are floats in the units of ``scoring.md`` or ``None`` (not measured)."""
+    """One leaderboard row. Metric fields are floats in the units of ``docs/protocol.md`` or ``None`` (not measured)."""
 
     record_id: str
     dataset: str
@@ -228,7 +228,7 @@ class Record:
     @classmethod
     def from_evaluation(cls, result: Mapping[str, Any], *, submitter: str, created: str | None = None,
                         note: str | None = None) -> Record:
-        """Build a record from an evaluation result (the ``EvaluationResult.to_json()`` layout of CONTRACTS.md).
+        """Build a record from an evaluation result (the ``EvaluationResult.to_json()`` layout of ``docs/protocol.md``).
 
         The scores are recomputed from ``raw`` with :mod:`robustbench_dml.scoring`; a stored ``ERS``/``ARS`` that
         disagrees with its raw results (an edited file) is refused. ``created`` defaults to today's UTC date.

@@ -1,12 +1,13 @@
 """Published leaderboard rows (``reported=True``): the HM paper's table, the CA-TRIDE paper's table and RobRank's
 Fashion-MNIST table.
 
-These are literal numbers from the papers (via ``shared/specs/defenses.md`` §7.1, §5.5, ``attacks.md`` §8.1 and
-``scoring.md``), so a user sees their own model beside the published ones. The HM and CA-TRIDE rows are ResNet-18,
+These are literal numbers from the papers (the HM paper's comparison table, the CA-TRIDE paper's comparison and
+ablation tables, RobRank's Fashion-MNIST table), so a user sees their own model beside the published ones. The HM
+and CA-TRIDE rows are ResNet-18,
 224x224 data, eps 8/255; RobRank's Fashion rows are c2f2, 28x28, eps 77/255 (the ``rob28`` suite). All use the
 triplet loss with the N metric and were measured with the RobRank reference code (hence ``robrank_compat=True``);
 ``steps`` is the number of training PGD steps (eta). Values a paper does not give are ``None`` (NaN in the frame).
-RobRank's table prints no ERS; its ERS here is computed from its printed columns (as ``attacks.md`` §8.1 does).
+RobRank's table prints no ERS; its ERS here is computed from its printed columns (``docs/protocol.md``, Scores).
 
 The CA-TRIDE paper prints *resistance terms*, not raw attack results; the raw values stored here are converted back
 exactly (``CA+ = term / 2``, ``CA- = 100 - term``, ``ES:R = term * R@1 / 100``, ...), so ``scoring.ars`` of a stored
@@ -78,7 +79,7 @@ _N = None
 _ROBRANK28 = {"src": "RobRank", "backbone": "c2f2", "note": "ERS computed from the published columns"}
 #: literal published rows (paper column names; ``src`` keys :data:`SOURCES`)
 REFERENCE_ROWS: list[dict[str, Any]] = [
-    # ---- HM paper, Table "sota" (defenses.md 7.1) ----------------------------------------------------------------
+    # ---- HM paper, Table "sota" ----------------------------------------------------------------------------------
     _hm("cub", "none", _N, 53.9, 66.4, 26.1, 59.5, 3.8,
         (0.0, 100.0, 0.0, 99.9, 0.883, 1.762, 0.0, 0.0, 14.1, 0.0)),
     _hm("cub", "EST[R]", 8, 37.1, 47.3, 20.0, 46.4, 7.9),
@@ -88,6 +89,7 @@ REFERENCE_ROWS: list[dict[str, Any]] = [
     _hm("cub", "EST[R]", 32, 8.5, 13.0, 2.6, 25.2, 5.3),
     _hm("cub", "ACT[R]", 32, 27.5, 38.2, 12.2, 43.0, 33.9,
         (15.5, 37.7, 15.1, 32.2, 0.472, 0.821, 11.1, 9.4, 14.9, 1.0),
+        # this published row's note is part of its record id and of the shipped, immutable reference store
         note="per-attack columns as in the worked ERS example of scoring.md"),
     _hm("cub", "HM[S,LGA]", 32, 36.5, 46.7, 21.0, 48.6, 35.9),
     _hm("cub", "HM[S,LGA]&ICS", 32, 34.9, 45.0, 19.8, 47.1, 36.0,
@@ -124,16 +126,16 @@ REFERENCE_ROWS: list[dict[str, Any]] = [
     _hm("cub", "HM[S,LGA]", 16, 37.0, _N, _N, _N, 34.5, src="HM-abl", note="LGA sweep"),
     _hm("sop", "HM[S,LGA]&ICS lambda=0.5", 8, 42.4, _N, _N, _N, 60.1, src="HM-abl"),
     _hm("sop", "HM[S,LGA]&ICS lambda=0.5", 32, 41.5, _N, _N, _N, 60.8, src="HM-abl"),
-    # ---- CA-TRIDE paper, comparison table (scoring.md) -----------------------------------------------------------
+    # ---- CA-TRIDE paper, comparison table -----------------------------------------------------------------------
     _ca("ACT", 32, 27.5, 38.2, 12.2, 43.0, (31.0, 62.9, 30.2, 68.5, 40.3, 34.2, 54.2, 1.0), 33.9, 40.3),
     _ca("HM", 32, 34.9, 45.0, 19.8, 47.1, (31.0, 62.9, 33.2, 69.8, 51.3, 47.9, 78.2, 2.9), 36.0, 47.2),
     _ca("CA-TRIDE", 16, 34.9, 45.1, 19.6, 45.6, (32.6, 68.5, 41.8, 79.2, 61.9, 59.0, 64.8, 5.3), 38.6, 51.6),
-    # ---- CA-TRIDE paper, ablation (defenses.md 5.5; ARS by the scoring.md formula) --------------------------------
+    # ---- CA-TRIDE paper, ablation (ARS by the formula of docs/protocol.md) ----------------------------------
     _ca("CA-ANP", 16, 34.2, _N, _N, _N, (27.4, 56.7, 35.6, 73.3, 57.3, 61.1, 65.8, 5.1), _N, 47.8,
         src="CA-TRIDE-abl", note="ARS computed from the published terms"),
     _ca("CA-CAP", 16, 33.8, _N, _N, _N, (34.2, 68.0, 52.2, 70.8, 51.2, 47.6, 60.7, 3.1), _N, 48.5,
         src="CA-TRIDE-abl", note="ARS computed from the published terms"),
-    # ---- RobRank, Fashion-MNIST, rob28 (attacks.md 8.1; its "mAP@R" is mAP@10) -----------------------------------
+    # ---- RobRank, Fashion-MNIST, rob28 (its "mAP@R" is mAP@10) -----------------------------------
     _hm("fashion", "none", _N, 87.6, 92.9, 84.4, 76.6, 4.2,
         (1.1, 96.8, 0.3, 97.8, 0.990, 1.604, 0.1, 0.0, 12.6, 0.0), **_ROBRANK28, map10=83.1),
     _hm("fashion", "EST[R]", 32, 76.6, 86.0, 59.2, 61.0, 38.7,
