@@ -14,6 +14,7 @@ choices come from generators derived from (seed, epoch) and (seed, step), never 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
@@ -33,6 +34,7 @@ from robustbench_dml.datasets.base import stratified_subset
 from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
 from robustbench_dml.evaluation import atomic_write_text
+from robustbench_dml.leaderboard.records import atomic_write_bytes
 from robustbench_dml.progress import Progress
 from robustbench_dml.runtime import deterministic, generator, resolve_device, seed_everything, set_threads
 
@@ -97,21 +99,17 @@ def build(cfg: TrainConfig):
 
 
 def _save_state(path: Path, model, optimizer, defense, epoch: int, step: int, counts: list[int]) -> None:
-    tmp = path.with_suffix(".tmp")
-    try:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "defense": defense.state_dict(), "epoch": epoch, "global_step": step, "counts": counts}, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or a kill between the two lines leaves no half-written state behind
-        tmp.unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "defense": defense.state_dict(),
+                "epoch": epoch, "global_step": step, "counts": counts}, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: bool = False,
           progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> TrainSummary:
     """Train ``cfg.defense`` on ``cfg.dataset``; write the run directory; return where the checkpoint is.
-    Deterministic kernels throughout (:func:`~robustbench_dml.runtime.deterministic`): one seed gives one set
-    of weights at any thread count on the CPU."""
+    Deterministic kernels throughout (:func:`~robustbench_dml.runtime.deterministic`): on the CPU one seed gives
+    one set of weights at a given thread count, in any process."""
     with deterministic(resolve_device(cfg.device)):
         return _train(cfg, out, resume=resume, progress=progress, on_epoch=on_epoch)
 

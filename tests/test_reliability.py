@@ -186,7 +186,7 @@ def test_a_falsified_score_is_never_published(tmp_path):
     data["ers"] = 50.0  # the true value is about 30
     path.write_text(json.dumps(data))
     b = Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01")
-    with pytest.raises(UserError, match="no longer matches|not what its raw"):
+    with pytest.raises(UserError, match="does not match the manifest|not what its raw"):
         store.add_record(b)
     assert store.latest_version("digits", "rob28") == 1
     # even with the manifest's hash made to agree, the score is re-derived from the raw results
@@ -196,7 +196,10 @@ def test_a_falsified_score_is_never_published(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="not what its raw"):
         store.add_record(b)
-    # a forged "published" row in a user store is refused too
+    # a forged "published" row is refused too, while the papers' own rows still publish
+    from robustbench_dml.leaderboard import build_reference_store
+
+    assert build_reference_store(tmp_path / "reference")
     data.update(ers=a.ers, reported=True)
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="reported"):
@@ -258,3 +261,60 @@ def test_same_seed_same_weights_with_the_default_threads_in_separate_processes(t
                         "--out", str(tmp_path / name)], check=True, capture_output=True, timeout=600)
         shas.append(read_meta(tmp_path / name / "checkpoint")["weights_sha256"])
     assert shas[0] == shas[1]
+
+
+_KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from test_leaderboard import make_eval
+from robustbench_dml.leaderboard import LeaderboardStore, Record
+import robustbench_dml.leaderboard.records as records
+calls = [0]
+real = records._replace
+def replace(src, dst):
+    calls[0] += 1
+    if calls[0] == {n}:
+        os.kill(os.getpid(), signal.SIGKILL)  # die at this write point, temp file written, not yet renamed
+    real(src, dst)
+records._replace = replace
+LeaderboardStore({root!r}).add_record(Record.from_evaluation(make_eval(2), submitter="b", created="2025-01-01"))
+"""
+
+
+@pytest.mark.parametrize("write_point", [1, 2, 3, 4])  # record, parquet, manifest, pointer
+def test_a_publisher_killed_at_each_write_point_leaves_the_previous_version_intact(tmp_path, write_point):
+    store = LeaderboardStore(tmp_path)
+    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    v1 = store.load("digits", "rob28")
+    code = _KILLER.format(tests=str(Path(__file__).parent), n=write_point, root=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-500:]
+    assert store.verify("digits", "rob28") == [1]
+    assert store.load("digits", "rob28").equals(v1)
+    assert list(tmp_path.rglob("*.tmp"))  # the killed writer's temp file is there ...
+    version, added = store.add_record(Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01"))
+    assert (version, added) == (2, True) and store.verify("digits", "rob28") == [1, 2]
+    assert not list(tmp_path.rglob("*.tmp"))  # ... and the next publish removed it
+
+
+@pytest.mark.slow
+def test_sigint_stops_training_with_one_line_and_resume_gives_the_same_weights(tmp_path):
+    import signal
+    import time
+
+    base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "3", "--threads", "1"]
+    full = subprocess.run(base + ["--out", str(tmp_path / "full")], capture_output=True, timeout=600)
+    assert full.returncode == 0
+    proc = subprocess.Popen(base + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    history = tmp_path / "cut" / "history.jsonl"
+    deadline = time.time() + 300
+    while not (history.exists() and history.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 130 and lines == ["dmlbench: interrupted"], err.decode()[-500:]
+    resumed = subprocess.run(base + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, timeout=600)
+    assert resumed.returncode == 0
+    assert read_meta(tmp_path / "cut" / "checkpoint")["weights_sha256"] == \
+        read_meta(tmp_path / "full" / "checkpoint")["weights_sha256"]

@@ -6,9 +6,21 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from robustbench_dml.config import TrainConfig
 from robustbench_dml.errors import UserError
+
+
+def check_output(output: str | None, overwrite: bool = False) -> None:
+    """An output file the user named: refused if it exists (unless ``overwrite``) or is a folder."""
+    if output is None:
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder; name a file")
+    if path.exists() and not overwrite:
+        raise UserError(f"output {path} already exists; pass --overwrite to replace it or name a new file")
 
 
 def add_device(p: argparse.ArgumentParser) -> None:

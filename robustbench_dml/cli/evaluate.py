@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robustbench_dml.cli.common import add_device, add_progress, show_progress
-from robustbench_dml.cli.leaderboard import check_output
+from robustbench_dml.cli.common import add_device, add_progress, check_output, show_progress
 from robustbench_dml.cli.report import attack_table, benign_table, console
 from robustbench_dml.errors import UserError
 
@@ -33,7 +32,7 @@ def add_eval_options(p) -> None:
     g.add_argument("--eps", type=float, help="replace the suite's eps, in [0,1] pixel units (not eligible)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the attacks' random selections")
     g.add_argument("--robrank-compat", action="store_true",
-                   help="reproduce the reference code's quirks Q1-Q4 (attacks.md section 9) for like-for-like "
+                   help="reproduce the reference code's quirks Q1-Q4 (docs/protocol.md) for like-for-like "
                         "comparison with published numbers")
     g.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained from)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from robustbench_dml.cli.common import check_output
 from robustbench_dml.errors import UserError
 
 DEFAULT_DIR = "leaderboards"
@@ -40,17 +41,6 @@ def board_with_reference(store, dataset: str, suite: str, version: int | None, r
         if len(ref):
             frame = frames_concat([frame, ref])
     return frame
-
-
-def check_output(output: str | None, overwrite: bool = False) -> None:
-    """An output file the user named: refused if it exists (unless ``overwrite``) or is a folder."""
-    if output is None:
-        return
-    path = Path(output)
-    if path.is_dir():
-        raise UserError(f"--output {path} is a folder; name a file")
-    if path.exists() and not overwrite:
-        raise UserError(f"--output {path} already exists; pass --overwrite to replace it or name a new file")
 
 
 def emit(text: str, output: str | None, overwrite: bool = False) -> None:

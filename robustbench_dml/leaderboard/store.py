@@ -235,14 +235,17 @@ class LeaderboardStore:
         for v in versions:
             self.load(dataset, suite, v)
         if versions:
-            manifest = self.manifest(dataset, suite)
-            rdir = self.records_dir(dataset, suite)
-            for rid, digest in manifest["records"].items():
-                path = rdir / f"{rid}.json"
-                if not path.exists() or sha256_file(path) != digest:
-                    raise UserError(f"record file {path} does not match the manifest of version {versions[-1]}; "
-                                    "it was changed, deleted or damaged")
+            self._check_published_records(dataset, suite, versions[-1])
         return versions
+
+    def _check_published_records(self, dataset: str, suite: str, version: int) -> None:
+        """Every record listed in ``version``'s manifest still exists with the sha256 recorded there."""
+        rdir = self.records_dir(dataset, suite)
+        for rid, digest in self.manifest(dataset, suite, version)["records"].items():
+            path = rdir / f"{rid}.json"
+            if not path.exists() or sha256_file(path) != digest:
+                raise UserError(f"record file {path} does not match the manifest of version {version}; it was "
+                                "changed, deleted or damaged after publication (restore it; nothing was published)")
 
     def diff(self, dataset: str, suite: str, a: int, b: int) -> pd.DataFrame:
         import pandas as pd
@@ -359,12 +362,7 @@ class LeaderboardStore:
         holds, or when any record's stored ERS/ARS differ from those re-derived from its raw results."""
         self._remove_orphans(dataset, suite)
         if latest:
-            rdir = self.records_dir(dataset, suite)
-            for rid, digest in self.manifest(dataset, suite, latest)["records"].items():
-                path = rdir / f"{rid}.json"
-                if not path.exists() or sha256_file(path) != digest:
-                    raise UserError(f"record file {path} no longer matches version {latest}'s manifest (changed or "
-                                    "deleted after publication); restore it, nothing was published")
+            self._check_published_records(dataset, suite, latest)
         records = self.records(dataset, suite)
         version = latest + 1
         table = records_to_table(records)
@@ -406,13 +404,17 @@ class LeaderboardStore:
 
 
 def _check_derived(record: Record, path: Path) -> None:
-    """A stored record's scores must be what its raw results give (scores are never trusted from a file), and a
-    record in a user store is never a paper's row (those live in code, :mod:`.reference`)."""
+    """A stored record's scores must be what its raw results give (scores are never trusted from a file); a
+    record marked as a paper's row (``reported``) must be exactly one of the rows shipped in code
+    (:mod:`.reference`), whose scores are the papers' printed numbers."""
     from robustbench_dml import scoring
+    from robustbench_dml.leaderboard.reference import reference_records
 
     if record.reported:
-        raise UserError(f"record file {path} claims to be a published row (reported=true); published rows are "
-                        "not stored in a leaderboard directory, remove that file")
+        if record not in reference_records(record.dataset):
+            raise UserError(f"record file {path} claims to be a published row (reported=true) but is not one of "
+                            "the papers' rows; remove that file")
+        return
     raw = record.raw()
     for name, stored in (("ERS", record.ers), ("ARS", record.ars)):
         try:
