@@ -158,3 +158,18 @@ def test_no_positive_anywhere_is_nan_and_bad_input_raises():
         retrieval_metrics(np.eye(4, dtype=np.float32), np.arange(3))
     with pytest.raises(ValueError):
         retrieval_metrics(np.eye(4, dtype=np.float32), np.arange(4), ks=(0,))
+
+
+def test_entanglement_equals_the_brute_force_ratio_across_blocks_and_subsets():
+    from robustbench_dml.metrics import entanglement
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 6, (301,), generator=g)
+    z = torch.randn(301, 16, generator=g) + 2.0 * torch.nn.functional.one_hot(y, 16)
+    zn = torch.nn.functional.normalize(z.double(), dim=1)
+    d = torch.cdist(zn, zn)
+    same = (y[:, None] == y[None, :]) & ~torch.eye(301, dtype=torch.bool)
+    brute = float(d[same].mean() / d[y[:, None] != y[None, :]].mean())
+    assert entanglement(z, y, block=7) == pytest.approx(brute, rel=1e-6)
+    assert entanglement(z, y, max_items=200) == pytest.approx(brute, abs=0.02)  # a seeded subset, close
+    assert entanglement(z, y, max_items=200, seed=1) != entanglement(z, y, max_items=200, seed=0)
