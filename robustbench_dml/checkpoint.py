@@ -179,14 +179,9 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     except (SafetensorError, OSError) as e:
         raise UserError(f"{directory / WEIGHTS} is not a readable safetensors file: {e}") from None
     model = build_model(meta)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    bad = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or extra or bad:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
-                  else f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}")
-        raise UserError(f"{directory / WEIGHTS} does not fit backbone {meta['backbone']} ({detail})")
+    problem = _fit_problem(model.state_dict(), state)
+    if problem:
+        raise UserError(f"{directory / WEIGHTS} does not fit backbone {meta['backbone']} ({problem})")
     bad_values = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad_values is not None:
         raise UserError(f"{directory / WEIGHTS}: {bad_values} holds NaN or infinite values (a diverged training); "
@@ -199,39 +194,125 @@ def checkpoint_sha256(directory: str | os.PathLike) -> str:
     return read_meta(directory)["weights_sha256"]
 
 
-def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str, dataset: str,
-                       embedding_dim: int = 512, key: str | None = None, channels: int | None = None,
-                       overwrite: bool = False) -> Path:
-    """Bring a plain PyTorch state dict into a checkpoint (``torch.load(weights_only=True)``, no fallback).
+LAYOUTS = ("state_dict", "robrank")
+# RobRank's rc2f2 Sequential (conv, relu, pool, conv, relu, pool, flatten, fc, relu, fc) onto our c2f2 trunk/head
+# (conv, norm, relu, pool, conv, norm, relu, pool, flatten, fc, norm, relu) + head; norm is Identity in c2f2.
+_RC2F2_KEYS = {"backbone.0.": "trunk.0.", "backbone.3.": "trunk.4.", "backbone.7.": "trunk.9.", "backbone.9.": "head."}
 
-    ``channels`` defaults to the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a
-    checkpoint folder; it is checked before anything is read."""
+
+class _Record(dict):
+    """Stands in, while reading a RobRank (PyTorch Lightning) checkpoint, for the plain containers such files
+    keep their hyper-parameters in (``argparse.Namespace``, Lightning's ``AttributeDict``): their fields become
+    a dict and no code of theirs is imported or run."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.update(state if isinstance(state, dict) else {})
+
+
+_HARMLESS = [(_Record, name) for name in (
+    "argparse.Namespace", "lightning.fabric.utilities.data.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict", "lightning.pytorch.utilities.parsing.AttributeDict")]
+
+
+def _read_tensors(source: str | os.PathLike, layout: str) -> Any:
+    """``torch.load(weights_only=True)``; for RobRank files the allow-list above is added, nothing else."""
+    import contextlib
     import pickle
 
-    check_target(out, overwrite)
+    allow = torch.serialization.safe_globals(_HARMLESS) if layout == "robrank" else contextlib.nullcontext()
     try:
-        obj = torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else "unsupported content"
-        raise UserError(f"{source} holds more than plain tensors and was not loaded ({first}); "
-                        "save a plain state_dict with torch.save(model.state_dict(), path)") from None
+        with allow:
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:  # names what the file would have run (read from its opcodes, nothing executed)
+            names = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(source)) or "unsupported content"
+        except Exception:  # a legacy (non-zip) file: the scanner does not read it
+            names = "unsupported content"
+        raise UserError(f"{source} holds more than plain tensors ({names}) and was not loaded; save a plain "
+                        "state_dict with torch.save(model.state_dict(), path)") from None
     except (OSError, RuntimeError) as e:
-        raise UserError(f"cannot read {source} as a torch state dict: {str(e).splitlines()[0]}") from None
-    if key is not None:
+        raise UserError(f"cannot read {source} as a torch file: {str(e).splitlines()[0]}") from None
+
+
+def robrank_state_dict(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """A RobRank model's ``state_dict`` (keys ``backbone.*``) as ``(our backbone id, our state dict)``:
+    rc2f2 -> ``c2f2``; rres18 / rres50 -> ``resnet18`` / ``resnet50`` (``backbone.fc`` is the embedding head).
+    Keys outside ``backbone.`` (loss parameters, buffers of other modules) are not part of the embedding and
+    are left out."""
+    state = {k: v for k, v in _clean_state_dict(state).items() if k.startswith("backbone.")}
+    if "backbone.0.weight" in state:
+        unknown = sorted(k for k in state if not any(k.startswith(p) for p in _RC2F2_KEYS))
+        if unknown:
+            raise UserError(f"RobRank checkpoint has {unknown[0]}, which is not part of rc2f2; only rc2f2, rres18 "
+                            "and rres50 are supported")
+        out = {}
+        for k, v in state.items():
+            prefix = next(p for p in _RC2F2_KEYS if k.startswith(p))
+            out[_RC2F2_KEYS[prefix] + k[len(prefix):]] = v
+        return "c2f2", out
+    if "backbone.conv1.weight" in state and "backbone.fc.weight" in state:
+        arch = {512: "resnet18", 2048: "resnet50"}.get(state["backbone.fc.weight"].shape[1])
+        if arch is None:
+            raise UserError("RobRank checkpoint: a ResNet whose features are neither 512 (rres18) nor 2048 (rres50)")
+        return arch, {("head." + k[len("backbone.fc."):]) if k.startswith("backbone.fc.")
+                      else "trunk." + k[len("backbone."):]: v for k, v in state.items()}
+    raise UserError("RobRank checkpoint: no backbone.* weights of rc2f2, rres18 or rres50 found")
+
+
+def _fit_problem(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading strictly into a model whose state dict is ``expected`` (None: fits)."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    bad = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing:
+        return f"missing {missing[:3]}"
+    if extra:
+        return f"unexpected {extra[:3]}"
+    if bad:
+        return f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
+    return None
+
+
+def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str | None, dataset: str,
+                       embedding_dim: int | None = None, key: str | None = None, channels: int | None = None,
+                       overwrite: bool = False, layout: str = "state_dict") -> Path:
+    """Bring a model trained elsewhere into a checkpoint; nothing is executed while reading
+    (``torch.load(weights_only=True)``, for RobRank files with an allow-list of plain containers).
+
+    ``layout``: ``"state_dict"`` (a flat state dict with our keys, or one nested under ``key``) or ``"robrank"``
+    (a RobRank / PyTorch Lightning checkpoint: its ``state_dict`` is mapped onto our backbones by
+    :func:`robrank_state_dict`, which also names the backbone and the embedding size). ``channels`` defaults to
+    the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a checkpoint folder; it is
+    checked before anything is read."""
+    if layout not in LAYOUTS:
+        raise UserError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    check_target(out, overwrite)
+    obj = _read_tensors(source, layout)
+    if key is not None or layout == "robrank":
+        key = key or "state_dict"
         if not isinstance(obj, dict) or key not in obj:
-            raise UserError(f"{source} has no entry {key!r}")
+            raise UserError(f"{source} has no entry {key!r}" + (
+                "; a RobRank checkpoint holds its weights under state_dict" if layout == "robrank" else ""))
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{source} is not a flat state dict of tensors; pass --key NAME for a nested one")
+    state = _clean_state_dict(obj)
+    if layout == "robrank":
+        found, state = robrank_state_dict(state)
+        if backbone is not None and backbone != found:
+            raise UserError(f"{source} holds a {found} model, not {backbone}; drop --backbone or pass {found}")
+        backbone = found
+        embedding_dim = embedding_dim or int(state["head.weight"].shape[0])
+    if backbone is None:
+        raise UserError("--backbone is needed for a plain state dict (dmlbench list backbones)")
     if channels is None:
         from robustbench_dml import datasets
 
         channels = datasets.info(dataset).channels
-    model = backbones.create_for_data(backbone, embedding_dim=embedding_dim, channels=channels)
-    state = _clean_state_dict(obj)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{source} does not fit backbone {backbone}: {str(e).splitlines()[0]}") from None
+    model = backbones.create_for_data(backbone, embedding_dim=embedding_dim or 512, channels=channels)
+    problem = _fit_problem(model.state_dict(), state)
+    if problem:
+        raise UserError(f"{source} does not fit backbone {backbone} ({problem})")
+    model.load_state_dict(state, strict=True)
     return save_checkpoint(out, model, {"dataset": dataset, "defense": "external", "defense_config": {},
-                                        "source": str(source)}, replace=overwrite)
+                                        "source": str(source), "source_layout": layout}, replace=overwrite)

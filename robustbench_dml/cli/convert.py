@@ -6,10 +6,13 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert a plain state dict (.pt) into a checkpoint (safetensors + meta)",
                        description="Reads the file with torch.load(weights_only=True); nothing else is unpickled.")
-    p.add_argument("state_dict", help="file written by torch.save(model.state_dict(), path)")
-    p.add_argument("--backbone", required=True, help="backbone id the weights belong to")
+    p.add_argument("state_dict", help="file written by torch.save(model.state_dict(), path), or a RobRank checkpoint")
+    p.add_argument("--from", dest="layout", choices=("state_dict", "robrank"), default="state_dict",
+                   help="state_dict (default: our keys) or robrank (a RobRank / PyTorch Lightning checkpoint of "
+                        "rc2f2, rres18 or rres50; backbone and embedding size are read from it)")
+    p.add_argument("--backbone", help="backbone id the weights belong to (needed for a plain state dict)")
     p.add_argument("--dataset", required=True, help="dataset id the model was trained for")
-    p.add_argument("--embedding-dim", type=int, default=512)
+    p.add_argument("--embedding-dim", type=int, help="embedding size (default 512, or the RobRank file's)")
     p.add_argument("--key", help="entry of a nested dict holding the state dict (e.g. state_dict)")
     p.add_argument("--out", required=True, help="checkpoint directory to write (new or empty)")
     p.add_argument("--overwrite", action="store_true",
@@ -23,6 +26,7 @@ def run(args) -> int:
 
     out = convert_state_dict(args.state_dict, args.out, backbone=args.backbone, dataset=args.dataset,
                              channels=datasets.info(args.dataset).channels, embedding_dim=args.embedding_dim,
-                             key=args.key, overwrite=args.overwrite)
+                             key=args.key, overwrite=args.overwrite,
+                             layout=args.layout)
     print(out)
     return 0

@@ -1,0 +1,127 @@
+"""RobRank-family checkpoints (PyTorch Lightning files) come in with one command: read without executing anything,
+keys mapped onto our backbones, embeddings equal to the reference module's; hostile pickles never run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from robustbench_dml.checkpoint import load_checkpoint
+from robustbench_dml.cli.main import main
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+class RefRC2F2(nn.Module):
+    """The reference's 28x28 model layout: one ``backbone`` Sequential, ending in the embedding layer."""
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(1, 32, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 64, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(), nn.Linear(1024, dim))
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+class RefRRes18(nn.Module):
+    """The reference's 224x224 layout: a torchvision ResNet-18 as ``backbone`` whose ``fc`` is the embedding
+    layer; ImageNet normalisation in the forward."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        import torchvision
+
+        self.backbone = torchvision.models.resnet18(weights=None)
+        self.backbone.fc = nn.Linear(512, dim)
+
+    def forward(self, x):
+        return self.backbone((x - IMAGENET_MEAN) / IMAGENET_STD)
+
+
+def _lightning_file(path, module: nn.Module, hparams) -> None:
+    """What PyTorch Lightning writes: weights under state_dict beside training state and hyper-parameters."""
+    torch.save({"epoch": 3, "global_step": 120, "pytorch-lightning_version": "1.5.10",
+                "state_dict": module.state_dict(), "hyper_parameters": hparams,
+                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-3}]}], "lr_schedulers": [],
+                "callbacks": {}}, path)
+
+
+@pytest.mark.parametrize("ref_cls,dataset,shape,backbone", [
+    (RefRC2F2, "digits", (5, 1, 28, 28), "c2f2"),
+    (RefRRes18, "cub", (2, 3, 224, 224), "resnet18"),
+])
+def test_one_command_gives_the_reference_embeddings(tmp_path, capsys, ref_cls, dataset, shape, backbone):
+    torch.manual_seed(0)
+    ref = ref_cls().eval()
+    if backbone == "resnet18":  # non-trivial BN statistics, so a wrong mapping or normalisation shows
+        for m in ref.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "epoch=3.ckpt"
+    _lightning_file(path, ref, argparse.Namespace(dataset="fashion", loss="ptripletN", lr=1e-3))
+    assert main(["convert", str(path), "--from", "robrank", "--dataset", dataset, "--out", str(tmp_path / "ck")]) == 0
+    model, meta = load_checkpoint(tmp_path / "ck")
+    assert (meta["backbone"], meta["embedding_dim"], meta["source_layout"]) == \
+        (backbone, {"c2f2": 64, "resnet18": 32}[backbone], "robrank")
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), atol=1e-5)
+
+
+def test_a_named_backbone_must_match_the_file(tmp_path, capsys):
+    path = tmp_path / "m.ckpt"
+    _lightning_file(path, RefRC2F2(), {})
+    assert main(["convert", str(path), "--from", "robrank", "--backbone", "resnet18", "--dataset", "digits",
+                 "--out", str(tmp_path / "ck")]) == 2
+    assert "holds a c2f2 model" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("layout", ["robrank", "state_dict"])
+@pytest.mark.parametrize("where", ["hyper_parameters", "state_dict", "top"])
+def test_hostile_pickles_in_any_layout_never_run(tmp_path, capsys, layout, where):
+    canary = tmp_path / "CANARY"
+    ref = RefRC2F2()
+    obj = {"state_dict": ref.state_dict(), "hyper_parameters": argparse.Namespace(lr=1e-3)}
+    if where == "top":
+        obj = _Payload(canary)
+    elif where == "state_dict":
+        obj["state_dict"]["backbone.0.weight"] = _Payload(canary)
+    else:
+        obj["hyper_parameters"] = argparse.Namespace(lr=_Payload(canary))
+    path = tmp_path / "hostile.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    rc = main(["convert", str(path), "--from", layout, "--backbone", "c2f2", "--dataset", "digits",
+               "--out", str(tmp_path / "ck")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert not canary.exists() and not (tmp_path / "ck").exists()
+
+
+def test_a_plain_state_dict_names_the_key_that_does_not_fit(tmp_path, capsys):
+    from robustbench_dml import backbones
+
+    state = backbones.create("c2f2", embedding_dim=8).state_dict()
+    torch.save(state, tmp_path / "s.pt")
+    assert main(["convert", str(tmp_path / "s.pt"), "--backbone", "c2f2", "--dataset", "digits",
+                 "--out", str(tmp_path / "ck")]) == 2
+    assert "shape of head." in capsys.readouterr().err  # an 8-d head where 512-d is expected
