@@ -318,3 +318,47 @@ def test_sigint_stops_training_with_one_line_and_resume_gives_the_same_weights(t
     assert resumed.returncode == 0
     assert read_meta(tmp_path / "cut" / "checkpoint")["weights_sha256"] == \
         read_meta(tmp_path / "full" / "checkpoint")["weights_sha256"]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 512 KiB tmpfs filled to the last byte (skipped where mounting is not permitted)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 1024)
+            except OSError:  # ENOSPC: the disk is full
+                pass
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp")
+
+
+@pytest.mark.parametrize("command", ["train", "export", "submit", "evaluate-json"])
+def test_a_full_disk_is_one_line_and_leaves_no_temp_files(full_disk, tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
+                         {"dataset": "digits", "defense": "vanilla"})
+    argv = {
+        "train": ["train", "--epochs", "1", "--threads", "1", "--out", str(full_disk / "run")],
+        "export": ["leaderboard", "export", "--dataset", "fashion", "--output", str(full_disk / "t.md")],
+        "submit": ["submit", str(ck), "--leaderboard-dir", str(full_disk / "lb")],
+        "evaluate-json": ["evaluate", "--checkpoint", str(ck), "--max-queries", "8", "--attacks", "GTT",
+                          "--json", str(full_disk / "r.json")],
+    }[command]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("dmlbench: error:") and "\n" not in err, err
+    assert _leftovers(full_disk) == []
+    if command == "submit":
+        assert "not writable" in err and not (full_disk / "lb").exists()  # refused before any compute
