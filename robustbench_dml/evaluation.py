@@ -354,6 +354,8 @@ def _scores(raw, per_query, success, seed, scoring) -> dict[str, Any]:
             out[f"{name}_ci"] = None
             out.setdefault("notes", []).append(f"{name}: {e}")
     out["worst_case"] = scoring.worst_case(success) if success else None
+    correct = [v > 0 for v in per_query["R@1"]] if "R@1" in per_query else None
+    out["worst_case_by_threat"] = scoring.worst_case_by_threat(success, correct) if success else {}
     return out
 
 

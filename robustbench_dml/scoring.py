@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ERS_KEYS", "ARS_KEYS", "SCORES", "ers", "ars", "score", "resistance_terms", "bootstrap_ci",
-           "worst_case"]
+__all__ = ["ERS_KEYS", "ARS_KEYS", "SCORES", "THREATS", "ers", "ars", "score", "resistance_terms", "bootstrap_ci",
+           "worst_case", "worst_case_by_threat"]
 
 # term name -> (formula on the raw values). The formulas work on floats and on numpy arrays alike, so the point
 # estimate and the bootstrap replicates use the very same code.
@@ -220,3 +220,27 @@ def worst_case(success: Mapping[str, Sequence[bool]]) -> float:
         raise ValueError("worst_case needs at least one query")
     broken = np.logical_or.reduce(np.stack(list(arrays.values())), axis=0)
     return 100.0 * float(broken.mean())
+
+
+#: the suite's attacks grouped by what the attacker wants (success as each attack's docstring defines it):
+#: candidate: a candidate enters (CA+) or leaves (CA-) the top 1% of its queries' rankings;
+#: query: a query ranks a random item into (QA+) or its nearest item out of (QA-) its top 1%;
+#: recall: the query's top-1 result turns wrong (ES's R@1, LTM, GTM).
+#: GTT (the top-1 merely leaves the top 4) and the distance-only attacks (TMA, ES:D) are left out: GTT succeeds on
+#: every model measured so far, so a worst case that includes it ranks nothing.
+THREATS: dict[str, tuple[str, ...]] = {"candidate": ("CA+", "CA-"), "query": ("QA+", "QA-"),
+                                       "recall": ("ES", "LTM", "GTM")}
+
+
+def worst_case_by_threat(success: Mapping[str, Sequence[bool]],
+                         benign_correct: Sequence[bool] | None = None) -> dict[str, float]:
+    """:func:`worst_case` per threat of :data:`THREATS` (percent of queries broken by at least one of its attacks;
+    lower is more robust), for the threats whose attacks all ran. With ``benign_correct`` (one flag per query:
+    the clean top-1 is right) the recall threat is relative to the queries it can break, as ARS divides the
+    recall attacks by the benign R@1: a less accurate model is not counted as more robust."""
+    out = {threat: worst_case({a: success[a] for a in attacks})
+           for threat, attacks in THREATS.items() if all(a in success for a in attacks)}
+    if "recall" in out and benign_correct is not None:
+        correct = np.asarray(benign_correct, dtype=bool)
+        out["recall"] = float(out["recall"] / correct.mean()) if correct.any() else math.nan
+    return out

@@ -199,3 +199,16 @@ def test_worst_case():
         worst_case({"CA+": [True], "QA+": [True, False]})
     with pytest.raises(ValueError):
         worst_case({})
+
+
+def test_worst_case_by_threat_counts_each_threat_s_attacks_only():
+    s = {"CA+": [True, False, False, False], "CA-": [False, False, True, False],
+         "QA+": [False, False, False, False], "QA-": [False, True, False, False],
+         "ES": [False, False, False, False], "LTM": [True, True, False, False], "GTM": [False, False, False, True],
+         "GTT": [True, True, True, True]}
+    assert scoring.worst_case_by_threat(s) == {"candidate": 50.0, "query": 25.0, "recall": 75.0}
+    assert scoring.worst_case(s) == 100.0  # GTT alone breaks every query: the overall worst case ranks nothing
+    # relative to the queries whose clean top-1 is right (3 of 4): 3 broken of 3 breakable
+    assert scoring.worst_case_by_threat(s, [True, True, False, True])["recall"] == pytest.approx(100.0)
+    del s["LTM"]
+    assert "recall" not in scoring.worst_case_by_threat(s)

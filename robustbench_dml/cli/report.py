@@ -54,6 +54,8 @@ def attack_table(result: Mapping[str, Any]) -> Table:
         t.add_row(*_pad([f"[bold]{s}[/bold]", f"[bold]{_num(scores.get(s), 1)}[/bold]{ci_txt}"], len(cols)))
     if scores.get("worst_case") is not None:
         t.add_row(*_pad(["worst case (%)", _num(scores["worst_case"], 1)], len(cols)))
+    for threat, value in (scores.get("worst_case_by_threat") or {}).items():
+        t.add_row(*_pad([f"worst case, {threat} (%)", _num(value, 1)], len(cols)))
     return t
 
 
