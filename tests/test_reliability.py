@@ -140,6 +140,7 @@ BAD = {
     "leaderboard rebuild nothing": ["leaderboard", "rebuild", "--dataset", "digits"],
     "compare missing": ["compare", "missing"],
     "plot missing": ["plot", "resistance", "missing", "--output", "p.png"],
+    "plot output exists": ["plot", "resistance", "good", "--output", "notes.md"],
     "list unknown kind": ["list", "things"],
     "no command": [],
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from robustbench_dml.cli.common import check_output
 from robustbench_dml.cli.compare import find_result, load_records
 from robustbench_dml.errors import UserError
 
@@ -17,13 +18,15 @@ def add_parser(sub) -> None:
     p.add_argument("results", nargs="+", metavar="RUN_CHECKPOINT_OR_JSON")
     p.add_argument("--score", choices=("ERS", "ARS"), default="ARS", help="terms of this score (resistance)")
     p.add_argument("--key", default="ERS", help="what to plot against eps: ERS, ARS or an attack key like CA+")
-    p.add_argument("--output", required=True, help="PNG file to write")
+    p.add_argument("--output", required=True, help="new PNG file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from robustbench_dml.leaderboard import plot_eps_curve, plot_resistance, records_to_frame
 
+    check_output(args.output, args.overwrite)
     if args.kind == "resistance":
         plot_resistance(records_to_frame(load_records(args.results, None)), args.output, score=args.score)
     else:
