@@ -50,7 +50,9 @@ class AttackOutput:
 
     ``per_query`` / ``clean``: key -> (B,) float64 in scoring units; ``success``: (B,) bool;
     ``selection``: the drawn targets (gallery indices, (B, W) / (B, M) / (B,)) for inspection;
-    ``iterations``: PGD gradient evaluations run per image.
+    ``iterations``: PGD gradient evaluations run per image; ``per_query_robrank``: for an attack whose RobRank
+    quirk is only a measurement (``robrank_quirk == "measure"``) run in the corrected protocol, the same run's
+    results measured as the reference does (None otherwise).
     """
 
     x_adv: torch.Tensor
@@ -59,6 +61,7 @@ class AttackOutput:
     clean: dict[str, torch.Tensor]
     selection: dict[str, torch.Tensor] = field(default_factory=dict)
     iterations: int = 0
+    per_query_robrank: dict[str, torch.Tensor] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,6 +297,10 @@ class RankingAttack:
 
     id: ClassVar[str] = ""
     keys: ClassVar[tuple[str, ...]] = ()
+    #: how the reference's quirks change this attack (:mod:`robustbench_dml.protocols`): "" not at all; "measure"
+    #: the same PGD run measured differently (``measure(..., robrank_compat=True)`` gives the reference's
+    #: values); "targets" different targets, so each protocol needs its own run
+    robrank_quirk: ClassVar[str] = ""
 
     def __init__(self, model: nn.Module, *, eps: float, alpha: float, steps: int, robrank_compat: bool = False,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET):
@@ -361,11 +368,14 @@ class RankingAttack:
                 z_adv = self.embed(x_adv)
                 state["z_last"] = z_last
                 adv = self.measure(z_adv, state, gallery, clean=False)
+                adv_robrank = (self.measure(z_adv, state, gallery, clean=False, robrank_compat=True)
+                               if self.robrank_quirk == "measure" and not self.robrank_compat else None)
         success = self.succeeded(clean, adv, state, len(gallery))
         to_cpu = lambda d: {k: v.detach().to("cpu", torch.float64) for k, v in d.items()}  # noqa: E731
         selection = {k: v.detach().cpu() for k, v in state.items() if k.startswith("sel_")}
         return AttackOutput(x_adv=x_adv.to(images.device), per_query=to_cpu(adv), success=success.detach().cpu(),
-                            clean=to_cpu(clean), selection=selection, iterations=iterations)
+                            clean=to_cpu(clean), selection=selection, iterations=iterations,
+                            per_query_robrank=None if adv_robrank is None else to_cpu(adv_robrank))
 
     def _run_pgd(self, x0: torch.Tensor, state: dict[str, torch.Tensor], gallery) -> tuple[torch.Tensor, torch.Tensor, int]:
         b = x0.shape[0]

@@ -24,16 +24,17 @@ class EmbeddingShift(RankingAttack):
 
     id = "ES"
     keys = ("ES:D", "ES:R")
+    robrank_quirk = "measure"
 
     def loss(self, z, state, fixed, gallery, t):
         ref = state["z0"] + 1e-7 if t == 0 else state["z0"]
         return -torch.linalg.vector_norm(z - ref + 1e-6, dim=1).mean()
 
-    def measure(self, z, state, gallery, *, clean):
+    def measure(self, z, state, gallery, *, clean, robrank_compat=None):
         z0 = state["z0"]
         if clean:
             shift = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        elif self.robrank_compat:
+        elif self.robrank_compat if robrank_compat is None else robrank_compat:
             shift = torch.linalg.vector_norm(state["z_last"] - z0 + 1e-6, dim=1)
         else:
             shift = torch.linalg.vector_norm(z - z0, dim=1)

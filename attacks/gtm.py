@@ -54,6 +54,7 @@ class GreedyTop1Misranking(RankingAttack):
 
     id = "GTM"
     keys = ("GTM",)
+    robrank_quirk = "targets"
 
     def select(self, z0, labels, self_idx, gallery, generator):
         _, top = gallery.knn(z0, 1, exclude=self_idx)

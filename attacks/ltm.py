@@ -25,6 +25,7 @@ class LearningToMisrank(RankingAttack):
 
     id = "LTM"
     keys = ("LTM",)
+    robrank_quirk = "targets"
 
     def loss(self, z, state, fixed, gallery, t):
         exclude = None if self.robrank_compat else state["self_idx"]

@@ -131,12 +131,14 @@ def report(rows: list[dict], args, budget: dict) -> str:
                f"{' < '.join(observed)}; "
                + (f"no verdict yet, {', '.join(missing)} not measured." if missing else
                   "it holds." if observed == present else "it does not hold."))
+    seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
     settings = (f"Fashion-MNIST (genuine, `{Path(args.data_root).name}`); training subset "
                 f"{budget['train_subset'] or 'all 60,000'} images; 8 epochs; training PGD {budget['steps']} steps "
                 f"(CA-TRIDE {budget['ca_steps']}); rob28 with robrank_compat on the first "
-                f"{budget['max_queries'] or 10000} test queries, eval seed 0; seeds {args.seeds}.")
+                f"{budget['max_queries'] or 10000} test queries, eval seed 0; seeds measured so far: {seeds}.")
     return (f"# Defense study (budget `{args.budget}`)\n\n{settings}\n\nRegenerate: `python "
-            f"benchmarks/defense_study.py --budget {args.budget} --seeds {args.seeds}`\n\n"
+            f"benchmarks/defense_study.py --budget {args.budget} --seeds 0,1` (resumes; `--report-only` rewrites "
+            "this table from the finished rows)\n\n"
             + "\n".join(lines) + "\n\nMean over seeds, ordered by ARS:\n\n" + "\n".join(summary)
             + f"\n\n{verdict}\n")
 
@@ -150,6 +152,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/defense_study")
     p.add_argument("--report", default=None, help="markdown table (default benchmarks/results/defense_study_BUDGET.md)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the table from the finished rows, run nothing")
     args = p.parse_args()
     budget = BUDGETS[args.budget]
     report_path = Path(args.report or Path(__file__).parent / "results" / f"defense_study_{args.budget}.md")
@@ -157,16 +160,21 @@ def main() -> None:
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         p.error(f"unknown rows {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
-    rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    for seed in [] if args.report_only else (int(s) for s in args.seeds.split(",")):
         for name in names:
-            rows.append(run_one(name, seed, args, budget))
-            r = rows[-1]
+            r = run_one(name, seed, args, budget)
             print(f"{name} seed {seed}: R@1 {r['benign_R@1']:.1f} ERS {r['ERS']:.1f} ARS {r['ARS']:.1f} "
                   f"({r['s_per_epoch']:.0f} s/epoch, eval {r['eval_s']:.0f} s)", flush=True)
-            report_path.parent.mkdir(parents=True, exist_ok=True)
-            report_path.write_text(report(rows, args, budget))
+            report_path.write_text(report(finished_rows(Path(args.out)), args, budget))
+    report_path.write_text(report(finished_rows(Path(args.out)), args, budget))
     print(report_path.read_text())
+
+
+def finished_rows(out: Path) -> list[dict]:
+    """Every finished row under ``out`` (all rows and seeds run so far, by this call or earlier ones)."""
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/seed*/row.json"))]
+    return [r for r in rows if r["name"] in CONFIGS]
 
 
 if __name__ == "__main__":

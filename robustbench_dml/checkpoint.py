@@ -194,34 +194,43 @@ def checkpoint_sha256(directory: str | os.PathLike) -> str:
     return read_meta(directory)["weights_sha256"]
 
 
-LAYOUTS = ("state_dict", "robrank")
+LAYOUTS = ("state_dict", "robrank", "mdprop")
 # RobRank's rc2f2 Sequential (conv, relu, pool, conv, relu, pool, flatten, fc, relu, fc) onto our c2f2 trunk/head
 # (conv, norm, relu, pool, conv, norm, relu, pool, flatten, fc, norm, relu) + head; norm is Identity in c2f2.
 _RC2F2_KEYS = {"backbone.0.": "trunk.0.", "backbone.3.": "trunk.4.", "backbone.7.": "trunk.9.", "backbone.9.": "head."}
 
 
 class _Record(dict):
-    """Stands in, while reading a RobRank (PyTorch Lightning) checkpoint, for the plain containers such files
-    keep their hyper-parameters in (``argparse.Namespace``, Lightning's ``AttributeDict``): their fields become
-    a dict and no code of theirs is imported or run."""
+    """Stands in, while reading a RobRank or MDProp checkpoint, for the few non-tensor objects such files keep
+    beside the weights (hyper-parameters in an ``argparse.Namespace`` or Lightning ``AttributeDict``, MDProp's
+    training log object and the numpy scalars in it): a plain dict takes their fields, their constructor arguments
+    are ignored, and no code of theirs is imported or run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
 
     def __setstate__(self, state: Any) -> None:
         self.update(state if isinstance(state, dict) else {})
 
 
-_HARMLESS = [(_Record, name) for name in (
-    "argparse.Namespace", "lightning.fabric.utilities.data.AttributeDict",
-    "pytorch_lightning.utilities.parsing.AttributeDict", "lightning.pytorch.utilities.parsing.AttributeDict")]
+_NUMPY_SCALARS = ("numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+#: what each layout's files may name besides tensors and plain containers; anything else is refused unread
+_HARMLESS = {
+    "state_dict": (),
+    "robrank": ("argparse.Namespace", "lightning.fabric.utilities.data.AttributeDict",
+                "pytorch_lightning.utilities.parsing.AttributeDict",
+                "lightning.pytorch.utilities.parsing.AttributeDict"),
+    "mdprop": ("argparse.Namespace", "utilities.logger.Progress_Saver", *_NUMPY_SCALARS),
+}
 
 
 def _read_tensors(source: str | os.PathLike, layout: str) -> Any:
-    """``torch.load(weights_only=True)``; for RobRank files the allow-list above is added, nothing else."""
-    import contextlib
+    """``torch.load(weights_only=True)``, with the layout's allow-list of stand-ins (:data:`_HARMLESS`) added."""
     import pickle
 
-    allow = torch.serialization.safe_globals(_HARMLESS) if layout == "robrank" else contextlib.nullcontext()
+    allowed = [(_Record, name) for name in _HARMLESS[layout]]
     try:
-        with allow:
+        with torch.serialization.safe_globals(allowed):
             return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         try:  # names what the file would have run (read from its opcodes, nothing executed)
@@ -232,6 +241,17 @@ def _read_tensors(source: str | os.PathLike, layout: str) -> Any:
                         "state_dict with torch.save(model.state_dict(), path)") from None
     except (OSError, RuntimeError) as e:
         raise UserError(f"cannot read {source} as a torch file: {str(e).splitlines()[0]}") from None
+
+
+def _resnet_keys(state: dict[str, torch.Tensor], prefix: str, what: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """A torchvision-named ResNet under ``prefix`` whose ``fc`` is the embedding layer, as (our backbone id, our
+    state dict): 512 features -> ``resnet18``, 2048 -> ``resnet50``."""
+    arch = {512: "resnet18", 2048: "resnet50"}.get(state[prefix + "fc.weight"].shape[1])
+    if arch is None:
+        raise UserError(f"{what}: a ResNet whose features are neither 512 (ResNet-18) nor 2048 (ResNet-50)")
+    fc = prefix + "fc."
+    return arch, {("head." + k[len(fc):]) if k.startswith(fc) else "trunk." + k[len(prefix):]: v
+                  for k, v in state.items()}
 
 
 def robrank_state_dict(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
@@ -251,12 +271,24 @@ def robrank_state_dict(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, t
             out[_RC2F2_KEYS[prefix] + k[len(prefix):]] = v
         return "c2f2", out
     if "backbone.conv1.weight" in state and "backbone.fc.weight" in state:
-        arch = {512: "resnet18", 2048: "resnet50"}.get(state["backbone.fc.weight"].shape[1])
-        if arch is None:
-            raise UserError("RobRank checkpoint: a ResNet whose features are neither 512 (rres18) nor 2048 (rres50)")
-        return arch, {("head." + k[len("backbone.fc."):]) if k.startswith("backbone.fc.")
-                      else "trunk." + k[len("backbone."):]: v for k, v in state.items()}
+        return _resnet_keys(state, "backbone.", "RobRank checkpoint")
     raise UserError("RobRank checkpoint: no backbone.* weights of rc2f2, rres18 or rres50 found")
+
+
+def mdprop_state_dict(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+    """An MDProp model's ``state_dict`` (Roth et al.'s DML framework, saved through ``nn.DataParallel``) as
+    ``(our backbone id, our state dict)``. Its ResNet uses torchvision's key names with ``fc`` as the embedding
+    layer; every BatchNorm is a triple BN whose ``aux_bn1`` / ``aux_bn2`` (the routes of the two adversarial
+    halves, unused at test time) are left out, keeping the clean route the paper evaluates. MDProp L2-normalises
+    the output and ImageNet-normalises the input in its data pipeline; ours does both in the model and the
+    evaluation, so the embeddings agree."""
+    state = {k: v for k, v in _clean_state_dict(state).items() if ".aux_bn1." not in k and ".aux_bn2." not in k}
+    if "conv1.weight" not in state or "fc.weight" not in state:
+        raise UserError("MDProp checkpoint: no ResNet weights (conv1.*, fc.*) under state_dict")
+    return _resnet_keys(state, "", "MDProp checkpoint")
+
+
+_MAPPERS = {"robrank": robrank_state_dict, "mdprop": mdprop_state_dict}
 
 
 def _fit_problem(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
@@ -277,28 +309,29 @@ def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, bac
                        embedding_dim: int | None = None, key: str | None = None, channels: int | None = None,
                        overwrite: bool = False, layout: str = "state_dict") -> Path:
     """Bring a model trained elsewhere into a checkpoint; nothing is executed while reading
-    (``torch.load(weights_only=True)``, for RobRank files with an allow-list of plain containers).
+    (``torch.load(weights_only=True)``; for RobRank and MDProp files an allow-list of inert stand-ins for the few
+    non-tensor objects they hold).
 
-    ``layout``: ``"state_dict"`` (a flat state dict with our keys, or one nested under ``key``) or ``"robrank"``
-    (a RobRank / PyTorch Lightning checkpoint: its ``state_dict`` is mapped onto our backbones by
-    :func:`robrank_state_dict`, which also names the backbone and the embedding size). ``channels`` defaults to
-    the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a checkpoint folder; it is
+    ``layout``: ``"state_dict"`` (a flat state dict with our keys, or one nested under ``key``), ``"robrank"``
+    (a RobRank / PyTorch Lightning checkpoint, mapped by :func:`robrank_state_dict`) or ``"mdprop"`` (an MDProp
+    checkpoint, mapped by :func:`mdprop_state_dict`); the mappers also name the backbone and the embedding size.
+    ``channels`` defaults to the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a checkpoint folder; it is
     checked before anything is read."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     check_target(out, overwrite)
     obj = _read_tensors(source, layout)
-    if key is not None or layout == "robrank":
+    if key is not None or layout in _MAPPERS:
         key = key or "state_dict"
         if not isinstance(obj, dict) or key not in obj:
             raise UserError(f"{source} has no entry {key!r}" + (
-                "; a RobRank checkpoint holds its weights under state_dict" if layout == "robrank" else ""))
+                f"; a {layout} checkpoint holds its weights under state_dict" if layout in _MAPPERS else ""))
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{source} is not a flat state dict of tensors; pass --key NAME for a nested one")
     state = _clean_state_dict(obj)
-    if layout == "robrank":
-        found, state = robrank_state_dict(state)
+    if layout in _MAPPERS:
+        found, state = _MAPPERS[layout](state)
         if backbone is not None and backbone != found:
             raise UserError(f"{source} holds a {found} model, not {backbone}; drop --backbone or pass {found}")
         backbone = found

@@ -6,15 +6,19 @@ loader order, attacked in batches of the suite's ``batch_size``; each attacked i
 told its gallery index (self). Every random selection of batch ``b`` of attack ``a`` comes from
 ``runtime.generator(seed, a, b)``, so the numbers do not depend on batch order or on how many processes run.
 
-Per-query results are kept in scoring units (``attacks.base``); ``raw[key]`` is their mean over queries, or,
-with ``robrank_compat=True``, the mean of per-batch means as the reference reports (quirk Q4; the other quirks
-Q1-Q3 are switched inside the attacks). Benign ``R@1`` enters ``raw`` as the per-query mean of the same top-1
-test (self excluded by index), so ARS's ratios use exactly the evaluated queries.
+Protocols (:mod:`robustbench_dml.protocols`): every evaluation measures both ``corrected`` and ``robrank``. Each
+attack runs once; GTM and LTM, whose targets the reference's quirks change, run once more with
+``robrank_compat=True`` under the same random selections; ES's quirk is a measurement, taken from the same run.
+Per-query results are kept in scoring units (``attacks.base``); a protocol's ``raw[key]`` is their mean over
+queries (``corrected``) or the mean of per-batch means as the reference reports (``robrank``, quirk Q4). Benign
+``R@1`` enters ``raw`` as the same aggregate of the per-query top-1 test (self excluded by index), so ARS's ratios
+use exactly the evaluated queries. ``robrank_compat=True`` runs the reference's call pattern alone (the
+``robrank`` protocol only), for a like-for-like comparison with its code.
 
 Resumability: with ``state_dir``, each finished attack is written atomically to
-``state_dir/<key>/<attack>.json`` where ``<key>`` hashes (checkpoint sha256, suite hash, seed, overrides,
-robrank_compat); a later call with the same key skips finished attacks and ends with the same numbers (floats
-round-trip exactly through JSON). The device is not part of the key.
+``state_dir/<key>/<attack>.json`` (every protocol's results of that attack) where ``<key>`` hashes (checkpoint
+sha256, suite hash, seed, overrides, measured protocols); a later call with the same key skips finished attacks
+and ends with the same numbers (floats round-trip exactly through JSON). The device is not part of the key.
 
 Sharding: when ``torch.distributed`` is initialised (``torchrun``), batch ``b`` runs on rank ``b % world_size``;
 per-batch results are gathered with ``all_gather_object``, merged by batch index (no duplicates) and only rank 0
@@ -27,9 +31,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,88 +39,15 @@ import torch
 from torch import nn
 
 from attacks.suites import Suite, get_suite
+from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
+from robustbench_dml.files import atomic_write_text
+from robustbench_dml.results import SCHEMA_VERSION, EvaluationResult
 
-SCHEMA_VERSION = 1
-
-
-@dataclass
-class EvaluationResult:
-    """Everything needed to recompute the scores, plus provenance (schema_version 1; the layout is described in
-    ``docs/protocol.md``, The result file)."""
-
-    checkpoint: dict[str, Any]
-    suite: dict[str, Any]
-    seed: int
-    device: str
-    versions: dict[str, str]
-    robrank_compat: bool
-    num_queries: int
-    benign: dict[str, float]
-    raw: dict[str, float]
-    per_query: dict[str, list[float]]
-    success: dict[str, list[bool]]
-    scores: dict[str, Any]
-    schema_version: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def eligible(self) -> bool:
-        return bool(self.suite.get("eligible", False))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        order = ["schema_version", "checkpoint", "suite", "seed", "device", "versions", "robrank_compat",
-                 "num_queries", "benign", "raw", "per_query", "success", "scores", "extra"]
-        return {k: d[k] for k in order}
-
-    def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 1) -> str:
-        """Strict JSON text (NaN/inf, e.g. a skipped NMI, become null), written atomically to ``path`` when given."""
-        text = json.dumps(_finite(self.to_dict()), indent=indent, allow_nan=False)
-        if path is not None:
-            atomic_write_text(Path(path), text)
-        return text
-
-    @classmethod
-    def from_json(cls, source: str | os.PathLike) -> EvaluationResult:
-        """Parse JSON text, or read it from a file path."""
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
-        d = json.loads(text)
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"evaluation result has schema_version {d.get('schema_version')!r}; this version reads "
-                            f"{SCHEMA_VERSION}")
-        d.setdefault("extra", {})
-        fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in fields})
+__all__ = ["EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges", "evaluate", "state_key"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def aggregate(values: Sequence[float], batch_sizes: Sequence[int], robrank_compat: bool = False) -> float:
@@ -151,9 +80,10 @@ def model_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def state_key(checkpoint_sha: str, suite_hash: str, seed: int, overrides: Mapping[str, Any], robrank_compat: bool) -> str:
+def state_key(checkpoint_sha: str, suite_hash: str, seed: int, overrides: Mapping[str, Any],
+              protocols: Sequence[str]) -> str:
     blob = json.dumps({"checkpoint": checkpoint_sha, "suite": suite_hash, "seed": seed, "overrides": dict(overrides),
-                       "robrank_compat": robrank_compat}, sort_keys=True)
+                       "protocols": list(protocols), "state": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -247,6 +177,7 @@ def evaluate(
 
     Overrides of the published suite (``attacks``: a subset of its attack ids; ``max_queries``; ``eps``, which
     replaces the radius of every attack) are recorded and make the result ineligible for a leaderboard.
+    ``robrank_compat``: measure the ``robrank`` protocol alone, in the reference's call pattern (default: both).
     ``data_root``: the test data's folder when ``dataset`` is not given (default: the checkpoint's training one).
     ``knn_backend`` is the gallery's kNN backend; every backend returns the same neighbours (``robustbench_dml.knn``),
     and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores.
@@ -289,57 +220,80 @@ def evaluate(
     ranges = batch_ranges(num_queries, suite_obj.batch_size)
     batch_sizes = [e - s for s, e in ranges]
 
-    key = state_key(ckpt_info["sha256"], suite_obj.hash, seed, overrides, robrank_compat)
+    measured = (P.ROBRANK,) if robrank_compat else P.PROTOCOLS
+    key = state_key(ckpt_info["sha256"], suite_obj.hash, seed, overrides, measured)
     state_path = Path(state_dir) / key if state_dir is not None else None
 
-    per_query: dict[str, list[float]] = {}
-    clean: dict[str, list[float]] = {}  # the same measurements on the unperturbed queries
-    success: dict[str, list[bool]] = {}
     # benign per-query top-1 (self excluded by index), the R@1 that ARS divides by
     q_idx = torch.arange(num_queries, device=gallery.device)
     _, top = gallery.knn(gallery.embeddings[:num_queries], 1, exclude=q_idx)
-    per_query["R@1"] = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
+    r1 = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
+    blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in measured}
 
-    with Progress(show, len(attack_ids) * len(ranges), f"{suite_obj.id}") as bar:
+    def attack_runner(attack_id: str, robrank: bool, bar):
+        entry = suite_obj.attack(attack_id)
+        atk = attack_zoo.create(attack_id, model=model, eps=suite_obj.eps if eps is None else float(eps),
+                                alpha=suite_obj.alpha, steps=suite_obj.steps, robrank_compat=robrank,
+                                **entry.kwargs())
+        local: dict[int, Any] = {}
+        for b, (start, stop) in enumerate(ranges):
+            if b % world != rank:
+                continue
+            images, labels = _query_batch(test_set, start, stop)
+            out = atk(images, labels, gallery, generator=generator(seed, attack_id, b),
+                      query_index=torch.arange(start, stop))
+            local[b] = {"per_query": {k: out.per_query[k].tolist() for k in atk.keys},
+                        "success": out.success.tolist(), "clean": {k: out.clean[k].tolist() for k in atk.keys},
+                        "per_query_robrank": None if out.per_query_robrank is None else
+                        {k: out.per_query_robrank[k].tolist() for k in atk.keys}}
+            bar.advance(f"{attack_id}{' (robrank)' if robrank and len(measured) > 1 else ''} "
+                        f"batch {b + 1}/{len(ranges)}")
+        merged = _gather(local, world)
+        order = range(len(ranges))
+        flat = lambda part, k: [v for b in order for v in merged[b][part][k]]  # noqa: E731
+        block = {"per_query": {k: flat("per_query", k) for k in atk.keys},
+                 "success": [v for b in order for v in merged[b]["success"]],
+                 "clean": {k: flat("clean", k) for k in atk.keys}}
+        if merged and merged[0]["per_query_robrank"] is not None:
+            block["per_query_robrank"] = {k: flat("per_query_robrank", k) for k in atk.keys}
+        return atk, block
+
+    reruns = [a for a in attack_ids if len(measured) > 1 and attack_zoo.ATTACKS.get(a).robrank_quirk == "targets"]
+    with Progress(show, (len(attack_ids) + len(reruns)) * len(ranges), f"{suite_obj.id}") as bar:
         for attack_id in attack_ids:
-            entry = suite_obj.attack(attack_id)
-            atk = attack_zoo.create(attack_id, model=model, eps=suite_obj.eps if eps is None else float(eps),
-                                    alpha=suite_obj.alpha, steps=suite_obj.steps, robrank_compat=robrank_compat,
-                                    **entry.kwargs())
-            done = _load_state(state_path, attack_id, num_queries) if state_path is not None else None
+            done = _load_state(state_path, attack_id, num_queries, measured) if state_path is not None else None
             if done is None:
-                local: dict[int, Any] = {}
-                for b, (start, stop) in enumerate(ranges):
-                    if b % world != rank:
-                        continue
-                    images, labels = _query_batch(test_set, start, stop)
-                    out = atk(images, labels, gallery, generator=generator(seed, attack_id, b),
-                              query_index=torch.arange(start, stop))
-                    local[b] = ({k: out.per_query[k].tolist() for k in atk.keys}, out.success.tolist(),
-                                {k: out.clean[k].tolist() for k in atk.keys})
-                    bar.advance(f"{attack_id} batch {b + 1}/{len(ranges)}")
-                merged = _gather(local, world)
-                done = {"per_query": {k: [v for b in range(len(ranges)) for v in merged[b][0][k]] for k in atk.keys},
-                        "success": [s for b in range(len(ranges)) for s in merged[b][1]],
-                        "clean": {k: [v for b in range(len(ranges)) for v in merged[b][2][k]] for k in atk.keys}}
+                atk, first = attack_runner(attack_id, measured[0] == P.ROBRANK, bar)
+                done = {measured[0]: first}
+                if len(measured) > 1:
+                    if atk.robrank_quirk == "targets":
+                        done[P.ROBRANK] = attack_runner(attack_id, True, bar)[1]
+                    elif atk.robrank_quirk == "measure":
+                        done[P.ROBRANK] = {**first, "per_query": first["per_query_robrank"]}
+                    else:
+                        done[P.ROBRANK] = first
+                done = {p: {k: b[k] for k in ("per_query", "success", "clean")} for p, b in done.items()}
                 if state_path is not None and rank == 0:
                     _save_state(state_path, attack_id, num_queries, done)
             else:
-                for _ in ranges:
+                for _ in range(len(ranges) * (1 + (attack_id in reruns))):
                     bar.advance(f"{attack_id} (resumed)")
-            per_query.update(done["per_query"])
-            clean.update(done.get("clean", {}))
-            success[attack_id] = done["success"]
+            for p in measured:
+                blocks[p]["per_query"].update(done[p]["per_query"])
+                blocks[p]["clean"].update(done[p]["clean"])
+                blocks[p]["success"][attack_id] = done[p]["success"]
 
-    raw = {k: aggregate(v, batch_sizes, robrank_compat) for k, v in per_query.items()}
-    scores = _scores(raw, per_query, success, seed, scoring)
+    for p, block in blocks.items():
+        compat = p == P.ROBRANK
+        block["raw"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["per_query"].items()}
+        block["clean"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["clean"].items()}
+        block["scores"] = _scores(block["raw"], block["per_query"], block["success"], seed, scoring)
     return EvaluationResult(
         checkpoint=ckpt_info,
         suite={"id": suite_obj.id, "version": suite_obj.version, "hash": suite_obj.hash, "params": suite_obj.params,
                "overrides": overrides, "eligible": eligible},
         seed=int(seed), device=str(dev), versions=versions(), robrank_compat=bool(robrank_compat),
-        num_queries=num_queries, benign=dict(benign), raw=raw, per_query=per_query, success=success, scores=scores,
-        extra={"clean": {k: aggregate(v, batch_sizes, robrank_compat) for k, v in clean.items()}},
+        num_queries=num_queries, benign=dict(benign), protocols=blocks,
     )
 
 
@@ -359,7 +313,7 @@ def _scores(raw, per_query, success, seed, scoring) -> dict[str, Any]:
     return out
 
 
-def _load_state(path: Path, attack_id: str, num_queries: int) -> dict | None:
+def _load_state(path: Path, attack_id: str, num_queries: int, measured: Sequence[str]) -> dict | None:
     f = path / _attack_file(attack_id)
     if not f.is_file():
         return None
@@ -367,11 +321,12 @@ def _load_state(path: Path, attack_id: str, num_queries: int) -> dict | None:
         d = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # a damaged state file is recomputed
-    if d.get("attack") != attack_id or d.get("num_queries") != num_queries:
+    if d.get("attack") != attack_id or d.get("num_queries") != num_queries or \
+            not isinstance(d.get("protocols"), dict) or sorted(d["protocols"]) != sorted(measured):
         return None
-    return {"per_query": d["per_query"], "success": d["success"], "clean": d.get("clean", {})}
+    return d["protocols"]
 
 
 def _save_state(path: Path, attack_id: str, num_queries: int, done: dict) -> None:
     atomic_write_text(path / _attack_file(attack_id),
-                      json.dumps({"attack": attack_id, "num_queries": num_queries, **done}))
+                      json.dumps({"attack": attack_id, "num_queries": num_queries, "protocols": done}))

@@ -33,7 +33,7 @@ from robustbench_dml.config import PRESETS, TrainConfig
 from robustbench_dml.datasets.base import stratified_subset
 from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
-from robustbench_dml.evaluation import atomic_write_text
+from robustbench_dml.files import atomic_write_text
 from robustbench_dml.leaderboard.records import atomic_write_bytes
 from robustbench_dml.progress import Progress
 from robustbench_dml.runtime import deterministic, generator, resolve_device, seed_everything, set_threads

@@ -101,7 +101,51 @@ def test_leaderboard_show_without_board_is_one_line(tmp_path, capsys):
 
 
 def test_leaderboard_show_reference_rows(tmp_path, capsys):
-    assert main(["leaderboard", "show", "--dataset", "cub", "--leaderboard-dir", str(tmp_path)]) == 0
+    # the papers' rows hold the robrank protocol: the default (corrected) view has nothing and says where to look
+    assert main(["leaderboard", "show", "--dataset", "cub", "--leaderboard-dir", str(tmp_path)]) == 2
+    assert "--protocol robrank" in _err_line(capsys)
+    assert main(["leaderboard", "show", "--dataset", "cub", "--protocol", "robrank",
+                 "--leaderboard-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("Protocol: robrank (")
     assert "CA-TRIDE" in out or "ca_tride" in out
     assert "51.6" in out  # the CA-TRIDE paper's ARS on CUB
+
+
+def test_one_evaluation_writes_both_protocols_and_tables_never_mix_them(tmp_path, capsys, shared_data):
+    """evaluate measures corrected and robrank in one run; compare names the protocol it shows and puts the
+    papers' (robrank) rows only beside robrank numbers."""
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
+                         {"dataset": "fashion", "defense": "vanilla"})
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--checkpoint", str(ck), "--data-root", str(shared_data / "fashion-mnist"),
+                 "--max-queries", "4", "--attacks", "CA+,ES,GTM", "--json", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "corrected: ERS" in printed and "robrank: ERS" in printed
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 2 and sorted(data["protocols"]) == ["corrected", "robrank"]
+    c, r = data["protocols"]["corrected"], data["protocols"]["robrank"]
+    assert c["per_query"]["CA+"] == r["per_query"]["CA+"] and c["per_query"]["ES:D"] != r["per_query"]["ES:D"]
+
+    assert main(["compare", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("Protocol: corrected (") and "(paper)" not in shown
+    assert main(["compare", str(out), "--reference"]) == 2            # corrected numbers beside the papers': never
+    assert "--protocol robrank" in _err_line(capsys)
+    assert main(["compare", str(out), "--reference", "--protocol", "robrank", "--format", "csv"]) == 0
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 1 + 3                                         # ours and RobRank's three Fashion rows
+    assert {row["protocol"] for row in rows} == {"robrank"} and sum("(paper)" in row["by"] for row in rows) == 3
+    # a result measured with --robrank-compat holds robrank only: asking for corrected says so in one line
+    compat = tmp_path / "compat.json"
+    assert main(["evaluate", "--checkpoint", str(ck), "--data-root", str(shared_data / "fashion-mnist"),
+                 "--max-queries", "4", "--attacks", "GTM", "--robrank-compat", "--json", str(compat),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert list(json.loads(compat.read_text())["protocols"]) == ["robrank"]
+    assert main(["compare", str(compat)]) == 2
+    assert "--protocol robrank" in _err_line(capsys)

@@ -13,7 +13,7 @@ def test_rob28_breaks_an_undefended_digits_model(tmp_path):
     summary = train(TrainConfig(dataset="digits", epochs=2, embedding_dim=64, device="cpu", seed=0), tmp_path / "run")
     assert summary.benign_r1 > 90
     result = evaluate(summary.checkpoint, ROB28, max_queries=128, device="cpu", benign_nmi=False)
-    raw, clean = result.raw, result.extra["clean"]
+    raw, clean = result.raw, result.clean
     # clean reference levels
     assert 40 < clean["CA+"] < 60 and 40 < clean["QA+"] < 60
     assert clean["CA-"] < 3 and clean["QA-"] < 3 and clean["GTT"] == 100 and clean["ES:D"] == 0

@@ -41,26 +41,70 @@ def base(model, digits):
 def test_result_layout_and_json_round_trip(base, model, tmp_path):
     d = json.loads(base.to_json())
     for k in ("schema_version", "checkpoint", "suite", "seed", "device", "versions", "robrank_compat", "num_queries",
-              "benign", "raw", "per_query", "success", "scores"):
+              "benign", "protocols"):
         assert k in d
-    assert d["schema_version"] == 1 and d["num_queries"] == NQ
-    assert set(d["raw"]) == {"CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT", "R@1"}
-    assert set(d["per_query"]) == set(d["raw"])
-    assert set(d["success"]) == set(ROB28.attack_ids)
-    assert all(len(v) == NQ for v in d["per_query"].values()) and all(len(v) == NQ for v in d["success"].values())
-    for k, v in d["per_query"].items():
-        assert d["raw"][k] == pytest.approx(sum(v) / NQ)
+    assert d["schema_version"] == 2 and d["num_queries"] == NQ and d["robrank_compat"] is False
+    assert list(d["protocols"]) == ["corrected", "robrank"]  # every evaluation measures both
+    sizes = [16, 16, 8]
+    for name, block in d["protocols"].items():
+        assert set(block) == {"raw", "per_query", "success", "scores", "clean"}
+        assert set(block["raw"]) == {"CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT", "R@1"}
+        assert set(block["per_query"]) == set(block["raw"])
+        assert set(block["success"]) == set(ROB28.attack_ids)
+        assert all(len(v) == NQ for v in block["per_query"].values())
+        assert all(len(v) == NQ for v in block["success"].values())
+        for k, v in block["per_query"].items():
+            if name == "corrected":
+                assert block["raw"][k] == pytest.approx(sum(v) / NQ)
+            else:  # Q4: the mean of the per-batch means
+                parts = [v[:16], v[16:32], v[32:]]
+                assert block["raw"][k] == pytest.approx(sum(sum(p) / n for p, n in zip(parts, sizes)) / 3)
+        s = block["scores"]
+        assert s["ERS"] is not None and s["ERS_ci"][0] <= s["ERS"] <= s["ERS_ci"][1]
+        assert s["ARS"] is not None and 0 <= s["worst_case"] <= 100
+    # the plain attributes show the default protocol
+    assert base.raw == d["protocols"]["corrected"]["raw"] and base.protocol == "corrected"
     assert d["suite"]["hash"] == SMALL.hash and d["suite"]["overrides"] == {"eps": None, "attacks": None,
                                                                           "max_queries": NQ}
     assert d["suite"]["eligible"] is False  # max_queries is an override
     assert d["checkpoint"]["sha256"] == evaluation.model_sha256(model) and d["checkpoint"]["path"] is None
-    s = d["scores"]
-    assert s["ERS"] is not None and s["ERS_ci"][0] <= s["ERS"] <= s["ERS_ci"][1]
-    assert s["ARS"] is not None and 0 <= s["worst_case"] <= 100
     again = EvaluationResult.from_json(base.to_json(tmp_path / "r.json"))
     assert again.to_json() == base.to_json()
     assert again.raw == base.raw and again.per_query == base.per_query
-    assert EvaluationResult.from_json(tmp_path / "r.json").raw == base.raw
+    assert EvaluationResult.from_json(tmp_path / "r.json").block("robrank") == base.block("robrank")
+
+
+def test_protocols_differ_only_where_the_quirks_act(base):
+    c, r = base.block("corrected"), base.block("robrank")
+    for k in ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:R", "GTT", "R@1"):  # no quirk: the same run, the same values
+        assert c["per_query"][k] == r["per_query"][k]
+    # Q1: one ES run, ES:D measured after the last step vs one step early (2 steps: after the first), so smaller
+    assert all(a > b for a, b in zip(c["per_query"]["ES:D"], r["per_query"]["ES:D"]))
+    # Q2/Q3 change the targets of GTM and LTM (each ran twice): some queries end differently
+    for k in ("GTM", "LTM"):
+        assert c["per_query"][k] != r["per_query"][k]
+
+
+def test_both_protocols_run_equals_the_reference_call_pattern_alone(model, digits, base):
+    alone = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
+                     robrank_compat=True)
+    assert alone.robrank_compat and list(alone.protocols) == ["robrank"] and alone.protocol == "robrank"
+    assert alone.block("robrank") == base.block("robrank")
+    with pytest.raises(UserError, match="without --robrank-compat"):
+        alone.block("corrected")
+
+
+def test_version_1_results_load_as_their_one_protocol(base):
+    d = json.loads(base.to_json())
+    block = d.pop("protocols")["robrank"]
+    v1 = {**d, "schema_version": 1, "robrank_compat": True, **{k: block[k] for k in ("raw", "per_query", "success",
+                                                                                    "scores")},
+          "extra": {"clean": block["clean"]}}
+    old = EvaluationResult.from_dict(v1)
+    assert list(old.protocols) == ["robrank"] and old.block("robrank") == base.block("robrank")
+    assert list(EvaluationResult.from_dict({**v1, "robrank_compat": False}).protocols) == ["corrected"]
+    with pytest.raises(UserError, match="schema_version 7"):
+        EvaluationResult.from_dict({**v1, "schema_version": 7})
 
 
 def test_benign_r1_matches_metrics(model, digits):
@@ -78,10 +122,10 @@ def test_eps_zero_leaves_every_result_clean(model, digits, base):
     assert raw["ES:D"] == 0.0 and raw["GTT"] == 100.0
     assert raw["ES:R"] == raw["LTM"] == raw["GTM"] == raw["R@1"]
     assert r.scores["worst_case"] == 0.0
-    # every result equals the same measurement on the clean queries (kept in extra["clean"])
-    assert set(r.extra["clean"]) == set(raw) - {"R@1"}
-    assert all(raw[k] == pytest.approx(v, abs=1e-9) for k, v in r.extra["clean"].items())
-    assert base.extra["clean"] == pytest.approx(r.extra["clean"])  # clean values do not depend on eps
+    # every result equals the same measurement on the clean queries (kept in each protocol's "clean")
+    assert set(r.clean) == set(raw) - {"R@1"}
+    assert all(raw[k] == pytest.approx(v, abs=1e-9) for k, v in r.clean.items())
+    assert base.clean == pytest.approx(r.clean)  # clean values do not depend on eps
     # the attacks at eps 0.1 move every result in the attacker's direction
     b = base.raw
     assert b["CA+"] < raw["CA+"] and b["QA+"] < raw["QA+"] and b["CA-"] > raw["CA-"] and b["QA-"] > raw["QA-"]
@@ -113,6 +157,7 @@ def test_resume_skips_finished_attacks_and_gives_the_same_numbers(model, digits,
     first = evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
     (state,) = list(tmp_path.iterdir())
     assert sorted(p.name for p in state.iterdir()) == ["CAminus.json", "GTT.json", "QAplus.json"]
+    assert set(json.loads((state / "GTT.json").read_text())["protocols"]) == {"corrected", "robrank"}
     (state / "GTT.json").unlink()  # "interrupted" before GTT finished
 
     def boom(*a, **k):
@@ -135,17 +180,6 @@ def test_q4_aggregation_mean_of_batch_means():
     values = [float(b) for b, n in enumerate(sizes) for _ in range(n)]
     assert aggregate(values, sizes, robrank_compat=True) == pytest.approx(3.5)  # mean of 0..7
     assert aggregate(values, sizes) == pytest.approx((128 * 21 + 104 * 7) / 1000)
-
-
-def test_robrank_compat_raw_is_mean_of_batch_means(model, digits, base):
-    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
-                 robrank_compat=True, attacks=["CA+", "ES"])
-    assert r.robrank_compat
-    pq = r.per_query["CA+"]
-    assert pq == base.per_query["CA+"]  # CA has no quirk: same per-query values
-    assert r.raw["CA+"] == pytest.approx((sum(pq[:16]) / 16 + sum(pq[16:32]) / 16 + sum(pq[32:]) / 8) / 3)
-    assert r.raw["CA+"] != pytest.approx(sum(pq) / NQ, abs=1e-12) or len(set(pq)) == 1
-    assert r.per_query["ES:D"] != base.per_query["ES:D"]  # Q1: ES:D at iterate T-1
 
 
 def test_sharded_ranks_gather_to_the_single_process_result(model, digits, base, monkeypatch):

@@ -27,28 +27,35 @@ from robustbench_dml.leaderboard.tables import best_marks, table_frame
 SUITE_HASH = hashlib.sha256(b"rob28-v1").hexdigest()
 
 
-def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits") -> dict:
-    """A synthetic evaluation result in the layout of docs/protocol.md; model i gets distinct numbers."""
+def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits", protocols=("corrected",)) -> dict:
+    """A synthetic evaluation result in the layout of docs/protocol.md; model i gets distinct numbers, and the
+    robrank protocol's GTM/LTM/ES:D differ from the corrected ones as the quirks make them."""
     rng = np.random.default_rng(i)
     raw = {"CA+": 10 + 3 * i, "CA-": 60 - 4 * i, "QA+": 8 + 2 * i, "QA-": 55 - 3 * i, "TMA": 0.8 - 0.05 * i,
            "ES:D": 0.9 - 0.05 * i, "ES:R": 20 + i, "LTM": 15 + i, "GTM": 25 + 2 * i, "GTT": 1.0 + i, "R@1": 90.0 - i}
     raw = {k: float(v + rng.uniform(0, 0.01)) for k, v in raw.items()}
-    # per-query results whose means are the raw values (half the queries 1 below, half 1 above)
-    per_query = {k: [v - 1.0, v + 1.0] * 32 for k, v in raw.items()}
+    blocks = {}
+    for p in protocols:
+        r = dict(raw) if p == "corrected" else {**raw, "GTM": raw["GTM"] + 30, "LTM": raw["LTM"] + 10,
+                                                 "ES:D": raw["ES:D"] / 2}
+        # per-query results whose means are the raw values (half the queries 1 below, half 1 above)
+        per_query = {k: [v - 1.0, v + 1.0] * 32 for k, v in r.items()}
+        blocks[p] = {"raw": r, "per_query": per_query, "clean": {},
+                     "success": {"CA+": [j % 8 == 0 for j in range(64)], "GTT": [bool(j % (i + 2)) for j in range(64)]},
+                     "scores": {"ERS": scoring.ers(r), "ARS": scoring.ars(r),
+                                "ERS_ci": list(scoring.bootstrap_ci(per_query, score="ERS", seed=0)),
+                                "ARS_ci": list(scoring.bootstrap_ci(per_query, score="ARS", seed=0))}}
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "checkpoint": {"sha256": hashlib.sha256(f"model-{i}".encode()).hexdigest(), "path": f"runs/m{i}",
                        "meta": {"dataset": dataset, "backbone": "c2f2", "defense": "ca_tride",
                                 "defense_config": {"lam": 10.0, "threat": {"eps": 0.3, "steps": 16}}}},
         "suite": {"id": "rob28", "version": 1, "hash": SUITE_HASH, "params": {},
                   "overrides": {"eps": None, "attacks": None, "max_queries": None}, "eligible": eligible},
         "seed": 0, "device": "cpu", "versions": {"robustbench_dml": "0.1.0", "torch": "2"},
-        "robrank_compat": False, "num_queries": 64,
+        "robrank_compat": protocols == ("robrank",), "num_queries": 64,
         "benign": {"R@1": raw["R@1"], "R@2": 95.0, "mAP": 70.0 + i, "MAP@R": 60.0, "mAP@10": 80.0, "NMI": 75.0},
-        "raw": raw, "per_query": per_query,
-        "scores": {"ERS": scoring.ers(raw), "ARS": scoring.ars(raw),
-                   "ERS_ci": list(scoring.bootstrap_ci(per_query, score="ERS", seed=0)),
-                   "ARS_ci": list(scoring.bootstrap_ci(per_query, score="ARS", seed=0)), "worst_case": 80.0 - i},
+        "protocols": blocks,
     }
 
 
@@ -65,18 +72,84 @@ def test_record_from_evaluation_fields():
     assert (rec.dataset, rec.suite_id, rec.suite_version, rec.backbone, rec.defense) == \
         ("digits", "rob28", 1, "c2f2", "ca_tride")
     assert rec.steps == 16 and rec.seed == 0 and rec.device == "cpu" and rec.eligible and not rec.reported
-    assert rec.ers == pytest.approx(scoring.ers(ev["raw"])) and rec.ars == pytest.approx(scoring.ars(ev["raw"]))
-    assert rec.ca_minus == ev["raw"]["CA-"] and rec.r1 == ev["benign"]["R@1"] and rec.nmi == 75.0
+    block = ev["protocols"]["corrected"]
+    raw = block["raw"]
+    assert rec.ers == pytest.approx(scoring.ers(raw)) and rec.ars == pytest.approx(scoring.ars(raw))
+    assert rec.scores().ca_minus == raw["CA-"] and rec.r1 == ev["benign"]["R@1"] and rec.nmi == 75.0
     assert json.loads(rec.defense_config)["lam"] == 10.0
-    assert (rec.ers_lo, rec.ars_hi, rec.worst_case) == (ev["scores"]["ERS_ci"][0], ev["scores"]["ARS_ci"][1], 78.0)
+    s = rec.scores("corrected")
+    # intervals re-derived from the per-query results; the worst case from the successes: query j is broken by
+    # GTT when j % 4 != 0 (48 of 64) or by CA+ when j % 8 == 0 (8 more): 56 of 64
+    assert (s.ers_lo, s.ars_hi) == (block["scores"]["ERS_ci"][0], block["scores"]["ARS_ci"][1])
+    assert s.worst_case == 87.5
     # JSON round trip
     again = Record.from_json_dict(json.loads(rec.to_json()))
     assert again == rec
 
 
+def test_per_threat_worst_cases_are_derived_from_the_successes():
+    ev = make_eval(1)
+    block = ev["protocols"]["corrected"]
+    T, F = True, False
+    pattern = {"CA+": [T, F, F, F], "CA-": [F, F, F, T], "QA+": [F, F, F, F], "QA-": [F, T, F, F],
+               "ES": [F, F, F, F], "LTM": [T, F, F, F], "GTM": [F, F, F, T], "GTT": [T, T, T, T]}
+    block["success"] = {k: v * 16 for k, v in pattern.items()}
+    block["per_query"]["R@1"] = [100.0, 100.0, 0.0, 100.0] * 16     # query 2's clean top-1 is already wrong
+    block["scores"]["ERS_ci"] = block["scores"]["ARS_ci"] = None
+    s = Record.from_evaluation(ev, submitter="x").scores()
+    assert s.worst_case == 100.0                                      # GTT breaks everything: ranks nothing
+    assert (s.wc_candidate, s.wc_query) == (50.0, 25.0)               # queries {0, 3} and {1}
+    assert s.wc_recall == pytest.approx(100 * 0.5 / 0.75)             # {0, 3} of the 3 correct ones
+    row = Record.from_evaluation(ev, submitter="x").rows()[0]
+    assert (row["WC:candidate"], row["WC:query"]) == (50.0, 25.0)
+    block["scores"]["worst_case"] = 80.0                              # an edited worst case is refused
+    with pytest.raises(UserError, match="worst_case"):
+        Record.from_evaluation(ev, submitter="x")
+
+
+def test_record_carries_both_protocols_and_rows_name_them():
+    ev = make_eval(2, protocols=("corrected", "robrank"))
+    rec = Record.from_evaluation(ev, submitter="alice", created="2025-01-02")
+    assert list(rec.protocols) == ["corrected", "robrank"] and rec.protocol == "corrected"
+    for p in ("corrected", "robrank"):
+        raw = ev["protocols"][p]["raw"]
+        assert rec.scores(p).ars == pytest.approx(scoring.ars(raw)) and rec.scores(p).gtm == raw["GTM"]
+    assert rec.scores("robrank").ars > rec.scores("corrected").ars   # the quirks flatter GTM and LTM
+    rows = rec.rows()
+    assert [r["protocol"] for r in rows] == ["corrected", "robrank"]
+    assert rows[0]["GTM"] == ev["protocols"]["corrected"]["raw"]["GTM"]
+    assert rows[1]["GTM"] == ev["protocols"]["robrank"]["raw"]["GTM"]
+    assert rows[0]["R@1"] == rows[1]["R@1"] == ev["benign"]["R@1"]
+    assert Record.from_json_dict(json.loads(rec.to_json())) == rec
+    frame = records_mod.records_to_frame([rec])
+    assert frame["protocol"].tolist() == ["robrank", "corrected"]          # ARS desc
+    edited = make_eval(2, protocols=("corrected", "robrank"))
+    edited["protocols"]["robrank"]["scores"]["ARS"] += 1                   # an edit in either block is refused
+    with pytest.raises(UserError, match="robrank protocol"):
+        Record.from_evaluation(edited, submitter="x")
+
+
+def test_version_1_records_and_results_read_as_their_one_protocol(tmp_path):
+    rec = make_record(1)
+    v1 = {k: v for k, v in rec.to_json_dict().items() if k != "protocols"}
+    v1.update(rec.scores().to_json_dict(), r1=rec.r1, schema_version=1, robrank_compat=True)
+    path = tmp_path / f"{rec.record_id}.json"
+    path.write_text(json.dumps(v1))
+    old = read_record(path)
+    assert list(old.protocols) == ["robrank"] and old.scores("robrank") == rec.scores("corrected")
+    path.write_text(json.dumps({**v1, "robrank_compat": False}))
+    assert read_record(path) == rec
+    # a version 1 evaluation result: one protocol at the top level
+    ev = make_eval(1)
+    block = ev.pop("protocols")["corrected"]
+    ev.update(schema_version=1, raw=block["raw"], per_query=block["per_query"], success=block["success"],
+              scores=block["scores"])
+    assert Record.from_evaluation(ev, submitter="user1", created="2025-01-01") == rec
+
+
 def test_record_refuses_edited_scores_and_bad_input():
     ev = make_eval(1)
-    ev["scores"]["ERS"] += 0.5
+    ev["protocols"]["corrected"]["scores"]["ERS"] += 0.5
     with pytest.raises(UserError, match="does not match its raw results"):
         Record.from_evaluation(ev, submitter="x")
     ev = make_eval(1)
@@ -100,7 +173,8 @@ def test_damaged_record_file_names_the_file(tmp_path):
     cases = {
         "truncated": good[: len(good) // 2],
         "nan": good.replace(f'"ers": {json.dumps(rec.ers)}', '"ers": NaN'),
-        "schema": good.replace('"schema_version": 1', '"schema_version": 99'),
+        "schema": good.replace('"schema_version": 2', '"schema_version": 99'),
+        "protocol": good.replace('"corrected": {', '"robrank2": {'),
         "type": good.replace('"eligible": true', '"eligible": "yes"'),
         "missing": json.dumps({k: v for k, v in json.loads(good).items() if k != "dataset"}),
     }
@@ -338,9 +412,9 @@ def test_shipped_reference_leaderboard_matches_code():
 
 
 # ---- tables ------------------------------------------------------------------------------------------------------
-def _board(tmp_path) -> tuple[pd.DataFrame, list[Record]]:
+def _board(tmp_path, protocols=("corrected",)) -> tuple[pd.DataFrame, list[Record]]:
     store = LeaderboardStore(tmp_path)
-    recs = [make_record(i) for i in (0, 1, 4)]
+    recs = [make_record(i, protocols=protocols) for i in (0, 1, 4)]
     store.add_records(recs)
     return store.load("digits", "rob28"), recs
 
@@ -366,11 +440,14 @@ def test_render_markdown_latex_html(tmp_path):
     df, recs = _board(tmp_path)
     df.loc[0, "defense"] = "HM[S,LGA]&ICS_v2 50%"
     md = render(df, "md", highlight_record_id=recs[1].record_id)
-    lines = md.strip().splitlines()
+    caption, blank, *lines = md.strip().splitlines()
+    assert caption.startswith("Protocol: corrected (") and blank == ""
     assert lines[0].startswith("| # | Defense") and "| ERS | ARS |" in lines[0]
     assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines[2:])
     assert "→" in lines[3] and f"**{df.loc[0, 'ARS']:.1f}**" in lines[2]
     tex = render(df, "latex", standalone=True)
+    assert "Protocol: corrected" in tex
+    assert render(df, "latex").startswith("% Protocol: corrected")
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"\usepackage{booktabs}" in tex and r"HM[S,LGA]\&ICS\_v2 50\%" in tex
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
@@ -378,7 +455,7 @@ def test_render_markdown_latex_html(tmp_path):
     assert all(row.count(" & ") == len(ncols) - 1 and row.endswith(r"\\") for row in body)
     page = render(df, "html", highlight_record_id=recs[0].record_id, title="digits <rob28>")
     _check_html(page)
-    assert "digits &lt;rob28&gt;" in page and 'class="highlight"' in page and "HM[S,LGA]&amp;ICS" in page
+    assert "digits &lt;rob28&gt;; Protocol: corrected" in page and 'class="highlight"' in page and "HM[S,LGA]&amp;ICS" in page
     with pytest.raises(ValueError, match="format"):
         render(df, "xlsx")
     terms = render(df, "md", values="terms", columns=("TMA", "ES:D", "ARS"))
@@ -423,7 +500,7 @@ def _check_html(page: str, rows: bool = True) -> None:
 
 
 def test_csv_reads_back_unchanged(tmp_path):
-    df, _ = _board(tmp_path)
+    df, _ = _board(tmp_path, protocols=("robrank",))
     both = frames_concat([df, reference_frame("cub")])
     text = render(both, "csv")
     back = pd.read_csv(io.StringIO(text))
@@ -433,6 +510,26 @@ def test_csv_reads_back_unchanged(tmp_path):
     pd.testing.assert_frame_equal(back[numeric], expected[numeric])
     assert back["defense"].tolist() == expected["defense"].tolist()
     assert back["record_id"].tolist() == both["record_id"].tolist()
+    assert set(back["protocol"]) == {"robrank"}
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "latex", "html"])
+def test_a_corrected_row_is_never_placed_beside_published_rows(tmp_path, fmt):
+    board, recs = _board(tmp_path, protocols=("corrected", "robrank"))
+    assert set(board["protocol"]) == {"corrected", "robrank"}           # the store holds both protocols
+    with pytest.raises(UserError, match="mix the corrected and robrank protocols"):
+        render(frames_concat([board, reference_frame("cub")]), fmt)      # the papers' rows are robrank rows
+    with pytest.raises(UserError, match="mix"):
+        render(board, fmt)                                               # and so are a record's two rows
+    corrected = board[board["protocol"] == "corrected"]
+    with pytest.raises(UserError, match="mix"):
+        render(frames_concat([corrected, reference_frame("cub").head(1)]), fmt)
+    with pytest.raises(UserError, match="mix"):
+        plot_resistance(frames_concat([corrected, reference_frame("cub")]), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+    robrank = board[board["protocol"] == "robrank"]
+    text = render(frames_concat([robrank, reference_frame("cub")]), fmt)
+    assert "51.6" in text                                                # CA-TRIDE's published ARS, beside ours
 
 
 # ---- plots -------------------------------------------------------------------------------------------------------
@@ -442,12 +539,13 @@ def _is_png(path: Path) -> bool:
 
 
 def test_plots_write_pngs(tmp_path):
-    df, _ = _board(tmp_path)
+    df, _ = _board(tmp_path, protocols=("robrank",))
     rows = frames_concat([df, reference_frame("cub").head(2)])
     assert _is_png(plot_resistance(rows, tmp_path / "res.png"))
     assert _is_png(plot_resistance(rows, tmp_path / "res_ers.png", score="ERS"))
-    curves = {f"model {i}": [(e / 255, make_eval(i + e)["raw"]) for e in (0, 8, 16)] for i in range(2)}
-    assert _is_png(plot_eps_curve(curves, tmp_path / "eps.png"))
+    curves = {f"model {i}": [(e / 255, make_eval(i + e)["protocols"]["corrected"]["raw"]) for e in (0, 8, 16)]
+              for i in range(2)}
+    assert _is_png(plot_eps_curve(curves, tmp_path / "eps.png", protocol="corrected"))
     assert _is_png(plot_eps_curve(curves, tmp_path / "eps_ca.png", key="CA+"))
     with pytest.raises(ValueError, match="XYZ"):
         plot_eps_curve(curves, tmp_path / "bad.png", key="XYZ")

@@ -175,7 +175,7 @@ def test_convert_never_deletes_a_user_folder_and_overwrites_only_its_own_checkpo
 def _eval(i: int) -> dict:
     from test_leaderboard import make_eval
 
-    return make_eval(i)
+    return make_eval(i, protocols=("corrected", "robrank"))
 
 
 def test_a_falsified_score_is_never_published(tmp_path):
@@ -184,7 +184,7 @@ def test_a_falsified_score_is_never_published(tmp_path):
     store.add_record(a)
     path = store.record_path(a)
     data = json.loads(path.read_text())
-    data["ers"] = 50.0  # the true value is about 30
+    data["protocols"]["robrank"]["ers"] = 50.0  # the true value is about 30
     path.write_text(json.dumps(data))
     b = Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01")
     with pytest.raises(UserError, match="does not match the manifest|not what its raw"):
@@ -201,7 +201,8 @@ def test_a_falsified_score_is_never_published(tmp_path):
     from robustbench_dml.leaderboard import build_reference_store
 
     assert build_reference_store(tmp_path / "reference")
-    data.update(ers=a.ers, reported=True)
+    data["protocols"]["robrank"]["ers"] = a.scores("robrank").ers
+    data.update(reported=True)
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="reported"):
         store.rebuild("digits", "rob28")
@@ -209,7 +210,7 @@ def test_a_falsified_score_is_never_published(tmp_path):
 
 def test_an_edited_interval_is_refused():
     ev = _eval(3)
-    ev["scores"]["ERS_ci"] = [0.0, 99.0]
+    ev["protocols"]["robrank"]["scores"]["ERS_ci"] = [0.0, 99.0]
     with pytest.raises(UserError, match="interval"):
         Record.from_evaluation(ev, submitter="x")
 
@@ -319,6 +320,37 @@ def test_sigint_stops_training_with_one_line_and_resume_gives_the_same_weights(t
     assert resumed.returncode == 0
     assert read_meta(tmp_path / "cut" / "checkpoint")["weights_sha256"] == \
         read_meta(tmp_path / "full" / "checkpoint")["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_sigint_stops_an_evaluation_with_one_line_and_rerunning_resumes_to_the_same_numbers(tmp_path):
+    import signal
+    import time
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
+                         {"dataset": "digits", "defense": "vanilla"})
+    base = [sys.executable, "-m", "robustbench_dml.cli.main", "evaluate", "--checkpoint", str(ck), "--max-queries",
+            "96", "--attacks", "CA+,QA+,TMA,GTT", "--device", "cpu"]
+    full = subprocess.run(base + ["--json", str(tmp_path / "a" / "r.json")], capture_output=True, timeout=600)
+    assert full.returncode == 0, full.stderr.decode()[-500:]
+    out = tmp_path / "b" / "r.json"
+    proc = subprocess.Popen(base + ["--json", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    state = tmp_path / "b" / "state"
+    deadline = time.time() + 300
+    while not list(state.glob("*/*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.decode().strip().splitlines() == ["dmlbench: interrupted"], \
+        err.decode()[-500:]
+    finished = sorted(p.name for p in state.glob("*/*.json"))
+    assert finished and len(finished) < 4 and not out.exists()       # stopped part-way; no result written
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]       # no temp file left behind
+    again = subprocess.run(base + ["--json", str(out)], capture_output=True, timeout=600)
+    assert again.returncode == 0, again.stderr.decode()[-500:]
+    a, b = (json.loads(p.read_text()) for p in (tmp_path / "a" / "r.json", out))
+    assert a["protocols"] == b["protocols"] and a["benign"] == b["benign"]
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robustbench_dml.cli.leaderboard import FORMATS, emit
+from robustbench_dml import protocols as P
+from robustbench_dml.cli.leaderboard import FORMATS, add_columns, add_protocol, emit, parse_columns
 from robustbench_dml.errors import UserError
 
 
@@ -19,7 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=FORMATS, default="md")
     p.add_argument("--output")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    p.add_argument("--reference", action="store_true", help="add the papers' published rows for the dataset")
+    p.add_argument("--reference", action="store_true",
+                   help="add the papers' published rows for the dataset (needs --protocol robrank)")
+    add_protocol(p)
+    add_columns(p)
     p.set_defaults(func=run)
 
 
@@ -38,7 +42,8 @@ def find_result(path: Path, suite: str | None) -> Path:
                     f"or pass the evaluation JSON file")
 
 
-def load_records(paths, suite: str | None):
+def load_records(paths, suite: str | None, protocol: str | None = None):
+    """One record per result; with ``protocol``, every result must hold that protocol (a one-line UserError)."""
     from robustbench_dml.leaderboard import Record
 
     records = []
@@ -48,16 +53,32 @@ def load_records(paths, suite: str | None):
             data = json.loads(source.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"{source} is not valid JSON ({e.msg}, line {e.lineno})") from None
-        records.append(Record.from_evaluation(data, submitter="local", note=str(p)))
+        record = Record.from_evaluation(data, submitter="local", note=str(p))
+        if protocol is not None and protocol not in record.protocols:
+            raise UserError(f"{source} holds the {', '.join(record.protocols)} protocol only; compare with "
+                            f"--protocol {next(iter(record.protocols))}, or re-evaluate without --robrank-compat")
+        records.append(record)
     return records
 
 
-def run(args) -> int:
-    from robustbench_dml.leaderboard import frames_concat, records_to_frame, reference_frame, render
+def protocol_frame(records, protocol: str):
+    """The records' rows of ``protocol``."""
+    from robustbench_dml.leaderboard import records_to_frame
 
-    records = load_records(args.results, args.suite)
     frame = records_to_frame(records)
+    return frame[frame["protocol"] == protocol].reset_index(drop=True)
+
+
+def run(args) -> int:
+    from robustbench_dml.leaderboard import frames_concat, reference_frame, render
+
+    columns = parse_columns(args.columns)
+    if args.reference and args.protocol != P.ROBRANK:
+        raise UserError(f"the papers' rows were measured with RobRank's code: compare with them using "
+                        f"--protocol {P.ROBRANK} --reference")
+    records = load_records(args.results, args.suite, args.protocol)
+    frame = protocol_frame(records, args.protocol)
     if args.reference:
         frame = frames_concat([frame, reference_frame(records[0].dataset)])
-    emit(render(frame, args.format), args.output, args.overwrite)
+    emit(render(frame, args.format, columns=columns), args.output, args.overwrite)
     return 0

@@ -6,10 +6,12 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert a plain state dict (.pt) into a checkpoint (safetensors + meta)",
                        description="Reads the file with torch.load(weights_only=True); nothing else is unpickled.")
-    p.add_argument("state_dict", help="file written by torch.save(model.state_dict(), path), or a RobRank checkpoint")
-    p.add_argument("--from", dest="layout", choices=("state_dict", "robrank"), default="state_dict",
-                   help="state_dict (default: our keys) or robrank (a RobRank / PyTorch Lightning checkpoint of "
-                        "rc2f2, rres18 or rres50; backbone and embedding size are read from it)")
+    p.add_argument("state_dict", help="file written by torch.save(model.state_dict(), path), or a RobRank or "
+                                      "MDProp checkpoint")
+    p.add_argument("--from", dest="layout", choices=("state_dict", "robrank", "mdprop"), default="state_dict",
+                   help="state_dict (default: our keys), robrank (a RobRank / PyTorch Lightning checkpoint of "
+                        "rc2f2, rres18 or rres50) or mdprop (an MDProp checkpoint_*.pth.tar of its ResNet-50); "
+                        "backbone and embedding size are read from the file")
     p.add_argument("--backbone", help="backbone id the weights belong to (needed for a plain state dict)")
     p.add_argument("--dataset", required=True, help="dataset id the model was trained for")
     p.add_argument("--embedding-dim", type=int, help="embedding size (default 512, or the RobRank file's)")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from robustbench_dml.cli.common import add_device, add_progress, check_output, show_progress
-from robustbench_dml.cli.report import attack_table, benign_table, console
+from robustbench_dml.cli.report import attack_table, benign_table, console, protocol_lines
 from robustbench_dml.errors import UserError
 
 
@@ -32,8 +32,8 @@ def add_eval_options(p) -> None:
     g.add_argument("--eps", type=float, help="replace the suite's eps, in [0,1] pixel units (not eligible)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the attacks' random selections")
     g.add_argument("--robrank-compat", action="store_true",
-                   help="reproduce the reference code's quirks Q1-Q4 (docs/protocol.md) for like-for-like "
-                        "comparison with published numbers")
+                   help="measure the robrank protocol alone, in the reference code's exact call pattern (default: "
+                        "both protocols, corrected and robrank, in one run; docs/protocol.md)")
     g.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained from)")
 
 
@@ -90,7 +90,9 @@ def run(args) -> int:
         seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat, json_path=args.json,
         data_root=args.data_root, progress=show_progress(args), overwrite=args.overwrite)
     con.print(benign_table(result.benign))
-    con.print(attack_table(result.to_dict()))
+    con.print(attack_table(result))
+    for line in protocol_lines(result):
+        con.print(line)
     if not result.eligible:
         con.print("note: suite overridden (" + ", ".join(
             f"{k}={v}" for k, v in result.suite["overrides"].items() if v is not None) + "): not leaderboard-eligible")
@@ -117,7 +119,7 @@ def _benign(checkpoint: Path, args, con) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"checkpoint": str(checkpoint), "sha256": meta["weights_sha256"], "dataset": meta["dataset"],
                "num_items": len(test), "benign": metrics}
-    from robustbench_dml.evaluation import atomic_write_text
+    from robustbench_dml.files import atomic_write_text
 
     atomic_write_text(out, json.dumps(payload, indent=1) + "\n")
     print(out)

@@ -3,13 +3,40 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from robustbench_dml import protocols as P
 from robustbench_dml.cli.common import check_output
 from robustbench_dml.errors import UserError
 
 DEFAULT_DIR = "leaderboards"
 FORMATS = ("md", "csv", "latex", "html")
+
+
+def add_protocol(p) -> None:
+    p.add_argument("--protocol", choices=P.PROTOCOLS, default=P.DEFAULT,
+                   help=f"measurement protocol to show (default {P.DEFAULT}: the reference's quirks fixed; "
+                        f"{P.ROBRANK}: as the papers measured, shown beside their published rows)")
+
+
+def add_columns(p) -> None:
+    p.add_argument("--columns", help="comma-separated metric columns (default: the papers' layout), e.g. "
+                                     "R@1,ERS,ARS,WC:candidate,WC:query,WC:recall for the per-threat worst cases")
+
+
+def parse_columns(text: str | None):
+    """``--columns`` as a tuple of leaderboard metric columns (None: the default layout); unknown ones refused."""
+    from robustbench_dml.leaderboard.records import BENIGN_COLUMNS, RAW_COLUMNS, SCORE_COLUMNS
+
+    if text is None:
+        return None
+    known = BENIGN_COLUMNS + RAW_COLUMNS + tuple(c for c in SCORE_COLUMNS if not c.endswith(("_lo", "_hi")))
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in columns if c not in known]
+    if unknown or not columns:
+        raise UserError(f"unknown column(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    return columns
 
 
 def add_leaderboard_dir(p) -> None:
@@ -27,16 +54,23 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=FORMATS, help="md (default for show), csv, latex or html")
     p.add_argument("--output", help="write to this new file instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    p.add_argument("--no-reference", action="store_true", help="leave out the rows published by the papers")
+    p.add_argument("--no-reference", action="store_true",
+                   help="leave out the rows published by the papers (shown with --protocol robrank only)")
+    add_protocol(p)
+    add_columns(p)
     add_leaderboard_dir(p)
     p.set_defaults(func=run)
 
 
-def board_with_reference(store, dataset: str, suite: str, version: int | None, reference: bool):
+def board_with_reference(store, dataset: str, suite: str, version: int | None, reference: bool,
+                         protocol: str = P.DEFAULT):
+    """The leaderboard's rows of ``protocol``, with the papers' rows when ``reference`` and the protocol is theirs
+    (``robrank``): published rows are never placed beside numbers of another protocol."""
     from robustbench_dml.leaderboard import frames_concat, reference_frame
 
     frame = store.load(dataset, suite, version)
-    if reference:
+    frame = frame[frame["protocol"] == protocol].reset_index(drop=True)
+    if reference and protocol == P.ROBRANK:
         ref = reference_frame(dataset)
         if len(ref):
             frame = frames_concat([frame, ref])
@@ -45,7 +79,7 @@ def board_with_reference(store, dataset: str, suite: str, version: int | None, r
 
 def emit(text: str, output: str | None, overwrite: bool = False) -> None:
     if output:
-        from robustbench_dml.evaluation import atomic_write_text
+        from robustbench_dml.files import atomic_write_text
 
         check_output(output, overwrite)
         path = Path(output)
@@ -64,6 +98,7 @@ def run(args) -> int:
         raise UserError(f"unknown dataset {args.dataset!r}; pass --suite as well for a custom one")
     store = LeaderboardStore(args.leaderboard_dir)
     check_output(args.output, args.overwrite)
+    columns = parse_columns(args.columns)
     if args.action == "rebuild":
         version = store.rebuild(args.dataset, suite)
         print(f"{args.leaderboard_dir}/{args.dataset}/{suite} v{version}")
@@ -73,18 +108,33 @@ def run(args) -> int:
         if not args.version or ".." not in args.version:
             raise UserError("diff needs --version A..B (two version numbers)")
         a, b = (_int(v) for v in args.version.split("..", 1))
-        emit(store.diff(args.dataset, suite, a, b).to_csv(index=False) if fmt == "csv" else
-             render(store.diff(args.dataset, suite, a, b), fmt), args.output, args.overwrite)
+        diff = store.diff(args.dataset, suite, a, b)
+        diff = diff[diff["protocol"] == args.protocol].reset_index(drop=True)
+        emit(diff.to_csv(index=False) if fmt == "csv" else render(diff, fmt, columns=columns), args.output,
+             args.overwrite)
         return 0
     version = _int(args.version) if args.version else None
-    frame = board_with_reference(store, args.dataset, suite, version, not args.no_reference)
+    frame = board_with_reference(store, args.dataset, suite, version, not args.no_reference, args.protocol)
     if not len(frame):
-        raise UserError(f"no leaderboard for {args.dataset}/{suite} in {args.leaderboard_dir} yet; "
-                        f"add one with `dmlbench run` or `dmlbench submit`")
+        flip = P.ROBRANK if args.protocol == P.CORRECTED else P.CORRECTED
+        if len(board_with_reference(store, args.dataset, suite, version, not args.no_reference, flip)):
+            hint = f"; its rows (or the papers') hold the {flip} protocol: add --protocol {flip}"
+        else:
+            hint = "; add one with `dmlbench run` or `dmlbench submit`"
+        raise UserError(f"no {args.protocol} rows for {args.dataset}/{suite} in {args.leaderboard_dir} yet{hint}")
+    if args.protocol != P.ROBRANK and not args.no_reference and len(_reference(args.dataset)):
+        print(f"note: the papers' rows were measured with RobRank's code; see them beside yours with "
+              f"--protocol {P.ROBRANK}", file=sys.stderr)
     title = f"{args.dataset} / {suite}" + (f" v{version}" if version else "")
     standalone = args.action == "export" and fmt == "latex"
-    emit(render(frame, fmt, title=title, standalone=standalone), args.output, args.overwrite)
+    emit(render(frame, fmt, title=title, standalone=standalone, columns=columns), args.output, args.overwrite)
     return 0
+
+
+def _reference(dataset: str):
+    from robustbench_dml.leaderboard import reference_frame
+
+    return reference_frame(dataset)
 
 
 def _int(text: str) -> int:

@@ -6,7 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from robustbench_dml.cli.common import check_output
-from robustbench_dml.cli.compare import find_result, load_records
+from robustbench_dml.cli.compare import find_result, load_records, protocol_frame
+from robustbench_dml.cli.leaderboard import add_protocol
 from robustbench_dml.errors import UserError
 
 
@@ -20,27 +21,30 @@ def add_parser(sub) -> None:
     p.add_argument("--key", default="ERS", help="what to plot against eps: ERS, ARS or an attack key like CA+")
     p.add_argument("--output", required=True, help="new PNG file to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    add_protocol(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from robustbench_dml.leaderboard import plot_eps_curve, plot_resistance, records_to_frame
+    from robustbench_dml.leaderboard import plot_eps_curve, plot_resistance
 
     check_output(args.output, args.overwrite)
     if args.kind == "resistance":
-        plot_resistance(records_to_frame(load_records(args.results, None)), args.output, score=args.score)
+        frame = protocol_frame(load_records(args.results, None, args.protocol), args.protocol)
+        plot_resistance(frame, args.output, score=args.score)
     else:
-        import json
+        from robustbench_dml.results import EvaluationResult
 
         curves: dict[str, list] = defaultdict(list)
         for p in args.results:
-            data = json.loads(find_result(Path(p), None).read_text())
-            eps = data["suite"].get("overrides", {}).get("eps")
-            eps = eps if eps is not None else data["suite"]["params"]["eps"]
-            label = f"{data['checkpoint']['meta'].get('defense', '?')} {data['checkpoint']['sha256'][:8]}"
-            curves[label].append((float(eps), {**data["raw"], **data.get("scores", {})}))
+            result = EvaluationResult.from_json(find_result(Path(p), None))
+            eps = result.suite.get("overrides", {}).get("eps")
+            eps = eps if eps is not None else result.suite["params"]["eps"]
+            label = f"{result.checkpoint['meta'].get('defense', '?')} {result.checkpoint['sha256'][:8]}"
+            curves[label].append((float(eps), result.block(args.protocol)["raw"]))
         if not curves:
             raise UserError("no results to plot")
-        plot_eps_curve({k: sorted(v, key=lambda t: t[0]) for k, v in curves.items()}, args.output, key=args.key)
+        plot_eps_curve({k: sorted(v, key=lambda t: t[0]) for k, v in curves.items()}, args.output, key=args.key,
+                       protocol=args.protocol)
     print(args.output)
     return 0

@@ -30,12 +30,15 @@ def benign_table(benign: Mapping[str, float], title: str = "benign retrieval (pe
     return t
 
 
-def attack_table(result: Mapping[str, Any]) -> Table:
-    """Raw result, clean value and the ERS / ARS resistance term of every attack key, then the scores."""
-    raw = result["raw"]
+def attack_table(result, protocol: str | None = None) -> Table:
+    """Raw result, clean value and the ERS / ARS resistance term of every attack key, then the scores, of one
+    protocol (default: the result's shown one) of an :class:`~robustbench_dml.results.EvaluationResult`."""
+    protocol = protocol or result.protocol
+    block = result.block(protocol)
+    raw = block["raw"]
     terms = {s: _safe_terms(raw, s) for s in ("ERS", "ARS")}
-    clean = result.get("extra", {}).get("clean", {})
-    t = Table(title=f"attacks ({result['suite']['id']}, {result['num_queries']} queries)")
+    clean = block["clean"]
+    t = Table(title=f"attacks ({result.suite['id']}, {result.num_queries} queries, {protocol} protocol)")
     cols = ("attack", "raw", "clean", "better", "ERS term", "ARS term") if clean else \
         ("attack", "raw", "better", "ERS term", "ARS term")
     for col in cols:
@@ -47,7 +50,7 @@ def attack_table(result: Mapping[str, Any]) -> Table:
         cells = [k, _num(raw[k], digits)] + ([_num(clean.get(k), digits)] if clean else []) + [
             "higher" if HIGHER_IS_BETTER[k] else "lower", _num(terms["ERS"].get(k), 1), _num(terms["ARS"].get(k), 1)]
         t.add_row(*cells)
-    scores = result.get("scores", {})
+    scores = block["scores"]
     for s in ("ERS", "ARS"):
         ci = scores.get(f"{s}_ci")
         ci_txt = f"  [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and ci[0] is not None else ""
@@ -57,6 +60,17 @@ def attack_table(result: Mapping[str, Any]) -> Table:
     for threat, value in (scores.get("worst_case_by_threat") or {}).items():
         t.add_row(*_pad([f"worst case, {threat} (%)", _num(value, 1)], len(cols)))
     return t
+
+
+def protocol_lines(result) -> list[str]:
+    """One line per measured protocol: its ERS and ARS, and what it is."""
+    from robustbench_dml.protocols import DESCRIPTIONS
+
+    out = []
+    for p in result.protocols:
+        sc = result.block(p)["scores"]
+        out.append(f"{p:>9}: ERS {_num(sc.get('ERS'), 1)}, ARS {_num(sc.get('ARS'), 1)}  ({DESCRIPTIONS[p]})")
+    return out
 
 
 def _safe_terms(raw: Mapping[str, float], score: str) -> dict[str, float]:

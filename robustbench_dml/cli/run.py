@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from robustbench_dml.cli.evaluate import evaluate_checkpoint
-    from robustbench_dml.cli.report import attack_table, benign_table, console
+    from robustbench_dml.cli.report import attack_table, benign_table, console, protocol_lines
     from robustbench_dml.cli.submit import publish, show_board
     from robustbench_dml.cli.train import _log_epoch
     from robustbench_dml.training import train
@@ -41,7 +41,9 @@ def run(args) -> int:
                                       data_root=cfg.data_root, progress=progress)
     con = console()
     con.print(benign_table(result.benign))
-    con.print(attack_table(result.to_dict()))
+    con.print(attack_table(result))
+    for line in protocol_lines(result):
+        con.print(line)
     print(out)
     record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name)
     show_board(record, version, added, args.leaderboard_dir)

@@ -51,14 +51,17 @@ def publish(result, *, leaderboard_dir: str, name: str | None):
 
 
 def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
+    """The leaderboard in the record's shown protocol (the papers' rows only beside ``robrank`` numbers), then the
+    record's scores under every protocol it holds."""
     from robustbench_dml.cli.leaderboard import board_with_reference
     from robustbench_dml.leaderboard import LeaderboardStore, render
 
-    frame = board_with_reference(LeaderboardStore(leaderboard_dir), record.dataset, record.suite_id, version, True)
+    frame = board_with_reference(LeaderboardStore(leaderboard_dir), record.dataset, record.suite_id, version, True,
+                                 record.protocol)
     print(render(frame, "md", highlight_record_id=record.record_id), end="")
     state = "added to" if added else "already on (no new version)"
-    print(f"{record.record_id}: ERS {record.ers:.1f}, ARS {record.ars:.1f}; {state} "
-          f"{leaderboard_dir}/{record.dataset}/{record.suite_id} v{version}")
+    scores = "; ".join(f"{p}: ERS {s.ers:.1f}, ARS {s.ars:.1f}" for p, s in record.protocols.items())
+    print(f"{record.record_id} ({scores}) {state} {leaderboard_dir}/{record.dataset}/{record.suite_id} v{version}")
 
 
 def run(args) -> int:

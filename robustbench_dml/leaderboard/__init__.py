@@ -7,8 +7,9 @@ Typical use (what ``dmlbench run`` / ``submit`` / ``leaderboard`` / ``compare`` 
     record = Record.from_evaluation(json.load(open("eval.json")), submitter="alice")
     store = LeaderboardStore("leaderboards")
     version, added = store.add_record(record)               # new immutable version unless already present
-    board = store.load(record.dataset, record.suite_id)     # validated against its manifest
-    both = frames_concat([board, reference_frame(record.dataset)])
+    board = store.load(record.dataset, record.suite_id)     # validated against its manifest; one row per protocol
+    ours = board[board["protocol"] == "robrank"]             # the papers' protocol: their rows may sit beside it
+    both = frames_concat([ours, reference_frame(record.dataset)])
     print(render(both, "md", highlight_record_id=record.record_id))
 
 Names are imported lazily (PEP 562): writing a record needs only pyarrow, so concurrent ``submit`` processes start
@@ -25,7 +26,7 @@ _EXPORTS = {
                 "empty_frame", "read_record", "records_to_frame", "sort_frame"),
     "reference": ("REFERENCE_SUITE", "build_reference_store", "reference_frame", "reference_records"),
     "store": ("LeaderboardStore", "frames_concat"),
-    "tables": ("TABLE_COLUMNS", "render", "write"),
+    "tables": ("TABLE_COLUMNS", "protocol_of", "render", "write"),
     "plots": ("plot_eps_curve", "plot_resistance"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

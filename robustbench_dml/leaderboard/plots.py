@@ -79,13 +79,18 @@ def plot_resistance(rows: pd.DataFrame | Sequence[Mapping[str, Any]], path: str 
                     title: str | None = None) -> Path:
     """Grouped bars of the per-attack resistance terms (0-100, higher is more robust) of each row.
 
-    ``rows``: leaderboard rows (a frame or mappings with the raw columns ``CA+ ... GTT`` and ``R@1``); ``score``
-    picks the term set (``ARS``: 8 terms, recall terms relative to R@1; ``ERS``: 10 terms). Terms whose inputs a
-    row lacks are left out (no bar). The legend shows the row's score when present.
+    ``rows``: leaderboard rows of one protocol (a frame or mappings with the raw columns ``CA+ ... GTT``, ``R@1`` and
+    ``protocol``, named in the title; rows of two protocols are refused); ``score`` picks the term set (``ARS``: 8
+    terms, recall terms relative to R@1; ``ERS``: 10 terms). Terms whose inputs a row lacks are left out (no bar).
+    The legend shows the row's score when present.
     """
-    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
-    if not records:
+    from robustbench_dml.leaderboard.tables import caption, protocol_of
+
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame([dict(r) for r in rows])
+    if frame.empty:
         raise ValueError("plot_resistance needs at least one row")
+    named = caption(protocol_of(frame)) if "protocol" in frame.columns else ""
+    records = frame.to_dict("records")
     score = score.upper()
     names = list(scoring.resistance_terms(_IDEAL, score))
     plt = _pyplot()
@@ -104,7 +109,8 @@ def plot_resistance(rows: pd.DataFrame | Sequence[Mapping[str, Any]], path: str 
         ax.axhline(100.0, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x, names)
         ax.set_ylabel(f"{score} resistance term (100 = no effect)")
-        ax.set_title(title or f"Per-attack resistance terms ({score})")
+        ax.set_title((title or f"Per-attack resistance terms ({score})") + (f"\n{named}" if named else ""),
+                     fontsize=9)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(n, 2))
         return _save(fig, path)
     finally:
@@ -112,14 +118,17 @@ def plot_resistance(rows: pd.DataFrame | Sequence[Mapping[str, Any]], path: str 
 
 
 def plot_eps_curve(results: Mapping[str, Sequence[tuple[float, Mapping[str, float]]]], path: str | Path, *,
-                   key: str = "ERS", title: str | None = None) -> Path:
+                   key: str = "ERS", title: str | None = None, protocol: str | None = None) -> Path:
     """Robustness against the attack budget eps, one line per model.
 
     ``results``: model label -> ``[(eps, raw), ...]`` with eps in [0, 1] pixel units and ``raw`` the raw results
     of an evaluation at that eps (the ``raw`` dict of the evaluation JSON). ``key``: ``ERS`` or ``ARS`` (computed
     with :mod:`robustbench_dml.scoring`) or a raw key such as ``CA+`` or ``ES:R`` (plotted in its own unit).
-    The x axis shows eps in 1/255 units.
+    The x axis shows eps in 1/255 units; ``protocol`` (the one every ``raw`` was measured under) is named in the
+    title.
     """
+    from robustbench_dml.leaderboard.tables import caption
+
     if not results:
         raise ValueError("plot_eps_curve needs at least one model")
     plt = _pyplot()
@@ -142,7 +151,8 @@ def plot_eps_curve(results: Mapping[str, Sequence[tuple[float, Mapping[str, floa
             ax.plot(xs, ys, marker="o", label=str(label))
         ax.set_xlabel("eps (x 1/255, L-inf in [0,1] pixels)")
         ax.set_ylabel(key)
-        ax.set_title(title or f"{key} against the attack budget")
+        ax.set_title((title or f"{key} against the attack budget") + (f"\n{caption(protocol)}" if protocol else ""),
+                     fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         return _save(fig, path)

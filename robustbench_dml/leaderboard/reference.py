@@ -5,7 +5,8 @@ These are literal numbers from the papers (the HM paper's comparison table, the 
 ablation tables, RobRank's Fashion-MNIST table), so a user sees their own model beside the published ones. The HM
 and CA-TRIDE rows are ResNet-18,
 224x224 data, eps 8/255; RobRank's Fashion rows are c2f2, 28x28, eps 77/255 (the ``rob28`` suite). All use the
-triplet loss with the N metric and were measured with the RobRank reference code (hence ``robrank_compat=True``);
+triplet loss with the N metric and were measured with the RobRank reference code, so they hold the ``robrank``
+protocol only (:mod:`robustbench_dml.protocols`) and are only ever shown beside numbers of that protocol;
 ``steps`` is the number of training PGD steps (eta). Values a paper does not give are ``None`` (NaN in the frame).
 RobRank's table prints no ERS; its ERS here is computed from its printed columns (``docs/protocol.md``, Scores).
 
@@ -23,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, Record, empty_frame,
+from robustbench_dml.protocols import ROBRANK
+from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, ProtocolScores, Record, empty_frame,
                                                  records_to_frame)
 
 __all__ = ["REFERENCE_SUITE", "SOURCES", "REFERENCE_ROWS", "reference_records", "reference_frame",
@@ -153,14 +155,15 @@ def _record(row: Mapping[str, Any]) -> Record:
         record_id=rid, dataset=row["dataset"], suite_id=REFERENCE_SUITE, suite_version=None,
         defense=row["defense"], backbone=row.get("backbone", "resnet18"), steps=row["steps"],
         r1=metric["R@1"], r2=metric["R@2"], map=metric["mAP"], map_at_r=None, map_at_10=metric["mAP@10"],
-        nmi=metric["NMI"],
-        ca_plus=metric["CA+"], ca_minus=metric["CA-"], qa_plus=metric["QA+"], qa_minus=metric["QA-"],
-        tma=metric["TMA"], es_d=metric["ES:D"], es_r=metric["ES:R"], ltm=metric["LTM"], gtm=metric["GTM"],
-        gtt=metric["GTT"], ers=metric["ERS"], ars=metric["ARS"], ers_lo=None, ers_hi=None, ars_lo=None,
-        ars_hi=None, worst_case=None, eligible=True, reported=True, submitter="paper", source=SOURCES[row["src"]],
-        created=_YEAR[row["src"]], seed=None, device=None, num_queries=None, robrank_compat=True,
-        checkpoint_sha256=None, suite_hash=None, defense_config="{}", versions="{}", note=row.get("note"),
-        schema_version=RECORD_SCHEMA_VERSION)
+        nmi=metric["NMI"], eligible=True, reported=True, submitter="paper", source=SOURCES[row["src"]],
+        created=_YEAR[row["src"]], seed=None, device=None, num_queries=None, checkpoint_sha256=None,
+        suite_hash=None, defense_config="{}", versions="{}", note=row.get("note"),
+        schema_version=RECORD_SCHEMA_VERSION,
+        protocols={ROBRANK: ProtocolScores(
+            r1=metric["R@1"], ca_plus=metric["CA+"], ca_minus=metric["CA-"], qa_plus=metric["QA+"],
+            qa_minus=metric["QA-"], tma=metric["TMA"], es_d=metric["ES:D"], es_r=metric["ES:R"], ltm=metric["LTM"],
+            gtm=metric["GTM"], gtt=metric["GTT"], ers=metric["ERS"], ars=metric["ARS"], ers_lo=None, ers_hi=None,
+            ars_lo=None, ars_hi=None, worst_case=None)})
 
 
 def reference_records(dataset: str | None = None) -> list[Record]:

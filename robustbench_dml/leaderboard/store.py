@@ -36,10 +36,10 @@ from filelock import FileLock
 
 from robustbench_dml import __version__
 from robustbench_dml.errors import UserError
-from robustbench_dml.leaderboard.records import (ARROW_SCHEMA, COLUMNS, RAW_COLUMNS, RECORD_SCHEMA_VERSION, Record,
-                                                 atomic_write_bytes, coerce_frame, empty_frame, read_record,
-                                                 records_to_table, safe_name, sha256_file, sort_frame,
-                                                 write_record)
+from robustbench_dml.leaderboard.records import (ARROW_SCHEMA, ARROW_SCHEMA_V1, COLUMNS, RAW_COLUMNS,
+                                                 RECORD_SCHEMA_VERSION, Record, atomic_write_bytes, coerce_frame,
+                                                 empty_frame, read_record, records_to_table, safe_name, sha256_file,
+                                                 sort_frame, upgrade_frame, write_record)
 
 __all__ = ["LeaderboardStore", "MANIFEST_SCHEMA_VERSION", "frames_concat", "frame_to_parquet_bytes",
            "parquet_bytes_to_frame"]
@@ -71,17 +71,17 @@ def _types_mapper(t: pa.DataType) -> Any:
 
 
 def parquet_bytes_to_frame(data: bytes, *, where: str = "leaderboard file") -> pd.DataFrame:
-    """Parse and validate a leaderboard parquet (schema must equal :data:`ARROW_SCHEMA`)."""
+    """Parse and validate a leaderboard parquet (:data:`ARROW_SCHEMA`, or version 1's, read as the current one)."""
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserError(f"{where} is not a readable parquet file ({str(exc).splitlines()[0]}); it is damaged, "
                         "rebuild it with `dmlbench leaderboard rebuild --dataset ID` or restore it") from None
-    if not table.schema.equals(ARROW_SCHEMA, check_metadata=False):
-        raise UserError(f"{where} does not have the leaderboard schema (version {RECORD_SCHEMA_VERSION}); "
+    if not any(table.schema.equals(schema, check_metadata=False) for schema in (ARROW_SCHEMA, ARROW_SCHEMA_V1)):
+        raise UserError(f"{where} does not have the leaderboard schema (version {RECORD_SCHEMA_VERSION} or 1); "
                         "it is damaged or from another robustbench_dml version")
     df = table.to_pandas(types_mapper=_types_mapper)
-    return coerce_frame(df)
+    return coerce_frame(upgrade_frame(df))
 
 
 def _now() -> str:
@@ -210,7 +210,7 @@ class LeaderboardStore:
                             f"{str(manifest['parquet_sha256'])[:12]}...); it was changed or damaged, restore it "
                             "or rebuild with `dmlbench leaderboard rebuild --dataset ID`")
         df = parquet_bytes_to_frame(data, where=f"leaderboard file {path}")
-        if len(df) != manifest["rows"] or sorted(df["record_id"].tolist()) != sorted(manifest["records"]):
+        if len(df) != manifest["rows"] or sorted(set(df["record_id"].tolist())) != sorted(manifest["records"]):
             raise UserError(f"leaderboard file {path} has {len(df)} rows, its manifest lists {manifest['rows']}; "
                             "the leaderboard is damaged")
         return df
@@ -250,15 +250,15 @@ class LeaderboardStore:
     def diff(self, dataset: str, suite: str, a: int, b: int) -> pd.DataFrame:
         import pandas as pd
 
-        """Rows added, removed or changed from version ``a`` to version ``b``.
+        """Rows (record and protocol) added, removed or changed from version ``a`` to version ``b``.
 
         Returns a typed frame with a leading ``change`` column (``added`` / ``removed`` / ``changed``) followed by
         the leaderboard columns (the row as in ``b``; as in ``a`` for removed rows), in leaderboard order.
         """
         fa = self.load(dataset, suite, a, missing_ok=False)
         fb = self.load(dataset, suite, b, missing_ok=False)
-        ia = fa.set_index("record_id", drop=False)
-        ib = fb.set_index("record_id", drop=False)
+        ia = fa.set_index(["record_id", "protocol"], drop=False)
+        ib = fb.set_index(["record_id", "protocol"], drop=False)
         added = [r for r in ib.index if r not in ia.index]
         removed = [r for r in ia.index if r not in ib.index]
         changed = []
@@ -415,15 +415,17 @@ def _check_derived(record: Record, path: Path) -> None:
             raise UserError(f"record file {path} claims to be a published row (reported=true) but is not one of "
                             "the papers' rows; remove that file")
         return
-    raw = record.raw()
-    for name, stored in (("ERS", record.ers), ("ARS", record.ars)):
-        try:
-            derived = scoring.score(raw, name)
-        except ValueError:
-            derived = None
-        if (stored is None) != (derived is None) or (stored is not None and abs(stored - derived) > 1e-6):
-            raise UserError(f"record file {path}: stored {name} {stored} is not what its raw results give "
-                            f"({derived if derived is None else round(derived, 6)}); the file was edited, restore it")
+    for protocol, block in record.protocols.items():
+        raw = block.raw()
+        for name, stored in (("ERS", block.ers), ("ARS", block.ars)):
+            try:
+                derived = scoring.score(raw, name)
+            except ValueError:
+                derived = None
+            if (stored is None) != (derived is None) or (stored is not None and abs(stored - derived) > 1e-6):
+                raise UserError(f"record file {path}: stored {protocol} {name} {stored} is not what its raw results "
+                                f"give ({derived if derived is None else round(derived, 6)}); the file was edited, "
+                                "restore it")
 
 
 def _same(x: Any, y: Any) -> bool:
@@ -444,10 +446,11 @@ def _check_publishable(record: Record, allow_ineligible: bool) -> None:
     if not record.eligible:
         raise UserError(f"result {record.record_id} is not eligible for a leaderboard (the suite was overridden "
                         "with --eps, --attacks or --max-queries); re-run `dmlbench evaluate` without overrides")
-    missing = [c for c in RAW_COLUMNS + ("R@1",) if c not in record.raw()]
-    if missing or record.ers is None or record.ars is None:
-        raise UserError(f"result {record.record_id} lacks {', '.join(missing) or 'ERS/ARS'}; a leaderboard row "
-                        "needs the full suite, re-run `dmlbench evaluate`")
+    for protocol, block in record.protocols.items():
+        missing = [c for c in RAW_COLUMNS + ("R@1",) if c not in block.raw()]
+        if missing or block.ers is None or block.ars is None:
+            raise UserError(f"result {record.record_id} lacks {', '.join(missing) or 'ERS/ARS'} ({protocol} "
+                            "protocol); a leaderboard row needs the full suite, re-run `dmlbench evaluate`")
 
 
 def frames_concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:

@@ -6,12 +6,18 @@ to one decimal (``TMA`` and ``ES:D`` to three) in md/latex/html; CSV keeps full 
 unchanged.
 
 The best value of each column is marked (bold): the direction is per column (``CA-``, ``QA-``, ``TMA``, ``ES:D``
-and ``worst_case``: lower is better; everything else higher). Values equal after rounding tie. For ``ERS`` and
+and the worst cases ``worst_case``, ``WC:candidate``, ``WC:query``, ``WC:recall``: lower is better; everything
+else higher). Values equal after rounding tie. For ``ERS`` and
 ``ARS`` a row is also marked when its bootstrap confidence interval overlaps the best row's interval (a row without
 an interval, e.g. a published one, counts as the point ``[v, v]``), so differences within the noise show as ties.
 
 ``values="terms"`` shows the resistance terms instead of raw attack results (the CA-TRIDE table's layout: every
 column higher-is-better, ES:R/LTM/GTM relative to the benign R@1 as in ARS, TMA/ES:D as in ERS).
+
+A table shows one measurement protocol (:mod:`robustbench_dml.protocols`) and names it (a line above the Markdown
+table, the LaTeX title or a comment, the HTML caption, a CSV column). Rows of two protocols are never placed in
+one table (:func:`protocol_of` refuses them); the papers' rows hold ``robrank`` numbers, so they only ever appear
+beside ``robrank`` rows.
 """
 
 from __future__ import annotations
@@ -25,12 +31,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["TABLE_COLUMNS", "LOWER_IS_BETTER", "FORMATS", "table_frame", "best_marks", "render", "write"]
+from robustbench_dml import protocols as P
+from robustbench_dml.errors import UserError
+
+__all__ = ["TABLE_COLUMNS", "LOWER_IS_BETTER", "FORMATS", "protocol_of", "table_frame", "best_marks", "render",
+           "write"]
 
 #: the papers' metric columns, in order
 TABLE_COLUMNS: tuple[str, ...] = ("R@1", "R@2", "mAP", "NMI", "CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM",
                                   "GTT", "ERS", "ARS")
-LOWER_IS_BETTER = frozenset({"CA-", "QA-", "TMA", "ES:D", "worst_case"})
+#: the worst cases: shares of broken queries, the same in ``values="terms"`` tables
+_WORST = frozenset({"worst_case", "WC:candidate", "WC:query", "WC:recall"})
+LOWER_IS_BETTER = frozenset({"CA-", "QA-", "TMA", "ES:D"}) | _WORST
 _THREE_DECIMALS = frozenset({"TMA", "ES:D"})
 _CI_COLUMNS = {"ERS": ("ERS_lo", "ERS_hi"), "ARS": ("ARS_lo", "ARS_hi")}
 FORMATS = ("md", "csv", "latex", "html")
@@ -69,6 +81,20 @@ def _terms(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def protocol_of(df: pd.DataFrame) -> str | None:
+    """The one protocol all rows of a leaderboard frame share (None for no rows); rows of two protocols, whose
+    numbers are not comparable, are a UserError."""
+    found = sorted(set(df["protocol"].dropna().tolist()))
+    if len(found) > 1:
+        raise UserError(f"these rows mix the {' and '.join(found)} protocols, whose numbers are not comparable; "
+                        "show one protocol (--protocol)")
+    return found[0] if found else None
+
+
+def caption(protocol: str | None) -> str:
+    return "" if protocol is None else f"Protocol: {protocol} ({P.DESCRIPTIONS[protocol]})"
+
+
 def table_frame(df: pd.DataFrame, *, columns: Sequence[str] | None = None, values: str = "raw") -> pd.DataFrame:
     """The table's data (unrounded): identifying columns, then ``columns`` (default :data:`TABLE_COLUMNS`).
 
@@ -90,6 +116,7 @@ def table_frame(df: pd.DataFrame, *, columns: Sequence[str] | None = None, value
     out["backbone"] = df["backbone"].reset_index(drop=True).astype(pd.StringDtype())
     out["steps"] = df["steps"].reset_index(drop=True).astype("Int64")
     out["by"] = _by(df).reset_index(drop=True)
+    out["protocol"] = df["protocol"].reset_index(drop=True).astype(pd.StringDtype())
     for c in columns:
         out[c] = src[c].reset_index(drop=True).astype("float64")
     for score, (lo, hi) in _CI_COLUMNS.items():
@@ -109,7 +136,7 @@ def best_marks(table: pd.DataFrame, columns: Sequence[str], *, values: str = "ra
         if not ok.any():
             marks[c] = set()
             continue
-        lower = values == "raw" and c in LOWER_IS_BETTER
+        lower = c in LOWER_IS_BETTER and (values == "raw" or c in _WORST)
         rounded = np.round(v, _decimals(c, values))
         target = np.nanmin(np.where(ok, rounded, np.nan)) if lower else np.nanmax(np.where(ok, rounded, np.nan))
         chosen = {i for i in range(len(v)) if ok[i] and rounded[i] == target}
@@ -242,16 +269,17 @@ def _html(headers, rows, flags, title: str | None) -> str:
 def render(df: pd.DataFrame, fmt: str = "md", *, highlight_record_id: str | None = None,
            columns: Sequence[str] | None = None, values: str = "raw", title: str | None = None,
            standalone: bool = False) -> str:
-    """Render a leaderboard/comparison frame as ``md``, ``csv``, ``latex`` or ``html`` text.
+    """Render a leaderboard/comparison frame of one protocol as ``md``, ``csv``, ``latex`` or ``html`` text.
 
     ``highlight_record_id`` marks one row (an arrow in md/latex, a coloured row in html), e.g. the row just
-    added. ``columns`` picks metric columns (default :data:`TABLE_COLUMNS`; ``TMA``/``ES:D``/``worst_case`` may be
+    added. ``columns`` picks metric columns (default :data:`TABLE_COLUMNS`; ``TMA``/``ES:D``/the worst cases may be
     added). ``standalone`` wraps the LaTeX tabular in a compilable document (HTML is always a full page).
     CSV holds the unrounded numbers, the identifying columns, the CI bounds and ``record_id``, with no marks.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
     columns = tuple(columns) if columns is not None else TABLE_COLUMNS
+    named = caption(protocol_of(df))
     table = table_frame(df, columns=columns, values=values)
     if fmt == "csv":
         buf = io.StringIO()
@@ -259,10 +287,12 @@ def render(df: pd.DataFrame, fmt: str = "md", *, highlight_record_id: str | None
         return buf.getvalue()
     headers, rows, flags = _cells(table, columns, values, highlight_record_id)
     if fmt == "md":
-        return _md(headers, rows, flags)
+        return (f"{named}\n\n" if named else "") + _md(headers, rows, flags)
+    full_title = "; ".join(t for t in (title, named) if t) or None
     if fmt == "latex":
-        return _latex(headers, rows, flags, standalone, title)
-    return _html(headers, rows, flags, title)
+        return (f"% {named}\n" if named and not standalone else "") + _latex(headers, rows, flags, standalone,
+                                                                            full_title)
+    return _html(headers, rows, flags, full_title)
 
 
 def write(df: pd.DataFrame, path: str | Path, fmt: str | None = None, **kwargs) -> Path:

@@ -1,11 +1,16 @@
-"""RobRank-family checkpoints (PyTorch Lightning files) come in with one command: read without executing anything,
-keys mapped onto our backbones, embeddings equal to the reference module's; hostile pickles never run."""
+"""RobRank-family checkpoints (PyTorch Lightning files) and MDProp's come in with one command: read without executing
+anything, keys mapped onto our backbones, embeddings equal to the reference module's; hostile pickles never run."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import pickle
+import sys
+import types
+
+import numpy as np
+import torch.nn.functional as F
 
 import pytest
 import torch
@@ -85,6 +90,92 @@ def test_a_named_backbone_must_match_the_file(tmp_path, capsys):
                  "--out", str(tmp_path / "ck")]) == 2
     assert "holds a c2f2 model" in capsys.readouterr().err
     assert not (tmp_path / "ck").exists()
+
+
+class MixBN(nn.BatchNorm2d):
+    """MDProp's triple BatchNorm: the clean route is the layer itself, ``aux_bn1`` / ``aux_bn2`` serve the two
+    adversarial halves during training (only the clean route runs at test time)."""
+
+    def __init__(self, num_features):
+        super().__init__(num_features)
+        self.aux_bn1 = nn.BatchNorm2d(num_features)
+        self.aux_bn2 = nn.BatchNorm2d(num_features)
+
+
+class RefMDProp(nn.Module):
+    """MDProp's model as its code builds it: a torchvision-named ResNet-50 with triple BNs and ``fc`` as the
+    128-d embedding layer, L2-normalised output; ImageNet normalisation is in its data pipeline."""
+
+    def __init__(self, dim: int = 128):
+        super().__init__()
+        import torchvision
+
+        self.net = torchvision.models.resnet50(weights=None, norm_layer=MixBN)
+        self.net.fc = nn.Linear(2048, dim)
+
+    def forward(self, x):
+        return F.normalize(self.net((x - IMAGENET_MEAN) / IMAGENET_STD), dim=-1)
+
+
+def _mdprop_file(path, ref: RefMDProp, monkeypatch, payload=None, where=None) -> None:
+    """What MDProp's framework saves: the DataParallel state dict, its options (an argparse.Namespace), its
+    training log (``utilities.logger.Progress_Saver`` objects holding numpy floats) and an aux entry."""
+    logger = types.ModuleType("utilities.logger")
+
+    class Progress_Saver:  # noqa: N801 - the reference's class name, which the file records
+        def __init__(self):
+            self.groups = {"Class_Recall": {"Recall @ 1": {"content": [np.float64(0.61)], "saved_idx": 1}}}
+
+    Progress_Saver.__module__, Progress_Saver.__qualname__ = "utilities.logger", "Progress_Saver"
+    logger.Progress_Saver = Progress_Saver
+    monkeypatch.setitem(sys.modules, "utilities", types.ModuleType("utilities"))
+    monkeypatch.setitem(sys.modules, "utilities.logger", logger)
+    state = nn.DataParallel(ref.net).state_dict()
+    assert next(iter(state)).startswith("module.")
+    opt = argparse.Namespace(arch="resnet50_normalize", embed_dim=128, lr=1e-5, device=torch.device("cpu"))
+    obj = {"state_dict": state, "opt": opt, "progress": {"Test": Progress_Saver()}, "aux": None}
+    if where == "state_dict":
+        state["conv1.weight"] = payload
+    elif where == "opt":
+        opt.lr = payload
+    elif where == "progress":
+        obj["progress"]["Test"].groups = payload
+    torch.save(obj, path)
+
+
+def test_an_mdprop_checkpoint_gives_the_reference_embeddings(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    ref = RefMDProp().eval()
+    for m in ref.modules():  # distinct statistics per route, so keeping a wrong route would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    path = tmp_path / "checkpoint_Test_discriminative_e_recall@1.pth.tar"
+    _mdprop_file(path, ref, monkeypatch)
+    monkeypatch.delitem(sys.modules, "utilities.logger")   # the reader never needs (or imports) MDProp's code
+    assert main(["convert", str(path), "--from", "mdprop", "--dataset", "cub", "--out", str(tmp_path / "ck")]) == 0
+    model, meta = load_checkpoint(tmp_path / "ck")
+    assert (meta["backbone"], meta["embedding_dim"], meta["source_layout"]) == ("resnet50", 128, "mdprop")
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(F.normalize(model(x), dim=-1), ref(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["state_dict", "opt", "progress", "top"])
+def test_hostile_pickles_in_an_mdprop_file_never_run(tmp_path, capsys, monkeypatch, where):
+    canary = tmp_path / "CANARY"
+    path = tmp_path / "hostile.pth.tar"
+    if where == "top":
+        with open(path, "wb") as f:
+            pickle.dump(_Payload(canary), f, protocol=2)
+    else:
+        torch.manual_seed(0)
+        _mdprop_file(path, RefMDProp(dim=8), monkeypatch, payload=_Payload(canary), where=where)
+    rc = main(["convert", str(path), "--from", "mdprop", "--dataset", "cub", "--out", str(tmp_path / "ck")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and ("system" in err or where == "top")  # names what it would have run
+    assert not canary.exists() and not (tmp_path / "ck").exists()
 
 
 class _Payload:
