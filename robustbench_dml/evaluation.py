@@ -165,7 +165,7 @@ def evaluate(
     device: str = "auto",
     robrank_compat: bool = False,
     state_dir: str | os.PathLike | None = None,
-    progress: bool = False,
+    progress: bool | str | None = False,
     meta: Mapping[str, Any] | None = None,
     dataset=None,
     data_root: str | None = None,
@@ -178,6 +178,8 @@ def evaluate(
     Overrides of the published suite (``attacks``: a subset of its attack ids; ``max_queries``; ``eps``, which
     replaces the radius of every attack) are recorded and make the result ineligible for a leaderboard.
     ``robrank_compat``: measure the ``robrank`` protocol alone, in the reference's call pattern (default: both).
+    ``progress``: ``"bar"`` (or True), ``"log"`` (plain lines: one per finished attack, one at least every 30 s)
+    or False (:class:`robustbench_dml.progress.Progress`).
     ``data_root``: the test data's folder when ``dataset`` is not given (default: the checkpoint's training one).
     ``knn_backend`` is the gallery's kNN backend; every backend returns the same neighbours (``robustbench_dml.knn``),
     and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores.
@@ -210,12 +212,13 @@ def evaluate(
     eligible = all(v is None for v in overrides.values())
 
     model, ckpt_info, test_set = _resolve_input(checkpoint_dir_or_model, meta, dataset, data_root, dev)
-    show = progress and rank == 0
+    show = progress if rank == 0 else None
 
-    gallery = embed(model, test_set, batch_size=256, device=dev, progress=show, backend=knn_backend)
+    gallery = embed(model, test_set, batch_size=256, device=dev, progress=show in (True, "bar"), backend=knn_backend)
     n = len(gallery)
     num_queries = n if max_queries is None else min(n, int(max_queries))
-    benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi, seed=seed)
+    benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi, seed=seed,
+                                       normalize=False)  # the gallery is L2-normalised already
     benign["entanglement"] = metrics.entanglement(gallery.embeddings, gallery.labels, seed=seed)
     ranges = batch_ranges(num_queries, suite_obj.batch_size)
     batch_sizes = [e - s for s, e in ranges]
@@ -278,6 +281,7 @@ def evaluate(
             else:
                 for _ in range(len(ranges) * (1 + (attack_id in reruns))):
                     bar.advance(f"{attack_id} (resumed)")
+            bar.finished(attack_id)
             for p in measured:
                 blocks[p]["per_query"].update(done[p]["per_query"])
                 blocks[p]["clean"].update(done[p]["clean"])

@@ -123,13 +123,16 @@ def _full_pass_ranks(index: FlatIndex, rows: torch.Tensor, pos: torch.Tensor) ->
 
 def retrieval_metrics(embeddings, labels, *, ks=(1, 2), nmi: bool = True, seed: int = 0,
                       backend: str = "auto", map_max_rank: int | None = None,
-                      max_queries: int | None = None) -> dict[str, float]:
+                      max_queries: int | None = None, normalize: bool = True) -> dict[str, float]:
     """R@k for each k in ``ks``, mAP, MAP@R, mAP@10 and NMI, in percent (see the module docstring).
 
-    ``embeddings``: (N, D) float, L2-normalised by the caller (distances are Euclidean on what is given);
-    ``labels``: (N,) integer class ids; torch tensors (any device) or numpy arrays.
+    ``embeddings``: (N, D) float; ``labels``: (N,) integer class ids; torch tensors (any device) or numpy arrays.
+    ``normalize`` (default): L2-normalise the rows first, the metric ``N`` of every number in this project (as
+    pytorch-metric-learning does by default); ``False`` measures Euclidean distances on the rows as given.
     """
     emb = torch.as_tensor(embeddings).detach().to(torch.float32)
+    if normalize:
+        emb = torch.nn.functional.normalize(emb, dim=-1)
     lab = torch.as_tensor(_to_numpy(labels) if not isinstance(labels, torch.Tensor) else labels)
     lab = lab.to(device=emb.device, dtype=torch.int64).reshape(-1)
     if emb.ndim != 2 or emb.shape[0] != lab.shape[0]:

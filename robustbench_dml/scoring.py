@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ERS_KEYS", "ARS_KEYS", "SCORES", "THREATS", "ers", "ars", "score", "resistance_terms", "bootstrap_ci",
-           "worst_case", "worst_case_by_threat"]
+__all__ = ["ERS_KEYS", "ARS_KEYS", "ERS_TERMS", "ARS_TERMS", "SCORES", "THREATS", "ers", "ars", "score", "term",
+           "term_inputs", "raw_from_term", "resistance_terms", "bootstrap_ci", "worst_case", "worst_case_by_threat"]
 
 # term name -> (formula on the raw values). The formulas work on floats and on numpy arrays alike, so the point
 # estimate and the bootstrap replicates use the very same code.
@@ -53,8 +53,23 @@ _ARS_TERMS: dict[str, _Formula] = {
     "GTT": lambda r: r["GTT"],
 }
 
+# the inverse of each ARS term (raw result from the term and the benign R@1), for rows published as terms
+_ARS_INVERSE: dict[str, Callable[[float, float], float]] = {
+    "CA+": lambda t, r1: t / 2,
+    "CA-": lambda t, r1: 100 - t,
+    "QA+": lambda t, r1: t / 2,
+    "QA-": lambda t, r1: 100 - t,
+    "ES:R": lambda t, r1: t * r1 / 100,
+    "LTM": lambda t, r1: t * r1 / 100,
+    "GTM": lambda t, r1: t * r1 / 100,
+    "GTT": lambda t, r1: t,
+}
+
 _TERMS = {"ERS": _ERS_TERMS, "ARS": _ARS_TERMS}
 SCORES = tuple(_TERMS)
+#: the terms each score averages, in the papers' order
+ERS_TERMS: tuple[str, ...] = tuple(_ERS_TERMS)
+ARS_TERMS: tuple[str, ...] = tuple(_ARS_TERMS)
 
 #: raw keys each score needs
 ERS_KEYS: tuple[str, ...] = tuple(_ERS_TERMS)
@@ -102,6 +117,24 @@ def resistance_terms(raw: Mapping[str, Any], score: str = "ERS") -> dict[str, fl
     name = _score_name(score)
     values = _checked(raw, name)
     return {term: float(f(values)) for term, f in _TERMS[name].items()}
+
+
+def term(raw: Mapping[str, Any], key: str, score: str | None = None) -> Any:
+    """One resistance term, elementwise (floats, numpy arrays or pandas Series): that of ``score``, or by default
+    the ARS term where ARS has one (recall terms relative to ``raw["R@1"]``) and the ERS term for TMA and ES:D.
+    No checks: missing inputs raise KeyError, NaN propagates."""
+    name = _score_name(score) if score is not None else ("ARS" if key in _ARS_TERMS else "ERS")
+    return _TERMS[name][key](raw)
+
+
+def term_inputs(key: str, score: str) -> tuple[str, ...]:
+    """The raw keys one term of ``score`` reads."""
+    return (key, "R@1") if _score_name(score) == "ARS" and key in ("ES:R", "LTM", "GTM") else (key,)
+
+
+def raw_from_term(key: str, value: float, r1: float) -> float:
+    """The raw result whose ARS term is ``value`` (given the benign ``r1``): the inverse of :func:`term`."""
+    return _ARS_INVERSE[key](value, r1)
 
 
 def score(raw: Mapping[str, Any], name: str = "ERS") -> float:

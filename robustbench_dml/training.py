@@ -241,7 +241,7 @@ def _benign_metrics(model, defense, test_set, device) -> tuple[float, float]:
     from robustbench_dml.metrics import entanglement, retrieval_metrics
 
     gallery = embed(_export(model, defense), test_set, device=device)
-    r1 = float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False)["R@1"])
+    r1 = float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False, normalize=False)["R@1"])
     return r1, entanglement(gallery.embeddings, gallery.labels)
 
 

@@ -149,3 +149,19 @@ def test_one_evaluation_writes_both_protocols_and_tables_never_mix_them(tmp_path
     assert list(json.loads(compat.read_text())["protocols"]) == ["robrank"]
     assert main(["compare", str(compat)]) == 2
     assert "--protocol robrank" in _err_line(capsys)
+
+
+def test_evaluate_logs_one_line_per_finished_attack_off_a_terminal(tmp_path, capsys):
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
+                         {"dataset": "digits", "defense": "vanilla"})
+    args = ["evaluate", "--checkpoint", str(ck), "--max-queries", "8", "--attacks", "TMA,GTM", "--device", "cpu",
+            "--eval-seed", "1"]
+    assert main(args + ["--json", str(tmp_path / "a.json")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rob28: ")]
+    # TMA, then GTM under both protocols (its targets differ): 3 of 3 steps, with elapsed time and what is left
+    assert [line.split(" (")[1].split(")")[0] for line in lines] == ["TMA done", "GTM done"]
+    assert lines[-1].startswith("rob28: 3/3 ") and "elapsed, about 0:00:00 left" in lines[-1]
+    assert main(args + ["--json", str(tmp_path / "b.json"), "--quiet", "--seed", "2"]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("rob28: ")]
+    assert json.loads((tmp_path / "b.json").read_text())["seed"] == 2   # --seed is --eval-seed here

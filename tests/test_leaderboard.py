@@ -411,6 +411,18 @@ def test_shipped_reference_leaderboard_matches_code():
         pd.testing.assert_frame_equal(store.load(ds, "reference"), reference_frame(ds))
 
 
+def test_a_version_1_store_still_loads_as_the_robrank_protocol():
+    """A copy of the shipped Fashion reference leaderboard as version 1 wrote it (flat records with robrank_compat,
+    a parquet without a protocol column) reads as today's rows, checks included."""
+    root = Path(__file__).resolve().parent / "data" / "v1_store"
+    assert json.loads((root / "fashion/reference/v1.manifest.json").read_text())["record_schema_version"] == 1
+    store = LeaderboardStore(root)
+    assert store.verify("fashion", "reference") == [1]
+    pd.testing.assert_frame_equal(store.load("fashion", "reference"), reference_frame("fashion"))
+    by_id = lambda records: sorted(records, key=lambda r: r.record_id)  # noqa: E731
+    assert by_id(store.records("fashion", "reference")) == by_id(reference_records("fashion"))
+
+
 # ---- tables ------------------------------------------------------------------------------------------------------
 def _board(tmp_path, protocols=("corrected",)) -> tuple[pd.DataFrame, list[Record]]:
     store = LeaderboardStore(tmp_path)
@@ -539,6 +551,9 @@ def _is_png(path: Path) -> bool:
 
 
 def test_plots_write_pngs(tmp_path):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
     df, _ = _board(tmp_path, protocols=("robrank",))
     rows = frames_concat([df, reference_frame("cub").head(2)])
     assert _is_png(plot_resistance(rows, tmp_path / "res.png"))
@@ -549,3 +564,4 @@ def test_plots_write_pngs(tmp_path):
     assert _is_png(plot_eps_curve(curves, tmp_path / "eps_ca.png", key="CA+"))
     with pytest.raises(ValueError, match="XYZ"):
         plot_eps_curve(curves, tmp_path / "bad.png", key="XYZ")
+    assert matplotlib.get_backend() == backend          # the user's backend is left alone

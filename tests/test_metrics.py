@@ -85,12 +85,26 @@ def test_hand_computed_values():
     """
     emb = np.array([[0.0], [1.0], [3.0], [4.0], [10.0]], np.float32)
     lab = np.array([0, 0, 1, 0, 1])
-    got = retrieval_metrics(emb, lab, nmi=False)
+    got = retrieval_metrics(emb, lab, nmi=False, normalize=False)  # Euclidean on the points as given
     assert got["R@1"] == pytest.approx(100 * 2 / 5)
     assert got["R@2"] == pytest.approx(100 * 4 / 5)
     assert got["mAP"] == pytest.approx(100 * (5 / 6 + 5 / 6 + 1 / 4 + 7 / 12 + 1 / 2) / 5)
     assert got["MAP@R"] == pytest.approx(100 * (1 / 2 + 1 / 2 + 1 / 4) / 5)
     assert got["mAP@10"] == pytest.approx(100 * ((5 / 3) + (5 / 3) + 1 / 4 + 7 / 6 + 1 / 2) / 10 / 5)
+
+
+def test_raw_embeddings_are_normalised_by_default():
+    """Metric N: rows scaled by arbitrary positive factors rank as their unit vectors; normalize=False measures
+    the raw Euclidean distances, which here rank differently."""
+    rng = np.random.default_rng(2)
+    unit, lab = _clustered(rng, 200, 5, dim=8, spread=0.9)
+    scaled = unit * rng.uniform(0.1, 10.0, size=(200, 1)).astype(np.float32)
+    ref = _brute(unit, lab)
+    got = retrieval_metrics(scaled, lab, nmi=False)
+    for key in KEYS:
+        assert got[key] == pytest.approx(ref[key], abs=1e-6), key
+    raw = retrieval_metrics(scaled, lab, nmi=False, normalize=False)
+    assert raw["mAP"] != pytest.approx(ref["mAP"], abs=1e-3)
 
 
 def test_collapsed_identical_on_backends():

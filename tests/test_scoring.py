@@ -212,3 +212,17 @@ def test_worst_case_by_threat_counts_each_threat_s_attacks_only():
     assert scoring.worst_case_by_threat(s, [True, True, False, True])["recall"] == pytest.approx(100.0)
     del s["LTM"]
     assert "recall" not in scoring.worst_case_by_threat(s)
+
+
+def test_single_terms_and_their_inverses_agree_with_the_scores():
+    raw = {"CA+": 12.5, "CA-": 40.0, "QA+": 7.0, "QA-": 55.5, "TMA": 0.61, "ES:D": 0.8, "ES:R": 30.0, "LTM": 22.0,
+           "GTM": 41.0, "GTT": 3.0, "R@1": 80.0}
+    for name, keys in (("ERS", scoring.ERS_TERMS), ("ARS", scoring.ARS_TERMS)):
+        full = scoring.resistance_terms(raw, name)
+        assert tuple(full) == keys
+        for k in keys:
+            assert scoring.term(raw, k, name) == full[k]
+            assert set(scoring.term_inputs(k, name)) <= set(raw)
+    for k in scoring.ARS_TERMS:  # published rows give ARS terms: the inverse recovers the raw result
+        assert scoring.raw_from_term(k, scoring.term(raw, k, "ARS"), raw["R@1"]) == pytest.approx(raw[k])
+    assert scoring.term(raw, "TMA") == pytest.approx(39.0) and scoring.term(raw, "GTM") == pytest.approx(51.25)

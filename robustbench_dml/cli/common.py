@@ -28,12 +28,21 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bars even on a terminal")
+    p.add_argument("--no-progress", action="store_true", help="plain progress lines instead of bars on a terminal")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or lines")
 
 
 def show_progress(args: argparse.Namespace) -> bool:
     """Progress bars only on an interactive terminal, never in CI or logs."""
-    return sys.stderr.isatty() and not os.environ.get("CI") and not getattr(args, "no_progress", False)
+    return sys.stderr.isatty() and not os.environ.get("CI") and not getattr(args, "no_progress", False) \
+        and not getattr(args, "quiet", False)
+
+
+def progress_mode(args: argparse.Namespace) -> str | None:
+    """``"bar"`` on a terminal, ``"log"`` (plain periodic lines) in logs and CI, None with ``--quiet``."""
+    if getattr(args, "quiet", False):
+        return None
+    return "bar" if show_progress(args) else "log"
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -42,15 +51,15 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits", help="dataset id (dmlbench list datasets); default digits")
     g.add_argument("--data-root", help="folder holding the dataset in its official layout")
     g.add_argument("--backbone", help="backbone id (default: the dataset preset's)")
-    g.add_argument("--embedding-dim", type=int, default=512)
+    g.add_argument("--embedding-dim", type=int, default=512, help="embedding size (default 512)")
     g.add_argument("--epochs", type=int, help="SPC-2 epochs (preset: 8 for 28x28, 75 for 224x224)")
     g.add_argument("--batch-size", type=int, help="pairs per batch (preset: 128 for 28x28, 56 for 224x224)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's, 1e-3 at 28x28, 1e-5 at 224)")
+    g.add_argument("--weight-decay", type=float, help="weight decay (default: the preset's, 1e-7 / 4e-4)")
     g.add_argument("--pgd-steps", type=int, help="training-time PGD steps of the defense's adversary")
     g.add_argument("--set", dest="defense_set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the defense's config (JSON value), e.g. --set lam=0.05")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="training seed: one seed reproduces the run bit for bit")
     g.add_argument("--threads", type=int, help="CPU threads for torch and faiss (default: all available cores)")
     g.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     g.add_argument("--train-subset", type=int, metavar="N",

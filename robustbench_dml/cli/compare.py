@@ -17,8 +17,8 @@ def add_parser(sub) -> None:
                                    "ERS/ARS ties within the bootstrap interval are shown as ties.")
     p.add_argument("results", nargs="+", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("--suite", help="which evaluation to use when a run has several (default: the dataset's)")
-    p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--output")
+    p.add_argument("--format", choices=FORMATS, default="md", help="md (default), csv, latex or html")
+    p.add_argument("--output", help="write to this new file instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--reference", action="store_true",
                    help="add the papers' published rows for the dataset (needs --protocol robrank)")

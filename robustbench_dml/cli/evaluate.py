@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robustbench_dml.cli.common import add_device, add_progress, check_output, show_progress
+from robustbench_dml.cli.common import add_device, add_progress, check_output, progress_mode, show_progress
 from robustbench_dml.cli.report import attack_table, benign_table, console, protocol_lines
 from robustbench_dml.errors import UserError
 
@@ -30,7 +30,7 @@ def add_eval_options(p) -> None:
     g.add_argument("--attacks", help="comma-separated subset, e.g. CA+,QA- (not leaderboard-eligible)")
     g.add_argument("--max-queries", type=int, help="attack only the first N test images (not eligible)")
     g.add_argument("--eps", type=float, help="replace the suite's eps, in [0,1] pixel units (not eligible)")
-    g.add_argument("--eval-seed", type=int, default=0, help="seed of the attacks' random selections")
+    g.add_argument("--eval-seed", "--seed", type=int, default=0, help="seed of the attacks' random selections")
     g.add_argument("--robrank-compat", action="store_true",
                    help="measure the robrank protocol alone, in the reference code's exact call pattern (default: "
                         "both protocols, corrected and robrank, in one run; docs/protocol.md)")
@@ -55,7 +55,8 @@ def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, ma
 def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: str | None = None,
                         max_queries: int | None = None, eps: float | None = None, seed: int = 0,
                         device: str = "auto", robrank_compat: bool = False, json_path: str | None = None,
-                        data_root: str | None = None, progress: bool = False, overwrite: bool = False):
+                        data_root: str | None = None, progress: bool | str | None = False,
+                        overwrite: bool = False):
     """Run a suite on ``checkpoint`` (the dataset's suite by default); write and return (result, path)."""
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import read_meta
@@ -88,7 +89,7 @@ def run(args) -> int:
     result, out = evaluate_checkpoint(
         checkpoint, suite=args.suite, attacks=args.attacks, max_queries=args.max_queries, eps=args.eps,
         seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat, json_path=args.json,
-        data_root=args.data_root, progress=show_progress(args), overwrite=args.overwrite)
+        data_root=args.data_root, progress=progress_mode(args), overwrite=args.overwrite)
     con.print(benign_table(result.benign))
     con.print(attack_table(result))
     for line in protocol_lines(result):
@@ -113,7 +114,7 @@ def _benign(checkpoint: Path, args, con) -> int:
     model, meta = load_checkpoint(checkpoint, device)
     test = datasets.create(meta["dataset"], root=args.data_root or training_data_root(meta), split="test")
     gallery = embed(model, test, device=device, progress=show_progress(args))
-    metrics = retrieval_metrics(gallery.embeddings, gallery.labels, seed=args.eval_seed)
+    metrics = retrieval_metrics(gallery.embeddings, gallery.labels, seed=args.eval_seed, normalize=False)
     con.print(benign_table(metrics))
     out = Path(args.json) if args.json else checkpoint.parent / "eval" / "benign.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
                        description="Leaderboards are derived from append-only records as numbered, immutable "
                                    "versions (leaderboards/DATASET/SUITE/vN.parquet + manifest).")
     p.add_argument("action", choices=("show", "export", "diff", "rebuild"))
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="dataset id (dmlbench list datasets)")
     p.add_argument("--suite", help="suite id (default: the dataset's)")
     p.add_argument("--version", help="N (default: latest), or A..B for diff")
     p.add_argument("--format", choices=FORMATS, help="md (default for show), csv, latex or html")

@@ -8,10 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-BENIGN_KEYS = ("R@1", "R@2", "mAP", "MAP@R", "mAP@10", "NMI")
-ATTACK_KEYS = ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
-HIGHER_IS_BETTER = {"CA+": True, "CA-": False, "QA+": True, "QA-": False, "TMA": False, "ES:D": False,
-                    "ES:R": True, "LTM": True, "GTM": True, "GTT": True}
+from robustbench_dml.columns import ATTACK_KEYS, BENIGN_KEYS, BY_KEY
 
 
 def console() -> Console:
@@ -46,9 +43,9 @@ def attack_table(result, protocol: str | None = None) -> Table:
     for k in ATTACK_KEYS:
         if k not in raw:
             continue
-        digits = 3 if k in ("TMA", "ES:D") else 1
+        digits = BY_KEY[k].decimals
         cells = [k, _num(raw[k], digits)] + ([_num(clean.get(k), digits)] if clean else []) + [
-            "higher" if HIGHER_IS_BETTER[k] else "lower", _num(terms["ERS"].get(k), 1), _num(terms["ARS"].get(k), 1)]
+            "higher" if BY_KEY[k].higher_is_better else "lower", _num(terms["ERS"].get(k), 1), _num(terms["ARS"].get(k), 1)]
         t.add_row(*cells)
     scores = block["scores"]
     for s in ("ERS", "ARS"):

@@ -3,7 +3,8 @@ publish a new leaderboard version and print the leaderboard with the new row mar
 
 from __future__ import annotations
 
-from robustbench_dml.cli.common import add_device, add_progress, add_train_options, show_progress, train_config
+from robustbench_dml.cli.common import (add_device, add_progress, add_train_options, progress_mode, show_progress,
+                                        train_config)
 from robustbench_dml.cli.leaderboard import add_leaderboard_dir
 
 
@@ -32,13 +33,14 @@ def run(args) -> int:
     cfg = train_config(args)
     LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, datasets.info(cfg.dataset).suite)
     progress = show_progress(args)
-    summary = train(cfg, args.out, resume=args.resume, progress=progress, on_epoch=None if progress else _log_epoch)
+    summary = train(cfg, args.out, resume=args.resume, progress=progress,
+                    on_epoch=None if progress or args.quiet else _log_epoch)
     if summary.rank != 0:
         return 0
     print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, {summary.seconds_per_epoch:.1f} s/epoch")
     print(summary.checkpoint)
     result, out = evaluate_checkpoint(summary.checkpoint, seed=args.eval_seed, device=args.device,
-                                      data_root=cfg.data_root, progress=progress)
+                                      data_root=cfg.data_root, progress=progress_mode(args))
     con = console()
     con.print(benign_table(result.benign))
     con.print(attack_table(result))

@@ -11,7 +11,7 @@ import getpass
 import tempfile
 from pathlib import Path
 
-from robustbench_dml.cli.common import add_device, add_progress, show_progress
+from robustbench_dml.cli.common import add_device, add_progress, progress_mode
 from robustbench_dml.cli.leaderboard import add_leaderboard_dir
 from robustbench_dml.errors import UserError
 
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--suite", help="published suite (default: the dataset's)")
     p.add_argument("--name", help="submitter name shown on the leaderboard (default: your user name)")
     p.add_argument("--data-root", help="folder holding the checkpoint's dataset")
-    p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--eval-seed", "--seed", type=int, default=0, help="seed of the attacks' random selections")
     add_leaderboard_dir(p)
     add_device(p)
     add_progress(p)
@@ -80,7 +80,7 @@ def run(args) -> int:
     LeaderboardStore(args.leaderboard_dir).check_writable(meta["dataset"], suite)
     with tempfile.TemporaryDirectory(prefix="dmlbench-submit-") as state:
         result = evaluate(checkpoint, suite, seed=args.eval_seed, device=args.device, state_dir=state,
-                          progress=show_progress(args), data_root=args.data_root)
+                          progress=progress_mode(args), data_root=args.data_root)
     record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name)
     show_board(record, version, added, args.leaderboard_dir)
     return 0

@@ -19,7 +19,7 @@ def run(args) -> int:
 
     cfg = train_config(args)
     summary = train(cfg, args.out, resume=args.resume, progress=show_progress(args),
-                    on_epoch=None if show_progress(args) else _log_epoch)
+                    on_epoch=None if show_progress(args) or args.quiet else _log_epoch)
     if summary.rank != 0:
         return 0
     print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, "

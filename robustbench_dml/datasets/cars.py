@@ -42,10 +42,8 @@ def _scalar(value):
 
 def read_annotations(mat_path: Path) -> tuple[list[str], list[int]]:
     """(relative image paths, class ids) of every annotation in ``cars_annos.mat``, validated."""
-    try:
-        from scipy.io import loadmat
-    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
-        raise malformed(TITLE, mat_path, "reading it needs scipy (pip install scipy)", HINT) from None
+    from scipy.io import loadmat
+
     try:
         mat = loadmat(str(mat_path))
     except NotImplementedError:

@@ -1,6 +1,7 @@
 """PNG figures: per-attack resistance terms of selected leaderboard rows, and robustness against eps.
 
-matplotlib with the non-interactive Agg backend (no display needed); every figure is closed after saving.
+Figures are matplotlib ``Figure`` objects drawn by the Agg canvas directly (no display needed); the process's pyplot
+backend and figure registry are never touched, so the plots are safe inside a notebook or GUI.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from robustbench_dml import scoring
 __all__ = ["plot_resistance", "plot_eps_curve"]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(width: float, height: float):
+    """A Figure with one Axes, outside pyplot (nothing global changes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 def _label(row: Mapping[str, Any]) -> str:
@@ -45,26 +47,16 @@ def _label(row: Mapping[str, Any]) -> str:
 
 def _row_terms(row: Mapping[str, Any], score: str) -> dict[str, float]:
     """Resistance terms of one row, NaN for the terms whose inputs are missing."""
-    names = tuple(scoring.resistance_terms(_IDEAL, score))
-    raw = {k: row.get(k) for k in scoring.ERS_KEYS + ("R@1",)}
-    try:
-        present = {k: float(v) for k, v in raw.items() if v is not None and not pd.isna(v)}
-    except (TypeError, ValueError):
-        present = {}
-    out = {}
-    for name in names:
-        probe = dict(_IDEAL)
-        needed = ("R@1", name) if score == "ARS" and name in ("ES:R", "LTM", "GTM") else (name,)
-        if all(k in present for k in needed):
-            probe.update({k: present[k] for k in needed})
-            out[name] = scoring.resistance_terms(probe, score)[name]
-        else:
-            out[name] = math.nan
-    return out
-
-
-_IDEAL = {"CA+": 50.0, "CA-": 0.0, "QA+": 50.0, "QA-": 0.0, "TMA": 0.0, "ES:D": 0.0, "ES:R": 100.0, "LTM": 100.0,
-          "GTM": 100.0, "GTT": 100.0, "R@1": 100.0}
+    values = {}
+    for k in scoring.ERS_KEYS + ("R@1",):
+        v = row.get(k)
+        if v is not None and not pd.isna(v):
+            values[k] = float(v)
+    if values.get("R@1", 1.0) <= 0:  # the recall terms are undefined
+        del values["R@1"]
+    names = scoring.ARS_TERMS if score == "ARS" else scoring.ERS_TERMS
+    return {k: float(scoring.term(values, k, score)) if all(i in values for i in scoring.term_inputs(k, score))
+            else math.nan for k in names}
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -92,29 +84,27 @@ def plot_resistance(rows: pd.DataFrame | Sequence[Mapping[str, Any]], path: str 
     named = caption(protocol_of(frame)) if "protocol" in frame.columns else ""
     records = frame.to_dict("records")
     score = score.upper()
-    names = list(scoring.resistance_terms(_IDEAL, score))
-    plt = _pyplot()
+    if score not in scoring.SCORES:
+        raise ValueError(f"unknown score {score!r}; use one of {', '.join(scoring.SCORES)}")
+    names = list(scoring.ARS_TERMS if score == "ARS" else scoring.ERS_TERMS)
     n = len(records)
     width = 0.8 / n
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 0.3 * n), 4.0), dpi=120)
-    try:
-        for i, row in enumerate(records):
-            terms = _row_terms(row, score)
-            label = _label(row)
-            s = row.get(score)
-            if s is not None and not pd.isna(s):
-                label += f": {score} {float(s):.1f}"
-            ax.bar(x - 0.4 + width * (i + 0.5), [terms[k] for k in names], width, label=label)
-        ax.axhline(100.0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(x, names)
-        ax.set_ylabel(f"{score} resistance term (100 = no effect)")
-        ax.set_title((title or f"Per-attack resistance terms ({score})") + (f"\n{named}" if named else ""),
-                     fontsize=9)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(n, 2))
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    fig, ax = _figure(max(6.0, 0.9 * len(names) + 0.3 * n), 4.0)
+    for i, row in enumerate(records):
+        terms = _row_terms(row, score)
+        label = _label(row)
+        s = row.get(score)
+        if s is not None and not pd.isna(s):
+            label += f": {score} {float(s):.1f}"
+        ax.bar(x - 0.4 + width * (i + 0.5), [terms[k] for k in names], width, label=label)
+    ax.axhline(100.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, names)
+    ax.set_ylabel(f"{score} resistance term (100 = no effect)")
+    ax.set_title((title or f"Per-attack resistance terms ({score})") + (f"\n{named}" if named else ""),
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(n, 2))
+    return _save(fig, path)
 
 
 def plot_eps_curve(results: Mapping[str, Sequence[tuple[float, Mapping[str, float]]]], path: str | Path, *,
@@ -131,30 +121,26 @@ def plot_eps_curve(results: Mapping[str, Sequence[tuple[float, Mapping[str, floa
 
     if not results:
         raise ValueError("plot_eps_curve needs at least one model")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
-    try:
-        for label, points in results.items():
-            pts = sorted(points, key=lambda p: float(p[0]))
-            if not pts:
-                raise ValueError(f"model {label!r} has no (eps, raw) points")
-            xs, ys = [], []
-            for eps, raw in pts:
-                if key.upper() in scoring.SCORES:
-                    y = scoring.score(raw, key.upper())
-                else:
-                    if key not in raw:
-                        raise ValueError(f"model {label!r} at eps {eps}: raw results lack {key!r}")
-                    y = float(raw[key])
-                xs.append(float(eps) * 255.0)
-                ys.append(y)
-            ax.plot(xs, ys, marker="o", label=str(label))
-        ax.set_xlabel("eps (x 1/255, L-inf in [0,1] pixels)")
-        ax.set_ylabel(key)
-        ax.set_title((title or f"{key} against the attack budget") + (f"\n{caption(protocol)}" if protocol else ""),
-                     fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    fig, ax = _figure(6.0, 4.0)
+    for label, points in results.items():
+        pts = sorted(points, key=lambda p: float(p[0]))
+        if not pts:
+            raise ValueError(f"model {label!r} has no (eps, raw) points")
+        xs, ys = [], []
+        for eps, raw in pts:
+            if key.upper() in scoring.SCORES:
+                y = scoring.score(raw, key.upper())
+            else:
+                if key not in raw:
+                    raise ValueError(f"model {label!r} at eps {eps}: raw results lack {key!r}")
+                y = float(raw[key])
+            xs.append(float(eps) * 255.0)
+            ys.append(y)
+        ax.plot(xs, ys, marker="o", label=str(label))
+    ax.set_xlabel("eps (x 1/255, L-inf in [0,1] pixels)")
+    ax.set_ylabel(key)
+    ax.set_title((title or f"{key} against the attack budget") + (f"\n{caption(protocol)}" if protocol else ""),
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

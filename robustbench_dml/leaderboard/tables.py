@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from robustbench_dml import columns, scoring
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 
@@ -41,9 +42,8 @@ __all__ = ["TABLE_COLUMNS", "LOWER_IS_BETTER", "FORMATS", "protocol_of", "table_
 TABLE_COLUMNS: tuple[str, ...] = ("R@1", "R@2", "mAP", "NMI", "CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM",
                                   "GTT", "ERS", "ARS")
 #: the worst cases: shares of broken queries, the same in ``values="terms"`` tables
-_WORST = frozenset({"worst_case", "WC:candidate", "WC:query", "WC:recall"})
-LOWER_IS_BETTER = frozenset({"CA-", "QA-", "TMA", "ES:D"}) | _WORST
-_THREE_DECIMALS = frozenset({"TMA", "ES:D"})
+_WORST = frozenset(columns.WORST_KEYS)
+LOWER_IS_BETTER = columns.LOWER_IS_BETTER
 _CI_COLUMNS = {"ERS": ("ERS_lo", "ERS_hi"), "ARS": ("ARS_lo", "ARS_hi")}
 FORMATS = ("md", "csv", "latex", "html")
 _ID_HEADERS = {"rank": "#", "dataset": "Data", "defense": "Defense", "backbone": "Backbone", "steps": "Steps",
@@ -52,7 +52,7 @@ _ID_HEADERS = {"rank": "#", "dataset": "Data", "defense": "Defense", "backbone":
 
 def _decimals(col: str, values: str = "raw") -> int:
     """Raw TMA (cosine) and ES:D (distance) need three decimals; everything else, terms included, one."""
-    return 3 if values == "raw" and col in _THREE_DECIMALS else 1
+    return columns.BY_KEY[col].decimals if values == "raw" and col in columns.BY_KEY else 1
 
 
 def _by(df: pd.DataFrame) -> pd.Series:
@@ -69,15 +69,10 @@ def _by(df: pd.DataFrame) -> pd.Series:
 def _terms(df: pd.DataFrame) -> pd.DataFrame:
     """Resistance terms (ARS terms; TMA and ES:D as ERS terms), elementwise; NaN where a value is missing."""
     out = df.copy()
-    r1 = df["R@1"].astype("float64").where(df["R@1"] != 0)
-    out["CA+"] = 2 * df["CA+"]
-    out["CA-"] = 100 - df["CA-"]
-    out["QA+"] = 2 * df["QA+"]
-    out["QA-"] = 100 - df["QA-"]
-    out["TMA"] = 100 * (1 - df["TMA"])
-    out["ES:D"] = 100 * (2 - df["ES:D"]) / 2
-    for c in ("ES:R", "LTM", "GTM"):
-        out[c] = 100 * df[c] / r1
+    raw = {c: df[c].astype("float64") for c in columns.ATTACK_KEYS}
+    raw["R@1"] = df["R@1"].astype("float64").where(df["R@1"] != 0)
+    for c in columns.ATTACK_KEYS:
+        out[c] = scoring.term(raw, c)
     return out
 
 

@@ -1,0 +1,58 @@
+"""The result vocabulary, defined once: every metric's key (the papers' column name), record field, unit, direction
+and display decimals. Records, leaderboard frames, tables, the terminal report, plots and the reference rows read
+their column lists from here; the score formulas and their inverses live in :mod:`robustbench_dml.scoring`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Metric", "BENIGN", "ATTACKS", "SCORES", "WORST", "ALL", "BY_KEY", "BENIGN_KEYS", "ATTACK_KEYS",
+           "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "field_name"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str                 # the papers' column name, e.g. "CA+"
+    field: str               # the record's attribute / JSON key, e.g. "ca_plus"
+    unit: str
+    higher_is_better: bool
+    decimals: int = 1        # in tables and reports
+
+
+def _m(key: str, field: str, unit: str, higher: bool = True, decimals: int = 1) -> Metric:
+    return Metric(key, field, unit, higher, decimals)
+
+
+_PCT = "percent"
+#: benign retrieval over the whole test split
+BENIGN: tuple[Metric, ...] = (
+    _m("R@1", "r1", _PCT), _m("R@2", "r2", _PCT), _m("mAP", "map", _PCT), _m("MAP@R", "map_at_r", _PCT),
+    _m("mAP@10", "map_at_10", _PCT), _m("NMI", "nmi", _PCT))
+#: the raw result of every attack of the suites, in the papers' order (``docs/protocol.md``, The attacks)
+ATTACKS: tuple[Metric, ...] = (
+    _m("CA+", "ca_plus", "percent of the gallery"), _m("CA-", "ca_minus", "percent of the gallery", False),
+    _m("QA+", "qa_plus", "percent of the gallery"), _m("QA-", "qa_minus", "percent of the gallery", False),
+    _m("TMA", "tma", "cosine", False, 3), _m("ES:D", "es_d", "distance (0-2)", False, 3),
+    _m("ES:R", "es_r", _PCT), _m("LTM", "ltm", _PCT), _m("GTM", "gtm", _PCT), _m("GTT", "gtt", _PCT))
+#: the scores and their bootstrap interval bounds (0-100, higher is more robust)
+SCORES: tuple[Metric, ...] = (
+    _m("ERS", "ers", "score"), _m("ARS", "ars", "score"), _m("ERS_lo", "ers_lo", "score"),
+    _m("ERS_hi", "ers_hi", "score"), _m("ARS_lo", "ars_lo", "score"), _m("ARS_hi", "ars_hi", "score"))
+#: worst cases: percent of queries broken by any attack of the suite, or of one threat (``scoring.THREATS``)
+WORST: tuple[Metric, ...] = (
+    _m("worst_case", "worst_case", _PCT, False), _m("WC:candidate", "wc_candidate", _PCT, False),
+    _m("WC:query", "wc_query", _PCT, False), _m("WC:recall", "wc_recall", _PCT, False))
+
+ALL: tuple[Metric, ...] = BENIGN + ATTACKS + SCORES + WORST
+BY_KEY: dict[str, Metric] = {m.key: m for m in ALL}
+BENIGN_KEYS = tuple(m.key for m in BENIGN)
+ATTACK_KEYS = tuple(m.key for m in ATTACKS)
+SCORE_KEYS = tuple(m.key for m in SCORES)
+WORST_KEYS = tuple(m.key for m in WORST)
+LOWER_IS_BETTER = frozenset(m.key for m in ALL if not m.higher_is_better)
+
+
+def field_name(key: str) -> str:
+    """The record field of a column key (``"CA+"`` -> ``"ca_plus"``)."""
+    return BY_KEY[key].field
