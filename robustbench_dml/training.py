@@ -92,9 +92,9 @@ def build(cfg: TrainConfig):
     if getattr(model, "input_size", info.image_size) != info.image_size:
         raise UserError(f"backbone {cfg.backbone} takes {model.input_size}x{model.input_size} images but "
                         f"{cfg.dataset} has {info.image_size}x{info.image_size}; pick a matching --backbone")
-    spec = model.spec
+    spec, identity = model.spec, getattr(model, "pretrained_identity", None)
     model = defense.prepare_model(model)
-    model.spec = spec
+    model.spec, model.pretrained_identity = spec, identity
     return cfg, info, defense, model
 
 
@@ -250,6 +250,7 @@ def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_
     exported = _export(model, defense)
     exported.spec = model.spec
     save_checkpoint(out / "checkpoint", exported, {
+        "pretrained_weights": getattr(model, "pretrained_identity", None),
         "dataset": cfg.dataset,
         "image_size": info.image_size,
         "preset": info.preset,

@@ -165,3 +165,33 @@ def test_evaluate_logs_one_line_per_finished_attack_off_a_terminal(tmp_path, cap
     assert main(args + ["--json", str(tmp_path / "b.json"), "--quiet", "--seed", "2"]) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("rob28: ")]
     assert json.loads((tmp_path / "b.json").read_text())["seed"] == 2   # --seed is --eval-seed here
+
+
+@pytest.mark.slow
+def test_the_224_path_end_to_end_on_a_cub_fixture(tmp_path, capsys):
+    """`dmlbench run` on a CUB-layout fixture with ResNet-18 (no ImageNet weights), one epoch, a smoke evaluation,
+    to a leaderboard row: the path the mission names, kept from rotting."""
+    from fixtures_datasets import make_cub
+
+    make_cub(tmp_path / "data", per_class=4)
+    lb = tmp_path / "lb"
+    args = ["run", "--defense", "ca_tride", "--dataset", "cub", "--data-root", str(tmp_path / "data"),
+            "--backbone", "resnet18", "--no-pretrained", "--epochs", "1", "--batch-size", "4",
+            "--embedding-dim", "16", "--set", "steps=2", "--attacks", "GTT,ES", "--max-queries", "2",
+            "--out", str(tmp_path / "run"), "--leaderboard-dir", str(lb), "--name", "ci", "--device", "cpu"]
+    assert main(args + ["--plan"]) == 0                      # the plan: configuration, work, estimate; no compute
+    plan = capsys.readouterr().out
+    assert json.loads(plan[:plan.index("\nplan: ")])["backbone"] == "resnet18"
+    # training: one epoch of SPC-2 batches over the 12 training images (3 classes x 4); GTT and ES over one batch
+    # of 2 queries, 32 PGD steps + the clean pass each
+    assert "plan: training: 3 steps" in plan and "2 attacks over 1 query batches, 66 PGD iterations" in plan
+    assert "a GPU is expected" in plan and not (tmp_path / "run").exists() and not lb.exists()
+    assert main(args + ["--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "published as partial" in out and "ci (partial suite)" in out
+    from robustbench_dml.leaderboard import LeaderboardStore
+
+    board = LeaderboardStore(lb).load("cub", "rob224")
+    assert sorted(board["protocol"]) == ["corrected", "robrank"] and not board["eligible"].any()
+    assert set(board["backbone"]) == {"resnet18"} and set(board["defense"]) == {"ca_tride"}
+    assert board["GTT"].notna().all() and board["ES:R"].notna().all() and board["CA+"].isna().all()

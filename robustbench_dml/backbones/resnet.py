@@ -1,15 +1,21 @@
 """torchvision ResNet-18/50 trunks for 224x224 data (CUB, Cars196, SOP), as in RobRank's rres18/rres50.
 
 The ImageNet ``fc`` is replaced by a fresh Linear(features -> embedding_dim). Input (B, 3, 224, 224) in
-[0,1]; ImageNet mean/std normalisation is the first layer of the model. ImageNet weights come from a file
-the user gives (``pretrained="/path/resnet18.pth"``) or torchvision's local cache (``pretrained=True``);
-nothing is downloaded.
+[0,1]; ImageNet mean/std normalisation is the first layer of the model.
+
+ImageNet weights (``pretrained=True``) come through torchvision's weights API (``ResNet18_Weights.IMAGENET1K_V1``,
+``ResNet50_Weights.IMAGENET1K_V1``): read from torchvision's hub cache when the file is there, otherwise downloaded
+once into it with torchvision's hash check; offline with an empty cache, one line says which file to place where.
+``pretrained="/path/file.pth"`` reads a file the user gives (air-gapped machines). Every file is read with
+``weights_only=True``. The weights' identity (torchvision's enum name or the file, and the file's sha256) is kept on
+the model as ``pretrained_identity`` and saved in the checkpoint's ``meta.json``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,38 +25,58 @@ from robustbench_dml.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# File names torchvision uses in its hub cache for the ImageNet weights.
-CACHE_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
+WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
 
 
 def _cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _load_imagenet(net: nn.Module, arch: str, pretrained: bool | str) -> None:
-    path = Path(pretrained) if isinstance(pretrained, (str, os.PathLike)) else _cache_dir() / CACHE_FILES[arch]
-    if not path.is_file():
-        raise UserError(
-            f"ImageNet weights for {arch} not found at {path}; pass --pretrained-weights FILE "
-            f"(torchvision's {CACHE_FILES[arch]}) or --no-pretrained"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _imagenet_state(arch: str, pretrained: bool | str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The ImageNet state dict and its identity, from the user's file or torchvision's weights API."""
+    import torchvision
+
+    from robustbench_dml.checkpoint import file_sha256
+
+    if isinstance(pretrained, (str, os.PathLike)):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise UserError(f"--pretrained-weights {path} does not exist; pass torchvision's {arch} ImageNet file")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state, {"file": str(path), "sha256": file_sha256(path)}
+    weights = getattr(torchvision.models, WEIGHTS[arch]).IMAGENET1K_V1
+    name = os.path.basename(weights.url)
+    path = _cache_dir() / name
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:  # offline (URLError is an OSError), or a download failing the hash check
+        raise UserError(f"ImageNet weights for {arch} are not in torchvision's cache and could not be downloaded "
+                        f"({str(e).splitlines()[0][:80]}); place {name} at {path}, or pass --pretrained-weights FILE "
+                        "(or --no-pretrained)") from None
+    return state, {"weights": f"{WEIGHTS[arch]}.IMAGENET1K_V1", "file": name, "sha256": file_sha256(path)}
+
+
+def _load_imagenet(net: nn.Module, arch: str, pretrained: bool | str) -> dict[str, Any]:
+    state, identity = _imagenet_state(arch, pretrained)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.startswith("fc.")]:
-        raise UserError(f"{path} is not a torchvision {arch} state dict (missing {missing[:3]}, extra {unexpected[:3]})")
+        raise UserError(f"{identity['file']} is not a torchvision {arch} state dict (missing {missing[:3]}, extra "
+                        f"{unexpected[:3]})")
+    return identity
 
 
 def _resnet(arch: str, embedding_dim: int, pretrained: bool | str | None) -> EmbeddingNet:
     import torchvision
 
     net = getattr(torchvision.models, arch)(weights=None)
-    if pretrained:
-        _load_imagenet(net, arch, pretrained)
+    identity = _load_imagenet(net, arch, pretrained) if pretrained else None
     head = nn.Linear(net.fc.in_features, embedding_dim)
     net.fc = nn.Identity()
-    return EmbeddingNet(net, head, embedding_dim=embedding_dim, input_size=224, in_channels=3,
-                        normalize=Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    model = EmbeddingNet(net, head, embedding_dim=embedding_dim, input_size=224, in_channels=3,
+                         normalize=Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    model.pretrained_identity = identity
+    return model
 
 
 @BACKBONES.register("resnet18")

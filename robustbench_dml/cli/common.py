@@ -95,3 +95,39 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device, threads=args.threads,
         num_workers=args.num_workers, train_subset=args.train_subset, defense_params=params,
     )
+
+
+def is_rank0() -> bool:
+    """Not a non-zero rank of a torchrun launch (only rank 0 measures and prints plans)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def add_plan(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", action="store_true",
+                   help="print the resolved configuration, the work in forward/backward passes and a measured "
+                        "estimate of the time on this device, then stop")
+
+
+def print_plan(cfg, *, training: bool, evaluation: bool, max_queries: int | None = None,
+               attacks: str | None = None, checkpoint_model=None, show_config: bool = True, **eval_options) -> None:
+    """Measure and print the plan of a job (:mod:`robustbench_dml.plan`)."""
+    from robustbench_dml.plan import Plan, gpu_note, plan_evaluation, plan_training
+    from robustbench_dml.runtime import resolve_device
+
+    if training:
+        result, model, cfg = plan_training(cfg)
+    else:
+        result = Plan(device=str(resolve_device(cfg.device)), train_steps=0, train_passes=(0, 0),
+                      seconds_per_step=0.0, eval_batches=0)
+        model = checkpoint_model.to(resolve_device(cfg.device))
+    if show_config and training:
+        print(cfg.to_json())
+    if evaluation:
+        plan_evaluation(result, model, dataset=cfg.dataset, data_root=cfg.data_root, device=resolve_device(cfg.device),
+                        max_queries=max_queries, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
+                        **eval_options)
+    for line in result.lines(training=training, evaluation=evaluation):
+        print(f"plan: {line}", flush=True)
+    note = gpu_note(result, cfg.dataset)
+    if note:
+        print(note, flush=True)

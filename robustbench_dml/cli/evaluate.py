@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robustbench_dml.cli.common import add_device, add_progress, check_output, progress_mode, show_progress
+from robustbench_dml.cli.common import (add_device, add_plan, add_progress, check_output, is_rank0, print_plan,
+                                        progress_mode, show_progress)
 from robustbench_dml.cli.report import attack_table, benign_table, console, protocol_lines
 from robustbench_dml.errors import UserError
 
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
     add_device(p)
     add_progress(p)
+    add_plan(p)
     p.set_defaults(func=run)
 
 
@@ -56,8 +58,9 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
                         max_queries: int | None = None, eps: float | None = None, seed: int = 0,
                         device: str = "auto", robrank_compat: bool = False, json_path: str | None = None,
                         data_root: str | None = None, progress: bool | str | None = False,
-                        overwrite: bool = False):
-    """Run a suite on ``checkpoint`` (the dataset's suite by default); write and return (result, path)."""
+                        overwrite: bool = False, plan: str | None = None):
+    """Run a suite on ``checkpoint`` (the dataset's suite by default); write and return (result, path).
+    ``plan``: ``"only"`` prints the measured plan and returns (None, None); ``"first"`` prints it, then evaluates."""
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import read_meta
     from robustbench_dml.evaluation import evaluate
@@ -70,8 +73,19 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     published = {datasets.info(d).suite for d in datasets.list_datasets()}
     if suite in published and suite != native:
         raise UserError(f"suite {suite} is for another input size than {meta['dataset']}'s; use {native}")
-    if json_path is not None:
+    if json_path is not None and plan != "only":
         check_output(json_path, overwrite)
+    if plan is not None and is_rank0():
+        from types import SimpleNamespace
+
+        from robustbench_dml.checkpoint import load_checkpoint, training_data_root
+
+        model, _ = load_checkpoint(checkpoint)
+        job = SimpleNamespace(dataset=meta["dataset"], data_root=data_root or training_data_root(meta), device=device)
+        print_plan(job, training=False, evaluation=True, max_queries=max_queries, attacks=attacks,
+                   checkpoint_model=model, suite=suite, robrank_compat=robrank_compat)
+        if plan == "only":
+            return None, None
     out = Path(json_path) if json_path else default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries,
                                                           eps=eps, robrank_compat=robrank_compat)
     result = evaluate(checkpoint, suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
@@ -89,7 +103,10 @@ def run(args) -> int:
     result, out = evaluate_checkpoint(
         checkpoint, suite=args.suite, attacks=args.attacks, max_queries=args.max_queries, eps=args.eps,
         seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat, json_path=args.json,
-        data_root=args.data_root, progress=progress_mode(args), overwrite=args.overwrite)
+        data_root=args.data_root, progress=progress_mode(args), overwrite=args.overwrite,
+        plan="only" if args.plan else None if args.quiet else "first")
+    if result is None:
+        return 0
     con.print(benign_table(result.benign))
     con.print(attack_table(result))
     for line in protocol_lines(result):

@@ -41,12 +41,13 @@ def validate(checkpoint: Path) -> dict:
     return meta
 
 
-def publish(result, *, leaderboard_dir: str, name: str | None):
-    """Record ``result`` and publish a new leaderboard version; return (record, version, added)."""
+def publish(result, *, leaderboard_dir: str, name: str | None, partial_ok: bool = False):
+    """Record ``result`` and publish a new leaderboard version; return (record, version, added). ``partial_ok``:
+    a result of an overridden suite is published too, as a partial row (``eligible`` false, marked in tables)."""
     from robustbench_dml.leaderboard import LeaderboardStore, Record
 
     record = Record.from_evaluation(result.to_dict(), submitter=name or getpass.getuser())
-    version, added = LeaderboardStore(leaderboard_dir).add_record(record)
+    version, added = LeaderboardStore(leaderboard_dir).add_record(record, allow_ineligible=partial_ok)
     return record, version, added
 
 
@@ -60,7 +61,8 @@ def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
                                  record.protocol)
     print(render(frame, "md", highlight_record_id=record.record_id), end="")
     state = "added to" if added else "already on (no new version)"
-    scores = "; ".join(f"{p}: ERS {s.ers:.1f}, ARS {s.ars:.1f}" for p, s in record.protocols.items())
+    num = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 - a partial suite has no ERS/ARS
+    scores = "; ".join(f"{p}: ERS {num(s.ers)}, ARS {num(s.ars)}" for p, s in record.protocols.items())
     print(f"{record.record_id} ({scores}) {state} {leaderboard_dir}/{record.dataset}/{record.suite_id} v{version}")
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from robustbench_dml.cli.common import add_device, add_progress, add_train_options, show_progress, train_config
+from robustbench_dml.cli.common import (add_device, add_plan, add_progress, add_train_options, is_rank0, print_plan,
+                                        show_progress, train_config)
 
 
 def add_parser(sub) -> None:
@@ -11,6 +12,7 @@ def add_parser(sub) -> None:
     add_train_options(p)
     add_device(p)
     add_progress(p)
+    add_plan(p)
     p.set_defaults(func=run)
 
 
@@ -18,6 +20,11 @@ def run(args) -> int:
     from robustbench_dml.training import train
 
     cfg = train_config(args)
+    if args.plan:
+        print_plan(cfg, training=True, evaluation=False)
+        return 0
+    if not args.quiet and is_rank0():  # the estimate comes before the compute
+        print_plan(cfg, training=True, evaluation=False, show_config=False)
     summary = train(cfg, args.out, resume=args.resume, progress=show_progress(args),
                     on_epoch=None if show_progress(args) or args.quiet else _log_epoch)
     if summary.rank != 0:

@@ -21,7 +21,6 @@ frame is typed and pandas 3's ``str`` inference never leaks in.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import hashlib
 import json

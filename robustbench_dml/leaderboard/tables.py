@@ -56,13 +56,14 @@ def _decimals(col: str, values: str = "raw") -> int:
 
 
 def _by(df: pd.DataFrame) -> pd.Series:
-    """Who the row comes from: the submitter, or ``<paper>, <venue>`` for published rows."""
+    """Who the row comes from: the submitter, or ``<paper>, <venue>`` for published rows; a row measured with an
+    overridden suite (``eligible`` false) says so."""
     out = []
-    for reported, submitter, source in zip(df["reported"], df["submitter"], df["source"]):
+    for reported, submitter, source, eligible in zip(df["reported"], df["submitter"], df["source"], df["eligible"]):
         if bool(reported) and isinstance(source, str):
             out.append(source.split(" (")[0] + " (paper)")
         else:
-            out.append(str(submitter))
+            out.append(str(submitter) + ("" if bool(eligible) else " (partial suite)"))
     return pd.Series(out, index=df.index, dtype=pd.StringDtype())
 
 
