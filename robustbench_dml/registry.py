@@ -2,7 +2,7 @@
 
 A registry maps a stable id (the CLI and leaderboard key) to a factory. Third-party packages add entries
 through the entry-point group ``dmlbench.<kind>s`` (for example ``dmlbench.defenses``), loaded lazily on
-first lookup.
+first lookup; a plugin id that is already built in is a one-line error, never silently ignored.
 """
 
 from __future__ import annotations
@@ -47,8 +47,11 @@ class Registry(Generic[T]):
         for module in self._builtin_modules:
             importlib.import_module(module)
         for ep in metadata.entry_points(group=f"dmlbench.{self.kind}s"):
-            if ep.name not in self._entries:
-                self._entries[ep.name] = ep.load()
+            if ep.name in self._entries:
+                self._loaded = False  # every lookup says it again until the plugin is fixed or removed
+                raise UserError(f"the plugin {ep.value} (entry point group dmlbench.{self.kind}s) registers "
+                                f"{self.kind} {ep.name!r}, which is built in; give it another id")
+            self._entries[ep.name] = ep.load()
 
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted ids matching the fnmatch ``pattern`` (e.g. ``"*hm*"``)."""

@@ -165,7 +165,7 @@ def _scalar(t) -> float:
 # ---------------------------------------------------------------- configuration
 
 def test_registry_presets_and_config_errors():
-    assert set(defenses.list()) >= {"vanilla", "est", "act", "hm", "ca_tride", "mdprop"}
+    assert set(defenses.list_defenses()) >= {"vanilla", "est", "act", "hm", "ca_tride", "mdprop"}
     for name in ("est", "act", "hm"):
         c = defenses.create(name, preset="224").config
         assert (c.eps, c.alpha, c.steps) == (8 / 255, 1 / 255, 32)
@@ -178,7 +178,7 @@ def test_registry_presets_and_config_errors():
         (16, 8 / 255, 1 / 255, True, 0.25, None, "alternate")
     md = defenses.create("mdprop", preset="224").config
     assert (md.eps, md.steps, md.random_start, md.attacker1_targets, md.attacker2_targets) == (0.01, 1, 5e-4, 1, 5)
-    for name in defenses.list():
+    for name in defenses.list_defenses():
         with pytest.raises(TypeError, match="bogus"):
             defenses.create(name, bogus=1)
         assert isinstance(defenses.create(name).config.to_dict(), dict)

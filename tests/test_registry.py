@@ -42,3 +42,41 @@ def test_builtin_registries_are_populated(kind):
                 "backbones": {"c2f2", "c2f2bn", "resnet18", "resnet50"},
                 "defenses": {"vanilla", "est", "act", "hm", "ca_tride", "mdprop"}}[kind]
     assert expected <= set(names)
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A real installed distribution (dist-info with entry points) whose module sits on sys.path."""
+    (tmp_path / "dml_plugin_demo.py").write_text("def make(scale=1):\n    return ('plugin widget', scale)\n")
+    info = tmp_path / "dml_plugin_demo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dml-plugin-demo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[dmlbench.widgets]\nplugged = dml_plugin_demo:make\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_an_entry_point_plugin_is_listed_and_created(installed_plugin):
+    reg = Registry("widget")
+    reg.register("builtin")(lambda: "b")
+    assert reg.list() == ["builtin", "plugged"]
+    assert reg.create("plugged", scale=3) == ("plugin widget", 3)
+
+
+def test_a_plugin_reusing_a_builtin_id_is_a_clear_error(installed_plugin):
+    reg = Registry("widget")
+    reg.register("plugged")(lambda: "the built-in one")
+    for _ in range(2):  # every lookup says so, not just the first
+        with pytest.raises(UserError) as e:
+            reg.list()
+        assert "dml_plugin_demo:make" in str(e.value) and "'plugged'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["datasets", "backbones", "defenses", "attacks", "suites"])
+def test_every_registry_lists_under_one_name(kind):
+    import importlib
+
+    module = {"datasets": "robustbench_dml.datasets", "backbones": "robustbench_dml.backbones",
+              "defenses": "defenses", "attacks": "attacks", "suites": "attacks.suites"}[kind]
+    lister = getattr(importlib.import_module(module), f"list_{kind}")
+    assert lister() and lister() == sorted(lister()) and lister("*") == lister()

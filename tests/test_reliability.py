@@ -19,7 +19,6 @@ from robustbench_dml.checkpoint import read_meta, save_checkpoint
 from robustbench_dml.cli.main import main
 from robustbench_dml.errors import UserError
 from robustbench_dml.leaderboard import LeaderboardStore, Record
-from robustbench_dml.leaderboard.records import write_record
 
 
 class _Payload:
