@@ -298,6 +298,14 @@ def test_a_publisher_killed_at_each_write_point_leaves_the_previous_version_inta
     assert not list(tmp_path.rglob("*.tmp"))  # ... and the next publish removed it
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as a terminal delivers it, even when the test runner was started in the background
+    (a non-interactive shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_sigint_stops_training_with_one_line_and_resume_gives_the_same_weights(tmp_path):
     import signal
@@ -306,7 +314,8 @@ def test_sigint_stops_training_with_one_line_and_resume_gives_the_same_weights(t
     base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "3", "--threads", "1"]
     full = subprocess.run(base + ["--out", str(tmp_path / "full")], capture_output=True, timeout=600)
     assert full.returncode == 0
-    proc = subprocess.Popen(base + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(base + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     history = tmp_path / "cut" / "history.jsonl"
     deadline = time.time() + 300
     while not (history.exists() and history.read_text().count("\n") >= 1) and time.time() < deadline:
@@ -334,7 +343,8 @@ def test_sigint_stops_an_evaluation_with_one_line_and_rerunning_resumes_to_the_s
     full = subprocess.run(base + ["--json", str(tmp_path / "a" / "r.json")], capture_output=True, timeout=600)
     assert full.returncode == 0, full.stderr.decode()[-500:]
     out = tmp_path / "b" / "r.json"
-    proc = subprocess.Popen(base + ["--json", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(base + ["--json", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     state = tmp_path / "b" / "state"
     deadline = time.time() + 300
     while not list(state.glob("*/*.json")) and time.time() < deadline:
