@@ -10,7 +10,7 @@ Each run is ``dmlbench run --defense ID --dataset digits`` at its defaults (seed
 rows also check the numbers the README quotes. Training resumes per epoch and evaluation per attack, so the script
 can be stopped and restarted; the table is rewritten after each defense.
 
-    python benchmarks/digits_defenses.py
+    python benchmarks/digits_worst_cases.py
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def report(rows: list[dict]) -> str:
              "`dmlbench run --defense ID --dataset digits` (seed 0), rob28 on all 896 test queries, both protocols. "
              "`worst_case`: any attack broke the query; `WC:*`: per threat (candidate CA+/CA-, query QA+/QA-, "
              "recall ES/LTM/GTM relative to the correctly answered queries). Lower worst cases are more robust.",
-             "", "Regenerate: `python benchmarks/digits_defenses.py`", ""]
+             "", "Regenerate: `python benchmarks/digits_worst_cases.py`", ""]
     for protocol in ("corrected", "robrank"):
         lines += [f"Protocol: {protocol}", "",
                   "| defense | R@1 | ERS | ARS | worst_case | " + " | ".join(WORST) + " | train s | eval s |",
@@ -75,8 +75,8 @@ def report(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--defenses", default=",".join(DEFENSES))
-    p.add_argument("--out", default="runs/digits_defenses")
-    p.add_argument("--report", default=str(Path(__file__).parent / "results" / "digits_defenses.md"))
+    p.add_argument("--out", default="runs/digits_worst_cases")
+    p.add_argument("--report", default=str(Path(__file__).parent / "results" / "digits_worst_cases.md"))
     args = p.parse_args()
     rows = []
     for defense in args.defenses.split(","):
