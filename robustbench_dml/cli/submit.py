@@ -61,8 +61,9 @@ def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
                                  record.protocol)
     print(render(frame, "md", highlight_record_id=record.record_id), end="")
     state = "added to" if added else "already on (no new version)"
-    num = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 - a partial suite has no ERS/ARS
-    scores = "; ".join(f"{p}: ERS {num(s.ers)}, ARS {num(s.ars)}" for p, s in record.protocols.items())
+    from robustbench_dml.cli.report import _num  # "-" for a score a partial suite does not give
+
+    scores = "; ".join(f"{p}: ERS {_num(s.ers, 1)}, ARS {_num(s.ars, 1)}" for p, s in record.protocols.items())
     print(f"{record.record_id} ({scores}) {state} {leaderboard_dir}/{record.dataset}/{record.suite_id} v{version}")
 
 
