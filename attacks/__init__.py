@@ -7,27 +7,7 @@ entry-point group ``dmlbench.attacks``. The call shape and result units are desc
 
 from __future__ import annotations
 
-from attacks.base import AttackOutput, RankingAttack
-from robustbench_dml.registry import Registry
-
-ATTACKS: Registry = Registry("attack")
-
-
-def _register_builtin() -> None:
-    from attacks.candidate import CandidateAttackMinus, CandidateAttackPlus
-    from attacks.embedding_shift import EmbeddingShift
-    from attacks.gtm import GreedyTop1Misranking
-    from attacks.gtt import GreedyTop1Translocation
-    from attacks.ltm import LearningToMisrank
-    from attacks.query import QueryAttackMinus, QueryAttackPlus
-    from attacks.tma import TargetedMismatch
-
-    for cls in (CandidateAttackPlus, CandidateAttackMinus, QueryAttackPlus, QueryAttackMinus, TargetedMismatch,
-                EmbeddingShift, LearningToMisrank, GreedyTop1Misranking, GreedyTop1Translocation):
-        ATTACKS.register(cls.id)(cls)
-
-
-_register_builtin()
+from attacks.base import ATTACKS, AttackOutput, RankingAttack
 
 
 def create(name: str, **cfg) -> RankingAttack:

@@ -23,13 +23,12 @@ eps = 0 no query succeeds. The "top 1%" used by CA/QA success is the first floor
 (the K + 1 nearest items of RobRank's CA-/QA- selections, self included).
 
 Gallery-side cost: selections and top-k measurements use ``Gallery.knn`` (canonical (distance, index) order);
-everything done at every PGD step is a chunked pass over ``gallery.embeddings`` (:func:`chunk_distances`,
+everything done at every PGD step is a chunked pass over ``gallery.embeddings`` (``Gallery.block_distances``,
 memory O(B x chunk)); distances that stay fixed during PGD (CA's query-to-gallery rows) are sorted once per pass.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -40,6 +39,15 @@ from torch import nn
 
 from attacks.pgd import eval_mode, pgd
 from robustbench_dml.errors import UserError
+from robustbench_dml.registry import Registry
+
+#: every attack class, registered with ``@ATTACKS.register(<paper acronym>)`` in its own file (the id equals the
+#: class's ``id``); third-party attacks join through the entry-point group ``dmlbench.attacks``
+ATTACKS: Registry = Registry(
+    "attack",
+    builtin_modules=("attacks.candidate", "attacks.query", "attacks.tma", "attacks.embedding_shift", "attacks.ltm",
+                     "attacks.gtm", "attacks.gtt"),
+)
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20  # bytes for per-batch fixed data (CA's sorted distances)
 
@@ -71,6 +79,13 @@ class AttackOutput:
 def top_fraction_limit(n: int) -> int:
     """K = floor(0.01 N): RobRank's "top 1%" pool size (CA-/QA- select among the K nearest non-self items)."""
     return int(n * 0.01)
+
+
+def top_percent_limit(n: int) -> float:
+    """The top-1% bound in percent of the gallery, 100 K / N, computed in the order the CA/QA results are
+    (``100.0 * position / N``) so that an item at place K compares as inside (``K / N * 100`` rounds below
+    ``100 * K / N`` for some N, e.g. 896, which used to count place K as outside)."""
+    return 100.0 * top_fraction_limit(n) / n
 
 
 def sort_with_prefix(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,49 +153,15 @@ def positions_in_row(dist: torch.Tensor, targets: torch.Tensor, offset: int = 0,
 # Chunked gallery passes (memory O(B x chunk))
 
 
-_SQNORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _gallery_sqnorms(gallery) -> torch.Tensor:
-    """|X_x|^2 for every gallery row, computed once per Gallery object (its embeddings never change)."""
-    sq = _SQNORMS.get(gallery)
-    if sq is None:
-        sq = gallery.embeddings.pow(2).sum(dim=1)
-        _SQNORMS[gallery] = sq
-    return sq
-
-
-def chunk_distances(gallery, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """(B, stop-start) Euclidean distances d(z_i, X_x) for gallery rows [start, stop), no grad.
-
-    The same quantity as ``Gallery.distances`` computed as sqrt(max(0, |z|^2 + |X|^2 - 2 z.X)) with the gallery's
-    squared norms cached: one matrix product and in-place element-wise work (torch.cdist re-derives the norms and
-    copies the chunk on every call; ~1.8x slower on CPU). Used by every per-step pass of the attacks.
-    """
-    x = gallery.embeddings[start:stop]
-    d = torch.addmm(_gallery_sqnorms(gallery)[start:stop].view(1, -1), z, x.t(), alpha=-2.0)
-    d.add_(z.pow(2).sum(dim=1, keepdim=True))
-    return d.clamp_min_(0.0).sqrt_()
-
-
-CHUNK_ELEMENTS = 1 << 20  # rows x chunk per temporary (4 MiB of float32: cache-friendly; measured ~1.5x faster
-#                           than 16 MiB blocks on the element-wise passes)
-
-
-def chunks(gallery, rows: int) -> list[tuple[int, int]]:
-    """The gallery ranges one chunked pass uses for ``rows`` query rows: rows x chunk stays near 1M elements."""
-    return list(gallery.iter_chunks(max(1024, CHUNK_ELEMENTS // max(1, rows))))
-
-
 def gather_row_values(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """B_k = d(z_i, X_k) for gallery indices ``targets`` (B, M), read from the same chunked distance pass (same
     rows, same ranges) as :func:`chunked_positions`, so the values are bit-identical to the ones it compares."""
     out = torch.zeros(targets.shape, dtype=z.dtype, device=z.device)
-    for start, stop in chunks(gallery, targets.numel()):
+    for start, stop in gallery.blocks(targets.numel()):
         inside = (targets >= start) & (targets < stop)
         if not bool(inside.any()):
             continue
-        dist = chunk_distances(gallery, z, start, stop)
+        dist = gallery.block_distances(z, start, stop)
         vals = dist.gather(1, (targets - start).clamp(0, stop - start - 1))
         out = torch.where(inside, vals, out)
     return out
@@ -191,8 +172,8 @@ def chunked_positions(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.
     """Positions (B, M) of ``targets`` in each query's stable ascending distance ranking over the whole gallery."""
     tvals = gather_row_values(gallery, z, targets)
     pos = torch.zeros(targets.shape, dtype=torch.int64, device=z.device)
-    for start, stop in chunks(gallery, targets.numel()):
-        pos += positions_in_row(chunk_distances(gallery, z, start, stop), targets, start, tvals)
+    for start, stop in gallery.blocks(targets.numel()):
+        pos += positions_in_row(gallery.block_distances(z, start, stop), targets, start, tvals)
     return pos
 
 
@@ -200,8 +181,8 @@ def chunked_positions(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.
 def chunked_strict_counts(gallery, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """#{x : d(q_r, X_x) < a_r} per row r of ``q`` (R, D) over the whole gallery (CA's rank)."""
     cnt = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
-    for start, stop in chunks(gallery, q.shape[0]):
-        cnt += (chunk_distances(gallery, q, start, stop) < a.view(-1, 1)).sum(dim=1)
+    for start, stop in gallery.blocks(q.shape[0]):
+        cnt += (gallery.block_distances(q, start, stop) < a.view(-1, 1)).sum(dim=1)
     return cnt
 
 
@@ -221,8 +202,8 @@ def chunked_row_hinge(gallery, z: torch.Tensor, a: torch.Tensor, sign: str) -> t
     active = torch.zeros(b, m, dtype=torch.int64, device=z.device)
     wsum = torch.zeros(b, 1, dtype=z.dtype, device=z.device)
     wx = torch.zeros_like(z)
-    for start, stop in chunks(gallery, b):
-        dist = chunk_distances(gallery, z, start, stop)  # (B, c)
+    for start, stop in gallery.blocks(b):
+        dist = gallery.block_distances(z, start, stop)  # (B, c)
         inv = torch.where(dist > 0, dist.reciprocal(), 0.0)
         w = None
         for j in range(m):
@@ -252,8 +233,8 @@ def chunked_extremes(gallery, z: torch.Tensor, labels: torch.Tensor, exclude: to
     neg_i = torch.full((b,), -1, dtype=torch.int64, device=z.device)
     pos_d = torch.full((b,), float("inf"), dtype=z.dtype, device=z.device)
     pos_i = torch.full((b,), -1, dtype=torch.int64, device=z.device)
-    for start, stop in chunks(gallery, b):
-        dist = chunk_distances(gallery, z, start, stop)
+    for start, stop in gallery.blocks(b):
+        dist = gallery.block_distances(z, start, stop)
         same = gallery.labels[start:stop].view(1, -1) == labels.view(-1, 1)
         dn = dist.masked_fill(same, -1.0)
         v, i = dn.max(dim=1)
@@ -335,7 +316,8 @@ class RankingAttack:
         raise NotImplementedError
 
     def succeeded(self, clean: dict[str, torch.Tensor], adv: dict[str, torch.Tensor],
-                  state: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+                  state: dict[str, torch.Tensor], gallery) -> torch.Tensor:
+        """(B,) bool; ``state["z_adv"]`` holds the adversarial embeddings."""
         raise NotImplementedError
 
     def max_rows(self, n: int) -> int | None:
@@ -366,11 +348,11 @@ class RankingAttack:
             x_adv, z_last, iterations = self._run_pgd(x0, state, gallery)
             with torch.no_grad():
                 z_adv = self.embed(x_adv)
-                state["z_last"] = z_last
+                state.update(z_last=z_last, z_adv=z_adv)
                 adv = self.measure(z_adv, state, gallery, clean=False)
                 adv_robrank = (self.measure(z_adv, state, gallery, clean=False, robrank_compat=True)
                                if self.robrank_quirk == "measure" and not self.robrank_compat else None)
-        success = self.succeeded(clean, adv, state, len(gallery))
+                success = self.succeeded(clean, adv, state, gallery)
         to_cpu = lambda d: {k: v.detach().to("cpu", torch.float64) for k, v in d.items()}  # noqa: E731
         selection = {k: v.detach().cpu() for k, v in state.items() if k.startswith("sel_")}
         return AttackOutput(x_adv=x_adv.to(images.device), per_query=to_cpu(adv), success=success.detach().cpu(),
@@ -424,6 +406,24 @@ def top1_correct(gallery, z: torch.Tensor, labels: torch.Tensor, self_idx: torch
     """Whether the nearest gallery item other than self (masked by index) has the query's true label (B,) bool."""
     _, idx = gallery.knn(z, 1, exclude=self_idx)
     return gallery.labels[idx[:, 0].to(gallery.labels.device)].to(labels.device) == labels
+
+
+@torch.no_grad()
+def class_in_top(gallery, z: torch.Tensor, labels: torch.Tensor, self_idx: torch.Tensor, k: int) -> torch.Tensor:
+    """Whether any of the ``k`` nearest gallery items other than self (masked by index) has the query's label, (B,)
+    bool."""
+    _, idx = gallery.knn(z, k, exclude=self_idx)
+    return (gallery.labels[idx.to(gallery.labels.device)].to(labels.device) == labels.view(-1, 1)).any(dim=1)
+
+
+def recall_broken(clean_correct: torch.Tensor, gallery, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Success of the recall attacks (ES, LTM, GTM): the clean top-1 was right and after the attack no item of the
+    query's class is left in its top 1% (the K + 1 nearest non-self items, K = floor(0.01 N), the places CA/QA
+    call the top 1%). Stricter than "the top-1 turned wrong", which every model measured concedes on almost every
+    query (GTM's whole goal is that flip); the per-query 0/100 results keep the top-1 definition."""
+    k = top_fraction_limit(len(gallery)) + 1
+    kept = class_in_top(gallery, state["z_adv"], state["labels"], state["self_idx"], k)
+    return clean_correct.to(kept.device) & ~kept
 
 
 def recall_percent(correct: torch.Tensor) -> torch.Tensor:

@@ -21,16 +21,15 @@ from __future__ import annotations
 import torch
 
 from attacks.base import (
+    ATTACKS,
     RankingAttack,
-    chunk_distances,
     chunked_strict_counts,
-    chunks,
     flip_success,
     pair_distance,
     require_pool,
     sort_with_prefix,
     sorted_hinge,
-    top_fraction_limit,
+    top_percent_limit,
 )
 from robustbench_dml.errors import UserError
 
@@ -67,7 +66,7 @@ class CandidateAttack(RankingAttack):
 
     def prepare(self, state, gallery):
         q = self._fixed_rows(state, gallery)
-        rows = torch.cat([chunk_distances(gallery, q, s, e) for s, e in chunks(gallery, q.shape[0])], dim=1)
+        rows = torch.cat([gallery.block_distances(q, s, e) for s, e in gallery.blocks(q.shape[0])], dim=1)
         srt, prefix = sort_with_prefix(rows)
         return q, srt, prefix
 
@@ -85,13 +84,14 @@ class CandidateAttack(RankingAttack):
         rank = cnt.view(-1, self.W).double().mean(dim=1)
         return {self.id: 100.0 * rank / len(gallery)}
 
-    def succeeded(self, clean, adv, state, n):
-        limit = top_fraction_limit(n) / n * 100.0
+    def succeeded(self, clean, adv, state, gallery):
+        limit = top_percent_limit(len(gallery))
         if self.sign == "+":
             return flip_success(clean[self.id] > limit, adv[self.id] > limit)
         return flip_success(clean[self.id] <= limit, adv[self.id] <= limit)
 
 
+@ATTACKS.register("CA+")
 class CandidateAttackPlus(CandidateAttack):
     """CA+: pull the candidate up the rankings of W random queries."""
 
@@ -100,6 +100,7 @@ class CandidateAttackPlus(CandidateAttack):
     sign = "+"
 
 
+@ATTACKS.register("CA-")
 class CandidateAttackMinus(CandidateAttack):
     """CA-: push the candidate down the rankings of W queries that currently rank it in their top 1%."""
 

@@ -6,7 +6,8 @@ step so the gradient is not zero there.
 
 Results: ``ES:D`` = ||embed(x_adv) - e0||_2 per query (distance on the unit sphere, 0..2); ``ES:R`` = 0/100 per
 query, whether the nearest gallery item other than self (masked by gallery index) has the true label.
-Success: the clean top-1 is correct and the adversarial one is not.
+Success (:func:`attacks.base.recall_broken`): the clean top-1 is correct and after the attack no item of the
+query's class is left in its top 1%.
 
 ``robrank_compat=True`` reproduces quirk Q1: ES:D is measured at the embedding of the last forward pass inside
 the PGD loop (iterate T-1, so ~0 with one step) with the 1e-6 epsilon, as the reference reports it.
@@ -16,9 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import RankingAttack, flip_success, recall_percent, top1_correct
+from attacks.base import (
+    ATTACKS,
+    RankingAttack,
+    recall_broken,
+    recall_percent,
+    top1_correct,
+)
 
 
+@ATTACKS.register("ES")
 class EmbeddingShift(RankingAttack):
     """ES: push each query's embedding as far as possible from its clean embedding."""
 
@@ -41,5 +49,5 @@ class EmbeddingShift(RankingAttack):
         r1 = recall_percent(top1_correct(gallery, z, state["labels"], state["self_idx"]))
         return {"ES:D": shift, "ES:R": r1}
 
-    def succeeded(self, clean, adv, state, n):
-        return flip_success(clean["ES:R"] > 0, adv["ES:R"] > 0)
+    def succeeded(self, clean, adv, state, gallery):
+        return recall_broken(clean["ES:R"] > 0, gallery, state)

@@ -12,10 +12,11 @@ value 100 by construction). ``ID-Retain@1`` (a_i still the top-1) is reported in
 
 from __future__ import annotations
 
-from attacks.base import RankingAttack, flip_success
+from attacks.base import ATTACKS, RankingAttack, flip_success
 from attacks.query import row_hinge_loss
 
 
+@ATTACKS.register("GTT")
 class GreedyTop1Translocation(RankingAttack):
     """GTT: push the query's original nearest neighbour out of its top 4."""
 
@@ -37,5 +38,5 @@ class GreedyTop1Translocation(RankingAttack):
         a = state["sel_top1"].view(-1, 1)
         return {"GTT": (idx == a).any(dim=1).double() * 100.0, "GTT:ID@1": (idx[:, :1] == a).any(dim=1).double() * 100.0}
 
-    def succeeded(self, clean, adv, state, n):
+    def succeeded(self, clean, adv, state, gallery):
         return flip_success(clean["GTT"] > 0, adv["GTT"] > 0)

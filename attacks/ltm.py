@@ -7,7 +7,8 @@ is farther than every negative. Both extremes are found by a chunked pass over t
 (memory O(B x chunk)); the gradient flows through the two selected distances.
 
 Result ``LTM``: 0/100 per query, whether the nearest gallery item other than self (masked by index) has the true
-label. Success: correct before the attack, wrong after.
+label. Success (:func:`attacks.base.recall_broken`): correct before the attack, and no item of the query's class
+left in its top 1% after it.
 
 ``robrank_compat=True`` reproduces quirk Q3: self stays in the positive set (its distance ~0 at the start, so the
 loss first pushes the query away from its own clean copy).
@@ -17,9 +18,18 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import RankingAttack, chunked_extremes, flip_success, pair_distance, recall_percent, top1_correct
+from attacks.base import (
+    ATTACKS,
+    RankingAttack,
+    chunked_extremes,
+    pair_distance,
+    recall_broken,
+    recall_percent,
+    top1_correct,
+)
 
 
+@ATTACKS.register("LTM")
 class LearningToMisrank(RankingAttack):
     """LTM: make every same-class item rank below every other-class item."""
 
@@ -39,5 +49,5 @@ class LearningToMisrank(RankingAttack):
     def measure(self, z, state, gallery, *, clean):
         return {"LTM": recall_percent(top1_correct(gallery, z, state["labels"], state["self_idx"]))}
 
-    def succeeded(self, clean, adv, state, n):
-        return flip_success(clean["LTM"] > 0, adv["LTM"] > 0)
+    def succeeded(self, clean, adv, state, gallery):
+        return recall_broken(clean["LTM"] > 0, gallery, state)

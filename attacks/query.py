@@ -19,13 +19,14 @@ from __future__ import annotations
 import torch
 
 from attacks.base import (
+    ATTACKS,
     RankingAttack,
     chunked_positions,
     chunked_row_hinge,
     flip_success,
     pair_distance,
     require_pool,
-    top_fraction_limit,
+    top_percent_limit,
 )
 from robustbench_dml.errors import UserError
 
@@ -76,13 +77,14 @@ class QueryAttack(RankingAttack):
         pos = chunked_positions(gallery, z, state["sel_candidates"])
         return {self.id: 100.0 * pos.double().mean(dim=1) / len(gallery)}
 
-    def succeeded(self, clean, adv, state, n):
-        limit = top_fraction_limit(n) / n * 100.0
+    def succeeded(self, clean, adv, state, gallery):
+        limit = top_percent_limit(len(gallery))
         if self.sign == "+":
             return flip_success(clean[self.id] > limit, adv[self.id] > limit)
         return flip_success(clean[self.id] <= limit, adv[self.id] <= limit)
 
 
+@ATTACKS.register("QA+")
 class QueryAttackPlus(QueryAttack):
     """QA+: pull M random candidates to the top of the query's ranking."""
 
@@ -91,6 +93,7 @@ class QueryAttackPlus(QueryAttack):
     sign = "+"
 
 
+@ATTACKS.register("QA-")
 class QueryAttackMinus(QueryAttack):
     """QA-: push M of the query's current top-1% neighbours down its ranking."""
 

@@ -100,8 +100,16 @@ ROB224 = Suite(
     description="RobRank rob224 (CUB/CARS/SOP 224x224): eps 8/255, alpha 3/255, 32 PGD steps, W=M=1",
 )
 
-SUITES.register("rob28")(lambda: ROB28)
-SUITES.register("rob224")(lambda: ROB224)
+
+
+@SUITES.register("rob28")
+def rob28() -> Suite:
+    return ROB28
+
+
+@SUITES.register("rob224")
+def rob224() -> Suite:
+    return ROB224
 
 
 def get_suite(suite: str | Suite) -> Suite:

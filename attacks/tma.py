@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import RankingAttack, flip_success
+from attacks.base import ATTACKS, RankingAttack, flip_success
 
 
+@ATTACKS.register("TMA")
 class TargetedMismatch(RankingAttack):
     """TMA: pull the query's embedding onto a random gallery embedding."""
 
@@ -36,6 +37,6 @@ class TargetedMismatch(RankingAttack):
         target = gallery.embeddings[state["sel_target"]]
         return {"TMA": (z * target).sum(dim=1)}
 
-    def succeeded(self, clean, adv, state, n):
+    def succeeded(self, clean, adv, state, gallery):
         nn_cos = state["nn_cos"].to("cpu", torch.float64)
         return flip_success(clean["TMA"].cpu().double() <= nn_cos, adv["TMA"].cpu().double() <= nn_cos)

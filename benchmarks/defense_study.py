@@ -61,7 +61,7 @@ def params(defense: str, options: dict, budget: dict) -> dict:
 
 def run_one(name: str, seed: int, args, budget: dict) -> dict:
     from robustbench_dml.config import TrainConfig
-    from robustbench_dml.evaluation import evaluate
+    from robustbench_dml.evaluation import EvalConfig, evaluate
     from robustbench_dml.training import train
 
     defense, options = CONFIGS[name]
@@ -75,7 +75,7 @@ def run_one(name: str, seed: int, args, budget: dict) -> dict:
                                 defense_params=params(defense, options, budget)), out, resume=True)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = evaluate(summary.checkpoint, "rob28", max_queries=budget["max_queries"], robrank_compat=True,
+    result = evaluate(summary.checkpoint, EvalConfig("rob28", max_queries=budget["max_queries"], robrank_compat=True),
                       state_dir=out / "eval_state", data_root=args.data_root)
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     gains = [h["adv_gain"] for h in history if "adv_gain" in h]

@@ -81,7 +81,7 @@ def main() -> None:
     alpha = args.pgd_alpha if args.pgd_alpha is not None else PUBLISHED_STEPS * PUBLISHED_ALPHA / args.pgd_steps
 
     from robustbench_dml.config import TrainConfig
-    from robustbench_dml.evaluation import evaluate
+    from robustbench_dml.evaluation import EvalConfig, evaluate
     from robustbench_dml.training import train
 
     rows, timings = {}, {}
@@ -93,7 +93,7 @@ def main() -> None:
                                     seed=args.seed, defense_params=params), out, resume=True)
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = evaluate(summary.checkpoint, "rob28", max_queries=args.max_queries, robrank_compat=True,
+        result = evaluate(summary.checkpoint, EvalConfig("rob28", max_queries=args.max_queries, robrank_compat=True),
                           state_dir=out / "eval_state", data_root=args.data_root)
         t_eval = time.perf_counter() - t0
         # benign metrics over the whole test set, as published (raw["R@1"] covers only the attacked queries)

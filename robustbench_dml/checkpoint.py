@@ -8,7 +8,6 @@ comes in through :func:`convert_state_dict`, which uses ``torch.load(weights_onl
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from torch import nn
 
 from robustbench_dml import backbones
 from robustbench_dml.errors import UserError
+from robustbench_dml.files import sha256_file
 from robustbench_dml.runtime import versions
 
 SCHEMA_VERSION = 1
@@ -30,14 +30,6 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 MAX_EMBEDDING_DIM = 65536
 REQUIRED_META = ("schema_version", "dataset", "backbone", "backbone_kwargs", "embedding_dim", "defense",
                  "weights_sha256")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -89,7 +81,7 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: dict[s
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
             **meta,
-            "weights_sha256": file_sha256(tmp / WEIGHTS),
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
         }
         missing = [k for k in REQUIRED_META if full.get(k) is None]
         if missing:
@@ -171,7 +163,7 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
 
     directory = Path(directory)
     meta = read_meta(directory)
-    digest = file_sha256(directory / WEIGHTS)
+    digest = sha256_file(directory / WEIGHTS)
     if digest != meta["weights_sha256"]:
         raise UserError(f"{directory / WEIGHTS} does not match the sha256 in {META} (file damaged or replaced)")
     try:

@@ -32,6 +32,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_text
 from robustbench_dml.results import SCHEMA_VERSION, EvaluationResult
 
-__all__ = ["EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges", "evaluate", "state_key"]
+__all__ = ["EvalConfig", "EvalTarget", "EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges", "evaluate",
+           "load_target", "model_target", "state_key"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -83,7 +85,7 @@ def model_sha256(model: nn.Module) -> str:
 def state_key(checkpoint_sha: str, suite_hash: str, seed: int, overrides: Mapping[str, Any],
               protocols: Sequence[str]) -> str:
     blob = json.dumps({"checkpoint": checkpoint_sha, "suite": suite_hash, "seed": seed, "overrides": dict(overrides),
-                       "protocols": list(protocols), "state": 2}, sort_keys=True)
+                       "protocols": list(protocols), "state": 3}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -117,34 +119,96 @@ def _gather(local: dict[int, Any], world: int) -> dict[int, Any]:
 # ------------------------------------------------------------------------------------------- the runner
 
 
-def _resolve_input(target, meta, dataset, data_root, device):
+@dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation measures; everything in it is recorded in the result (suite id, version and hash, the
+    overrides, the seed, the protocols).
+
+    ``suite``: a registered suite id or a :class:`~attacks.suites.Suite`. Overrides of the published suite
+    (``attacks``: a subset of its attack ids; ``max_queries``: the first N queries; ``eps``: the radius of every
+    attack, pixel units) are recorded and make the result ineligible for a leaderboard. ``seed`` drives every random
+    selection. ``robrank_compat``: measure the ``robrank`` protocol alone, in the reference's call pattern (default:
+    both protocols). Validated on construction: a bad value is a one-line :class:`UserError`.
+    """
+
+    suite: str | Suite = "rob28"
+    attacks: tuple[str, ...] | None = None
+    max_queries: int | None = None
+    eps: float | None = None
+    seed: int = 0
+    robrank_compat: bool = False
+
+    def __post_init__(self) -> None:
+        suite = get_suite(self.suite)
+        if self.attacks is not None:
+            object.__setattr__(self, "attacks", tuple(self.attacks))
+            unknown = [a for a in self.attacks if a not in suite.attack_ids]
+            if unknown:
+                raise UserError(f"attack(s) {', '.join(unknown)} are not in suite {suite.id}; "
+                                f"choose from {', '.join(suite.attack_ids)}")
+        if self.max_queries is not None and int(self.max_queries) < 1:
+            raise UserError(f"--max-queries must be a positive integer (got {self.max_queries})")
+        if self.eps is not None and not (0 <= float(self.eps) <= 1):
+            raise UserError(f"--eps must lie in [0, 1] (pixel units), got {self.eps}")
+
+    @property
+    def suite_obj(self) -> Suite:
+        return get_suite(self.suite)
+
+    @property
+    def attack_ids(self) -> list[str]:
+        """The attacks that run, in the suite's order."""
+        return [a for a in self.suite_obj.attack_ids if self.attacks is None or a in self.attacks]
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return (P.ROBRANK,) if self.robrank_compat else P.PROTOCOLS
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return {"eps": None if self.eps is None else float(self.eps),
+                "attacks": None if self.attacks is None else list(self.attacks),
+                "max_queries": None if self.max_queries is None else int(self.max_queries)}
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """The model under evaluation, its test split and its identity (``checkpoint``: sha256, path, meta)."""
+
+    model: nn.Module
+    dataset: Any
+    checkpoint: dict[str, Any]
+
+
+def load_target(checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu",
+                data_root: str | None = None) -> EvalTarget:
+    """A checkpoint directory (``meta.json`` + weights; loaded without unpickling) and its dataset's test split
+    from ``data_root`` (default: the folder it was trained from)."""
+    from robustbench_dml import datasets
+    from robustbench_dml.checkpoint import checkpoint_sha256, load_checkpoint, training_data_root
+
+    path = Path(checkpoint_dir)
+    if not path.is_dir():
+        raise UserError(f"checkpoint directory {path} does not exist; pass the folder holding meta.json")
+    model, meta = load_checkpoint(path, device)
+    dataset = datasets.create(meta["dataset"], root=data_root or training_data_root(meta), split="test")
+    return EvalTarget(model, dataset, {"sha256": checkpoint_sha256(path), "path": str(path), "meta": meta})
+
+
+def model_target(model: nn.Module, meta: Mapping[str, Any] | None = None, dataset=None,
+                 data_root: str | None = None) -> EvalTarget:
+    """An in-memory model; its test split is ``dataset`` or, by default, ``meta["dataset"]``'s. Its identity is
+    ``meta["weights_sha256"]`` or the sha256 of its state dict."""
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import training_data_root
 
-    if isinstance(target, tuple):
-        if len(target) != 3:
-            raise UserError("pass a checkpoint directory or a (model, meta, test_dataset) tuple")
-        model, meta, dataset = target
-    elif isinstance(target, nn.Module):
-        model = target
-    else:
-        from robustbench_dml.checkpoint import checkpoint_sha256, load_checkpoint
-
-        path = Path(target)
-        if not path.is_dir():
-            raise UserError(f"checkpoint directory {path} does not exist; pass the folder holding meta.json")
-        model, meta = load_checkpoint(path, device)
-        info = {"sha256": checkpoint_sha256(path), "path": str(path), "meta": meta}
-        if dataset is None:
-            dataset = datasets.create(meta["dataset"], root=data_root or training_data_root(meta), split="test")
-        return model, info, dataset
     meta = dict(meta or {})
     if dataset is None:
         if "dataset" not in meta:
             raise UserError("an in-memory model needs a test dataset (dataset=...) or meta['dataset']")
         dataset = datasets.create(meta["dataset"], root=data_root or training_data_root(meta), split="test")
     sha = meta.get("weights_sha256") or model_sha256(model)
-    return model.to(device), {"sha256": sha, "path": None, "meta": meta}, dataset
+    return EvalTarget(model, dataset, {"sha256": sha, "path": None, "meta": meta})
 
 
 def _query_batch(dataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,105 +218,135 @@ def _query_batch(dataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Te
     return images, labels
 
 
-def evaluate(
-    checkpoint_dir_or_model,
-    suite: str | Suite = "rob28",
-    *,
-    attacks: Sequence[str] | None = None,
-    max_queries: int | None = None,
-    eps: float | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    robrank_compat: bool = False,
-    state_dir: str | os.PathLike | None = None,
-    progress: bool | str | None = False,
-    meta: Mapping[str, Any] | None = None,
-    dataset=None,
-    data_root: str | None = None,
-    benign_nmi: bool = True,
-    knn_backend: str = "torch",
-) -> EvaluationResult:
-    """Evaluate a checkpoint directory, an in-memory model (with ``meta``/``dataset``) or a
-    ``(model, meta, test_dataset)`` tuple under ``suite``; see the module docstring for the protocol.
+def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None = None, *, device: str = "auto",
+             state_dir: str | os.PathLike | None = None, progress: bool | str | None = False,
+             data_root: str | None = None, benign_nmi: bool = True, knn_backend: str = "torch") -> EvaluationResult:
+    """Evaluate ``target`` (a checkpoint directory, or an :class:`EvalTarget` from :func:`load_target` /
+    :func:`model_target`) as ``config`` says (default: the full ``rob28``); see the module docstring for the protocol.
 
-    Overrides of the published suite (``attacks``: a subset of its attack ids; ``max_queries``; ``eps``, which
-    replaces the radius of every attack) are recorded and make the result ineligible for a leaderboard.
-    ``robrank_compat``: measure the ``robrank`` protocol alone, in the reference's call pattern (default: both).
-    ``progress``: ``"bar"`` (or True), ``"log"`` (plain lines: one per finished attack, one at least every 30 s)
-    or False (:class:`robustbench_dml.progress.Progress`).
-    ``data_root``: the test data's folder when ``dataset`` is not given (default: the checkpoint's training one).
-    ``knn_backend`` is the gallery's kNN backend; every backend returns the same neighbours (``robustbench_dml.knn``),
-    and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores.
+    ``device``: where the model and the gallery live (``auto`` picks CUDA when present). ``state_dir``: resume per
+    attack (module docstring). ``progress``: ``"bar"`` (or True), ``"log"`` (plain lines: one per finished attack,
+    one at least every 30 s) or False (:class:`robustbench_dml.progress.Progress`). ``data_root``: the test data's
+    folder for a checkpoint directory (default: the checkpoint's training one). ``knn_backend`` is the gallery's kNN
+    backend; every backend returns the same neighbours (``robustbench_dml.knn``), and the chunked torch search
+    measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores.
     """
-    import attacks as attack_zoo
-    from robustbench_dml import metrics, scoring
+    from robustbench_dml import metrics
     from robustbench_dml.gallery import embed
     from robustbench_dml.progress import Progress
-    from robustbench_dml.runtime import generator, resolve_device, versions
+    from robustbench_dml.runtime import resolve_device, versions
 
-    suite_obj = get_suite(suite)
+    config = config or EvalConfig()
+    suite = config.suite_obj
     rank, world = _dist_info()
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     if world > 1 and dev.type == "cuda" and dev.index is None:  # torchrun: one GPU per local rank
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if max_queries is not None and int(max_queries) < 1:
-        raise UserError(f"--max-queries must be a positive integer (got {max_queries})")
-    if eps is not None and not (0 <= float(eps) <= 1):
-        raise UserError(f"--eps must lie in [0, 1] (pixel units), got {eps}")
-    attack_ids = suite_obj.attack_ids
-    if attacks is not None:
-        attacks = list(attacks)
-        unknown = [a for a in attacks if a not in attack_ids]
-        if unknown:
-            raise UserError(f"attack(s) {', '.join(unknown)} are not in suite {suite_obj.id}; "
-                            f"choose from {', '.join(attack_ids)}")
-        attack_ids = [a for a in attack_ids if a in attacks]
-    overrides = {"eps": None if eps is None else float(eps), "attacks": attacks,
-                 "max_queries": None if max_queries is None else int(max_queries)}
-    eligible = all(v is None for v in overrides.values())
-
-    model, ckpt_info, test_set = _resolve_input(checkpoint_dir_or_model, meta, dataset, data_root, dev)
+    if not isinstance(target, EvalTarget):
+        target = load_target(target, dev, data_root)
+    model = target.model.to(dev)
     show = progress if rank == 0 else None
 
-    gallery = embed(model, test_set, batch_size=256, device=dev, progress=show in (True, "bar"), backend=knn_backend)
+    gallery = embed(model, target.dataset, batch_size=256, device=dev, progress=show in (True, "bar"),
+                    backend=knn_backend)
     n = len(gallery)
-    num_queries = n if max_queries is None else min(n, int(max_queries))
-    benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi, seed=seed,
-                                       normalize=False)  # the gallery is L2-normalised already
-    benign["entanglement"] = metrics.entanglement(gallery.embeddings, gallery.labels, seed=seed)
-    ranges = batch_ranges(num_queries, suite_obj.batch_size)
-    batch_sizes = [e - s for s, e in ranges]
-
-    measured = (P.ROBRANK,) if robrank_compat else P.PROTOCOLS
-    key = state_key(ckpt_info["sha256"], suite_obj.hash, seed, overrides, measured)
+    num_queries = n if config.max_queries is None else min(n, int(config.max_queries))
+    benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi,
+                                       seed=config.seed, normalize=False)  # the gallery is L2-normalised already
+    benign["entanglement"] = metrics.entanglement(gallery.embeddings, gallery.labels, seed=config.seed)
+    ranges = batch_ranges(num_queries, suite.batch_size)
+    key = state_key(target.checkpoint["sha256"], suite.hash, config.seed, config.overrides, config.protocols)
     state_path = Path(state_dir) / key if state_dir is not None else None
 
     # benign per-query top-1 (self excluded by index), the R@1 that ARS divides by
     q_idx = torch.arange(num_queries, device=gallery.device)
     _, top = gallery.knn(gallery.embeddings[:num_queries], 1, exclude=q_idx)
     r1 = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
-    blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in measured}
+    blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in config.protocols}
+    runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world)
+    reruns = [a for a in config.attack_ids if len(config.protocols) > 1 and runner.quirk(a) == "targets"]
+    with Progress(show, (len(config.attack_ids) + len(reruns)) * len(ranges), f"{suite.id}") as bar:
+        for attack_id in config.attack_ids:
+            done = _load_state(state_path, attack_id, num_queries, config.protocols) if state_path else None
+            if done is None:
+                done = runner.all_protocols(attack_id, bar)
+                if state_path is not None and rank == 0:
+                    _save_state(state_path, attack_id, num_queries, done)
+            else:
+                for _ in range(len(ranges) * (1 + (attack_id in reruns))):
+                    bar.advance(f"{attack_id} (resumed)")
+            bar.finished(attack_id)
+            for p in config.protocols:
+                blocks[p]["per_query"].update(done[p]["per_query"])
+                blocks[p]["clean"].update(done[p]["clean"])
+                blocks[p]["success"][attack_id] = done[p]["success"]
 
-    def attack_runner(attack_id: str, robrank: bool, bar):
-        entry = suite_obj.attack(attack_id)
-        atk = attack_zoo.create(attack_id, model=model, eps=suite_obj.eps if eps is None else float(eps),
-                                alpha=suite_obj.alpha, steps=suite_obj.steps, robrank_compat=robrank,
-                                **entry.kwargs())
+    batch_sizes = [e - s for s, e in ranges]
+    for p, block in blocks.items():
+        compat = p == P.ROBRANK
+        block["raw"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["per_query"].items()}
+        block["clean"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["clean"].items()}
+        block["scores"] = _scores(block["raw"], block["per_query"], block["success"], config.seed)
+    return EvaluationResult(
+        checkpoint=target.checkpoint,
+        suite={"id": suite.id, "version": suite.version, "hash": suite.hash, "params": suite.params,
+               "overrides": config.overrides, "eligible": all(v is None for v in config.overrides.values())},
+        seed=int(config.seed), device=str(dev), versions=versions(), robrank_compat=bool(config.robrank_compat),
+        num_queries=num_queries, benign=dict(benign), protocols=blocks,
+    )
+
+
+class _AttackRunner:
+    """Runs one attack of ``config``'s suite over this rank's query batches and merges every rank's results."""
+
+    def __init__(self, config: EvalConfig, model, gallery, dataset, ranges, rank: int, world: int):
+        self.config, self.model, self.gallery, self.dataset = config, model, gallery, dataset
+        self.ranges, self.rank, self.world = ranges, rank, world
+
+    @staticmethod
+    def quirk(attack_id: str) -> str:
+        import attacks as attack_zoo
+
+        return attack_zoo.ATTACKS.get(attack_id).robrank_quirk
+
+    def all_protocols(self, attack_id: str, bar) -> dict[str, dict]:
+        """Every measured protocol's results of ``attack_id``: one run, plus a second for an attack whose targets
+        the reference's quirks change (GTM, LTM); ES's measurement quirk is read from the same run."""
+        protocols = self.config.protocols
+        atk, first = self.run(attack_id, protocols[0] == P.ROBRANK, bar)
+        done = {protocols[0]: first}
+        if len(protocols) > 1:
+            if atk.robrank_quirk == "targets":
+                done[P.ROBRANK] = self.run(attack_id, True, bar)[1]
+            elif atk.robrank_quirk == "measure":
+                done[P.ROBRANK] = {**first, "per_query": first["per_query_robrank"]}
+            else:
+                done[P.ROBRANK] = first
+        return {p: {k: b[k] for k in ("per_query", "success", "clean")} for p, b in done.items()}
+
+    def run(self, attack_id: str, robrank: bool, bar):
+        import attacks as attack_zoo
+        from robustbench_dml.runtime import generator
+
+        config, suite = self.config, self.config.suite_obj
+        entry = suite.attack(attack_id)
+        atk = attack_zoo.create(attack_id, model=self.model, eps=suite.eps if config.eps is None else float(config.eps),
+                                alpha=suite.alpha, steps=suite.steps, robrank_compat=robrank, **entry.kwargs())
         local: dict[int, Any] = {}
-        for b, (start, stop) in enumerate(ranges):
-            if b % world != rank:
+        for b, (start, stop) in enumerate(self.ranges):
+            if b % self.world != self.rank:
                 continue
-            images, labels = _query_batch(test_set, start, stop)
-            out = atk(images, labels, gallery, generator=generator(seed, attack_id, b),
+            images, labels = _query_batch(self.dataset, start, stop)
+            out = atk(images, labels, self.gallery, generator=generator(config.seed, attack_id, b),
                       query_index=torch.arange(start, stop))
             local[b] = {"per_query": {k: out.per_query[k].tolist() for k in atk.keys},
                         "success": out.success.tolist(), "clean": {k: out.clean[k].tolist() for k in atk.keys},
                         "per_query_robrank": None if out.per_query_robrank is None else
                         {k: out.per_query_robrank[k].tolist() for k in atk.keys}}
-            bar.advance(f"{attack_id}{' (robrank)' if robrank and len(measured) > 1 else ''} "
-                        f"batch {b + 1}/{len(ranges)}")
-        merged = _gather(local, world)
-        order = range(len(ranges))
+            bar.advance(f"{attack_id}{' (robrank)' if robrank and len(config.protocols) > 1 else ''} "
+                        f"batch {b + 1}/{len(self.ranges)}")
+        merged = _gather(local, self.world)
+        order = range(len(self.ranges))
         flat = lambda part, k: [v for b in order for v in merged[b][part][k]]  # noqa: E731
         block = {"per_query": {k: flat("per_query", k) for k in atk.keys},
                  "success": [v for b in order for v in merged[b]["success"]],
@@ -261,47 +355,10 @@ def evaluate(
             block["per_query_robrank"] = {k: flat("per_query_robrank", k) for k in atk.keys}
         return atk, block
 
-    reruns = [a for a in attack_ids if len(measured) > 1 and attack_zoo.ATTACKS.get(a).robrank_quirk == "targets"]
-    with Progress(show, (len(attack_ids) + len(reruns)) * len(ranges), f"{suite_obj.id}") as bar:
-        for attack_id in attack_ids:
-            done = _load_state(state_path, attack_id, num_queries, measured) if state_path is not None else None
-            if done is None:
-                atk, first = attack_runner(attack_id, measured[0] == P.ROBRANK, bar)
-                done = {measured[0]: first}
-                if len(measured) > 1:
-                    if atk.robrank_quirk == "targets":
-                        done[P.ROBRANK] = attack_runner(attack_id, True, bar)[1]
-                    elif atk.robrank_quirk == "measure":
-                        done[P.ROBRANK] = {**first, "per_query": first["per_query_robrank"]}
-                    else:
-                        done[P.ROBRANK] = first
-                done = {p: {k: b[k] for k in ("per_query", "success", "clean")} for p, b in done.items()}
-                if state_path is not None and rank == 0:
-                    _save_state(state_path, attack_id, num_queries, done)
-            else:
-                for _ in range(len(ranges) * (1 + (attack_id in reruns))):
-                    bar.advance(f"{attack_id} (resumed)")
-            bar.finished(attack_id)
-            for p in measured:
-                blocks[p]["per_query"].update(done[p]["per_query"])
-                blocks[p]["clean"].update(done[p]["clean"])
-                blocks[p]["success"][attack_id] = done[p]["success"]
 
-    for p, block in blocks.items():
-        compat = p == P.ROBRANK
-        block["raw"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["per_query"].items()}
-        block["clean"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["clean"].items()}
-        block["scores"] = _scores(block["raw"], block["per_query"], block["success"], seed, scoring)
-    return EvaluationResult(
-        checkpoint=ckpt_info,
-        suite={"id": suite_obj.id, "version": suite_obj.version, "hash": suite_obj.hash, "params": suite_obj.params,
-               "overrides": overrides, "eligible": eligible},
-        seed=int(seed), device=str(dev), versions=versions(), robrank_compat=bool(robrank_compat),
-        num_queries=num_queries, benign=dict(benign), protocols=blocks,
-    )
+def _scores(raw, per_query, success, seed) -> dict[str, Any]:
+    from robustbench_dml import scoring
 
-
-def _scores(raw, per_query, success, seed, scoring) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, fn in (("ERS", scoring.ers), ("ARS", scoring.ars)):
         try:

@@ -35,8 +35,22 @@ BACKENDS = ("auto", "faiss", "torch")
 # Absolute slack on coarse *squared* distances, relative to (|q|^2 + max|g|^2); float32 expansion error is
 # a few ulps of that scale (~1e-7), so 1e-5 leaves two orders of magnitude of margin.
 _REL_TOL = 1e-5
-# Elements per temporary block (B x chunk distances, or B x m x D gathered candidates).
-_BLOCK = 1 << 22
+#: Elements of one temporary distance block (rows x gallery columns, or rows x m x D gathered candidates):
+#: 4 MiB of float32, cache-friendly; measured ~1.5x faster than 16 MiB blocks on the element-wise passes.
+BLOCK_ELEMENTS = 1 << 20
+#: Fewest gallery columns per block, so a pass over a large gallery with many rows does not degenerate.
+MIN_BLOCK_COLUMNS = 1024
+
+
+def column_blocks(n: int, rows: int, columns: int | None = None) -> list[tuple[int, int]]:
+    """(start, stop) ranges covering gallery columns [0, n) for a pass with ``rows`` query rows: ``columns`` per
+    block, by default enough that rows x columns stays near :data:`BLOCK_ELEMENTS` (at least
+    :data:`MIN_BLOCK_COLUMNS`)."""
+    if columns is None:
+        columns = max(MIN_BLOCK_COLUMNS, BLOCK_ELEMENTS // max(1, rows))
+    if columns < 1:
+        raise ValueError(f"columns must be positive, got {columns}")
+    return [(start, min(n, start + columns)) for start in range(0, n, columns)]
 
 
 @lru_cache(maxsize=1)
@@ -84,6 +98,16 @@ class FlatIndex:
     def __len__(self) -> int:
         return self.emb.shape[0]
 
+    def sq_distances(self, q: torch.Tensor, start: int = 0, stop: int | None = None,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, stop-start) squared Euclidean distances from rows of ``q`` (B, D) to gallery rows [start, stop), no
+        grad: ``|g|^2 - 2 q.g + |q|^2`` from one matrix product with the gallery's squared norms computed once,
+        float32 (rounding can leave tiny negatives; clamp before a square root). The one formula behind every
+        full pass over the gallery (the coarse search, the attacks' per-step passes, mAP's exact ranks)."""
+        stop = len(self) if stop is None else stop
+        d2 = torch.addmm(self._sqnorm[start:stop].view(1, -1), q, self.emb[start:stop].T, alpha=-2.0, out=out)
+        return d2.add_(q.pow(2).sum(dim=1, keepdim=True))
+
     # -- coarse candidate generation -------------------------------------------------------------------
     def _faiss(self):
         if self._faiss_index is None:
@@ -109,13 +133,9 @@ class FlatIndex:
 
     def _torch_coarse(self, q: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self)
-        qs = (q * q).sum(1, keepdim=True)
-        chunk = max(m, _BLOCK // max(1, q.shape[0]))
         best_d = best_i = None
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            g = self.emb[start:stop]
-            d2 = (qs + self._sqnorm[start:stop][None, :]).addmm_(q, g.T, alpha=-2.0)
+        for start, stop in column_blocks(n, q.shape[0], max(m, BLOCK_ELEMENTS // max(1, q.shape[0]))):
+            d2 = self.sq_distances(q, start, stop)
             mm = min(m, stop - start)
             d, i = torch.topk(d2, mm, dim=1, largest=False, sorted=False)
             i = i + start
@@ -134,7 +154,7 @@ class FlatIndex:
         b, m = idx.shape
         d = self.emb.shape[1]
         out = torch.empty(b, m, dtype=torch.float32, device=q.device)
-        rows = max(1, _BLOCK // max(1, m * d))
+        rows = max(1, BLOCK_ELEMENTS // max(1, m * d))
         emb = self.emb
         for s in range(0, b, rows):
             e = min(b, s + rows)
@@ -168,7 +188,7 @@ class FlatIndex:
         m = min(n, k + 1 + (extra if extra is not None else max(8, k // 8)))
         pending = torch.arange(b, device=dev)
         while pending.numel():
-            rows = max(1, min(65536, _BLOCK // m))
+            rows = max(1, min(65536, BLOCK_ELEMENTS // m))
             oks = [self._search_block(q[sel], sel, k, ex[sel], m, tol_scale[sel], out_d, out_i)
                    for sel in pending.split(rows)]
             pending = pending[~torch.cat(oks)]

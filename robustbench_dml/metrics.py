@@ -33,10 +33,10 @@ import math
 import numpy as np
 import torch
 
-from robustbench_dml.knn import FlatIndex, faiss_module
+from robustbench_dml.knn import BLOCK_ELEMENTS, FlatIndex, column_blocks, faiss_module
 
-_BLOCK = 1 << 22
-_ROW_BLOCK = 1 << 26
+# the (rows, N) buffer of full distance rows behind mAP's exact ranks: 256 MiB of float32
+_FULL_ROWS_ELEMENTS = 1 << 26
 _INT64_MAX = torch.iinfo(torch.int64).max
 
 
@@ -91,16 +91,14 @@ def _full_pass_ranks(index: FlatIndex, rows: torch.Tensor, pos: torch.Tensor) ->
     Order: float32 coarse squared distance (clamped at 0), ties by index; each row's distances are computed
     once and the positives' keys are read from the same buffer, so an item compares equal to itself.
     """
-    emb, sqn = index.emb, index._sqnorm
+    emb = index.emb
     n = emb.shape[0]
     b, p = pos.shape
     q = emb[rows]
-    qs = (q * q).sum(1, keepdim=True)
     d2 = torch.empty(b, n, dtype=torch.float32, device=emb.device)
-    step = max(1024, _BLOCK // max(1, b))
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        torch.addmm(qs + sqn[s:e][None, :], q, emb[s:e].T, alpha=-2.0, out=d2[:, s:e])
+    blocks = column_blocks(n, b)
+    for s, e in blocks:
+        index.sq_distances(q, s, e, out=d2[:, s:e])
     d2.clamp_min_(0.0)
     d2[torch.arange(b, device=emb.device), rows] = math.inf
     valid = pos >= 0
@@ -109,8 +107,7 @@ def _full_pass_ranks(index: FlatIndex, rows: torch.Tensor, pos: torch.Tensor) ->
     pkey = pkey.masked_fill(~valid, _INT64_MAX)
     pkey_sorted, perm = torch.sort(pkey, dim=1)
     counts = torch.zeros(b, p + 1, dtype=torch.int64, device=emb.device)
-    for s in range(0, n, step):
-        e = min(n, s + step)
+    for s, e in blocks:
         ids = torch.arange(s, e, device=emb.device)
         keys = (d2[:, s:e].view(torch.int32).to(torch.int64) << 32) | ids
         slot = torch.searchsorted(pkey_sorted, keys)
@@ -158,7 +155,7 @@ def retrieval_metrics(embeddings, labels, *, ks=(1, 2), nmi: bool = True, seed: 
     kk = min(n - 1, max(max(ks), 10, int(n_pos.max()), map_max_rank or 0))
     sums = {f"R@{k}": 0.0 for k in ks} | {"mAP": 0.0, "MAP@R": 0.0, "mAP@10": 0.0}
     ranks_1 = torch.arange(1, kk + 1, device=emb.device, dtype=torch.float64)
-    chunk = max(1, min(4096, _BLOCK // kk))
+    chunk = max(1, min(4096, BLOCK_ELEMENTS // kk))
     for qrows in queries.split(chunk):
         _, idx = index.search(emb[qrows], kk, exclude=qrows)
         rel = lab[idx] == lab[qrows][:, None]
@@ -192,7 +189,7 @@ def _map_sum(index, qrows, idx, rel, prec, r, members, map_max_rank) -> float:
     if todo.numel() == 0:
         return total
     n = len(index)
-    rows_per = max(1, _ROW_BLOCK // n)
+    rows_per = max(1, _FULL_ROWS_ELEMENTS // n)
     for part in todo.split(rows_per):
         q = qrows[part]
         pos = members[part].masked_fill(members[part] == q[:, None], -1)

@@ -79,21 +79,14 @@ def _time(fn, repeats: int = 1) -> float:
 
 def plan_training(cfg: TrainConfig) -> tuple[Plan, torch.nn.Module, TrainConfig]:
     """Measure training steps of ``cfg`` (nothing is written); the Plan has no attacks yet."""
-    from defenses.base import StepContext
-    from robustbench_dml import datasets
-    from robustbench_dml.datasets.base import stratified_subset
-    from robustbench_dml.datasets.samplers import SPC2BatchSampler
     from robustbench_dml.runtime import deterministic, generator, resolve_device, set_threads
-    from robustbench_dml.training import build
+    from robustbench_dml.training import prepare, training_step
 
     device = resolve_device(cfg.device)
     set_threads(cfg.threads)
-    train_set = datasets.create(cfg.dataset, root=cfg.data_root, split="train")
-    if cfg.train_subset is not None:
-        train_set = stratified_subset(train_set, cfg.train_subset)
-    cfg, info, defense, model = build(cfg)
-    model = model.to(device)
-    sampler = SPC2BatchSampler(train_set.labels, cfg.batch_size, seed=cfg.seed)
+    setup = prepare(cfg)
+    cfg, train_set, sampler = setup.cfg, setup.train_set, setup.sampler
+    model = setup.model.to(device)
     batch = next(iter(sampler))
     images = torch.stack([torch.as_tensor(train_set[i][0]) for i in batch]).to(device)
     labels = torch.tensor([int(train_set[i][1]) for i in batch], device=device)
@@ -103,10 +96,8 @@ def plan_training(cfg: TrainConfig) -> tuple[Plan, torch.nn.Module, TrainConfig]
         """Two consecutive steps half-way through training (schedules ramp up; CA-TRIDE alternates phases)."""
         counts[:] = [0, 0]
         for k in (0, 1):
-            ctx = StepContext(epoch=cfg.epochs // 2, max_epochs=cfg.epochs, global_step=k,
-                              generator=generator(cfg.seed, "plan", k), dataset=cfg.dataset)
-            defense.train_mode(model)
-            result = defense.training_step(model, images, labels, ctx)
+            result = training_step(setup, model, images, labels, epoch=cfg.epochs // 2, step=k,
+                                   gen=generator(cfg.seed, "plan", k))
             result.loss.backward()
             model.zero_grad(set_to_none=True)
             counts[0] += result.n_forward

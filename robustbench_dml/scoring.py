@@ -258,7 +258,7 @@ def worst_case(success: Mapping[str, Sequence[bool]]) -> float:
 #: the suite's attacks grouped by what the attacker wants (success as each attack's docstring defines it):
 #: candidate: a candidate enters (CA+) or leaves (CA-) the top 1% of its queries' rankings;
 #: query: a query ranks a random item into (QA+) or its nearest item out of (QA-) its top 1%;
-#: recall: the query's top-1 result turns wrong (ES's R@1, LTM, GTM).
+#: recall: no item of the query's class is left in its top 1% (ES, LTM, GTM; :func:`attacks.base.recall_broken`).
 #: GTT (the top-1 merely leaves the top 4) and the distance-only attacks (TMA, ES:D) are left out: GTT succeeds on
 #: every model measured so far, so a worst case that includes it ranks nothing.
 THREATS: dict[str, tuple[str, ...]] = {"candidate": ("CA+", "CA-"), "query": ("QA+", "QA-"),

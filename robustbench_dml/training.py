@@ -33,8 +33,7 @@ from robustbench_dml.config import PRESETS, TrainConfig
 from robustbench_dml.datasets.base import stratified_subset
 from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
-from robustbench_dml.files import atomic_write_text
-from robustbench_dml.leaderboard.records import atomic_write_bytes
+from robustbench_dml.files import atomic_write_bytes, atomic_write_text
 from robustbench_dml.progress import Progress
 from robustbench_dml.runtime import deterministic, generator, resolve_device, seed_everything, set_threads
 
@@ -98,6 +97,43 @@ def build(cfg: TrainConfig):
     return cfg, info, defense, model
 
 
+@dataclass
+class Setup:
+    """What a training job is made of before its first step: the resolved configuration, the dataset's
+    description, the defense, the prepared model (on the CPU), the training split and its batch sampler."""
+
+    cfg: TrainConfig
+    info: datasets.DatasetInfo
+    defense: defenses.Defense
+    model: torch.nn.Module
+    train_set: object
+    sampler: SPC2BatchSampler
+
+
+def prepare(cfg: TrainConfig, *, rank: int = 0, world: int = 1) -> Setup:
+    """The training split (its ``train_subset`` when set), :func:`build`, and the SPC-2 sampler of this rank; shared
+    by :func:`train` and the cost estimate (:func:`robustbench_dml.plan.plan_training`)."""
+    train_set = datasets.create(cfg.dataset, root=cfg.data_root, split="train")
+    if cfg.train_subset is not None:
+        train_set = stratified_subset(train_set, cfg.train_subset)
+    cfg, info, defense, model = build(cfg)
+    sampler = SPC2BatchSampler(train_set.labels, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    if len(sampler) == 0:
+        raise UserError(f"{cfg.dataset} has {len(train_set)} training images, fewer than one batch of "
+                        f"{cfg.batch_size * world} pairs; lower --batch-size")
+    return Setup(cfg, info, defense, model, train_set, sampler)
+
+
+def training_step(setup: Setup, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epoch: int,
+                  step: int, gen: torch.Generator):
+    """One defense step in training mode at (``epoch``, global ``step``) with the step's generator ``gen``; returns
+    the defense's :class:`~defenses.base.StepResult` (the loss not yet backpropagated)."""
+    cfg = setup.cfg
+    ctx = StepContext(epoch=epoch, max_epochs=cfg.epochs, global_step=step, generator=gen, dataset=cfg.dataset)
+    setup.defense.train_mode(model)
+    return setup.defense.training_step(model, images, labels, ctx)
+
+
 def _save_state(path: Path, model, optimizer, defense, epoch: int, step: int, counts: list[int]) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "defense": defense.state_dict(),
@@ -130,13 +166,10 @@ def _train(cfg: TrainConfig, out, *, resume: bool, progress: bool, on_epoch) -> 
     started = out.is_dir() and any(p.name != "config.json" for p in out.iterdir())  # a failed start leaves config.json
     if started and not resume and rank == 0:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
-    train_set = datasets.create(cfg.dataset, root=cfg.data_root, split="train")
-    if cfg.train_subset is not None:
-        train_set = stratified_subset(train_set, cfg.train_subset)
+    setup = prepare(cfg, rank=rank, world=world)
+    cfg, info, defense, train_set, sampler = setup.cfg, setup.info, setup.defense, setup.train_set, setup.sampler
     test_set = datasets.create(cfg.dataset, root=cfg.data_root, split="test") if rank == 0 else None
-    cfg, info, defense, model = build(cfg)
-
-    model = model.to(device)
+    model = setup.model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, step, counts = 0, 0, [0, 0]
     if resume and state_path.exists():
@@ -150,10 +183,6 @@ def _train(cfg: TrainConfig, out, *, resume: bool, progress: bool, on_epoch) -> 
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    sampler = SPC2BatchSampler(train_set.labels, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
-    if len(sampler) == 0:
-        raise UserError(f"{cfg.dataset} has {len(train_set)} training images, fewer than one batch of "
-                        f"{cfg.batch_size * world} pairs; lower --batch-size")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", cfg.to_json() + "\n")
@@ -171,10 +200,8 @@ def _train(cfg: TrainConfig, out, *, resume: bool, progress: bool, on_epoch) -> 
             t0, losses, stats_sum, stats_n = time.perf_counter(), [], {}, {}
             for images, labels in loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                ctx = StepContext(epoch=epoch, max_epochs=cfg.epochs, global_step=step,
-                                  generator=generator(cfg.seed, "step", step), dataset=cfg.dataset)
-                defense.train_mode(ddp_model)
-                result = defense.training_step(ddp_model, images, labels, ctx)
+                result = training_step(setup, ddp_model, images, labels, epoch=epoch, step=step,
+                                       gen=generator(cfg.seed, "step", step))
                 if not torch.isfinite(result.loss.detach()).all():
                     raise UserError(f"training diverged: the loss became {float(result.loss.detach())} at epoch "
                                     f"{epoch + 1}, step {step + 1}; lower --lr or check the --set values (the last "

@@ -132,10 +132,9 @@ def test_qa_rank_arithmetic_hand_example():
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Force several gallery chunks (of 700 items) in the chunked passes of attacks.base."""
-    import attacks.base as base
-
-    monkeypatch.setattr(base, "chunks", lambda gallery, rows: list(gallery.iter_chunks(700)))
+    """Force several gallery chunks (of 700 items) in the chunked passes of the attacks."""
+    blocks = Gallery.blocks
+    monkeypatch.setattr(Gallery, "blocks", lambda self, rows, columns=None: blocks(self, rows, 700))
 
 
 def test_chunked_positions_and_counts_equal_brute_force(small_chunks):
@@ -471,3 +470,59 @@ def test_input_normalisation_layer_keeps_budget_in_pixels():
         images[:4], labels[:4], gallery, generator=torch.Generator(), query_index=torch.arange(4))
     r = (out.x_adv - images[:4]).abs()
     assert r.max() <= eps + 1e-6 and r.max() >= 3 / 255 - 1e-6  # gradient reached the pixels
+
+
+# ------------------------------------------------------------------------------------ success flags
+
+
+def _dense_places(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based place of gallery item targets[i] in query i's stable ascending ranking (brute force)."""
+    d = torch.cdist(z.double(), gallery.embeddings.double())
+    order = torch.sort(d, dim=1, stable=True).indices
+    return (order == targets.view(-1, 1)).float().argmax(dim=1)
+
+
+def test_top_percent_limit_counts_place_k_inside():
+    from attacks.base import top_fraction_limit, top_percent_limit
+
+    for n in range(100, 20000):
+        k = top_fraction_limit(n)
+        at_k = 100.0 * torch.tensor([float(k)], dtype=torch.float64).mean() / n  # how QA/CA report place K
+        assert at_k.item() <= top_percent_limit(n), n
+        assert 100.0 * (k + 1) / n > top_percent_limit(n), n
+
+
+@pytest.mark.parametrize("aid", ["QA+", "QA-"])
+def test_query_attack_success_matches_brute_force_places(aid):
+    # N = 896 is a gallery size where K / N * 100 rounds below 100 K / N: a candidate at place K must count as
+    # inside the top 1% (the first K + 1 places)
+    toy = Toy(n=896, seed=3)
+    b = 96
+    out = toy.attack(aid, eps=0.3, alpha=0.05, steps=6, b=b)
+    cand = out.selection["sel_candidates"][:, 0]
+    z_adv = _embed(toy.model, out.x_adv)
+    k = 8
+    clean_in = _dense_places(toy.gallery, toy.gallery.embeddings[:b], cand) <= k
+    adv_in = _dense_places(toy.gallery, z_adv, cand) <= k
+    expected = (~clean_in & adv_in) if aid == "QA+" else (clean_in & ~adv_in)
+    assert torch.equal(out.success, expected)
+    if aid == "QA-":  # the boundary case is exercised: some candidates start at place K exactly
+        assert bool((_dense_places(toy.gallery, toy.gallery.embeddings[:b], cand) == k).any())
+
+
+@pytest.mark.parametrize("aid", ["ES", "LTM", "GTM"])
+def test_recall_success_means_the_class_left_the_top_percent(aid):
+    toy = Toy(n=1000, seed=4)
+    b = 64
+    out = toy.attack(aid, eps=0.5, alpha=0.1, steps=6, b=b)
+    z_adv = _embed(toy.model, out.x_adv)
+    d = torch.cdist(z_adv.double(), toy.gallery.embeddings.double())
+    d[torch.arange(b), torch.arange(b)] = float("inf")  # self excluded by index
+    near = torch.sort(d, dim=1, stable=True).indices[:, :11]  # K + 1 = floor(0.01 * 1000) + 1 places
+    kept = (toy.labels[near] == toy.labels[:b].view(-1, 1)).any(dim=1)
+    key = "ES:R" if aid == "ES" else aid
+    clean_correct = out.clean[key] > 0
+    assert torch.equal(out.success, clean_correct & ~kept)
+    flipped = clean_correct & ~(out.per_query[key] > 0)
+    assert not (out.success & ~flipped).any()  # stricter than the top-1 flip, never looser
+    assert out.success.any() and (flipped & ~out.success).any()  # both kinds of flipped query occur here

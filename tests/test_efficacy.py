@@ -4,7 +4,7 @@ import pytest
 
 from attacks.suites import ROB28
 from robustbench_dml.config import TrainConfig
-from robustbench_dml.evaluation import evaluate
+from robustbench_dml.evaluation import EvalConfig, evaluate
 from robustbench_dml.training import train
 
 
@@ -12,7 +12,7 @@ from robustbench_dml.training import train
 def test_rob28_breaks_an_undefended_digits_model(tmp_path):
     summary = train(TrainConfig(dataset="digits", epochs=2, embedding_dim=64, device="cpu", seed=0), tmp_path / "run")
     assert summary.benign_r1 > 90
-    result = evaluate(summary.checkpoint, ROB28, max_queries=128, device="cpu", benign_nmi=False)
+    result = evaluate(summary.checkpoint, EvalConfig(ROB28, max_queries=128), device="cpu", benign_nmi=False)
     raw, clean = result.raw, result.clean
     # clean reference levels
     assert 40 < clean["CA+"] < 60 and 40 < clean["QA+"] < 60

@@ -11,7 +11,7 @@ from torch import nn
 import attacks
 from attacks.suites import ROB28, Suite
 from robustbench_dml import datasets, evaluation
-from robustbench_dml.evaluation import EvaluationResult, aggregate, batch_ranges, evaluate
+from robustbench_dml.evaluation import EvalConfig, EvaluationResult, aggregate, batch_ranges, evaluate, model_target
 from robustbench_dml.errors import UserError
 from robustbench_dml.gallery import embed
 from robustbench_dml.runtime import generator
@@ -27,6 +27,12 @@ def digits():
     return datasets.TensorDataset(full.images[:300], full.labels[:300], full.info)
 
 
+def run(target, **kw):
+    """evaluate() under SMALL with the measurement options of ``kw`` in the EvalConfig, the rest as run options."""
+    cfg = {k: kw.pop(k) for k in ("attacks", "max_queries", "eps", "seed", "robrank_compat") if k in kw}
+    return evaluate(target, EvalConfig(SMALL, **cfg), **kw)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -35,7 +41,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def base(model, digits):
-    return evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False)
+    return run(model_target(model, {"dataset": "digits"}, digits), max_queries=NQ, device="cpu", benign_nmi=False)
 
 
 def test_result_layout_and_json_round_trip(base, model, tmp_path):
@@ -86,7 +92,7 @@ def test_protocols_differ_only_where_the_quirks_act(base):
 
 
 def test_both_protocols_run_equals_the_reference_call_pattern_alone(model, digits, base):
-    alone = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
+    alone = run(model_target(model, {"dataset": "digits"}, digits), max_queries=NQ, device="cpu", benign_nmi=False,
                      robrank_compat=True)
     assert alone.robrank_compat and list(alone.protocols) == ["robrank"] and alone.protocol == "robrank"
     assert alone.block("robrank") == base.block("robrank")
@@ -108,14 +114,14 @@ def test_version_1_results_load_as_their_one_protocol(base):
 
 
 def test_benign_r1_matches_metrics(model, digits):
-    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, attacks=["TMA"], device="cpu", benign_nmi=False)
+    r = run(model_target(model, {"dataset": "digits"}, digits), attacks=["TMA"], device="cpu", benign_nmi=False)
     assert r.num_queries == len(digits)
     assert r.raw["R@1"] == pytest.approx(r.benign["R@1"])
     assert r.scores["ERS"] is None and r.scores["worst_case"] is not None
 
 
 def test_eps_zero_leaves_every_result_clean(model, digits, base):
-    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, eps=0.0, device="cpu",
+    r = run(model_target(model, {"dataset": "digits"}, digits), max_queries=NQ, eps=0.0, device="cpu",
                  benign_nmi=False)
     assert r.suite["overrides"]["eps"] == 0.0 and not r.eligible
     raw = r.raw
@@ -133,10 +139,10 @@ def test_eps_zero_leaves_every_result_clean(model, digits, base):
 
 
 def test_same_seed_same_numbers_other_seed_other_selection(model, digits, base):
-    again = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
+    again = run(model_target(model, {"dataset": "digits"}, digits), max_queries=NQ, device="cpu", benign_nmi=False,
                      attacks=["CA+", "TMA"])
     assert again.per_query["CA+"] == base.per_query["CA+"] and again.per_query["TMA"] == base.per_query["TMA"]
-    other = evaluate((model, {"dataset": "digits"}, digits), SMALL, max_queries=NQ, device="cpu", benign_nmi=False,
+    other = run(model_target(model, {"dataset": "digits"}, digits), max_queries=NQ, device="cpu", benign_nmi=False,
                      attacks=["TMA"], seed=1)
     assert other.per_query["TMA"] != base.per_query["TMA"]
 
@@ -154,7 +160,7 @@ def test_batch_results_depend_only_on_seed_attack_and_batch_index(model, digits,
 
 def test_resume_skips_finished_attacks_and_gives_the_same_numbers(model, digits, tmp_path, monkeypatch):
     kw = dict(max_queries=NQ, device="cpu", benign_nmi=False, state_dir=tmp_path, attacks=["CA-", "QA+", "GTT"])
-    first = evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+    first = run(model_target(model, {"dataset": "digits"}, digits), **kw)
     (state,) = list(tmp_path.iterdir())
     assert sorted(p.name for p in state.iterdir()) == ["CAminus.json", "GTT.json", "QAplus.json"]
     assert set(json.loads((state / "GTT.json").read_text())["protocols"]) == {"corrected", "robrank"}
@@ -165,12 +171,12 @@ def test_resume_skips_finished_attacks_and_gives_the_same_numbers(model, digits,
 
     monkeypatch.setattr(attacks.query.QueryAttack, "__call__", boom)
     monkeypatch.setattr(attacks.candidate.CandidateAttack, "__call__", boom)
-    second = evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+    second = run(model_target(model, {"dataset": "digits"}, digits), **kw)
     assert second.raw == first.raw and second.per_query == first.per_query and second.success == first.success
     assert (state / "GTT.json").is_file()
     # another seed is another state key
     monkeypatch.undo()
-    evaluate((model, {"dataset": "digits"}, digits), SMALL, **{**kw, "attacks": ["TMA"]}, seed=3)
+    run(model_target(model, {"dataset": "digits"}, digits), **{**kw, "attacks": ["TMA"]}, seed=3)
     assert len(list(tmp_path.iterdir())) == 2
 
 
@@ -196,11 +202,11 @@ def test_sharded_ranks_gather_to_the_single_process_result(model, digits, base, 
     monkeypatch.setattr(evaluation, "_dist_info", lambda: (1, 2))
     monkeypatch.setattr(evaluation, "_gather", gather_rank1)
     with pytest.raises(Stop):
-        evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+        run(model_target(model, {"dataset": "digits"}, digits), **kw)
     assert sorted(captured) == [1]  # rank 1 of 2 ran batch 1 only
     monkeypatch.setattr(evaluation, "_dist_info", lambda: (0, 2))
     monkeypatch.setattr(evaluation, "_gather", lambda local, world: {**local, **captured, **local})
-    r = evaluate((model, {"dataset": "digits"}, digits), SMALL, **kw)
+    r = run(model_target(model, {"dataset": "digits"}, digits), **kw)
     assert r.per_query["QA+"] == base.per_query["QA+"] and r.success["QA+"] == base.success["QA+"]
 
 
@@ -212,7 +218,7 @@ def test_checkpoint_directory_input(tmp_path):
     net = backbones.create("c2f2", embedding_dim=8)
     meta = {"dataset": "digits", "defense": "vanilla"}
     path = save_checkpoint(tmp_path / "ckpt", net, meta)
-    r = evaluate(path, SMALL, attacks=["TMA"], max_queries=8, device="cpu", benign_nmi=False)
+    r = run(path, attacks=["TMA"], max_queries=8, device="cpu", benign_nmi=False)
     assert r.checkpoint["sha256"] == checkpoint_sha256(path) and r.checkpoint["path"] == str(path)
     assert r.checkpoint["meta"]["dataset"] == "digits"
 
@@ -226,16 +232,16 @@ def test_checkpoint_evaluates_on_its_training_data_root_by_default(tmp_path):
     torch.manual_seed(0)
     meta = {"dataset": "mnist", "defense": "vanilla", "train_config": {"data_root": str(tmp_path / "data")}}
     path = save_checkpoint(tmp_path / "ckpt", backbones.create("c2f2", embedding_dim=8), meta)
-    r = evaluate(path, SMALL, attacks=["TMA"], max_queries=4, device="cpu", benign_nmi=False)
+    r = run(path, attacks=["TMA"], max_queries=4, device="cpu", benign_nmi=False)
     assert r.num_queries == 4 and len(r.per_query["TMA"]) == 4
     with pytest.raises(UserError, match="--data-root"):       # an explicit folder wins over the recorded one
-        evaluate(path, SMALL, attacks=["TMA"], max_queries=4, device="cpu", data_root=str(tmp_path / "empty"))
+        run(path, attacks=["TMA"], max_queries=4, device="cpu", data_root=str(tmp_path / "empty"))
 
 
 def test_user_errors(model, digits):
     with pytest.raises(UserError, match="not in suite"):
-        evaluate((model, {}, digits), SMALL, attacks=["XX"], device="cpu")
+        run(model_target(model, {}, digits), attacks=["XX"], device="cpu")
     with pytest.raises(UserError, match="max-queries"):
-        evaluate((model, {}, digits), SMALL, max_queries=0, device="cpu")
+        run(model_target(model, {}, digits), max_queries=0, device="cpu")
     with pytest.raises(UserError, match="does not exist"):
-        evaluate("/nonexistent/ckpt", SMALL, device="cpu")
+        run("/nonexistent/ckpt", device="cpu")

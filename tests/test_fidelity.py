@@ -14,7 +14,7 @@ import pytest
 
 from robustbench_dml import scoring
 from robustbench_dml.config import TrainConfig
-from robustbench_dml.evaluation import evaluate
+from robustbench_dml.evaluation import EvalConfig, evaluate
 from robustbench_dml.leaderboard import reference_frame
 from robustbench_dml.training import train
 
@@ -24,7 +24,7 @@ def test_undefended_fashion_row_matches_robrank(tmp_path, shared_data):
     root = str(shared_data / "fashion-mnist")
     summary = train(TrainConfig(defense="vanilla", dataset="fashion", data_root=root, epochs=1, seed=0,
                                 device="cpu"), tmp_path / "run")
-    result = evaluate(summary.checkpoint, "rob28", max_queries=256, robrank_compat=True, device="cpu",
+    result = evaluate(summary.checkpoint, EvalConfig("rob28", max_queries=256, robrank_compat=True), device="cpu",
                       benign_nmi=False)
     published = reference_frame("fashion").set_index("defense").loc["none"].to_dict()
     ours, theirs = scoring.resistance_terms(result.raw), scoring.resistance_terms(published)

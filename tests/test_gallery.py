@@ -115,7 +115,7 @@ def test_distances_match_cdist_and_are_differentiable():
     emb = torch.from_numpy(_unit(rng.normal(size=(50, 9))))
     g = Gallery(emb, torch.zeros(50))
     z = emb[:4].clone().requires_grad_(True)  # distance 0 to its own row
-    parts = [g.distances(z, s, e) for s, e in g.iter_chunks(chunk=7)]
+    parts = [g.distances(z, s, e) for s, e in g.blocks(4, columns=7)]
     assert [p.shape[1] for p in parts] == [7] * 7 + [1]
     full = torch.cat(parts, 1)
     ref = torch.from_numpy(np.sqrt(((emb[:4, None].double() - emb[None].double()) ** 2).sum(-1).numpy()))
@@ -123,7 +123,9 @@ def test_distances_match_cdist_and_are_differentiable():
     torch.testing.assert_close(full, torch.cdist(emb[:4], emb))
     full.sum().backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
-    assert list(g.iter_chunks()) == [(0, 50)]
+    assert g.blocks(4) == [(0, 50)]
+    block = torch.cat([g.block_distances(z.detach(), s, e) for s, e in g.blocks(4, columns=7)], 1)
+    torch.testing.assert_close(block.double(), ref, atol=1e-5, rtol=0)  # the matrix-product pass agrees
 
 
 class _Images(torch.utils.data.Dataset):

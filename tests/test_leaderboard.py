@@ -16,7 +16,8 @@ import pytest
 
 from robustbench_dml import scoring
 from robustbench_dml.errors import UserError
-from robustbench_dml.leaderboard import records as records_mod
+from robustbench_dml import files as files_mod
+from robustbench_dml.leaderboard import frames as frames_mod
 from robustbench_dml.leaderboard import (COLUMNS, DTYPES, LeaderboardStore, Record, empty_frame, frames_concat,
                                          plot_eps_curve, plot_resistance, read_record, reference_frame,
                                          reference_records, render)
@@ -121,7 +122,7 @@ def test_record_carries_both_protocols_and_rows_name_them():
     assert rows[1]["GTM"] == ev["protocols"]["robrank"]["raw"]["GTM"]
     assert rows[0]["R@1"] == rows[1]["R@1"] == ev["benign"]["R@1"]
     assert Record.from_json_dict(json.loads(rec.to_json())) == rec
-    frame = records_mod.records_to_frame([rec])
+    frame = frames_mod.records_to_frame([rec])
     assert frame["protocol"].tolist() == ["robrank", "corrected"]          # ARS desc
     edited = make_eval(2, protocols=("corrected", "robrank"))
     edited["protocols"]["robrank"]["scores"]["ARS"] += 1                   # an edit in either block is refused
@@ -272,7 +273,7 @@ def test_eight_concurrent_submissions(tmp_path):
 
 # ---- crash safety ------------------------------------------------------------------------------------------------
 def _crash_on(monkeypatch, suffix: str):
-    real = records_mod._replace
+    real = files_mod._replace
 
     def replace(src, dst):
         if str(dst).endswith(suffix):
@@ -280,7 +281,7 @@ def _crash_on(monkeypatch, suffix: str):
             raise OSError("simulated crash")
         real(src, dst)
 
-    monkeypatch.setattr(records_mod, "_replace", replace)
+    monkeypatch.setattr(files_mod, "_replace", replace)
 
 
 @pytest.mark.parametrize("suffix", ["v2.parquet", "v2.manifest.json", "latest"])

@@ -80,3 +80,11 @@ def test_every_registry_lists_under_one_name(kind):
               "defenses": "defenses", "attacks": "attacks", "suites": "attacks.suites"}[kind]
     lister = getattr(importlib.import_module(module), f"list_{kind}")
     assert lister() and lister() == sorted(lister()) and lister("*") == lister()
+
+
+@pytest.mark.parametrize("aid", __import__("attacks").list_attacks())
+def test_each_attack_registers_under_its_own_id(aid):
+    # the decorator id and the class's id (what results, suites and state files are keyed by) are the same string
+    import attacks
+
+    assert attacks.ATTACKS.get(aid).id == aid

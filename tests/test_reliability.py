@@ -269,15 +269,15 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 from test_leaderboard import make_eval
 from robustbench_dml.leaderboard import LeaderboardStore, Record
-import robustbench_dml.leaderboard.records as records
+import robustbench_dml.files as files
 calls = [0]
-real = records._replace
+real = files._replace
 def replace(src, dst):
     calls[0] += 1
     if calls[0] == {n}:
         os.kill(os.getpid(), signal.SIGKILL)  # die at this write point, temp file written, not yet renamed
     real(src, dst)
-records._replace = replace
+files._replace = replace
 LeaderboardStore({root!r}).add_record(Record.from_evaluation(make_eval(2), submitter="b", created="2025-01-01"))
 """
 

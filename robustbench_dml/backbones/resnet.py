@@ -36,14 +36,14 @@ def _imagenet_state(arch: str, pretrained: bool | str | os.PathLike) -> tuple[di
     """The ImageNet state dict and its identity, from the user's file or torchvision's weights API."""
     import torchvision
 
-    from robustbench_dml.checkpoint import file_sha256
+    from robustbench_dml.files import sha256_file
 
     if isinstance(pretrained, (str, os.PathLike)):
         path = Path(pretrained)
         if not path.is_file():
             raise UserError(f"--pretrained-weights {path} does not exist; pass torchvision's {arch} ImageNet file")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return state, {"file": str(path), "sha256": file_sha256(path)}
+        return state, {"file": str(path), "sha256": sha256_file(path)}
     weights = getattr(torchvision.models, WEIGHTS[arch]).IMAGENET1K_V1
     name = os.path.basename(weights.url)
     path = _cache_dir() / name
@@ -53,7 +53,7 @@ def _imagenet_state(arch: str, pretrained: bool | str | os.PathLike) -> tuple[di
         raise UserError(f"ImageNet weights for {arch} are not in torchvision's cache and could not be downloaded "
                         f"({str(e).splitlines()[0][:80]}); place {name} at {path}, or pass --pretrained-weights FILE "
                         "(or --no-pretrained)") from None
-    return state, {"weights": f"{WEIGHTS[arch]}.IMAGENET1K_V1", "file": name, "sha256": file_sha256(path)}
+    return state, {"weights": f"{WEIGHTS[arch]}.IMAGENET1K_V1", "file": name, "sha256": sha256_file(path)}
 
 
 def _load_imagenet(net: nn.Module, arch: str, pretrained: bool | str) -> dict[str, Any]:

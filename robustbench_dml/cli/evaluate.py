@@ -63,7 +63,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     ``plan``: ``"only"`` prints the measured plan and returns (None, None); ``"first"`` prints it, then evaluates."""
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import read_meta
-    from robustbench_dml.evaluation import evaluate
+    from robustbench_dml.evaluation import EvalConfig, evaluate
 
     meta = read_meta(checkpoint)
     if meta["dataset"] not in datasets.DATASETS:
@@ -73,6 +73,8 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     published = {datasets.info(d).suite for d in datasets.list_datasets()}
     if suite in published and suite != native:
         raise UserError(f"suite {suite} is for another input size than {meta['dataset']}'s; use {native}")
+    config = EvalConfig(suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
+                        max_queries=max_queries, eps=eps, seed=seed, robrank_compat=robrank_compat)
     if json_path is not None and plan != "only":
         check_output(json_path, overwrite)
     if plan is not None and is_rank0():
@@ -88,9 +90,8 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
             return None, None
     out = Path(json_path) if json_path else default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries,
                                                           eps=eps, robrank_compat=robrank_compat)
-    result = evaluate(checkpoint, suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
-                      max_queries=max_queries, eps=eps, seed=seed, device=device, robrank_compat=robrank_compat,
-                      state_dir=out.parent / "state", progress=progress, data_root=data_root)
+    result = evaluate(checkpoint, config, device=device, state_dir=out.parent / "state", progress=progress,
+                      data_root=data_root)
     result.to_json(out)
     return result, out
 

@@ -69,7 +69,7 @@ def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
 
 def run(args) -> int:
     from robustbench_dml import datasets
-    from robustbench_dml.evaluation import evaluate
+    from robustbench_dml.evaluation import EvalConfig, evaluate
 
     checkpoint = Path(args.checkpoint)
     meta = validate(checkpoint)
@@ -82,7 +82,7 @@ def run(args) -> int:
 
     LeaderboardStore(args.leaderboard_dir).check_writable(meta["dataset"], suite)
     with tempfile.TemporaryDirectory(prefix="dmlbench-submit-") as state:
-        result = evaluate(checkpoint, suite, seed=args.eval_seed, device=args.device, state_dir=state,
+        result = evaluate(checkpoint, EvalConfig(suite, seed=args.eval_seed), device=args.device, state_dir=state,
                           progress=progress_mode(args), data_root=args.data_root)
     record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name)
     show_board(record, version, added, args.leaderboard_dir)

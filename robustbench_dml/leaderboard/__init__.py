@@ -22,8 +22,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "records": ("ARROW_SCHEMA", "COLUMNS", "DTYPES", "RECORD_SCHEMA_VERSION", "Record", "coerce_frame",
-                "empty_frame", "read_record", "records_to_frame", "sort_frame"),
+    "records": ("RECORD_SCHEMA_VERSION", "Record", "read_record"),
+    "frames": ("ARROW_SCHEMA", "COLUMNS", "DTYPES", "coerce_frame", "empty_frame", "records_to_frame", "sort_frame"),
     "reference": ("REFERENCE_SUITE", "build_reference_store", "reference_frame", "reference_records"),
     "store": ("LeaderboardStore", "frames_concat"),
     "tables": ("TABLE_COLUMNS", "protocol_of", "render", "write"),

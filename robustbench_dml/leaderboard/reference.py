@@ -27,8 +27,8 @@ import pandas as pd
 from robustbench_dml import scoring
 from robustbench_dml.columns import ATTACK_KEYS
 from robustbench_dml.protocols import ROBRANK
-from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, ProtocolScores, Record, empty_frame,
-                                                 records_to_frame)
+from robustbench_dml.leaderboard.frames import empty_frame, records_to_frame
+from robustbench_dml.leaderboard.records import RAW_COLUMNS, RECORD_SCHEMA_VERSION, ProtocolScores, Record
 
 __all__ = ["REFERENCE_SUITE", "SOURCES", "REFERENCE_ROWS", "reference_records", "reference_frame",
            "build_reference_store", "terms_to_raw"]

@@ -36,10 +36,11 @@ from filelock import FileLock
 
 from robustbench_dml import __version__
 from robustbench_dml.errors import UserError
-from robustbench_dml.leaderboard.records import (ARROW_SCHEMA, ARROW_SCHEMA_V1, COLUMNS, RAW_COLUMNS,
-                                                 RECORD_SCHEMA_VERSION, Record, atomic_write_bytes, coerce_frame,
-                                                 empty_frame, read_record, records_to_table, safe_name, sha256_file,
-                                                 sort_frame, upgrade_frame, write_record)
+from robustbench_dml.files import atomic_write_bytes, sha256_file
+from robustbench_dml.leaderboard.frames import (ARROW_SCHEMA, ARROW_SCHEMA_V1, COLUMNS, coerce_frame, empty_frame,
+                                                records_to_table, sort_frame, upgrade_frame)
+from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, Record, read_record, safe_name,
+                                                 write_record)
 
 __all__ = ["LeaderboardStore", "MANIFEST_SCHEMA_VERSION", "frames_concat", "frame_to_parquet_bytes",
            "parquet_bytes_to_frame"]
