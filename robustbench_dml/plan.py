@@ -1,16 +1,24 @@
 """Cost before compute: the work of a job in forward/backward passes and an estimate of its time on this device.
 
-The estimate is measured, not guessed: one training step of the configured defense on one real batch (after a
-warm-up, two steps half-way through training, where ramped schedules are at work) gives the seconds per step, and one forward+backward of the model on a batch of the suite's query
-batch size gives the seconds per PGD iteration of an attack. The whole job is then
+The estimate is measured, not guessed, and takes well under a minute even where one training step takes minutes
+(a 224x224 dataset on a CPU):
 
-- training: epochs x steps per epoch x seconds per step;
-- evaluation, per attack: query batches x (suite steps + 1) x seconds per PGD iteration, GTM and LTM twice (their
-  targets differ between the two protocols).
+- the work: two training steps of the configured defense half-way through training (where ramped schedules are at
+  work; CA-TRIDE alternates phases) on a batch of two pairs count the forward and backward passes of one step;
+- the time per step: when one forward+backward of the model on a full training batch is quick (a step predicted
+  under :data:`MEASURE_STEPS_BELOW` seconds), two full steps are timed after a warm-up (``method="steps"``: the
+  defense's own overheads included); otherwise the step is priced from its passes (``method="passes"``): the
+  images that went through the model's forward and backward during the counting steps (forward hooks; PGD on a
+  sub-batch counts its own images), scaled to a full batch, at the per-image time of one measured forward+backward
+  (and forward alone) on a full batch; mining and optimiser work, small beside a 224x224 ResNet's passes, are left
+  out;
+- the time per PGD iteration of an attack: one forward+backward of the model on a batch of the suite's query
+  batch size, at the per-image time measured for training when the job trains, else measured on its own.
 
-Gallery embedding, benign metrics and checkpoint writes are not counted (seconds to minutes, small beside the
-attacks). The estimate is as good as the two measurements: it assumes the rest of the machine stays as busy as
-it was while measuring.
+The whole job is then training: epochs x steps per epoch x seconds per step, and evaluation, per attack: query
+batches x (suite steps + 1) x seconds per PGD iteration, GTM and LTM twice (their targets differ between the two
+protocols). Gallery embedding, benign metrics and checkpoint writes are not counted (seconds to minutes, small
+beside the attacks). The estimate assumes the rest of the machine stays as busy as it was while measuring.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ class Plan:
     eval_batches: int
     attacks: dict[str, int] = field(default_factory=dict)   # attack id -> PGD iterations (all batches, all runs)
     seconds_per_iteration: float = 0.0
+    method: str = "steps"                    # how seconds_per_step was measured (module docstring)
+    train_images: tuple[int, int] = (0, 0)   # images through the model's forward / backward, whole training
+    seconds_per_image: float = 0.0           # one image's forward+backward in training (0: not measured)
 
     @property
     def train_seconds(self) -> float:
@@ -49,8 +60,9 @@ class Plan:
     def lines(self, *, training: bool = True, evaluation: bool = True) -> list[str]:
         out = []
         if training:
+            how = "measured" if self.method == "steps" else "priced from its passes"
             out.append(f"training: {self.train_steps} steps, {self.train_passes[0]} forward and "
-                       f"{self.train_passes[1]} backward passes; {self.seconds_per_step:.2f} s/step measured on "
+                       f"{self.train_passes[1]} backward passes; {self.seconds_per_step:.2f} s/step {how} on "
                        f"{self.device}: about {clock(self.train_seconds)}")
         if evaluation:
             per = ", ".join(f"{a} {clock(self.attack_seconds(a))}" for a in self.attacks)
@@ -69,21 +81,39 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+#: a training step predicted to take longer than this (seconds) is priced from its passes instead of being timed
+MEASURE_STEPS_BELOW = 5.0
+#: a warm-up call slower than this (seconds) is not repeated
+SLOW_CALL = 12.0
+
+
 def _time(fn, repeats: int = 1) -> float:
-    fn()  # warm-up (allocations, kernel selection)
+    """Seconds per call of ``fn``, timed after one warm-up call (allocations, kernel selection: a first call on a
+    CPU measured up to ~1.6x slower); a warm-up slower than :data:`SLOW_CALL` seconds is itself the measurement, so
+    planning a 224x224 job on a CPU stays within a minute, and one slower than a second is followed by a single
+    timed call."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    if first > SLOW_CALL:
+        return first
+    if first > 1.0:
+        repeats = 1
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - t0) / repeats
 
 
-def plan_training(cfg: TrainConfig) -> tuple[Plan, torch.nn.Module, TrainConfig]:
-    """Measure training steps of ``cfg`` (nothing is written); the Plan has no attacks yet."""
-    from robustbench_dml.runtime import deterministic, generator, resolve_device, set_threads
+def plan_training(cfg: TrainConfig, *, measure_steps_below: float = MEASURE_STEPS_BELOW
+                  ) -> tuple[Plan, torch.nn.Module, TrainConfig]:
+    """Measure the training of ``cfg`` (nothing is written); the Plan has no attacks yet."""
+    from robustbench_dml.runtime import deterministic, generator, resolve_device, seed_everything, set_threads
     from robustbench_dml.training import prepare, training_step
 
     device = resolve_device(cfg.device)
     set_threads(cfg.threads)
+    seed_everything(cfg.seed)  # the model training starts from, so the counted passes are the run's
     setup = prepare(cfg)
     cfg, train_set, sampler = setup.cfg, setup.train_set, setup.sampler
     model = setup.model.to(device)
@@ -91,31 +121,62 @@ def plan_training(cfg: TrainConfig) -> tuple[Plan, torch.nn.Module, TrainConfig]
     images = torch.stack([torch.as_tensor(train_set[i][0]) for i in batch]).to(device)
     labels = torch.tensor([int(train_set[i][1]) for i in batch], device=device)
     counts = [0, 0]
+    images_seen = [0, 0]  # images through the model's forward, and through its backward, while counting
 
-    def steps_at_mid_training() -> None:
-        """Two consecutive steps half-way through training (schedules ramp up; CA-TRIDE alternates phases)."""
+    def steps_at_mid_training(n: int) -> None:
+        """Two consecutive steps half-way through training on the first ``n`` images of the batch."""
         counts[:] = [0, 0]
         for k in (0, 1):
-            result = training_step(setup, model, images, labels, epoch=cfg.epochs // 2, step=k,
+            result = training_step(setup, model, images[:n], labels[:n], epoch=cfg.epochs // 2, step=k,
                                    gen=generator(cfg.seed, "plan", k))
             result.loss.backward()
             model.zero_grad(set_to_none=True)
             counts[0] += result.n_forward
             counts[1] += result.n_backward
 
+    def count_images(module, args, output) -> None:
+        images_seen[0] += args[0].shape[0]
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(lambda grad: images_seen.__setitem__(1, images_seen[1] + grad.shape[0]))
+
+    def forward_backward() -> None:
+        model(images).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(images)
+
     with deterministic(device):
-        seconds_per_step = _time(steps_at_mid_training) / 2
+        small = min(4, len(batch))  # two pairs: the passes of one step, quick at any image size
+        hook = model.register_forward_hook(count_images)
+        try:
+            steps_at_mid_training(small)
+        finally:
+            hook.remove()
+        fwd, bwd = counts[0] / 2, counts[1] / 2
+        scale = len(batch) / small / 2  # images per full-batch step, per image counted over the two small steps
+        setup.defense.train_mode(model)
+        t_fb = _time(forward_backward) / len(batch)
+        t_f = _time(forward) / len(batch)
+        priced = scale * (images_seen[1] * t_fb + max(0, images_seen[0] - images_seen[1]) * t_f)
+        if priced < measure_steps_below:
+            seconds_per_step, method = _time(lambda: steps_at_mid_training(len(batch))) / 2, "steps"
+        else:
+            seconds_per_step, method = priced, "passes"
     steps = cfg.epochs * len(sampler)
-    result = Plan(device=str(device), train_steps=steps,
-                  train_passes=(round(steps * counts[0] / 2), round(steps * counts[1] / 2)),
-                  seconds_per_step=seconds_per_step, eval_batches=0)
+    result = Plan(device=str(device), train_steps=steps, train_passes=(round(steps * fwd), round(steps * bwd)),
+                  seconds_per_step=seconds_per_step, eval_batches=0, method=method,
+                  train_images=(round(steps * scale * images_seen[0]), round(steps * scale * images_seen[1])),
+                  seconds_per_image=t_fb)
     return result, model, cfg
 
 
 def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_root: str | None, device,
                     suite: str | None = None, max_queries: int | None = None, attacks: list[str] | None = None,
                     robrank_compat: bool = False) -> Plan:
-    """Add the evaluation's work and estimate to ``result`` (one measured forward+backward of ``model``)."""
+    """Add the evaluation's work and estimate to ``result``: a PGD iteration costs one forward+backward of ``model``
+    on a query batch, priced from the training measurement when ``result`` has one, else measured here."""
     from attacks import ATTACKS
     from attacks.suites import get_suite
     from robustbench_dml import datasets
@@ -134,7 +195,8 @@ def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_
         xi = x.clone().requires_grad_(True)
         model(xi).sum().backward()
 
-    result.seconds_per_iteration = _time(iteration, repeats=3)
+    result.seconds_per_iteration = (q * result.seconds_per_image if result.seconds_per_image > 0
+                                    else _time(iteration, repeats=3))
     result.eval_batches = batches
     result.attacks = {}
     for a in suite_obj.attack_ids:

@@ -28,7 +28,7 @@ from attacks.query import row_hinge_loss
 from robustbench_dml.errors import UserError
 from robustbench_dml.gallery import Gallery, embed_tensor
 
-IDS = ["CA+", "CA-", "QA+", "QA-", "TMA", "ES", "LTM", "GTM", "GTT"]
+IDS = attacks.list_attacks()  # every registered attack, plugins included
 
 
 class Toy:

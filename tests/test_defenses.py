@@ -27,7 +27,8 @@ from attacks.pgd import eval_mode
 from robustbench_dml.errors import UserError
 from robustbench_dml.metrics import entanglement
 
-PGD_DEFENSES = ["est", "act", "hm", "ca_tride", "mdprop"]
+ALL_DEFENSES = defenses.list_defenses()  # every registered defense
+PGD_DEFENSES = [d for d in ALL_DEFENSES if d != "vanilla"]
 EPS, ALPHA, STEPS = 0.1, 0.03, 4
 
 
@@ -257,7 +258,7 @@ def test_item_1_mdprop_bounds_are_batch_min_max():
     assert (xa - x).abs().max() > 0 and res.iterations == 1
 
 
-@pytest.mark.parametrize("name", PGD_DEFENSES + ["vanilla"])
+@pytest.mark.parametrize("name", ALL_DEFENSES)
 def test_item_3_step_leaves_modes_params_and_grads(name):
     d, w, inner = prepared(name)
     modes = [m.training for m in w.modules()]
@@ -326,7 +327,7 @@ def expected_cost(name, cfg, iterations):
     return 1 + iterations + 1, iterations + 1      # clean no-grad F + attack F/B + training F/B
 
 
-@pytest.mark.parametrize("name", PGD_DEFENSES + ["vanilla"])
+@pytest.mark.parametrize("name", ALL_DEFENSES)
 def test_item_5_forward_backward_counts(name):
     d, w, inner = prepared(name)
     counter = Counter(inner)
@@ -369,7 +370,7 @@ def scaled_copy(inner, c):
     return other
 
 
-@pytest.mark.parametrize("name", PGD_DEFENSES + ["vanilla"])
+@pytest.mark.parametrize("name", ALL_DEFENSES)
 def test_item_6_losses_use_normalised_embeddings(name):
     d, w, inner = prepared(name)
     x, y = data()
@@ -981,7 +982,7 @@ def test_attacks_use_the_unwrapped_module(name):
     assert [training for _, training in w.calls] == [True]
 
 
-@pytest.mark.parametrize("name", ["vanilla", "est", "act", "hm", "ca_tride", "mdprop"])
+@pytest.mark.parametrize("name", ALL_DEFENSES)
 def test_smoke_two_adam_steps_on_c2f2(name):
     from robustbench_dml import backbones
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from defenses.miners import MINERS, ghard_margin, ghard_miner, semihard_miner
 
-ALL = ["random", "semihard", "softhard", "distance", "hard", "ghard"]
+ALL = MINERS.list()  # every registered miner
 
 
 def batch(n_pairs=6, dim=5, n_classes=4, seed=0):

@@ -88,3 +88,23 @@ def test_each_attack_registers_under_its_own_id(aid):
     import attacks
 
     assert attacks.ATTACKS.get(aid).id == aid
+
+
+def test_a_foreign_attacks_package_first_on_the_path_is_a_one_line_error(tmp_path):
+    # a real process whose working directory holds another project's ``attacks`` package (first on sys.path)
+    import subprocess
+    import sys
+
+    (tmp_path / "attacks").mkdir()
+    (tmp_path / "attacks" / "__init__.py").write_text("NOT_OURS = True\n")
+    import robustbench_dml
+
+    home = str(__import__("pathlib").Path(robustbench_dml.__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.append(sys.argv[1]); import robustbench_dml",
+                           home], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: the import name 'attacks' resolves to") and str(tmp_path) in last
+    ok = subprocess.run([sys.executable, "-c", "import sys; sys.path.append(sys.argv[1]); import robustbench_dml",
+                         home], cwd=tmp_path.parent, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
