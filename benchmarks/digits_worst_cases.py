@@ -71,6 +71,9 @@ def report(rows: list[dict]) -> str:
                          f"{_num(p['worst_case'])} | " + " | ".join(_num(p[k]) for k in WORST)
                          + f" | {r['train_s']:.0f} | {r['eval_s']:.0f} |")
         lines.append("")
+    missing = [d for d in DEFENSES if d not in {r["defense"] for r in rows}]
+    if missing:
+        lines += [f"Not measured yet: {', '.join(missing)} (the script resumes where it stopped).", ""]
     return "\n".join(lines)
 
 
@@ -80,10 +83,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/digits_worst_cases")
     p.add_argument("--report", default=str(Path(__file__).parent / "results" / "digits_worst_cases.md"))
     args = p.parse_args()
-    rows = []
+    out = Path(args.out)
     for defense in args.defenses.split(","):
-        rows.append(run_one(defense, Path(args.out)))
-        print(f"{defense}: {json.dumps(rows[-1]['protocols']['corrected'])}", flush=True)
+        row = run_one(defense, out)
+        print(f"{defense}: {json.dumps(row['protocols']['corrected'])}", flush=True)
+        # every finished row, so several invocations (e.g. one per core) share one table
+        rows = [json.loads((out / d / "row.json").read_text()) for d in DEFENSES if (out / d / "row.json").exists()]
         Path(args.report).write_text(report(rows))
     print(Path(args.report).read_text())
 

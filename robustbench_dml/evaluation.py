@@ -43,6 +43,7 @@ from attacks.suites import Suite, get_suite
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_text
+from robustbench_dml.numerics import EXACT, NumericPolicy, get_policy
 from robustbench_dml.results import SCHEMA_VERSION, EvaluationResult
 
 __all__ = ["EvalConfig", "EvalTarget", "EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges", "evaluate",
@@ -128,7 +129,8 @@ class EvalConfig:
     (``attacks``: a subset of its attack ids; ``max_queries``: the first N queries; ``eps``: the radius of every
     attack, pixel units) are recorded and make the result ineligible for a leaderboard. ``seed`` drives every random
     selection. ``robrank_compat``: measure the ``robrank`` protocol alone, in the reference's call pattern (default:
-    both protocols). Validated on construction: a bad value is a one-line :class:`UserError`.
+    both protocols). ``numerics``: the float settings (:mod:`robustbench_dml.numerics`; ``"fast"`` is an override
+    too). Validated on construction: a bad value is a one-line :class:`UserError`.
     """
 
     suite: str | Suite = "rob28"
@@ -137,8 +139,10 @@ class EvalConfig:
     eps: float | None = None
     seed: int = 0
     robrank_compat: bool = False
+    numerics: str | NumericPolicy = "exact"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "numerics", get_policy(self.numerics))
         suite = get_suite(self.suite)
         if self.attacks is not None:
             object.__setattr__(self, "attacks", tuple(self.attacks))
@@ -166,9 +170,12 @@ class EvalConfig:
 
     @property
     def overrides(self) -> dict[str, Any]:
-        return {"eps": None if self.eps is None else float(self.eps),
-                "attacks": None if self.attacks is None else list(self.attacks),
-                "max_queries": None if self.max_queries is None else int(self.max_queries)}
+        out = {"eps": None if self.eps is None else float(self.eps),
+               "attacks": None if self.attacks is None else list(self.attacks),
+               "max_queries": None if self.max_queries is None else int(self.max_queries)}
+        if self.numerics != EXACT:  # only when set, so the resume keys of default runs stay what they were
+            out["numerics"] = self.numerics.name
+        return out
 
 
 @dataclass(frozen=True)
@@ -220,28 +227,47 @@ def _query_batch(dataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Te
 
 def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None = None, *, device: str = "auto",
              state_dir: str | os.PathLike | None = None, progress: bool | str | None = False,
-             data_root: str | None = None, benign_nmi: bool = True, knn_backend: str = "torch") -> EvaluationResult:
+             data_root: str | None = None, benign_nmi: bool = True) -> EvaluationResult:
     """Evaluate ``target`` (a checkpoint directory, or an :class:`EvalTarget` from :func:`load_target` /
     :func:`model_target`) as ``config`` says (default: the full ``rob28``); see the module docstring for the protocol.
 
     ``device``: where the model and the gallery live (``auto`` picks CUDA when present). ``state_dir``: resume per
     attack (module docstring). ``progress``: ``"bar"`` (or True), ``"log"`` (plain lines: one per finished attack,
     one at least every 30 s) or False (:class:`robustbench_dml.progress.Progress`). ``data_root``: the test data's
-    folder for a checkpoint directory (default: the checkpoint's training one). ``knn_backend`` is the gallery's kNN
-    backend; every backend returns the same neighbours (``robustbench_dml.knn``), and the chunked torch search
-    measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores.
+    folder for a checkpoint directory (default: the checkpoint's training one). The float settings, the gallery's kNN
+    backend among them, are ``config.numerics``'s (:mod:`robustbench_dml.numerics`; every kNN backend returns the
+    same neighbours, and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores)
+    and the result records them.
     """
+    from robustbench_dml.numerics import applied
+
+    config = config or EvalConfig()
+    dev = resolve_device_for_rank(device)
+    with applied(config.numerics, dev) as numerics:
+        result = _evaluate(target, config, dev, state_dir, progress, data_root, benign_nmi, numerics["knn_backend"])
+    result.numerics = numerics
+    return result
+
+
+def resolve_device_for_rank(device: str | torch.device) -> torch.device:
+    """``device`` resolved (``auto``: CUDA when present); under torchrun a bare ``cuda`` is this rank's GPU."""
+    from robustbench_dml.runtime import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if _dist_info()[1] > 1 and dev.type == "cuda" and dev.index is None:  # torchrun: one GPU per local rank
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress, data_root, benign_nmi,
+              knn_backend: str) -> EvaluationResult:
     from robustbench_dml import metrics
     from robustbench_dml.gallery import embed
     from robustbench_dml.progress import Progress
-    from robustbench_dml.runtime import resolve_device, versions
+    from robustbench_dml.runtime import versions
 
-    config = config or EvalConfig()
     suite = config.suite_obj
     rank, world = _dist_info()
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    if world > 1 and dev.type == "cuda" and dev.index is None:  # torchrun: one GPU per local rank
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if not isinstance(target, EvalTarget):
         target = load_target(target, dev, data_root)
     model = target.model.to(dev)
@@ -293,6 +319,7 @@ def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None =
                "overrides": config.overrides, "eligible": all(v is None for v in config.overrides.values())},
         seed=int(config.seed), device=str(dev), versions=versions(), robrank_compat=bool(config.robrank_compat),
         num_queries=num_queries, benign=dict(benign), protocols=blocks,
+        extra={"world_size": world},  # processes that shared the query batches (torchrun)
     )
 
 

@@ -1,11 +1,12 @@
 """The evaluation result: one file holding every protocol's raw results and scores, plus provenance.
 
 Layout (schema version 2, ``docs/protocol.md``, The result file): ``checkpoint``, ``suite``, ``seed``, ``device``,
-``versions``, ``robrank_compat`` (true only for a like-for-like run of the reference's call pattern, which measures
-the ``robrank`` protocol alone), ``num_queries``, ``benign`` (whole-gallery retrieval metrics, the same under
-every protocol) and ``protocols``: per protocol (:mod:`robustbench_dml.protocols`) a block with ``raw`` (aggregated
-results, ``R@1`` included: the denominator of ARS), ``per_query``, ``success``, ``scores`` and ``clean`` (the same
-measurements on the unperturbed queries, aggregated).
+``versions``, ``numerics`` (the float settings in force, :mod:`robustbench_dml.numerics`), ``robrank_compat``
+(true only for a like-for-like run of the reference's call pattern, which measures the ``robrank`` protocol alone),
+``num_queries``, ``benign`` (whole-gallery retrieval metrics, the same under every protocol) and ``protocols``: per
+protocol (:mod:`robustbench_dml.protocols`) a block with ``raw`` (aggregated results, ``R@1`` included: the
+denominator of ARS), ``per_query``, ``success``, ``scores`` and ``clean`` (the same measurements on the unperturbed
+queries, aggregated).
 
 Version 1 files (one protocol, at the top level) still load: their block is filed under ``robrank`` when they
 were measured with ``robrank_compat`` and under ``corrected`` otherwise. Nothing here imports torch, so the
@@ -47,6 +48,8 @@ class EvaluationResult:
     protocols: dict[str, dict[str, Any]]
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the float settings in force (:mod:`robustbench_dml.numerics`); empty in files written before they were recorded
+    numerics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def eligible(self) -> bool:
@@ -72,7 +75,7 @@ class EvaluationResult:
                 "seed": self.seed, "device": self.device, "versions": self.versions,
                 "robrank_compat": self.robrank_compat, "num_queries": self.num_queries, "benign": self.benign,
                 "protocols": {p: {k: b[k] for k in BLOCK_KEYS} for p, b in self.protocols.items()},
-                "extra": self.extra}
+                "numerics": self.numerics, "extra": self.extra}
 
     def to_json(self, path: str | os.PathLike | None = None, *, indent: int | None = 1) -> str:
         """Strict JSON text (NaN/inf, e.g. a skipped NMI, become null), written atomically to ``path`` when given."""

@@ -48,6 +48,28 @@ def deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(before, warn_only=warn)
 
 
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[bool]:
+    """Join the process group for the duration when launched by torchrun (``WORLD_SIZE`` > 1; gloo on the CPU, NCCL
+    on CUDA with this rank's GPU, ``LOCAL_RANK``), and leave it afterwards; inside a group that already exists (an
+    outer call) do nothing. Yields whether several processes share the work. One group serves a whole command:
+    joining a second time after leaving can reuse the launcher's stale rendezvous keys (gloo then fails to
+    connect), so a command that trains and evaluates holds one group around both."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield True
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def generator(seed: int, *keys: int | str, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded from ``seed`` and ``keys`` (e.g. attack id, batch index): independent of order."""
     import hashlib

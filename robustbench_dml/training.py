@@ -35,7 +35,8 @@ from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_bytes, atomic_write_text
 from robustbench_dml.progress import Progress
-from robustbench_dml.runtime import deterministic, generator, resolve_device, seed_everything, set_threads
+from robustbench_dml.runtime import (deterministic, generator, process_group, resolve_device, seed_everything,
+                                     set_threads)
 
 STATE_FILE = "train_state.pt"
 
@@ -60,14 +61,6 @@ def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def setup_distributed(device: torch.device) -> bool:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, NCCL on CUDA."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return False
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
 
 
 def build(cfg: TrainConfig):
@@ -146,17 +139,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
     """Train ``cfg.defense`` on ``cfg.dataset``; write the run directory; return where the checkpoint is.
     Deterministic kernels throughout (:func:`~robustbench_dml.runtime.deterministic`): on the CPU one seed gives
     one set of weights at a given thread count, in any process."""
-    with deterministic(resolve_device(cfg.device)):
-        return _train(cfg, out, resume=resume, progress=progress, on_epoch=on_epoch)
-
-
-def _train(cfg: TrainConfig, out, *, resume: bool, progress: bool, on_epoch) -> TrainSummary:
     device = resolve_device(cfg.device)
-    distributed = setup_distributed(device)
+    with deterministic(device), process_group(device) as distributed:
+        return _train(cfg, out, distributed=distributed, resume=resume, progress=progress, on_epoch=on_epoch)
+
+
+def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: bool, on_epoch) -> TrainSummary:
+    device = resolve_device(cfg.device)
     rank, world = _dist_info()
     if distributed and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = Path(out) if out is not None else default_out(cfg)
@@ -234,9 +226,8 @@ def _train(cfg: TrainConfig, out, *, resume: bool, progress: bool, on_epoch) -> 
             _save_state(state_path, model, optimizer, defense, epoch + 1, step, counts)
             if on_epoch is not None:
                 on_epoch(record)
-    if distributed:
+    if distributed:  # every rank returns once rank 0 has written the last checkpoint
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     seconds_per_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else 0.0
     if rank == 0:  # the whole run, across resumptions (this call may have trained some epochs or none)
         seconds_per_epoch, benign_r1 = _run_totals(history)

@@ -29,7 +29,7 @@ def digits():
 
 def run(target, **kw):
     """evaluate() under SMALL with the measurement options of ``kw`` in the EvalConfig, the rest as run options."""
-    cfg = {k: kw.pop(k) for k in ("attacks", "max_queries", "eps", "seed", "robrank_compat") if k in kw}
+    cfg = {k: kw.pop(k) for k in ("attacks", "max_queries", "eps", "seed", "robrank_compat", "numerics") if k in kw}
     return evaluate(target, EvalConfig(SMALL, **cfg), **kw)
 
 
@@ -245,3 +245,33 @@ def test_user_errors(model, digits):
         run(model_target(model, {}, digits), max_queries=0, device="cpu")
     with pytest.raises(UserError, match="does not exist"):
         run("/nonexistent/ckpt", device="cpu")
+
+
+@pytest.mark.parametrize("setting", ["matmul_tf32", "cudnn_tf32", "cudnn_benchmark", "deterministic"])
+def test_each_numeric_setting_is_applied_recorded_and_restored(setting, model, digits):
+    import dataclasses
+
+    import torch
+
+    from robustbench_dml.numerics import EXACT
+
+    flipped = dataclasses.replace(EXACT, name=f"flip-{setting}", **{setting: not getattr(EXACT, setting)})
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled())
+    r = run(model_target(model, {"dataset": "digits"}, digits), attacks=["TMA"], max_queries=4, numerics=flipped,
+            device="cpu", benign_nmi=False)
+    assert r.numerics[setting] is (not getattr(EXACT, setting))   # what torch reported while it ran
+    assert all(r.numerics[k] is getattr(EXACT, k) for k in ("matmul_tf32", "cudnn_tf32", "cudnn_benchmark",
+                                                             "deterministic") if k != setting)
+    assert r.numerics["policy"] == f"flip-{setting}" and r.suite["overrides"]["numerics"] == f"flip-{setting}"
+    assert not r.eligible
+    after = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled())
+    assert after == before
+    assert json.loads(r.to_json())["numerics"] == r.numerics
+
+
+def test_the_default_numeric_policy_is_recorded_and_eligible(base):
+    assert base.numerics["policy"] == "exact" and base.numerics["deterministic"] is True
+    assert base.numerics["matmul_tf32"] is False and base.numerics["tie_order"].startswith("(distance, gallery index)")
+    assert "numerics" not in base.suite["overrides"]

@@ -37,10 +37,13 @@ def add_eval_options(p) -> None:
                    help="measure the robrank protocol alone, in the reference code's exact call pattern (default: "
                         "both protocols, corrected and robrank, in one run; docs/protocol.md)")
     g.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained from)")
+    g.add_argument("--fast", action="store_const", const="fast", default="exact", dest="numerics",
+                   help="TF32 and cuDNN autotuning on GPUs, no deterministic kernels: faster, not the CPU's numbers "
+                        "(recorded; not leaderboard-eligible; docs/protocol.md)")
 
 
 def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, max_queries: int | None = None,
-                 eps: float | None = None, robrank_compat: bool = False) -> Path:
+                 eps: float | None = None, robrank_compat: bool = False, numerics: str = "exact") -> Path:
     """``eval/SUITE[-overrides].json`` beside the checkpoint directory (in the run directory)."""
     parts = [suite]
     if attacks:
@@ -51,6 +54,8 @@ def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, ma
         parts.append(f"eps{eps:g}")
     if robrank_compat:
         parts.append("compat")
+    if numerics != "exact":
+        parts.append(numerics)
     return checkpoint.parent / "eval" / ("-".join(parts) + ".json")
 
 
@@ -58,7 +63,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
                         max_queries: int | None = None, eps: float | None = None, seed: int = 0,
                         device: str = "auto", robrank_compat: bool = False, json_path: str | None = None,
                         data_root: str | None = None, progress: bool | str | None = False,
-                        overwrite: bool = False, plan: str | None = None):
+                        overwrite: bool = False, plan: str | None = None, numerics: str = "exact"):
     """Run a suite on ``checkpoint`` (the dataset's suite by default); write and return (result, path).
     ``plan``: ``"only"`` prints the measured plan and returns (None, None); ``"first"`` prints it, then evaluates."""
     from robustbench_dml import datasets
@@ -74,7 +79,8 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     if suite in published and suite != native:
         raise UserError(f"suite {suite} is for another input size than {meta['dataset']}'s; use {native}")
     config = EvalConfig(suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
-                        max_queries=max_queries, eps=eps, seed=seed, robrank_compat=robrank_compat)
+                        max_queries=max_queries, eps=eps, seed=seed, robrank_compat=robrank_compat,
+                        numerics=numerics)
     if json_path is not None and plan != "only":
         check_output(json_path, overwrite)
     if plan is not None and is_rank0():
@@ -89,10 +95,14 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
         if plan == "only":
             return None, None
     out = Path(json_path) if json_path else default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries,
-                                                          eps=eps, robrank_compat=robrank_compat)
-    result = evaluate(checkpoint, config, device=device, state_dir=out.parent / "state", progress=progress,
-                      data_root=data_root)
-    result.to_json(out)
+                                                          eps=eps, robrank_compat=robrank_compat, numerics=numerics)
+    from robustbench_dml.runtime import process_group, resolve_device
+
+    with process_group(resolve_device(device)):  # under torchrun: the query batches are shared among the ranks
+        result = evaluate(checkpoint, config, device=device, state_dir=out.parent / "state", progress=progress,
+                          data_root=data_root)
+    if is_rank0():
+        result.to_json(out)
     return result, out
 
 
@@ -105,8 +115,8 @@ def run(args) -> int:
         checkpoint, suite=args.suite, attacks=args.attacks, max_queries=args.max_queries, eps=args.eps,
         seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat, json_path=args.json,
         data_root=args.data_root, progress=progress_mode(args), overwrite=args.overwrite,
-        plan="only" if args.plan else None if args.quiet else "first")
-    if result is None:
+        plan="only" if args.plan else None if args.quiet else "first", numerics=args.numerics)
+    if result is None or not is_rank0():
         return 0
     con.print(benign_table(result.benign))
     con.print(attack_table(result))

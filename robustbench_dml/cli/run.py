@@ -33,6 +33,7 @@ def run(args) -> int:
 
     from robustbench_dml import datasets
     from robustbench_dml.leaderboard import LeaderboardStore
+    from robustbench_dml.runtime import process_group, resolve_device
 
     cfg = train_config(args)
     plan = dict(training=True, evaluation=True, max_queries=args.max_queries, attacks=args.attacks)
@@ -43,15 +44,19 @@ def run(args) -> int:
     if not args.quiet and is_rank0():  # the estimate comes before the compute
         print_plan(cfg, **plan, show_config=False)
     progress = show_progress(args)
-    summary = train(cfg, args.out, resume=args.resume, progress=progress,
-                    on_epoch=None if progress or args.quiet else _log_epoch)
-    if summary.rank != 0:
+    with process_group(resolve_device(cfg.device)):  # under torchrun: one group for training and evaluation
+        summary = train(cfg, args.out, resume=args.resume, progress=progress,
+                        on_epoch=None if progress or args.quiet else _log_epoch)
+        if summary.rank == 0:
+            print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, "
+                  f"{summary.seconds_per_epoch:.1f} s/epoch")
+            print(summary.checkpoint)
+        # every rank evaluates (the query batches are shared); rank 0 reports and publishes
+        result, out = evaluate_checkpoint(summary.checkpoint, seed=args.eval_seed, device=args.device,
+                                          data_root=cfg.data_root, progress=progress_mode(args),
+                                          attacks=args.attacks, max_queries=args.max_queries)
+    if not is_rank0():
         return 0
-    print(f"trained {cfg.defense} on {cfg.dataset}: {summary.steps} steps, {summary.seconds_per_epoch:.1f} s/epoch")
-    print(summary.checkpoint)
-    result, out = evaluate_checkpoint(summary.checkpoint, seed=args.eval_seed, device=args.device,
-                                      data_root=cfg.data_root, progress=progress_mode(args), attacks=args.attacks,
-                                      max_queries=args.max_queries)
     con = console()
     con.print(benign_table(result.benign))
     con.print(attack_table(result))

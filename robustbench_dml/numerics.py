@@ -1,0 +1,103 @@
+"""The numeric policy of an evaluation: the floating-point settings that change attack results, set in one place
+and recorded in every result.
+
+An attack runs 32 sign-gradient steps and ranks the perturbed embedding against the whole gallery, so a setting
+that changes a gradient's last bits can flip a step's sign and, with it, whether a query is broken. The settings
+that matter:
+
+- TF32 tensor cores for float32 matrix products (``torch.backends.cuda.matmul.allow_tf32``, equivalently
+  ``torch.set_float32_matmul_precision("high")``) and for cuDNN convolutions (``torch.backends.cudnn.allow_tf32``,
+  on by default in PyTorch): a 10-bit mantissa inside the products on Ampere and later GPUs;
+- cuDNN's autotuner (``torch.backends.cudnn.benchmark``), which picks convolution algorithms by timing them, so two
+  runs may sum in different orders;
+- deterministic algorithms (``torch.use_deterministic_algorithms``, ``torch.backends.cudnn.deterministic``): the
+  same bits on every run of one machine (on the CPU they also fix the accumulation order of index backward);
+- the gallery's kNN backend; every backend returns neighbours in the order (distance, gallery index)
+  (:mod:`robustbench_dml.knn`), so it changes speed, never results.
+
+:data:`EXACT` (the default) runs float32 without TF32 or autotuning and with deterministic algorithms: it is the
+policy under which a GPU evaluation reproduces the CPU's numbers within :data:`TOLERANCE` (``benchmarks/
+device_check.py`` measures the difference on a lent GPU). :data:`FAST` turns TF32 and the autotuner on and the
+determinism off; its results are marked ineligible for the leaderboards (recorded as the override ``numerics``).
+On a CPU both policies compute the same numbers: the TF32 and cuDNN switches act on CUDA kernels only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from robustbench_dml.errors import UserError
+
+__all__ = ["NumericPolicy", "EXACT", "FAST", "POLICIES", "TOLERANCE", "TIE_ORDER", "get_policy", "applied"]
+
+#: the order of equal distances in every ranking, on every backend
+TIE_ORDER = "(distance, gallery index) ascending"
+#: how far (ERS / ARS points) a GPU evaluation under :data:`EXACT` may differ from the CPU's on the same queries
+TOLERANCE = 0.5
+
+
+@dataclass(frozen=True)
+class NumericPolicy:
+    """One set of float settings (module docstring); ``name`` is what results and the CLI call it."""
+
+    name: str
+    matmul_tf32: bool
+    cudnn_tf32: bool
+    cudnn_benchmark: bool
+    deterministic: bool
+    knn_backend: str = "torch"
+
+
+EXACT = NumericPolicy("exact", matmul_tf32=False, cudnn_tf32=False, cudnn_benchmark=False, deterministic=True)
+FAST = NumericPolicy("fast", matmul_tf32=True, cudnn_tf32=True, cudnn_benchmark=True, deterministic=False,
+                     knn_backend="auto")
+POLICIES: dict[str, NumericPolicy] = {p.name: p for p in (EXACT, FAST)}
+
+
+def get_policy(policy: str | NumericPolicy) -> NumericPolicy:
+    if isinstance(policy, NumericPolicy):
+        return policy
+    if policy not in POLICIES:
+        raise UserError(f"unknown numeric policy {policy!r}; choose {' or '.join(POLICIES)}")
+    return POLICIES[policy]
+
+
+def _observed(policy: NumericPolicy) -> dict[str, Any]:
+    """The settings as torch reports them (what the result records), plus the kNN backend and tie order."""
+    return {"policy": policy.name,
+            "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "deterministic": bool(torch.are_deterministic_algorithms_enabled()),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "knn_backend": policy.knn_backend, "tie_order": TIE_ORDER}
+
+
+@contextlib.contextmanager
+def applied(policy: str | NumericPolicy, device: torch.device) -> Iterator[dict[str, Any]]:
+    """Set ``policy`` for the duration and yield what is in force (restored afterwards, whatever happens). On CUDA,
+    kernels without a deterministic version only warn."""
+    policy = get_policy(policy)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),
+              torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = policy.matmul_tf32
+        torch.set_float32_matmul_precision("high" if policy.matmul_tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = policy.cudnn_tf32
+        torch.backends.cudnn.benchmark = policy.cudnn_benchmark
+        torch.backends.cudnn.deterministic = policy.deterministic
+        torch.use_deterministic_algorithms(policy.deterministic, warn_only=device.type != "cpu")
+        yield _observed(policy)
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, precision, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, det, warn) = before
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_tf32 = before[0]  # set after the precision, which also moves it
+        torch.use_deterministic_algorithms(det, warn_only=warn)
