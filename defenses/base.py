@@ -24,9 +24,7 @@ from robustbench_dml.registry import Registry
 
 DEFENSES: Registry = Registry(
     "defense",
-    builtin_modules=(
-        "defenses.vanilla", "defenses.est", "defenses.act", "defenses.hm", "defenses.ca_tride", "defenses.mdprop",
-    ),
+    builtin_modules=tuple(f"defenses.{name}" for name in ("vanilla", "est", "act", "hm", "ca_tride", "mdprop")),
 )
 
 

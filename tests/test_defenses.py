@@ -20,7 +20,7 @@ from defenses.hm import hardness_manipulation, ics_lambda_for, lga_level
 from defenses.losses import (attention_weights, collapseness, hardness, ics_loss, mean_smallest,
                              multi_similarity_loss, pairwise_distance, top_ranked_loss, triplet_loss,
                              weighted_mean)
-from defenses.mdprop import feature_attack
+from defenses import mdprop
 from defenses.miners import MINERS
 from defenses.routed_bn import RoutedBatchNorm, bn_route
 from attacks.pgd import eval_mode
@@ -250,7 +250,7 @@ def test_item_1_mdprop_bounds_are_batch_min_max():
     x = 0.2 + 0.5 * x  # batch range [0.2, 0.7]
     eps = 0.05
     with eval_mode(inner):
-        xa, _, res = feature_attack(inner, x, "adv1", 1, eps=eps, alpha=eps, steps=1, random_start=5e-3,
+        xa, _, res = mdprop.feature_attack(inner, x, "adv1", 1, eps=eps, alpha=eps, steps=1, random_start=5e-3,
                                     generator=torch.Generator().manual_seed(0))
     lo = torch.clamp(x - eps, min=float(x.min()))
     hi = torch.clamp(x + eps, max=float(x.max()))
@@ -802,7 +802,7 @@ def test_item_33_lambda_is_configuration():
 # ---------------------------------------------------------------- MDProp 34-40
 
 def test_items_34_40_mdprop_batch_assembly_and_single_criterion(monkeypatch):
-    import defenses.mdprop as md
+    md = mdprop
     calls = []
     real = md.multi_similarity_loss
     monkeypatch.setattr(md, "multi_similarity_loss", lambda z, y, **kw: calls.append((z, y, kw)) or real(z, y, **kw))
@@ -871,7 +871,7 @@ def test_item_37_targeted_attacks_approach_their_targets():
     inner.eval()
     for route, t in (("adv1", 1), ("adv2", 5)):
         with eval_mode(inner):
-            xa, targets, _ = feature_attack(inner, x, route, t, eps=0.05, alpha=0.05, steps=1, random_start=0.0,
+            xa, targets, _ = mdprop.feature_attack(inner, x, route, t, eps=0.05, alpha=0.05, steps=1, random_start=0.0,
                                             generator=torch.Generator().manual_seed(0))
             with bn_route(inner, route), torch.no_grad():
                 before = torch.stack([pairwise_distance(tk, e(inner, x)).mean() for tk in targets]).mean()
@@ -886,7 +886,7 @@ def test_item_38_targets_are_permuted_detached_aux_embeddings():
     x, _ = data()
     inner.train()
     with eval_mode(inner):
-        _, targets, _ = feature_attack(inner, x, "adv1", 3, eps=0.05, alpha=0.05, steps=1, random_start=0.0,
+        _, targets, _ = mdprop.feature_attack(inner, x, "adv1", 3, eps=0.05, alpha=0.05, steps=1, random_start=0.0,
                                        generator=torch.Generator().manual_seed(4))
         with bn_route(inner, "adv1"), torch.no_grad():
             ref = e(inner, x)
