@@ -43,7 +43,8 @@ from attacks.suites import Suite, get_suite
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_text
-from robustbench_dml.numerics import EXACT, NumericPolicy, get_policy
+from robustbench_dml.numerics import EXACT, NumericPolicy, applied, get_policy
+from robustbench_dml.runtime import dist_info as _dist_info  # a module attribute, so tests can simulate ranks
 from robustbench_dml.results import SCHEMA_VERSION, EvaluationResult
 
 __all__ = ["EvalConfig", "EvalTarget", "EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges", "evaluate",
@@ -92,14 +93,6 @@ def state_key(checkpoint_sha: str, suite_hash: str, seed: int, overrides: Mappin
 
 def _attack_file(attack_id: str) -> str:
     return attack_id.replace("+", "plus").replace("-", "minus").replace(":", "_") + ".json"
-
-
-def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _gather(local: dict[int, Any], world: int) -> dict[int, Any]:
@@ -239,8 +232,6 @@ def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None =
     same neighbours, and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores)
     and the result records them.
     """
-    from robustbench_dml.numerics import applied
-
     config = config or EvalConfig()
     dev = resolve_device_for_rank(device)
     with applied(config.numerics, dev) as numerics:

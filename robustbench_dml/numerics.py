@@ -96,8 +96,10 @@ def applied(policy: str | NumericPolicy, device: torch.device) -> Iterator[dict[
         torch.use_deterministic_algorithms(policy.deterministic, warn_only=device.type != "cpu")
         yield _observed(policy)
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, precision, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, det, warn) = before
+        matmul_tf32, precision, cudnn_tf32, benchmark, cudnn_deterministic, det, warn = before
         torch.set_float32_matmul_precision(precision)
-        torch.backends.cuda.matmul.allow_tf32 = before[0]  # set after the precision, which also moves it
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32  # after the precision, which also moves it
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
         torch.use_deterministic_algorithms(det, warn_only=warn)

@@ -44,7 +44,7 @@ class Plan:
     seconds_per_iteration: float = 0.0
     method: str = "steps"                    # how seconds_per_step was measured (module docstring)
     train_images: tuple[int, int] = (0, 0)   # images through the model's forward / backward, whole training
-    seconds_per_image: float = 0.0           # one image's forward+backward in training (0: not measured)
+    seconds_per_image: float = 0.0           # one image's forward+backward (in training when planned; 0: not yet)
 
     @property
     def train_seconds(self) -> float:
@@ -187,16 +187,17 @@ def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_
     n_queries = test_len if max_queries is None else min(test_len, max_queries)
     q = min(suite_obj.batch_size, n_queries)
     batches = -(-n_queries // suite_obj.batch_size)
-    x = torch.rand(q, info.channels, info.image_size, info.image_size, generator=torch.Generator().manual_seed(0))
-    x = x.to(device)
-    model.eval()
+    if result.seconds_per_image <= 0:  # no training measurement to price the iteration from
+        x = torch.rand(q, info.channels, info.image_size, info.image_size,
+                       generator=torch.Generator().manual_seed(0)).to(device)
+        model.eval()
 
-    def iteration() -> None:
-        xi = x.clone().requires_grad_(True)
-        model(xi).sum().backward()
+        def iteration() -> None:
+            xi = x.clone().requires_grad_(True)
+            model(xi).sum().backward()
 
-    result.seconds_per_iteration = (q * result.seconds_per_image if result.seconds_per_image > 0
-                                    else _time(iteration, repeats=3))
+        result.seconds_per_image = _time(iteration, repeats=3) / q
+    result.seconds_per_iteration = q * result.seconds_per_image
     result.eval_batches = batches
     result.attacks = {}
     for a in suite_obj.attack_ids:

@@ -48,6 +48,15 @@ def deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(before, warn_only=warn)
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside a torchrun process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @contextlib.contextmanager
 def process_group(device: torch.device) -> Iterator[bool]:
     """Join the process group for the duration when launched by torchrun (``WORLD_SIZE`` > 1; gloo on the CPU, NCCL

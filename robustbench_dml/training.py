@@ -35,8 +35,8 @@ from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_bytes, atomic_write_text
 from robustbench_dml.progress import Progress
-from robustbench_dml.runtime import (deterministic, generator, process_group, resolve_device, seed_everything,
-                                     set_threads)
+from robustbench_dml.runtime import (deterministic, dist_info, generator, process_group, resolve_device,
+                                     seed_everything, set_threads)
 
 STATE_FILE = "train_state.pt"
 
@@ -55,12 +55,6 @@ class TrainSummary:
 
 def default_out(cfg: TrainConfig) -> Path:
     return Path("runs") / cfg.dataset / cfg.defense / f"seed{cfg.seed}"
-
-
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def build(cfg: TrainConfig):
@@ -146,7 +140,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: boo
 
 def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: bool, on_epoch) -> TrainSummary:
     device = resolve_device(cfg.device)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     if distributed and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     set_threads(cfg.threads)
@@ -280,6 +274,6 @@ def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_
         "steps": step,
         "forward_passes": counts[0],
         "backward_passes": counts[1],
-        "world_size": _dist_info()[1],
+        "world_size": dist_info()[1],
         "benign": benign,  # test split at the last evaluated epoch (empty if this epoch was not evaluated)
     }, replace=True)
