@@ -60,7 +60,8 @@ class AttackOutput:
     ``selection``: the drawn targets (gallery indices, (B, W) / (B, M) / (B,)) for inspection;
     ``iterations``: PGD gradient evaluations run per image; ``per_query_robrank``: for an attack whose RobRank
     quirk is only a measurement (``robrank_quirk == "measure"``) run in the corrected protocol, the same run's
-    results measured as the reference does (None otherwise).
+    results measured as the reference does (None otherwise); ``extra``: with an engine (:mod:`attacks.engine`),
+    ``parts`` and ``check`` (CPU tensors).
     """
 
     x_adv: torch.Tensor
@@ -70,6 +71,7 @@ class AttackOutput:
     selection: dict[str, torch.Tensor] = field(default_factory=dict)
     iterations: int = 0
     per_query_robrank: dict[str, torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,6 +88,28 @@ def top_percent_limit(n: int) -> float:
     (``100.0 * position / N``) so that an item at place K compares as inside (``K / N * 100`` rounds below
     ``100 * K / N`` for some N, e.g. 896, which used to count place K as outside)."""
     return 100.0 * top_fraction_limit(n) / n
+
+
+#: where a "-" attack (CA-, QA-) must push an item for success: ranked at or beyond the median of the gallery, no
+#: better than an unrelated item drawn at random (whose expected place is the middle)
+FAR_PERCENT = 50.0
+
+
+def rank_flip_success(sign: str, clean: torch.Tensor, adv: torch.Tensor, n: int) -> torch.Tensor:
+    """Success of the rank attacks (CA, QA) from the item's place in percent of the gallery (B,), clean and after.
+
+    "+" (CA+, QA+): an item ranked outside the top 1% enters it (place <= :func:`top_percent_limit`): an unrelated
+    item made to look like a near duplicate. "-" (CA-, QA-): an item inside the top 1% is pushed to the far half
+    (place >= :data:`FAR_PERCENT`): a near duplicate made to look unrelated. The "-" threshold is the median, not
+    the edge of the top 1%: with W = M = 1, pushing one neighbour just out of the top 1% succeeded on every query of
+    every digits model (a move of a few places), so that worst case ranked nothing.
+    """
+    limit = top_percent_limit(n)
+    if sign == "+":
+        return flip_success(clean > limit, adv > limit)
+    if sign == "-":
+        return (clean <= limit) & (adv >= FAR_PERCENT)
+    raise ValueError(f"sign must be '+' or '-', not {sign!r}")
 
 
 def sort_with_prefix(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,6 +298,8 @@ class RankingAttack:
         eps, alpha, steps: L-infinity radius and step in pixel units, PGD iterations (1 = FGSM with step eps).
         robrank_compat: reproduce the reference's quirks (``docs/protocol.md``) instead of the correct behaviour.
         memory_budget: bytes allowed for fixed per-batch data; larger batches are attacked in row passes.
+        engine: None for the published sign-PGD (last iterate), or an :class:`attacks.engine.Engine` (APGD
+            schedule, restarts, best iterate, gradient-free check); the corrected protocol only.
     """
 
     id: ClassVar[str] = ""
@@ -282,9 +308,15 @@ class RankingAttack:
     #: the same PGD run measured differently (``measure(..., robrank_compat=True)`` gives the reference's
     #: values); "targets" different targets, so each protocol needs its own run
     robrank_quirk: ClassVar[str] = ""
+    #: bumped whenever the attack's per-query results or success rule change, so that resumed evaluations
+    #: recompute it (the evaluation's state files record it)
+    revision: ClassVar[int] = 1
+    #: how the per-query losses form the one scalar sign-PGD differentiates ("mean", or "sum" where the reference
+    #: sums); the sign of the gradient is the same either way, the reported loss is not
+    reduction: ClassVar[str] = "mean"
 
     def __init__(self, model: nn.Module, *, eps: float, alpha: float, steps: int, robrank_compat: bool = False,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, engine=None):
         if eps < 0 or alpha < 0:
             raise UserError(f"eps and alpha must be >= 0 (got eps={eps}, alpha={alpha})")
         if steps < 0 or int(steps) != steps:
@@ -295,6 +327,9 @@ class RankingAttack:
         self.steps = int(steps)
         self.robrank_compat = bool(robrank_compat)
         self.memory_budget = int(memory_budget)
+        if engine is not None and self.robrank_compat:
+            raise UserError(f"{self.id}: a strong engine runs the corrected protocol only (drop robrank_compat)")
+        self.engine = engine
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(id={self.id!r}, eps={self.eps}, alpha={self.alpha}, steps={self.steps}, "
@@ -310,6 +345,7 @@ class RankingAttack:
         return None
 
     def loss(self, z: torch.Tensor, state: dict[str, torch.Tensor], fixed: Any, gallery, t: int) -> torch.Tensor:
+        """Per-query loss (B,) at PGD step ``t``, minimised; differentiable w.r.t. ``z`` (B, D)."""
         raise NotImplementedError
 
     def measure(self, z: torch.Tensor, state: dict[str, torch.Tensor], gallery, *, clean: bool) -> dict[str, torch.Tensor]:
@@ -345,19 +381,28 @@ class RankingAttack:
                 state = self.select(z0, labels, self_idx, gallery, generator)
                 state.update(z0=z0, labels=labels, self_idx=self_idx)
                 clean = self.measure(z0, state, gallery, clean=True)
-            x_adv, z_last, iterations = self._run_pgd(x0, state, gallery)
-            with torch.no_grad():
-                z_adv = self.embed(x_adv)
-                state.update(z_last=z_last, z_adv=z_adv)
-                adv = self.measure(z_adv, state, gallery, clean=False)
-                adv_robrank = (self.measure(z_adv, state, gallery, clean=False, robrank_compat=True)
-                               if self.robrank_quirk == "measure" and not self.robrank_compat else None)
-                success = self.succeeded(clean, adv, state, gallery)
+            extra: dict[str, Any] = {}
+            if self.engine is not None:
+                from attacks.engine import run_engine
+
+                x_adv, adv, success, iterations, extra = run_engine(self, x0, state, clean, gallery, generator)
+                adv_robrank = None
+            else:
+                x_adv, z_last, iterations = self._run_pgd(x0, state, gallery)
+                with torch.no_grad():
+                    z_adv = self.embed(x_adv)
+                    state.update(z_last=z_last, z_adv=z_adv)
+                    adv = self.measure(z_adv, state, gallery, clean=False)
+                    adv_robrank = (self.measure(z_adv, state, gallery, clean=False, robrank_compat=True)
+                                   if self.robrank_quirk == "measure" and not self.robrank_compat else None)
+                    success = self.succeeded(clean, adv, state, gallery)
         to_cpu = lambda d: {k: v.detach().to("cpu", torch.float64) for k, v in d.items()}  # noqa: E731
         selection = {k: v.detach().cpu() for k, v in state.items() if k.startswith("sel_")}
         return AttackOutput(x_adv=x_adv.to(images.device), per_query=to_cpu(adv), success=success.detach().cpu(),
                             clean=to_cpu(clean), selection=selection, iterations=iterations,
-                            per_query_robrank=None if adv_robrank is None else to_cpu(adv_robrank))
+                            per_query_robrank=None if adv_robrank is None else to_cpu(adv_robrank),
+                            extra={"parts": {k: to_cpu(v) for k, v in extra.get("parts", {}).items()},
+                                   "check": to_cpu(extra.get("check", {}))} if extra else {})
 
     def _run_pgd(self, x0: torch.Tensor, state: dict[str, torch.Tensor], gallery) -> tuple[torch.Tensor, torch.Tensor, int]:
         b = x0.shape[0]
@@ -375,7 +420,8 @@ class RankingAttack:
                 last[0] = z.detach()
                 t = counter[0]
                 counter[0] += 1
-                return self.loss(z, sub, fixed, gallery, t)
+                losses = self.loss(z, sub, fixed, gallery, t)
+                return losses.sum() if self.reduction == "sum" else losses.mean()
 
             res = pgd(objective, x0[s:s + rows], eps=self.eps, alpha=self.alpha, steps=self.steps)
             xs.append(res.x_adv)

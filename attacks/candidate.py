@@ -12,8 +12,9 @@ Rows that do not fit ``memory_budget`` (sorted distances + prefix sums, 20 bytes
 several passes; the images are independent in eval mode, so the result is the same up to float rounding.
 
 Result ``CA+`` / ``CA-``: 100 * mean_w #{x : B_{x,w} < A_w} / N, percent of the gallery (strict count, the clean
-self stays in the gallery). Success: CA+ moves c from outside to inside the top 1% of its queries' rankings
-(mean strict count <= floor(0.01 N)); CA- moves it from inside to outside.
+self stays in the gallery). Success (:func:`attacks.base.rank_flip_success`): CA+ moves c from outside to inside
+the top 1% of its queries' rankings (mean strict count <= floor(0.01 N)); CA- moves it from inside the top 1% to
+the far half (at or beyond 50% of the gallery).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from attacks.base import (
     ATTACKS,
     RankingAttack,
     chunked_strict_counts,
-    flip_success,
     pair_distance,
+    rank_flip_success,
     require_pool,
     sort_with_prefix,
     sorted_hinge,
-    top_percent_limit,
 )
 from robustbench_dml.errors import UserError
 
@@ -75,7 +75,7 @@ class CandidateAttack(RankingAttack):
         zw = z.repeat_interleave(self.W, dim=0)  # (R*W, D)
         a = pair_distance(zw, q)
         terms, _ = sorted_hinge(a, srt, prefix, self.sign)
-        return terms.mean()
+        return terms.view(-1, self.W).mean(dim=1)
 
     def measure(self, z, state, gallery, *, clean):
         q = self._fixed_rows(state, gallery)
@@ -85,10 +85,7 @@ class CandidateAttack(RankingAttack):
         return {self.id: 100.0 * rank / len(gallery)}
 
     def succeeded(self, clean, adv, state, gallery):
-        limit = top_percent_limit(len(gallery))
-        if self.sign == "+":
-            return flip_success(clean[self.id] > limit, adv[self.id] > limit)
-        return flip_success(clean[self.id] <= limit, adv[self.id] <= limit)
+        return rank_flip_success(self.sign, clean[self.id], adv[self.id], len(gallery))
 
 
 @ATTACKS.register("CA+")
@@ -107,3 +104,4 @@ class CandidateAttackMinus(CandidateAttack):
     id = "CA-"
     keys = ("CA-",)
     sign = "-"
+    revision = 2  # success: pushed to the far half (was: out of the top 1%)

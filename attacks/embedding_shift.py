@@ -36,7 +36,7 @@ class EmbeddingShift(RankingAttack):
 
     def loss(self, z, state, fixed, gallery, t):
         ref = state["z0"] + 1e-7 if t == 0 else state["z0"]
-        return -torch.linalg.vector_norm(z - ref + 1e-6, dim=1).mean()
+        return -torch.linalg.vector_norm(z - ref + 1e-6, dim=1)
 
     def measure(self, z, state, gallery, *, clean, robrank_compat=None):
         z0 = state["z0"]

@@ -76,7 +76,7 @@ class GreedyTop1Misranking(RankingAttack):
     def loss(self, z, state, fixed, gallery, t):
         target = state["sel_target"]
         d = pair_distance(z, gallery.embeddings[target.clamp_min(0)])
-        return (d * (target >= 0)).mean()
+        return d * (target >= 0)
 
     def measure(self, z, state, gallery, *, clean):
         return {"GTM": recall_percent(top1_correct(gallery, z, state["labels"], state["self_idx"]))}

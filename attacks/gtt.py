@@ -30,7 +30,7 @@ class GreedyTop1Translocation(RankingAttack):
 
     def loss(self, z, state, fixed, gallery, t):
         cands = gallery.embeddings[state["sel_top1"]].unsqueeze(1)
-        return row_hinge_loss(z, cands, gallery, "-").mean()
+        return row_hinge_loss(z, cands, gallery, "-")
 
     def measure(self, z, state, gallery, *, clean):
         _, idx = gallery.knn(z, 4, exclude=state["self_idx"])

@@ -36,6 +36,7 @@ class LearningToMisrank(RankingAttack):
     id = "LTM"
     keys = ("LTM",)
     robrank_quirk = "targets"
+    reduction = "sum"  # the reference sums over the batch
 
     def loss(self, z, state, fixed, gallery, t):
         exclude = None if self.robrank_compat else state["self_idx"]
@@ -44,7 +45,7 @@ class LearningToMisrank(RankingAttack):
         x = gallery.embeddings
         dn = pair_distance(z, x[neg.clamp_min(0)])
         dp = pair_distance(z, x[pos.clamp_min(0)])
-        return (torch.relu(dn - dp) * has).sum()
+        return torch.relu(dn - dp) * has
 
     def measure(self, z, state, gallery, *, clean):
         return {"LTM": recall_percent(top1_correct(gallery, z, state["labels"], state["self_idx"]))}

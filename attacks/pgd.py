@@ -1,10 +1,17 @@
 """The one projected-gradient engine (L-infinity), shared by the evaluation attacks and the training-time
-adversaries of the defenses (RobRank).
+adversaries of the defenses.
 
 Threat model: the L-infinity ball of radius ``eps`` around the clean images, intersected with ``bounds``
-(the [0,1] pixel box by default). Objectives are *minimised*. Each step moves by ``alpha * sign(grad)``;
-with ``steps == 1`` the step is ``eps`` (FGSM). Projection, then clamp. No random start unless asked.
-Only the input gradient is computed (``torch.autograd.grad``), so parameter ``.grad`` is never touched.
+(the [0,1] pixel box by default). Objectives are *minimised*. Only the input gradient is computed
+(``torch.autograd.grad``), so parameter ``.grad`` is never touched. Two step-size schedules share the box
+(:func:`box`) and the projection:
+
+- :func:`pgd`, RobRank's: a constant step ``alpha * sign(grad)`` (``steps == 1``: one step of ``eps``, FGSM), the
+  last iterate returned. No random start unless asked.
+- :func:`apgd`, the schedule of APGD (Croce and Hein, "Reliable evaluation of adversarial robustness with an
+  ensemble of diverse parameter-free attacks", ICML 2020): a per-image step that starts at ``2 eps``, a momentum
+  of 0.25 on the previous move, and at checkpoints a halving of the step with a restart from the image's best
+  point when progress stalled; the best iterate by the objective is returned.
 """
 
 from __future__ import annotations
@@ -54,8 +61,7 @@ def pgd(
         stop: ``stop(t, loss_t, loss_prev) -> bool`` checked before step t; True ends the loop.
     """
     x0 = x0.detach()
-    lo = torch.clamp(x0 - eps, min=bounds[0]) if not isinstance(bounds[0], torch.Tensor) else torch.maximum(x0 - eps, bounds[0])
-    hi = torch.clamp(x0 + eps, max=bounds[1]) if not isinstance(bounds[1], torch.Tensor) else torch.minimum(x0 + eps, bounds[1])
+    lo, hi = box(x0, eps, bounds)
     x = x0.clone()
     if _positive(random_start):
         noise = torch.rand(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
@@ -78,6 +84,108 @@ def pgd(
             x = x.detach() - step * grad.sign()
             x = torch.minimum(torch.maximum(x, lo), hi)
     return PGDResult(x.detach(), iterations, prev)
+
+
+def box(x0: torch.Tensor, eps: Bound, bounds: tuple[Bound, Bound] = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel (lo, hi) of the eps-ball around ``x0`` intersected with ``bounds``."""
+    lo = torch.clamp(x0 - eps, min=bounds[0]) if not isinstance(bounds[0], torch.Tensor) else torch.maximum(x0 - eps, bounds[0])
+    hi = torch.clamp(x0 + eps, max=bounds[1]) if not isinstance(bounds[1], torch.Tensor) else torch.minimum(x0 + eps, bounds[1])
+    return lo, hi
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations at which APGD may halve its step: the first after 22% of the budget, then intervals that
+    shrink by 3% of the budget down to 6% (at least one iteration each), as in the paper's schedule."""
+    first, shrink, floor = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, t, interval = [], first, first
+    while t < steps:
+        out.append(t)
+        interval = max(interval - shrink, floor)
+        t += interval
+    return out
+
+
+@dataclass
+class APGDResult:
+    """``x_best`` (B, ...): per image the evaluated iterate with the lowest objective; ``loss_best`` (B,) its value;
+    ``iterations``: gradient evaluations run (``steps``); ``halvings`` (B,): how often each image's step halved."""
+
+    x_best: torch.Tensor
+    loss_best: torch.Tensor
+    iterations: int
+    halvings: torch.Tensor
+
+
+def apgd(
+    objective: Callable[[torch.Tensor, int], torch.Tensor],
+    x0: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    start: torch.Tensor | None = None,
+    bounds: tuple[Bound, Bound] = (0.0, 1.0),
+    rho: float = 0.75,
+    momentum: float = 0.25,
+) -> APGDResult:
+    """Minimise the per-image ``objective(x, t) -> (B,)`` over the eps-ball around ``x0`` with APGD's schedule.
+
+    ``steps`` gradient evaluations: at ``start`` (default ``x0``) and after each of ``steps - 1`` moves, so the last
+    move is evaluated too. A move is ``z = P(x - eta sign(grad))``, then
+    ``x' = P(x + (1 - momentum) (z - x) + momentum (x - x_prev))`` (the paper's 0.75 / 0.25; the first move has no
+    momentum; after a restart the momentum is the jump back to the best point, as in the paper's algorithm).
+    At each :func:`apgd_checkpoints` iteration an image's step ``eta`` (initially ``2 eps``) is halved and the image
+    moved back to its best point (with that point's gradient) when fewer than ``rho`` of the moves since the
+    previous checkpoint lowered its objective, or when neither its step nor its best value changed since then.
+    ``objective`` receives the iteration index ``t`` and may record anything about the iterate (the attacks measure
+    their goal there, see :mod:`attacks.base`). The images are independent: the schedule is per image.
+    """
+    x0 = x0.detach()
+    lo, hi = box(x0, eps, bounds)
+    b = x0.shape[0]
+    view = (b,) + (1,) * (x0.dim() - 1)
+    x = (x0 if start is None else start.detach()).clone()
+    eta = torch.full((b,), 2.0 * float(eps), dtype=x0.dtype, device=x0.device)
+    checkpoints = set(apgd_checkpoints(steps))
+    halvings = torch.zeros(b, dtype=torch.int64, device=x0.device)
+    x_best = x.clone()
+    loss_best = torch.full((b,), float("inf"), dtype=torch.float64, device=x0.device)
+    grad_best = torch.zeros_like(x0)
+    x_prev = x.clone()
+    loss_prev = None
+    improved_moves = torch.zeros(b, dtype=torch.int64, device=x0.device)
+    last_check, eta_at_check, best_at_check = 0, eta.clone(), loss_best.clone()
+    grad = torch.zeros_like(x0)
+    for t in range(steps):
+        if t > 0:  # move from x (its gradient ``grad``) to the next iterate
+            with torch.no_grad():
+                z = torch.minimum(torch.maximum(x - eta.view(view) * grad.sign(), lo), hi)
+                nxt = z if t == 1 else torch.minimum(torch.maximum(
+                    x + (1 - momentum) * (z - x) + momentum * (x - x_prev), lo), hi)
+                x_prev, x = x, nxt
+        x.requires_grad_(True)
+        losses = objective(x, t)
+        (grad,) = torch.autograd.grad(losses.sum(), x)
+        x = x.detach()
+        with torch.no_grad():
+            value = losses.detach().double()
+            if loss_prev is not None:
+                improved_moves += (value < loss_prev).long()
+            loss_prev = value
+            better = value < loss_best
+            loss_best = torch.where(better, value, loss_best)
+            x_best[better] = x[better]
+            grad_best[better] = grad[better]
+            if t in checkpoints:
+                stalled = improved_moves.double() < rho * (t - last_check)
+                unchanged = (eta == eta_at_check) & (loss_best == best_at_check)
+                halve = stalled | unchanged
+                eta = torch.where(halve, eta / 2, eta)
+                halvings += halve.long()
+                x[halve] = x_best[halve]
+                grad[halve] = grad_best[halve]
+                improved_moves.zero_()
+                last_check, eta_at_check, best_at_check = t, eta.clone(), loss_best.clone()
+    return APGDResult(x_best.detach(), loss_best, steps, halvings)
 
 
 def _positive(v: Bound) -> bool:

@@ -10,8 +10,9 @@ makes one chunked pass over the gallery that returns the hinge value and its gra
 (memory O(B x M x chunk)); autograd carries that gradient through the normalisation and the model.
 
 Result ``QA+`` / ``QA-``: 100 * mean_m pos(C_m) / N, where pos is the 0-based position in the query's stable
-ascending ranking of the whole gallery (self not removed), percent of the gallery. Success: QA+ brings the
-candidates (mean position) from outside into the top 1% (position <= floor(0.01 N)); QA- pushes them out of it.
+ascending ranking of the whole gallery (self not removed), percent of the gallery. Success
+(:func:`attacks.base.rank_flip_success`): QA+ brings the candidates (mean position) from outside into the top 1%
+(position <= floor(0.01 N)); QA- pushes them from inside it to the far half (at or beyond 50% of the gallery).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from attacks.base import (
     RankingAttack,
     chunked_positions,
     chunked_row_hinge,
-    flip_success,
     pair_distance,
+    rank_flip_success,
     require_pool,
-    top_percent_limit,
 )
 from robustbench_dml.errors import UserError
 
@@ -71,17 +71,14 @@ class QueryAttack(RankingAttack):
 
     def loss(self, z, state, fixed, gallery, t):
         cands = gallery.embeddings[state["sel_candidates"]]
-        return row_hinge_loss(z, cands, gallery, self.sign).mean()
+        return row_hinge_loss(z, cands, gallery, self.sign)
 
     def measure(self, z, state, gallery, *, clean):
         pos = chunked_positions(gallery, z, state["sel_candidates"])
         return {self.id: 100.0 * pos.double().mean(dim=1) / len(gallery)}
 
     def succeeded(self, clean, adv, state, gallery):
-        limit = top_percent_limit(len(gallery))
-        if self.sign == "+":
-            return flip_success(clean[self.id] > limit, adv[self.id] > limit)
-        return flip_success(clean[self.id] <= limit, adv[self.id] <= limit)
+        return rank_flip_success(self.sign, clean[self.id], adv[self.id], len(gallery))
 
 
 @ATTACKS.register("QA+")
@@ -100,3 +97,4 @@ class QueryAttackMinus(QueryAttack):
     id = "QA-"
     keys = ("QA-",)
     sign = "-"
+    revision = 2  # success: pushed to the far half (was: out of the top 1%)

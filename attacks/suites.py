@@ -1,4 +1,4 @@
-"""Frozen, versioned attack suites: the published ERS protocols of RobRank.
+"""Frozen, versioned attack suites: the published ERS protocols of RobRank and the stronger ``rankaa`` suites.
 
 A :class:`Suite` fixes everything that changes the numbers: the L-infinity budget ``eps`` (in [0,1] pixel
 units), the PGD step ``alpha`` and ``steps``, the attacks in order with their parameters (W = M = 1), and the
@@ -8,6 +8,12 @@ random generator each query's selection comes from). The decimals are RobRank's 
 ``hash`` is the sha256 of the suite's canonical JSON (sorted keys, no whitespace); it goes into every result.
 A published suite never changes: a new protocol is a new ``version`` (and a new hash). ``tests/test_suites.py``
 pins the published hashes.
+
+``rankaa28`` / ``rankaa224`` (ours): the same attacks, targets, eps and batches as rob28 / rob224, each attack run
+by the strong :class:`attacks.engine.Engine` (the published PGD, then two APGD runs of 24 steps, the first from
+the clean image and one from a random point of the ball, the best point per query kept, a random-search check for
+gradient masking on 8 queries per batch). Threat model: white box, L-infinity ``eps``, as the published suite. They
+measure the corrected protocol only (the reference never ran them) and get their own leaderboards.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from attacks.engine import Engine
+from robustbench_dml import protocols as P
 from robustbench_dml.registry import Registry
 
 SUITES: Registry = Registry("suite")
@@ -35,7 +43,8 @@ class SuiteAttack:
 
 @dataclass(frozen=True)
 class Suite:
-    """A frozen attack protocol. ``attacks`` run in order, each with ``eps``, ``alpha``, ``steps``."""
+    """A frozen attack protocol. ``attacks`` run in order, each with ``eps``, ``alpha``, ``steps`` (sign-PGD), or,
+    with an ``engine``, each run by :func:`attacks.engine.run_engine` (that PGD among its candidates)."""
 
     id: str
     version: int
@@ -45,17 +54,45 @@ class Suite:
     batch_size: int
     attacks: tuple[SuiteAttack, ...]
     description: str = field(default="", compare=False)
+    engine: Engine | None = None
+    #: the published suite whose attacks, eps and inputs this one shares ("" = itself)
+    base: str = field(default="", compare=False)
 
     @property
     def params(self) -> dict[str, Any]:
-        """The JSON-able content that defines the protocol (description excluded)."""
-        return {
+        """The JSON-able content that defines the protocol (description excluded; ``engine`` only when set, so the
+        published suites' hashes are unchanged)."""
+        out = {
             "eps": self.eps,
             "alpha": self.alpha,
             "steps": self.steps,
             "batch_size": self.batch_size,
             "attacks": [{"id": a.id, "params": dict(a.params)} for a in self.attacks],
         }
+        if self.engine is not None:
+            out["engine"] = self.engine.params
+        return out
+
+    @property
+    def base_id(self) -> str:
+        return self.base or self.id
+
+    @property
+    def iterations(self) -> float:
+        """Work per query and attack run in forward+backward passes of the model: the PGD steps plus the final
+        forward; with an engine, its APGD runs, a forward per kept point and the check's forwards (a third of a
+        pass each) spread over the batch."""
+        work = float(self.steps + 1)
+        if self.engine is not None:
+            e = self.engine
+            work = (work if e.with_pgd else 0.0) + e.restarts * e.steps + 2 + \
+                e.check_queries * e.check_steps / (3 * self.batch_size)
+        return work
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The protocols an evaluation under this suite measures (:mod:`robustbench_dml.protocols`)."""
+        return P.PROTOCOLS if self.engine is None else (P.CORRECTED,)
 
     def canonical_json(self) -> str:
         return json.dumps({"id": self.id, "version": self.version, "params": self.params},
@@ -100,6 +137,16 @@ ROB224 = Suite(
     description="RobRank rob224 (CUB/CARS/SOP 224x224): eps 8/255, alpha 3/255, 32 PGD steps, W=M=1",
 )
 
+RANKAA28 = Suite(
+    id="rankaa28", version=1, eps=ROB28.eps, alpha=ROB28.alpha, steps=ROB28.steps, batch_size=ROB28.batch_size,
+    attacks=_rob_attacks(), engine=Engine(), base="rob28",
+    description="rob28's attacks and targets, each run as PGD + 2 x 24-step APGD, best point kept, random-search check",
+)
+RANKAA224 = Suite(
+    id="rankaa224", version=1, eps=ROB224.eps, alpha=ROB224.alpha, steps=ROB224.steps,
+    batch_size=ROB224.batch_size, attacks=_rob_attacks(), engine=Engine(), base="rob224",
+    description="rob224's attacks and targets, each run as PGD + 2 x 24-step APGD, best point kept, random-search check",
+)
 
 
 @SUITES.register("rob28")
@@ -110,6 +157,16 @@ def rob28() -> Suite:
 @SUITES.register("rob224")
 def rob224() -> Suite:
     return ROB224
+
+
+@SUITES.register("rankaa28")
+def rankaa28() -> Suite:
+    return RANKAA28
+
+
+@SUITES.register("rankaa224")
+def rankaa224() -> Suite:
+    return RANKAA224
 
 
 def get_suite(suite: str | Suite) -> Suite:

@@ -31,7 +31,7 @@ class TargetedMismatch(RankingAttack):
 
     def loss(self, z, state, fixed, gallery, t):
         target = gallery.embeddings[state["sel_target"]]
-        return (1.0 - (z * target).sum(dim=1)).mean()
+        return 1.0 - (z * target).sum(dim=1)
 
     def measure(self, z, state, gallery, *, clean):
         target = gallery.embeddings[state["sel_target"]]

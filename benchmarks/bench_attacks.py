@@ -30,7 +30,7 @@ BACKEND = "torch"  # --knn-backend
 CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (steadier on a shared machine)
 
 
-def _fwd_bwd_times(model: nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
+def fwd_bwd_times(model: nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
     times = []
     model.eval()
     for _ in range(repeats):
@@ -42,7 +42,7 @@ def _fwd_bwd_times(model: nn.Module, x: torch.Tensor, repeats: int) -> list[floa
     return times
 
 
-def _gallery(model: nn.Module, x: torch.Tensor, n: int, seed: int = 0) -> Gallery:
+def random_gallery(model: nn.Module, x: torch.Tensor, n: int, seed: int = 0) -> Gallery:
     with torch.no_grad():
         own = F.normalize(model.eval()(x), dim=1)
     g = torch.Generator().manual_seed(seed)
@@ -66,12 +66,12 @@ def overhead(model_name: str, batch: int, steps: int, n: int) -> None:
     model = backbones.create(model_name, embedding_dim=512)
     x = torch.rand(batch, 1, 28, 28)
     y = torch.randint(10, (batch,))
-    gallery = _gallery(model, x, n)
-    _fwd_bwd_times(model, x, 2)  # warm-up
+    gallery = random_gallery(model, x, n)
+    fwd_bwd_times(model, x, 2)  # warm-up
     per_attack, bounds = {}, {}
     for entry in ROB28.attacks:
         # the bound of this attack: `steps` forward+backward passes timed right before it (same machine load)
-        bounds[entry.id] = sum(_fwd_bwd_times(model, x, steps))
+        bounds[entry.id] = sum(fwd_bwd_times(model, x, steps))
         per_attack[entry.id] = _run(entry.id, model, x, y, gallery, eps=ROB28.eps, alpha=ROB28.alpha, steps=steps,
                                     params=entry.kwargs())
     total, bound = sum(per_attack.values()), sum(bounds.values())
@@ -92,7 +92,7 @@ def scaling(sizes: list[int], batch: int, steps: int, dim: int) -> None:
     print(f"# scaling: tiny model Linear(784, {dim}), batch {batch}, steps {steps}; seconds per batch")
     rows: dict[str, list[float]] = {e.id: [] for e in ROB28.attacks}
     for n in sizes:
-        gallery = _gallery(model, x, n)
+        gallery = random_gallery(model, x, n)
         for entry in ROB28.attacks:
             rows[entry.id].append(_run(entry.id, model, x, y, gallery, eps=ROB28.eps, alpha=ROB28.alpha,
                                        steps=steps, params=entry.kwargs()))

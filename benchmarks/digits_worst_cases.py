@@ -25,6 +25,7 @@ WORST = ("WC:candidate", "WC:query", "WC:recall")
 
 
 def run_one(defense: str, out_root: Path) -> dict:
+    import attacks
     from robustbench_dml.config import TrainConfig
     from robustbench_dml.evaluation import EvalConfig, evaluate
     from robustbench_dml.leaderboard import Record
@@ -32,8 +33,11 @@ def run_one(defense: str, out_root: Path) -> dict:
 
     out = out_root / defense
     row_path = out / "row.json"
+    revisions = {a: attacks.ATTACKS.get(a).revision for a in attacks.list_attacks()}
     if row_path.exists():
-        return json.loads(row_path.read_text())
+        row = json.loads(row_path.read_text())
+        if row.get("revisions") == revisions:
+            return row  # else an attack changed since: evaluate again (unchanged attacks resume from their state)
     summary = train(TrainConfig(defense=defense, dataset="digits", seed=0), out, resume=True)
     # the epochs' own timings, so a resumed or already finished training reports what it cost
     t_train = sum(json.loads(line).get("seconds", 0.0) for line in (out / "history.jsonl").read_text().splitlines()
@@ -42,7 +46,8 @@ def run_one(defense: str, out_root: Path) -> dict:
     result = evaluate(summary.checkpoint, EvalConfig("rob28"), state_dir=out / "eval_state")
     t_eval = time.perf_counter() - t0
     record = Record.from_evaluation(result.to_dict(), submitter="benchmark")  # scores re-derived, as published
-    row = {"defense": defense, "R@1": record.r1, "train_s": t_train, "eval_s": t_eval, "protocols": {}}
+    row = {"defense": defense, "R@1": record.r1, "train_s": t_train, "eval_s": t_eval, "revisions": revisions,
+           "protocols": {}}
     for protocol, s in record.protocols.items():
         cols = s.columns()
         row["protocols"][protocol] = {k: cols[k] for k in ("ERS", "ARS", "worst_case", *WORST)}
@@ -57,9 +62,11 @@ def _num(v) -> str:
 def report(rows: list[dict]) -> str:
     lines = ["# Worst cases on digits, every defense at the main command's defaults", "",
              "`dmlbench run --defense ID --dataset digits` (seed 0), rob28 on all 896 test queries, both protocols. "
-             "`worst_case`: any attack broke the query; `WC:*`: per threat (candidate CA+/CA-, query QA+/QA-, "
+             "`worst_case`: any attack broke the query; `WC:*`: per threat (candidate CA+/CA-, query QA+/QA-: an "
+             "item moved from outside into the top 1% (+) or from the top 1% to the far half of the gallery (-); "
              "recall ES/LTM/GTM: the query's class left its top 1%, relative to the correctly answered queries). "
-             "Lower worst cases are more robust.",
+             "Lower worst cases are more robust. `eval s`: the last evaluation call (a resumed call counts only "
+             "the attacks it recomputed).",
              "", "Regenerate: `python benchmarks/digits_worst_cases.py`", ""]
     for protocol in ("corrected", "robrank"):
         lines += [f"Protocol: {protocol}", "",

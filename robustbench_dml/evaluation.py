@@ -18,7 +18,9 @@ use exactly the evaluated queries. ``robrank_compat=True`` runs the reference's 
 Resumability: with ``state_dir``, each finished attack is written atomically to
 ``state_dir/<key>/<attack>.json`` (every protocol's results of that attack) where ``<key>`` hashes (checkpoint
 sha256, suite hash, seed, overrides, measured protocols); a later call with the same key skips finished attacks
-and ends with the same numbers (floats round-trip exactly through JSON). The device is not part of the key.
+and ends with the same numbers (floats round-trip exactly through JSON). The device is not part of the key. A
+state file records its attack's ``revision``; one written by another revision (a changed success rule, say) is
+recomputed.
 
 Sharding: when ``torch.distributed`` is initialised (``torchrun``), batch ``b`` runs on rank ``b % world_size``;
 per-batch results are gathered with ``all_gather_object``, merged by batch index (no duplicates) and only rank 0
@@ -147,6 +149,8 @@ class EvalConfig:
             raise UserError(f"--max-queries must be a positive integer (got {self.max_queries})")
         if self.eps is not None and not (0 <= float(self.eps) <= 1):
             raise UserError(f"--eps must lie in [0, 1] (pixel units), got {self.eps}")
+        if self.robrank_compat and P.ROBRANK not in suite.protocols:
+            raise UserError(f"suite {suite.id} measures the corrected protocol only; drop --robrank-compat")
 
     @property
     def suite_obj(self) -> Suite:
@@ -159,7 +163,7 @@ class EvalConfig:
 
     @property
     def protocols(self) -> tuple[str, ...]:
-        return (P.ROBRANK,) if self.robrank_compat else P.PROTOCOLS
+        return (P.ROBRANK,) if self.robrank_compat else self.suite_obj.protocols
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -282,13 +286,15 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in config.protocols}
     runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world)
     reruns = [a for a in config.attack_ids if len(config.protocols) > 1 and runner.quirk(a) == "targets"]
+    engine_parts: dict[str, dict] = {}
     with Progress(show, (len(config.attack_ids) + len(reruns)) * len(ranges), f"{suite.id}") as bar:
         for attack_id in config.attack_ids:
-            done = _load_state(state_path, attack_id, num_queries, config.protocols) if state_path else None
+            revision = runner.revision(attack_id)
+            done = _load_state(state_path, attack_id, num_queries, config.protocols, revision) if state_path else None
             if done is None:
                 done = runner.all_protocols(attack_id, bar)
                 if state_path is not None and rank == 0:
-                    _save_state(state_path, attack_id, num_queries, done)
+                    _save_state(state_path, attack_id, num_queries, done, revision)
             else:
                 for _ in range(len(ranges) * (1 + (attack_id in reruns))):
                     bar.advance(f"{attack_id} (resumed)")
@@ -297,6 +303,8 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
                 blocks[p]["per_query"].update(done[p]["per_query"])
                 blocks[p]["clean"].update(done[p]["clean"])
                 blocks[p]["success"][attack_id] = done[p]["success"]
+            if "engine" in done[config.protocols[0]]:
+                engine_parts[attack_id] = done[config.protocols[0]]["engine"]
 
     batch_sizes = [e - s for s, e in ranges]
     for p, block in blocks.items():
@@ -310,8 +318,34 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
                "overrides": config.overrides, "eligible": all(v is None for v in config.overrides.values())},
         seed=int(config.seed), device=str(dev), versions=versions(), robrank_compat=bool(config.robrank_compat),
         num_queries=num_queries, benign=dict(benign), protocols=blocks,
-        extra={"world_size": world},  # processes that shared the query batches (torchrun)
+        extra={"world_size": world,  # processes that shared the query batches (torchrun)
+               **({"engine": engine_summary(suite.engine, engine_parts, num_queries)} if suite.engine else {})},
     )
+
+
+def engine_summary(engine, by_attack: Mapping[str, dict], num_queries: int) -> dict[str, Any]:
+    """What a strong suite's engine did (:mod:`attacks.engine`): its parameters; per attack and scored key the mean
+    over queries of each part (raw units: ``pgd`` is the published suite's number, ``final`` the reported one);
+    and the gradient-free check on its subset of queries: the mean of the search's and of the gradient result on
+    the same queries, how many queries the search did strictly better on, and, in ``masking_suspected``, the attacks
+    whose search did better on average (a sign of gradient masking)."""
+    from attacks.engine import resistance
+
+    parts, check, suspected = {}, {}, []
+    for attack_id, d in by_attack.items():
+        parts[attack_id] = {k: {part: total / num_queries for part, total in sums.items()}
+                            for k, sums in d["parts_sum"].items()}
+        check[attack_id] = {}
+        for k, pair in d["check"].items():
+            search, gradient = torch.tensor(pair["search"]), torch.tensor(pair["gradient"])
+            if not len(search):
+                continue
+            ts, tg = resistance(k, search.double()), resistance(k, gradient.double())
+            check[attack_id][k] = {"queries": len(search), "search": float(search.mean()),
+                                   "gradient": float(gradient.mean()), "search_better": int((ts < tg).sum())}
+            if float(ts.mean()) < float(tg.mean()) and attack_id not in suspected:
+                suspected.append(attack_id)
+    return {"params": engine.params, "parts": parts, "check": check, "masking_suspected": suspected}
 
 
 class _AttackRunner:
@@ -327,6 +361,12 @@ class _AttackRunner:
 
         return attack_zoo.ATTACKS.get(attack_id).robrank_quirk
 
+    @staticmethod
+    def revision(attack_id: str) -> int:
+        import attacks as attack_zoo
+
+        return attack_zoo.ATTACKS.get(attack_id).revision
+
     def all_protocols(self, attack_id: str, bar) -> dict[str, dict]:
         """Every measured protocol's results of ``attack_id``: one run, plus a second for an attack whose targets
         the reference's quirks change (GTM, LTM); ES's measurement quirk is read from the same run."""
@@ -340,7 +380,7 @@ class _AttackRunner:
                 done[P.ROBRANK] = {**first, "per_query": first["per_query_robrank"]}
             else:
                 done[P.ROBRANK] = first
-        return {p: {k: b[k] for k in ("per_query", "success", "clean")} for p, b in done.items()}
+        return {p: {k: b[k] for k in ("per_query", "success", "clean", "engine") if k in b} for p, b in done.items()}
 
     def run(self, attack_id: str, robrank: bool, bar):
         import attacks as attack_zoo
@@ -349,7 +389,8 @@ class _AttackRunner:
         config, suite = self.config, self.config.suite_obj
         entry = suite.attack(attack_id)
         atk = attack_zoo.create(attack_id, model=self.model, eps=suite.eps if config.eps is None else float(config.eps),
-                                alpha=suite.alpha, steps=suite.steps, robrank_compat=robrank, **entry.kwargs())
+                                alpha=suite.alpha, steps=suite.steps, robrank_compat=robrank, engine=suite.engine,
+                                **entry.kwargs())
         local: dict[int, Any] = {}
         for b, (start, stop) in enumerate(self.ranges):
             if b % self.world != self.rank:
@@ -361,6 +402,13 @@ class _AttackRunner:
                         "success": out.success.tolist(), "clean": {k: out.clean[k].tolist() for k in atk.keys},
                         "per_query_robrank": None if out.per_query_robrank is None else
                         {k: out.per_query_robrank[k].tolist() for k in atk.keys}}
+            if out.extra:  # a strong suite: per-part sums over the batch, the checked queries' results
+                q = min(len(v) for v in out.extra["check"].values()) if out.extra["check"] else 0
+                local[b]["engine"] = {
+                    "parts_sum": {k: {part: math.fsum(v.tolist()) for part, v in d.items()}
+                                  for k, d in out.extra["parts"].items()},
+                    "check": {k: {"search": v.tolist(), "gradient": out.per_query[k][:q].tolist()}
+                              for k, v in out.extra["check"].items()}}
             bar.advance(f"{attack_id}{' (robrank)' if robrank and len(config.protocols) > 1 else ''} "
                         f"batch {b + 1}/{len(self.ranges)}")
         merged = _gather(local, self.world)
@@ -371,6 +419,13 @@ class _AttackRunner:
                  "clean": {k: flat("clean", k) for k in atk.keys}}
         if merged and merged[0]["per_query_robrank"] is not None:
             block["per_query_robrank"] = {k: flat("per_query_robrank", k) for k in atk.keys}
+        if merged and "engine" in merged[0]:
+            engines = [merged[b]["engine"] for b in order]
+            block["engine"] = {
+                "parts_sum": {k: {part: math.fsum(e["parts_sum"][k][part] for e in engines) for part in d}
+                              for k, d in engines[0]["parts_sum"].items()},
+                "check": {k: {side: [v for e in engines for v in e["check"][k][side]] for side in ("search", "gradient")}
+                          for k in engines[0]["check"]}}
         return atk, block
 
 
@@ -392,7 +447,7 @@ def _scores(raw, per_query, success, seed) -> dict[str, Any]:
     return out
 
 
-def _load_state(path: Path, attack_id: str, num_queries: int, measured: Sequence[str]) -> dict | None:
+def _load_state(path: Path, attack_id: str, num_queries: int, measured: Sequence[str], revision: int) -> dict | None:
     f = path / _attack_file(attack_id)
     if not f.is_file():
         return None
@@ -401,11 +456,12 @@ def _load_state(path: Path, attack_id: str, num_queries: int, measured: Sequence
     except (OSError, json.JSONDecodeError):
         return None  # a damaged state file is recomputed
     if d.get("attack") != attack_id or d.get("num_queries") != num_queries or \
-            not isinstance(d.get("protocols"), dict) or sorted(d["protocols"]) != sorted(measured):
+            not isinstance(d.get("protocols"), dict) or sorted(d["protocols"]) != sorted(measured) or \
+            d.get("revision", 1) != revision:  # written by an earlier revision of the attack: recomputed
         return None
     return d["protocols"]
 
 
-def _save_state(path: Path, attack_id: str, num_queries: int, done: dict) -> None:
-    atomic_write_text(path / _attack_file(attack_id),
-                      json.dumps({"attack": attack_id, "num_queries": num_queries, "protocols": done}))
+def _save_state(path: Path, attack_id: str, num_queries: int, done: dict, revision: int) -> None:
+    atomic_write_text(path / _attack_file(attack_id), json.dumps(
+        {"attack": attack_id, "revision": revision, "num_queries": num_queries, "protocols": done}))

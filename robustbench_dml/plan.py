@@ -200,10 +200,11 @@ def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_
     result.seconds_per_iteration = q * result.seconds_per_image
     result.eval_batches = batches
     result.attacks = {}
+    both = not robrank_compat and len(suite_obj.protocols) > 1
     for a in suite_obj.attack_ids:
         if attacks is None or a in attacks:
-            runs = 2 if not robrank_compat and ATTACKS.get(a).robrank_quirk == "targets" else 1
-            result.attacks[a] = runs * batches * (suite_obj.steps + 1)
+            runs = 2 if both and ATTACKS.get(a).robrank_quirk == "targets" else 1
+            result.attacks[a] = round(runs * batches * suite_obj.iterations)
     return result
 
 

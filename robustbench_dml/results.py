@@ -70,6 +70,17 @@ class EvaluationResult:
     scores = property(lambda self: self.block()["scores"])
     clean = property(lambda self: self.block()["clean"])
 
+    def engine_raw(self, part: str) -> dict[str, float] | None:
+        """For a strong suite's result (:mod:`attacks.engine`), the aggregated raw results of one of its ``parts``
+        (``"pgd"``: the published suite's attacks alone, same queries and targets), with the benign ``R@1``; None
+        for a published suite's result."""
+        engine = self.extra.get("engine")
+        if not engine:
+            return None
+        raw = {k: v[part] for by_key in engine["parts"].values() for k, v in by_key.items() if part in v}
+        raw["R@1"] = self.raw["R@1"]
+        return raw
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": self.schema_version, "checkpoint": self.checkpoint, "suite": self.suite,
                 "seed": self.seed, "device": self.device, "versions": self.versions,

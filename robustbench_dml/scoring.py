@@ -256,8 +256,9 @@ def worst_case(success: Mapping[str, Sequence[bool]]) -> float:
 
 
 #: the suite's attacks grouped by what the attacker wants (success as each attack's docstring defines it):
-#: candidate: a candidate enters (CA+) or leaves (CA-) the top 1% of its queries' rankings;
-#: query: a query ranks a random item into (QA+) or its nearest item out of (QA-) its top 1%;
+#: candidate: a candidate enters the top 1% of its queries' rankings (CA+) or is pushed from it to the far half (CA-);
+#: query: a query ranks a random item into its top 1% (QA+) or a top-1% item into its far half (QA-)
+#: (:func:`attacks.base.rank_flip_success`);
 #: recall: no item of the query's class is left in its top 1% (ES, LTM, GTM; :func:`attacks.base.recall_broken`).
 #: GTT (the top-1 merely leaves the top 4) and the distance-only attacks (TMA, ES:D) are left out: GTT succeeds on
 #: every model measured so far, so a worst case that includes it ranks nothing.

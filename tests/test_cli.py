@@ -18,7 +18,7 @@ def _err_line(capsys) -> str:
 
 
 @pytest.mark.parametrize("kind,expected", [("datasets", "digits"), ("backbones", "c2f2"), ("defenses", "ca_tride"),
-                                           ("attacks", "CA+"), ("suites", "rob28")])
+                                           ("attacks", "CA+"), ("suites", "rob28"), ("suites", "rankaa28")])
 def test_list(kind, expected, capsys):
     assert main(["list", kind]) == 0
     assert expected in capsys.readouterr().out.split()
@@ -165,6 +165,28 @@ def test_evaluate_logs_one_line_per_finished_attack_off_a_terminal(tmp_path, cap
     assert main(args + ["--json", str(tmp_path / "b.json"), "--quiet", "--seed", "2"]) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("rob28: ")]
     assert json.loads((tmp_path / "b.json").read_text())["seed"] == 2   # --seed is --eval-seed here
+
+
+def test_run_with_the_strong_suite_publishes_to_its_own_board(tmp_path, capsys):
+    lb = tmp_path / "lb"
+    args = ["run", "--defense", "vanilla", "--dataset", "digits", "--epochs", "1", "--suite", "rankaa28",
+            "--attacks", "TMA,GTM", "--max-queries", "8", "--out", str(tmp_path / "run"), "--leaderboard-dir", str(lb),
+            "--name", "ci", "--device", "cpu", "--quiet"]
+    assert main(args + ["--plan"]) == 0
+    # rankaa28 per query: 33 PGD + 2 x 24 APGD + 2 forwards + 8 x 200 / (3 x 128) check forwards = 87.2 passes
+    assert "2 attacks over 1 query batches, 174 PGD iterations" in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "pgd: ERS" in out and "what rankaa28 adds" in out
+    result = json.loads(next((tmp_path / "run").rglob("rankaa28*.json")).read_text())
+    assert result["suite"]["id"] == "rankaa28" and list(result["protocols"]) == ["corrected"]
+    parts = result["extra"]["engine"]["parts"]
+    assert sorted(parts) == ["GTM", "TMA"] and parts["TMA"]["TMA"]["final"] >= parts["TMA"]["TMA"]["pgd"]
+    from robustbench_dml.leaderboard import LeaderboardStore
+
+    board = LeaderboardStore(lb).load("digits", "rankaa28")
+    assert list(board["protocol"]) == ["corrected"] and list(board["suite_id"]) == ["rankaa28"]
+    assert not (lb / "digits" / "rob28").exists()
 
 
 @pytest.mark.slow

@@ -174,6 +174,18 @@ def test_resume_skips_finished_attacks_and_gives_the_same_numbers(model, digits,
     second = run(model_target(model, {"dataset": "digits"}, digits), **kw)
     assert second.raw == first.raw and second.per_query == first.per_query and second.success == first.success
     assert (state / "GTT.json").is_file()
+    # a state file written by another revision of its attack (say, before a success rule changed) is recomputed
+    stale = json.loads((state / "QAplus.json").read_text())
+    assert stale["revision"] == attacks.ATTACKS.get("QA+").revision
+    stale["revision"] -= 1
+    stale["protocols"]["corrected"]["per_query"]["QA+"] = [-1.0] * NQ
+    (state / "QAplus.json").write_text(json.dumps(stale))
+    monkeypatch.undo()
+    monkeypatch.setattr(attacks.candidate.CandidateAttack, "__call__", boom)
+    monkeypatch.setattr(attacks.gtt.GreedyTop1Translocation, "__call__", boom)
+    third = run(model_target(model, {"dataset": "digits"}, digits), **kw)
+    assert third.per_query == first.per_query
+    assert json.loads((state / "QAplus.json").read_text())["revision"] == stale["revision"] + 1
     # another seed is another state key
     monkeypatch.undo()
     run(model_target(model, {"dataset": "digits"}, digits), **{**kw, "attacks": ["TMA"]}, seed=3)

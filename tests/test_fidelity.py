@@ -26,6 +26,11 @@ def test_undefended_fashion_row_matches_robrank(tmp_path, shared_data):
                                 device="cpu"), tmp_path / "run")
     result = evaluate(summary.checkpoint, EvalConfig("rob28", max_queries=256, robrank_compat=True), device="cpu",
                       benign_nmi=False)
+    # the clean reference levels each attack starts from (so a broken measurement cannot hide in the band)
+    raw, clean = result.raw, result.clean
+    assert 40 < clean["CA+"] < 60 and 40 < clean["QA+"] < 60                # random candidates rank mid-gallery
+    assert clean["CA-"] < 3 and clean["QA-"] < 3 and clean["GTT"] == 100 and clean["ES:D"] == 0
+    assert clean["ES:R"] == clean["LTM"] == clean["GTM"] == raw["R@1"]
     published = reference_frame("fashion").set_index("defense").loc["none"].to_dict()
     ours, theirs = scoring.resistance_terms(result.raw), scoring.resistance_terms(published)
     assert 78 < result.benign["R@1"] < published["R@1"] + 2     # one epoch of the published eight

@@ -97,6 +97,8 @@ BAD = {
     "train backbone mismatch": ["train", "--backbone", "resnet18", "--no-pretrained", "--out", "r"],
     "train out is a file": ["train", "--out", "afile"],
     "run lr inf": ["run", "--lr", "inf", "--out", "r"],
+    "run unknown suite": ["run", "--suite", "rankaa", "--out", "r"],
+    "run rankaa224 on digits": ["run", "--suite", "rankaa224", "--out", "r"],
     # evaluate: damaged checkpoints and options
     "evaluate missing checkpoint": E + ["missing"],
     "evaluate embedding_dim -1": E + ["dim_neg"],
@@ -106,6 +108,8 @@ BAD = {
     "evaluate nan weights": E + ["nan"],
     "evaluate unknown suite": E + ["good", "--suite", "nope"],
     "evaluate rob224 on 28x28": E + ["good", "--suite", "rob224"],
+    "evaluate rankaa224 on 28x28": E + ["good", "--suite", "rankaa224"],
+    "evaluate rankaa28 robrank-compat": E + ["good", "--suite", "rankaa28", "--robrank-compat"],
     "evaluate unknown attack": E + ["good", "--attacks", "XX+"],
     "evaluate eps inf": E + ["good", "--eps", "inf"],
     "evaluate max queries 0": E + ["good", "--max-queries", "0"],
@@ -339,7 +343,7 @@ def test_sigint_stops_an_evaluation_with_one_line_and_rerunning_resumes_to_the_s
     ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
                          {"dataset": "digits", "defense": "vanilla"})
     base = [sys.executable, "-m", "robustbench_dml.cli.main", "evaluate", "--checkpoint", str(ck), "--max-queries",
-            "96", "--attacks", "CA+,QA+,TMA,GTT", "--device", "cpu"]
+            "48", "--attacks", "CA+,QA+,TMA,GTT", "--device", "cpu"]
     full = subprocess.run(base + ["--json", str(tmp_path / "a" / "r.json")], capture_output=True, timeout=600)
     assert full.returncode == 0, full.stderr.decode()[-500:]
     out = tmp_path / "b" / "r.json"

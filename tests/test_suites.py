@@ -16,11 +16,13 @@ from robustbench_dml.errors import UserError
 PUBLISHED = {
     ("rob28", 1): "d1c66682f6808362e27ab34cbeea4022a070a330749d14cc378be27ea2b67965",
     ("rob224", 1): "8093a82f2f5d156a4916bb68361653f5ca6267cd678e021ad5581b01c7a3f54b",
+    ("rankaa28", 1): "630d9fa8845d90a02d849a3dcdcf10758438eb7e85038c763e72adcd09a1a123",
+    ("rankaa224", 1): "1c574df4b6317bd4f89c6ac398debdfc40b5f5bb1d11b7d543a2c3b3ce471996",
 }
 ORDER = ["CA+", "CA-", "QA+", "QA-", "TMA", "ES", "LTM", "GTM", "GTT"]
 
 
-@pytest.mark.parametrize("suite_id", ["rob28", "rob224"])
+@pytest.mark.parametrize("suite_id", ["rob28", "rob224", "rankaa28", "rankaa224"])
 def test_published_hash_is_pinned(suite_id):
     suite = get_suite(suite_id)
     assert suite.hash == PUBLISHED[(suite.id, suite.version)]
@@ -51,7 +53,7 @@ def test_suites_are_frozen_and_any_change_changes_the_hash():
 
 
 def test_registry():
-    assert list_suites() == ["rob224", "rob28"]
+    assert list_suites() == ["rankaa224", "rankaa28", "rob224", "rob28"]
     assert SUITES.create("rob28") is ROB28
     assert get_suite(ROB224) is ROB224
     with pytest.raises(UserError, match="unknown suite"):

@@ -59,6 +59,21 @@ def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, ma
     return checkpoint.parent / "eval" / ("-".join(parts) + ".json")
 
 
+def suite_for(dataset: str, suite: str | None) -> str:
+    """``suite`` (default: the dataset's published one), checked to exist and to fit the dataset's input size (a
+    suite built on another published suite, rankaa224 on 28x28 data say, is refused in one line)."""
+    from attacks.suites import get_suite
+    from robustbench_dml import datasets
+
+    native = datasets.info(dataset).suite
+    suite = suite or native
+    base = get_suite(suite).base_id  # an unknown id is a one-line UserError naming the registered ones
+    published = {datasets.info(d).suite for d in datasets.list_datasets()}
+    if base in published and base != native:
+        raise UserError(f"suite {suite} is for another input size than {dataset}'s; use {native} or a suite built on it")
+    return suite
+
+
 def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: str | None = None,
                         max_queries: int | None = None, eps: float | None = None, seed: int = 0,
                         device: str = "auto", robrank_compat: bool = False, json_path: str | None = None,
@@ -73,11 +88,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     meta = read_meta(checkpoint)
     if meta["dataset"] not in datasets.DATASETS:
         raise UserError(f"{checkpoint}/meta.json names unknown dataset {meta['dataset']!r}")
-    native = datasets.info(meta["dataset"]).suite
-    suite = suite or native
-    published = {datasets.info(d).suite for d in datasets.list_datasets()}
-    if suite in published and suite != native:
-        raise UserError(f"suite {suite} is for another input size than {meta['dataset']}'s; use {native}")
+    suite = suite_for(meta["dataset"], suite)
     config = EvalConfig(suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
                         max_queries=max_queries, eps=eps, seed=seed, robrank_compat=robrank_compat,
                         numerics=numerics)

@@ -67,7 +67,25 @@ def protocol_lines(result) -> list[str]:
     for p in result.protocols:
         sc = result.block(p)["scores"]
         out.append(f"{p:>9}: ERS {_num(sc.get('ERS'), 1)}, ARS {_num(sc.get('ARS'), 1)}  ({DESCRIPTIONS[p]})")
+    published = result.engine_raw("pgd")
+    if published is not None:
+        from robustbench_dml import scoring
+
+        pub = {name: _score_or_none(scoring.score, published, name) for name in scoring.SCORES}
+        out.append(f"{'pgd':>9}: ERS {_num(pub['ERS'], 1)}, ARS {_num(pub['ARS'], 1)}  (the published suite's "
+                   f"attacks alone, same queries and targets: what {result.suite['id']} adds is the difference)")
+        suspected = result.extra["engine"].get("masking_suspected") or []
+        if suspected:
+            out.append(f"   note: the gradient-free check beat the gradient attacks on {', '.join(suspected)}: "
+                       "gradient masking is likely, treat this model's numbers as upper bounds")
     return out
+
+
+def _score_or_none(fn, raw, name):
+    try:
+        return fn(raw, name)
+    except ValueError:  # a subset of attacks
+        return None
 
 
 def _safe_terms(raw: Mapping[str, float], score: str) -> dict[str, float]:

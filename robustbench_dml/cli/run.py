@@ -1,10 +1,19 @@
-"""``dmlbench run``: the main job. Train a defense, evaluate it with the dataset's suite, record the result,
+"""``dmlbench run``: the main job. Train a defense, evaluate it with a suite (the dataset's by default), record the result,
 publish a new leaderboard version and print the leaderboard with the new row marked."""
 
 from __future__ import annotations
 
-from robustbench_dml.cli.common import (add_device, add_plan, add_progress, add_train_options, is_rank0, print_plan,
-                                        progress_mode, show_progress, train_config)
+from robustbench_dml.cli.common import (
+    add_device,
+    add_plan,
+    add_progress,
+    add_train_options,
+    is_rank0,
+    print_plan,
+    progress_mode,
+    show_progress,
+    train_config,
+)
 from robustbench_dml.cli.leaderboard import add_leaderboard_dir
 
 
@@ -12,6 +21,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("run", help="train, attack, score and rank a defense in one command")
     add_train_options(p)
     g = p.add_argument_group("evaluation")
+    g.add_argument("--suite", help="attack suite (default: the dataset's published one, rob28 or rob224; "
+                                   "rankaa28 / rankaa224 for the stronger suite)")
     g.add_argument("--eval-seed", type=int, default=0, help="seed of the attacks' random selections")
     g.add_argument("--attacks", help="comma-separated subset of the suite, e.g. GTT,ES, for a smoke run (its row is "
                                      "marked 'partial suite' on the leaderboard)")
@@ -25,22 +36,26 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from robustbench_dml.cli.evaluate import evaluate_checkpoint
-    from robustbench_dml.cli.report import attack_table, benign_table, console, protocol_lines
+    from robustbench_dml.cli.evaluate import evaluate_checkpoint, suite_for
+    from robustbench_dml.cli.report import (
+        attack_table,
+        benign_table,
+        console,
+        protocol_lines,
+    )
     from robustbench_dml.cli.submit import publish, show_board
     from robustbench_dml.cli.train import _log_epoch
-    from robustbench_dml.training import train
-
-    from robustbench_dml import datasets
     from robustbench_dml.leaderboard import LeaderboardStore
     from robustbench_dml.runtime import process_group, resolve_device
+    from robustbench_dml.training import train
 
     cfg = train_config(args)
-    plan = dict(training=True, evaluation=True, max_queries=args.max_queries, attacks=args.attacks)
+    suite = suite_for(cfg.dataset, args.suite)
+    plan = dict(training=True, evaluation=True, max_queries=args.max_queries, attacks=args.attacks, suite=suite)
     if args.plan:
         print_plan(cfg, **plan)
         return 0
-    LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, datasets.info(cfg.dataset).suite)
+    LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, suite)
     if not args.quiet and is_rank0():  # the estimate comes before the compute
         print_plan(cfg, **plan, show_config=False)
     progress = show_progress(args)
@@ -52,7 +67,7 @@ def run(args) -> int:
                   f"{summary.seconds_per_epoch:.1f} s/epoch")
             print(summary.checkpoint)
         # every rank evaluates (the query batches are shared); rank 0 reports and publishes
-        result, out = evaluate_checkpoint(summary.checkpoint, seed=args.eval_seed, device=args.device,
+        result, out = evaluate_checkpoint(summary.checkpoint, suite=suite, seed=args.eval_seed, device=args.device,
                                           data_root=cfg.data_root, progress=progress_mode(args),
                                           attacks=args.attacks, max_queries=args.max_queries)
     if not is_rank0():

@@ -1,0 +1,149 @@
+"""The strong engine (APGD schedule, best iterate, restarts, random-search check) and the rankaa suites."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_attacks import Toy
+from torch import nn
+
+import attacks
+from attacks.engine import PARTS, Engine, resistance, scored_keys
+from attacks.pgd import apgd, apgd_checkpoints, pgd
+from attacks.square import random_search, window_fraction
+from attacks.suites import ROB28, Suite, get_suite, list_suites
+from robustbench_dml.errors import UserError
+
+PARAMS = {"CA+": {"W": 1}, "CA-": {"W": 1}, "QA+": {"M": 1}, "QA-": {"M": 1}}
+ENGINE = Engine(steps=8, restarts=2, check_queries=4, check_steps=30)
+
+
+def test_checkpoints_follow_the_papers_recursion():
+    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = p_j x N (N = 100)
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    assert apgd_checkpoints(100) == [round(100 * v) for v in p[1:]] == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(1) == [] and all(0 < c < 24 for c in apgd_checkpoints(24))
+
+
+def test_apgd_reaches_the_corner_of_a_linear_objective():
+    g = torch.Generator().manual_seed(0)
+    x0, w = torch.rand(5, 12, generator=g), torch.randn(5, 12, generator=g)
+    res = apgd(lambda x, t: (w * x).sum(dim=1), x0, eps=0.1, steps=10)
+    corner = torch.clamp(x0 - 0.1 * w.sign(), 0, 1)  # the minimiser over the ball intersected with the box
+    assert torch.allclose(res.x_best, corner)
+    assert torch.allclose(res.loss_best, (w * corner).sum(dim=1).double())
+
+
+def test_apgd_halves_its_step_and_beats_constant_pgd_on_a_quadratic():
+    # the minimiser c lies inside the ball: a constant step oscillates around it, APGD's halving step closes in
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(6, 20, generator=g) * 0.5 + 0.25
+    c = x0 + (torch.rand(6, 20, generator=g) - 0.5) * 0.1
+    f = lambda x, t=0: ((x - c) ** 2).sum(dim=1)
+    res = apgd(f, x0, eps=0.08, steps=40)
+    assert (res.halvings > 0).all()
+    last = pgd(lambda x: f(x).sum(), x0, eps=0.08, alpha=0.02, steps=40).x_adv
+    assert (f(res.x_best) < f(last)).all()
+    assert ((res.x_best - x0).abs() <= 0.08 + 1e-7).all() and (res.x_best >= 0).all() and (res.x_best <= 1).all()
+    assert torch.allclose(res.loss_best, f(res.x_best).double())
+
+
+def test_random_search_stays_in_the_ball_improves_and_is_reproducible():
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(3, 1, 6, 6, generator=g)
+    w = torch.randn(3, 1, 6, 6, generator=g)
+    f = lambda x: (w * x).flatten(1).sum(dim=1)
+    x, best = random_search(f, x0, eps=0.05, steps=60, generator=torch.Generator().manual_seed(3))
+    again, _ = random_search(f, x0, eps=0.05, steps=60, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x, again)
+    assert ((x - x0).abs() <= 0.05 + 1e-7).all() and (x >= 0).all() and (x <= 1).all()
+    assert torch.allclose(best, f(x).double())
+    assert (best < f(x0).double()).all()
+    assert window_fraction(0, 100, 0.05) == 0.05 and window_fraction(99, 100, 0.05) == 0.05 / 2 ** 9
+
+
+@pytest.mark.parametrize("aid", attacks.list_attacks())
+def test_engine_is_at_least_as_strong_as_the_published_attack_on_every_query(aid):
+    toy = Toy(n=1000, seed=3)
+    kw = dict(eps=0.1, alpha=0.01, steps=8, b=24, **PARAMS.get(aid, {}))
+    base = toy.attack(aid, **kw)
+    strong = toy.attack(aid, engine=ENGINE, **kw)
+    for k in scored_keys(strong_attack := attacks.create(aid, model=toy.model, eps=0.1, alpha=0.01, steps=8,
+                                                         engine=ENGINE, **PARAMS.get(aid, {}))):
+        assert (resistance(k, strong.per_query[k]) <= resistance(k, base.per_query[k])).all(), k
+        parts = strong.extra["parts"][k]
+        assert list(parts) == list(PARTS)
+        assert torch.equal(parts["pgd"], base.per_query[k])  # the same PGD run, same targets
+        assert torch.equal(parts["final"], strong.per_query[k])
+        assert (resistance(k, parts["restarts"]) <= resistance(k, parts["best_iterate"])).all()
+        assert (resistance(k, parts["best_iterate"]) <= resistance(k, parts["apgd"])).all()
+        assert strong.extra["check"][k].shape == (4,)
+    assert not (base.success & ~strong.success).any()  # a query the published attack breaks stays broken
+    assert strong.iterations == 8 + 2 * 8 and strong_attack.engine is ENGINE
+    for key, sel in base.selection.items():
+        assert torch.equal(sel, strong.selection[key])
+
+
+def test_engine_results_are_reproducible_and_batch_independent():
+    toy = Toy(n=1000, seed=4)
+    a = toy.attack("QA+", eps=0.1, alpha=0.01, steps=8, b=16, M=1, engine=ENGINE)
+    b = toy.attack("QA+", eps=0.1, alpha=0.01, steps=8, b=16, M=1, engine=ENGINE)
+    assert torch.equal(a.per_query["QA+"], b.per_query["QA+"]) and torch.equal(a.x_adv, b.x_adv)
+
+
+class Quantised(nn.Module):
+    """A model whose input gradient is zero almost everywhere (rounding to 4 levels): gradient masking."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = nn.Linear(8, 8)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(8, 8, generator=g))
+
+    def forward(self, x):
+        return self.lin(torch.round(x.flatten(1) * 4) / 4)
+
+
+def test_the_random_search_flags_a_masked_gradient():
+    from robustbench_dml.datasets import TensorDataset, info
+    from robustbench_dml.evaluation import EvalConfig, evaluate, model_target
+
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(256, (300, 1, 2, 4), generator=g, dtype=torch.uint8)
+    labels = torch.randint(5, (300,), generator=g).numpy()
+    suite = Suite(id="tiny_strong", version=1, eps=0.2, alpha=0.02, steps=4, batch_size=16,
+                  attacks=ROB28.attacks[4:6], engine=Engine(steps=4, restarts=1, check_queries=8, check_steps=40))
+    result = evaluate(model_target(Quantised(), {"dataset": "digits"}, TensorDataset(images, labels, info("digits"))),
+                      EvalConfig(suite, max_queries=32), device="cpu", benign_nmi=False)
+    engine = result.extra["engine"]
+    # gradient steps cannot move a rounded input: the published PGD and APGD change nothing, the search does
+    assert engine["parts"]["TMA"]["TMA"]["final"] == pytest.approx(engine["parts"]["TMA"]["TMA"]["pgd"])
+    assert engine["check"]["TMA"]["TMA"]["search_better"] > 0
+    assert "TMA" in engine["masking_suspected"] and "ES" in engine["masking_suspected"]
+    assert list(result.protocols) == ["corrected"] and result.extra["engine"]["params"]["check_steps"] == 40
+
+
+def test_rankaa_suites_are_registered_frozen_and_share_the_published_targets():
+    assert {"rankaa28", "rankaa224"} <= set(list_suites("rankaa*"))
+    for strong, published in (("rankaa28", "rob28"), ("rankaa224", "rob224")):
+        s, p = get_suite(strong), get_suite(published)
+        assert (s.eps, s.alpha, s.steps, s.batch_size, s.attacks) == (p.eps, p.alpha, p.steps, p.batch_size, p.attacks)
+        assert s.base_id == published and s.protocols == ("corrected",) and s.engine == Engine()
+        assert s.params["engine"] == {"schedule": "apgd", "steps": 24, "restarts": 2, "with_pgd": True,
+                                      "check_queries": 8, "check_steps": 200}
+        assert "engine" not in p.params
+        assert 2.5 < s.iterations / p.iterations < 3.0
+
+
+def test_engine_and_robrank_compat_exclude_each_other():
+    from robustbench_dml.evaluation import EvalConfig
+
+    with pytest.raises(UserError, match="corrected protocol only"):
+        EvalConfig("rankaa28", robrank_compat=True)
+    with pytest.raises(UserError, match="corrected protocol only"):
+        attacks.create("TMA", model=nn.Linear(2, 2), eps=0.1, alpha=0.1, steps=1, robrank_compat=True, engine=ENGINE)
+    with pytest.raises(UserError, match="restarts"):
+        Engine(restarts=0)
