@@ -15,7 +15,7 @@ and with the attack's own selections (the same targets as the published suite dr
 4. per query and per scored key, the better of the PGD result and the best APGD point, re-measured from a fresh
    forward pass. ES's two keys may so come from two different points: each is that measure's worst case.
 
-A query counts as broken (``success``) when the PGD result or the reported point breaks it.
+A query counts as broken (``success``) when the PGD result or a reported point breaks it.
 
 ``parts`` records how much each step contributed, per key and query, in the key's raw units: ``pgd`` (the
 published attack), ``apgd`` (APGD's first run, last iterate), ``best_iterate`` (its best iterate), ``restarts``
@@ -204,7 +204,10 @@ def run_engine(attack: RankingAttack, x0: torch.Tensor, state: dict[str, torch.T
         z_adv = attack.embed(x_adv)
         adv = attack.measure(z_adv, state, gallery, clean=False)
         adv.update({k: v.to(adv[k].dtype) for k, v in chosen.items()})
-        success = attack.succeeded(clean, adv, {**state, "z_last": z_adv, "z_adv": z_adv}, gallery) | success_pgd
+        success = success_pgd
+        for k in keys:  # broken at any kept point (ES keeps one per result)
+            z = z_adv if k == keys[0] else attack.embed(x_keep[k])
+            success = success | attack.succeeded(clean, adv, {**state, "z_last": z, "z_adv": z}, gallery)
     check = {}
     if eng.check_queries > 0:
         check = {k: v.double() for k, v in _search(attack, x0, state, gallery, generator).items() if k in keys}

@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--load", default="nothing else noted", help="what else ran on the machine, for the report")
     p.add_argument("--report", default=str(Path(__file__).parent / "results" / "bench_rankaa.md"))
     args = p.parse_args()
     if args.threads:
@@ -56,7 +57,7 @@ def main() -> None:
              f"{torch.get_num_threads()} thread(s); wall seconds per attack call (rob28's attack, then the same attack "
              "under rankaa28's engine). Work count: rankaa28 runs "
              f"{RANKAA28.iterations:.1f} model passes per query and attack, rob28 {ROB28.iterations:.0f} "
-             f"({RANKAA28.iterations / ROB28.iterations:.2f}x).", "",
+             f"({RANKAA28.iterations / ROB28.iterations:.2f}x). Machine load: {args.load}.", "",
              "Regenerate: `python benchmarks/bench_rankaa.py`", "",
              "| attack | rob28 s | rankaa28 s | ratio |", "|---|---|---|---|", *rows,
              f"| suite | {totals[0]:.1f} | {totals[1]:.1f} | {totals[1] / totals[0]:.2f} |", ""]

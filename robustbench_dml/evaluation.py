@@ -237,21 +237,13 @@ def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None =
     and the result records them.
     """
     config = config or EvalConfig()
-    dev = resolve_device_for_rank(device)
+    from robustbench_dml.runtime import rank_device, resolve_device
+
+    dev = rank_device(resolve_device(device) if isinstance(device, str) else torch.device(device))
     with applied(config.numerics, dev) as numerics:
         result = _evaluate(target, config, dev, state_dir, progress, data_root, benign_nmi, numerics["knn_backend"])
     result.numerics = numerics
     return result
-
-
-def resolve_device_for_rank(device: str | torch.device) -> torch.device:
-    """``device`` resolved (``auto``: CUDA when present); under torchrun a bare ``cuda`` is this rank's GPU."""
-    from robustbench_dml.runtime import resolve_device
-
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    if _dist_info()[1] > 1 and dev.type == "cuda" and dev.index is None:  # torchrun: one GPU per local rank
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
 
 
 def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress, data_root, benign_nmi,

@@ -33,7 +33,7 @@ import torch
 
 from robustbench_dml.errors import UserError
 
-__all__ = ["NumericPolicy", "EXACT", "FAST", "POLICIES", "TOLERANCE", "TIE_ORDER", "get_policy", "applied"]
+__all__ = ["NumericPolicy", "EXACT", "FAST", "POLICIES", "TRAINING", "TOLERANCE", "TIE_ORDER", "get_policy", "applied"]
 
 #: the order of equal distances in every ranking, on every backend
 TIE_ORDER = "(distance, gallery index) ascending"
@@ -57,6 +57,11 @@ EXACT = NumericPolicy("exact", matmul_tf32=False, cudnn_tf32=False, cudnn_benchm
 FAST = NumericPolicy("fast", matmul_tf32=True, cudnn_tf32=True, cudnn_benchmark=True, deterministic=False,
                      knn_backend="auto")
 POLICIES: dict[str, NumericPolicy] = {p.name: p for p in (EXACT, FAST)}
+#: training's settings (not an evaluation choice): PyTorch's default precision, with deterministic algorithms so
+#: that one seed gives one set of weights per machine and thread count. On the CPU the one non-deterministic kernel
+#: of our training was the accumulating index backward (``z[anc]`` with repeated indices, summed in thread-arrival
+#: order): with two threads three seed-0 trainings gave three weight hashes; with this, one.
+TRAINING = NumericPolicy("training", matmul_tf32=False, cudnn_tf32=True, cudnn_benchmark=False, deterministic=True)
 
 
 def get_policy(policy: str | NumericPolicy) -> NumericPolicy:

@@ -108,7 +108,8 @@ def _time(fn, repeats: int = 1) -> float:
 def plan_training(cfg: TrainConfig, *, measure_steps_below: float = MEASURE_STEPS_BELOW
                   ) -> tuple[Plan, torch.nn.Module, TrainConfig]:
     """Measure the training of ``cfg`` (nothing is written); the Plan has no attacks yet."""
-    from robustbench_dml.runtime import deterministic, generator, resolve_device, seed_everything, set_threads
+    from robustbench_dml.numerics import TRAINING, applied
+    from robustbench_dml.runtime import generator, resolve_device, seed_everything, set_threads
     from robustbench_dml.training import prepare, training_step
 
     device = resolve_device(cfg.device)
@@ -147,7 +148,7 @@ def plan_training(cfg: TrainConfig, *, measure_steps_below: float = MEASURE_STEP
         with torch.no_grad():
             model(images)
 
-    with deterministic(device):
+    with applied(TRAINING, device):
         small = min(4, len(batch))  # two pairs: the passes of one step, quick at any image size
         hook = model.register_forward_hook(count_images)
         try:

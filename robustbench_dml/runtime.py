@@ -34,20 +34,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def deterministic(device: torch.device) -> Iterator[None]:
-    """Deterministic kernels for the duration (restored afterwards). On the CPU the one non-deterministic
-    kernel of our training was the accumulating index backward (``z[anc]`` with repeated indices, summed in
-    thread-arrival order): with two threads three seed-0 trainings gave three weight hashes; with this, one.
-    On CUDA kernels without a deterministic version only warn (``warn_only``)."""
-    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn)
-
-
 def dist_info() -> tuple[int, int]:
     """(rank, world size) of this process: (0, 1) outside a torchrun process group."""
     import torch.distributed as dist
@@ -55,6 +41,14 @@ def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The device this process computes on: under torchrun with several processes, a CUDA device is this rank's
+    GPU (``LOCAL_RANK``; one GPU per process, as NCCL requires, whatever index was asked for); else ``device``."""
+    if device.type == "cuda" and dist_info()[1] > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 @contextlib.contextmanager

@@ -35,7 +35,8 @@ from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_bytes, atomic_write_text
 from robustbench_dml.progress import Progress
-from robustbench_dml.runtime import (deterministic, dist_info, generator, process_group, resolve_device,
+from robustbench_dml.numerics import TRAINING, applied
+from robustbench_dml.runtime import (dist_info, generator, process_group, rank_device, resolve_device,
                                      seed_everything, set_threads)
 
 STATE_FILE = "train_state.pt"
@@ -131,18 +132,16 @@ def _save_state(path: Path, model, optimizer, defense, epoch: int, step: int, co
 def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: bool = False,
           progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> TrainSummary:
     """Train ``cfg.defense`` on ``cfg.dataset``; write the run directory; return where the checkpoint is.
-    Deterministic kernels throughout (:func:`~robustbench_dml.runtime.deterministic`): on the CPU one seed gives
+    Deterministic kernels throughout (:data:`robustbench_dml.numerics.TRAINING`): on the CPU one seed gives
     one set of weights at a given thread count, in any process."""
     device = resolve_device(cfg.device)
-    with deterministic(device), process_group(device) as distributed:
+    with applied(TRAINING, device), process_group(device) as distributed:
         return _train(cfg, out, distributed=distributed, resume=resume, progress=progress, on_epoch=on_epoch)
 
 
 def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: bool, on_epoch) -> TrainSummary:
-    device = resolve_device(cfg.device)
+    device = rank_device(resolve_device(cfg.device))
     rank, world = dist_info()
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = Path(out) if out is not None else default_out(cfg)

@@ -107,7 +107,7 @@ class Quantised(nn.Module):
         return self.lin(torch.round(x.flatten(1) * 4) / 4)
 
 
-def test_the_random_search_flags_a_masked_gradient():
+def test_the_random_search_flags_a_masked_gradient(tmp_path, monkeypatch):
     from robustbench_dml.datasets import TensorDataset, info
     from robustbench_dml.evaluation import EvalConfig, evaluate, model_target
 
@@ -116,14 +116,22 @@ def test_the_random_search_flags_a_masked_gradient():
     labels = torch.randint(5, (300,), generator=g).numpy()
     suite = Suite(id="tiny_strong", version=1, eps=0.2, alpha=0.02, steps=4, batch_size=16,
                   attacks=ROB28.attacks[4:6], engine=Engine(steps=4, restarts=1, check_queries=8, check_steps=40))
-    result = evaluate(model_target(Quantised(), {"dataset": "digits"}, TensorDataset(images, labels, info("digits"))),
-                      EvalConfig(suite, max_queries=32), device="cpu", benign_nmi=False)
+    target = model_target(Quantised(), {"dataset": "digits"}, TensorDataset(images, labels, info("digits")))
+    result = evaluate(target, EvalConfig(suite, max_queries=32), device="cpu", benign_nmi=False, state_dir=tmp_path)
     engine = result.extra["engine"]
     # gradient steps cannot move a rounded input: the published PGD and APGD change nothing, the search does
     assert engine["parts"]["TMA"]["TMA"]["final"] == pytest.approx(engine["parts"]["TMA"]["TMA"]["pgd"])
     assert engine["check"]["TMA"]["TMA"]["search_better"] > 0
     assert "TMA" in engine["masking_suspected"] and "ES" in engine["masking_suspected"]
     assert list(result.protocols) == ["corrected"] and result.extra["engine"]["params"]["check_steps"] == 40
+    # resumed from its state files, the engine's parts and check come back with the results
+
+    def boom(*a, **k):
+        raise AssertionError("a finished attack ran again")
+
+    monkeypatch.setattr(attacks.RankingAttack, "__call__", boom)
+    again = evaluate(target, EvalConfig(suite, max_queries=32), device="cpu", benign_nmi=False, state_dir=tmp_path)
+    assert again.extra["engine"] == engine and again.raw == result.raw
 
 
 def test_rankaa_suites_are_registered_frozen_and_share_the_published_targets():
