@@ -29,7 +29,7 @@ memory O(B x chunk)); distances that stay fixed during PGD (CA's query-to-galler
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -404,14 +404,17 @@ class RankingAttack:
                             extra={"parts": {k: to_cpu(v) for k, v in extra.get("parts", {}).items()},
                                    "check": to_cpu(extra.get("check", {}))} if extra else {})
 
-    def _run_pgd(self, x0: torch.Tensor, state: dict[str, torch.Tensor], gallery) -> tuple[torch.Tensor, torch.Tensor, int]:
-        b = x0.shape[0]
-        rows = self.max_rows(len(gallery)) or b
-        rows = max(1, min(rows, b))
-        xs, zs, iterations = [], [], 0
+    def passes(self, state: dict[str, torch.Tensor], gallery) -> Iterator[tuple[int, int, dict[str, torch.Tensor], Any]]:
+        """The batch's row passes (:meth:`max_rows`): (start, stop, the state's rows, their :meth:`prepare` data)."""
+        b = state["z0"].shape[0]
+        rows = max(1, min(self.max_rows(len(gallery)) or b, b))
         for s in range(0, b, rows):
             sub = {k: v[s:s + rows] for k, v in state.items()}
-            fixed = self.prepare(sub, gallery)
+            yield s, min(b, s + rows), sub, self.prepare(sub, gallery)
+
+    def _run_pgd(self, x0: torch.Tensor, state: dict[str, torch.Tensor], gallery) -> tuple[torch.Tensor, torch.Tensor, int]:
+        xs, zs, iterations = [], [], 0
+        for s, e, sub, fixed in self.passes(state, gallery):
             last: list[torch.Tensor] = [sub["z0"]]
             counter = [0]
 
@@ -423,7 +426,7 @@ class RankingAttack:
                 losses = self.loss(z, sub, fixed, gallery, t)
                 return losses.sum() if self.reduction == "sum" else losses.mean()
 
-            res = pgd(objective, x0[s:s + rows], eps=self.eps, alpha=self.alpha, steps=self.steps)
+            res = pgd(objective, x0[s:e], eps=self.eps, alpha=self.alpha, steps=self.steps)
             xs.append(res.x_adv)
             zs.append(last[0])
             iterations = res.iterations

@@ -115,16 +115,9 @@ def scored_keys(attack: RankingAttack) -> list[str]:
     return [k for k in attack.keys if k in scoring.ERS_KEYS]
 
 
-def _passes(attack: RankingAttack, state: dict[str, torch.Tensor], gallery, b: int):
-    rows = max(1, min(attack.max_rows(len(gallery)) or b, b))
-    for s in range(0, b, rows):
-        sub = {k: v[s:s + rows] for k, v in state.items()}
-        yield s, min(b, s + rows), sub, attack.prepare(sub, gallery)
-
-
 def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, state, gallery, keys) -> _Best:
     best = _Best(keys, start)
-    for s, e, sub, fixed in _passes(attack, state, gallery, x0.shape[0]):
+    for s, e, sub, fixed in attack.passes(state, gallery):
         part = _Best(keys, start[s:e])
 
         def objective(x: torch.Tensor, t: int, sub=sub, fixed=fixed, part=part) -> torch.Tensor:
