@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +280,7 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world)
     reruns = [a for a in config.attack_ids if len(config.protocols) > 1 and runner.quirk(a) == "targets"]
     engine_parts: dict[str, dict] = {}
+    timing: dict[str, dict] = {}
     with Progress(show, (len(config.attack_ids) + len(reruns)) * len(ranges), f"{suite.id}") as bar:
         for attack_id in config.attack_ids:
             revision = runner.revision(attack_id)
@@ -297,6 +299,8 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
                 blocks[p]["success"][attack_id] = done[p]["success"]
             if "engine" in done[config.protocols[0]]:
                 engine_parts[attack_id] = done[config.protocols[0]]["engine"]
+            if "timing" in done[config.protocols[0]]:
+                timing[attack_id] = done[config.protocols[0]]["timing"]
 
     batch_sizes = [e - s for s, e in ranges]
     for p, block in blocks.items():
@@ -311,6 +315,11 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
         seed=int(config.seed), device=str(dev), versions=versions(), robrank_compat=bool(config.robrank_compat),
         num_queries=num_queries, benign=dict(benign), protocols=blocks,
         extra={"world_size": world,  # processes that shared the query batches (torchrun)
+               # per attack: seconds spent (all processes, both protocols' runs) and the lower bound, PGD iterations
+               # x one forward+backward of the model on the query batch measured before the first attack
+               "timing": {"forward_backward_s": runner.fb_seconds, "batch_size": suite.batch_size,
+                          "attacks": {a: {**t, "ratio": t["wall_s"] / t["bound_s"] if t["bound_s"] else None}
+                                      for a, t in timing.items()}},
                **({"engine": engine_summary(suite.engine, engine_parts, num_queries)} if suite.engine else {})},
     )
 
@@ -346,6 +355,28 @@ class _AttackRunner:
     def __init__(self, config: EvalConfig, model, gallery, dataset, ranges, rank: int, world: int):
         self.config, self.model, self.gallery, self.dataset = config, model, gallery, dataset
         self.ranges, self.rank, self.world = ranges, rank, world
+        self.fb_seconds: float | None = None  # one forward+backward on a full query batch, once measured
+
+    def forward_backward(self, images: torch.Tensor) -> float:
+        """Seconds of one forward + input-backward of the model on a full query batch (the unit of an attack's
+        lower bound): the median of three after a warm-up, measured on the first batch this process attacks and
+        scaled to the suite's batch size."""
+        if self.fb_seconds is None:
+            from attacks.pgd import eval_mode
+
+            device = self.gallery.embeddings.device
+            x = images.to(device=device, dtype=torch.float32)
+            times = []
+            with eval_mode(self.model):
+                for _ in range(4):
+                    xi = x.clone().requires_grad_(True)
+                    t0 = time.perf_counter()
+                    torch.autograd.grad(self.model(xi).sum(), xi)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    times.append(time.perf_counter() - t0)
+            self.fb_seconds = sorted(times[1:])[1] * self.config.suite_obj.batch_size / x.shape[0]
+        return self.fb_seconds
 
     @staticmethod
     def quirk(attack_id: str) -> str:
@@ -372,7 +403,11 @@ class _AttackRunner:
                 done[P.ROBRANK] = {**first, "per_query": first["per_query_robrank"]}
             else:
                 done[P.ROBRANK] = first
-        return {p: {k: b[k] for k in ("per_query", "success", "clean", "engine") if k in b} for p, b in done.items()}
+        if len(protocols) > 1 and atk.robrank_quirk == "targets":  # the time of both runs
+            second = done[P.ROBRANK]["timing"]
+            first["timing"] = {k: first["timing"][k] + second[k] for k in first["timing"]}
+        keep = ("per_query", "success", "clean", "engine", "timing")
+        return {p: {k: b[k] for k in keep if k in b} for p, b in done.items()}
 
     def run(self, attack_id: str, robrank: bool, bar):
         import attacks as attack_zoo
@@ -388,12 +423,16 @@ class _AttackRunner:
             if b % self.world != self.rank:
                 continue
             images, labels = _query_batch(self.dataset, start, stop)
+            fb = self.forward_backward(images)
+            t0 = time.perf_counter()
             out = atk(images, labels, self.gallery, generator=generator(config.seed, attack_id, b),
                       query_index=torch.arange(start, stop))
+            wall = time.perf_counter() - t0
             local[b] = {"per_query": {k: out.per_query[k].tolist() for k in atk.keys},
                         "success": out.success.tolist(), "clean": {k: out.clean[k].tolist() for k in atk.keys},
                         "per_query_robrank": None if out.per_query_robrank is None else
-                        {k: out.per_query_robrank[k].tolist() for k in atk.keys}}
+                        {k: out.per_query_robrank[k].tolist() for k in atk.keys},
+                        "timing": [wall, out.iterations * fb * (stop - start) / suite.batch_size]}
             if out.extra:  # a strong suite: per-part sums over the batch, the checked queries' results
                 q = min(len(v) for v in out.extra["check"].values()) if out.extra["check"] else 0
                 local[b]["engine"] = {
@@ -411,6 +450,8 @@ class _AttackRunner:
                  "clean": {k: flat("clean", k) for k in atk.keys}}
         if merged and merged[0]["per_query_robrank"] is not None:
             block["per_query_robrank"] = {k: flat("per_query_robrank", k) for k in atk.keys}
+        block["timing"] = {"wall_s": math.fsum(merged[b]["timing"][0] for b in order),
+                           "bound_s": math.fsum(merged[b]["timing"][1] for b in order)}
         if merged and "engine" in merged[0]:
             engines = [merged[b]["engine"] for b in order]
             block["engine"] = {

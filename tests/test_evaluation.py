@@ -192,6 +192,17 @@ def test_resume_skips_finished_attacks_and_gives_the_same_numbers(model, digits,
     assert len(list(tmp_path.iterdir())) == 2
 
 
+def test_each_attack_records_its_time_and_its_lower_bound(base):
+    timing = base.extra["timing"]
+    fb = timing["forward_backward_s"]
+    assert fb > 0 and timing["batch_size"] == SMALL.batch_size and list(timing["attacks"]) == SMALL.attack_ids
+    for attack_id, t in timing["attacks"].items():
+        runs = 2 if attack_id in ("GTM", "LTM") else 1  # their targets differ between the protocols: run twice
+        # the bound: PGD iterations (2 per image) x one forward+backward per full batch, batches of 16, 16 and 8
+        assert t["bound_s"] == pytest.approx(runs * SMALL.steps * fb * NQ / SMALL.batch_size)
+        assert t["wall_s"] > 0 and t["ratio"] == pytest.approx(t["wall_s"] / t["bound_s"])
+
+
 def test_q4_aggregation_mean_of_batch_means():
     sizes = [e - s for s, e in batch_ranges(1000, 128)]
     assert sizes == [128] * 7 + [104]
