@@ -132,6 +132,7 @@ def report(rows: list[dict], args, budget: dict) -> str:
                + (f"no verdict yet, {', '.join(missing)} not measured." if missing else
                   "it holds." if observed == present else "it does not hold."))
     seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
+    explained = inversions(by_name, means)
     settings = (f"Fashion-MNIST (genuine, `{Path(args.data_root).name}`); training subset "
                 f"{budget['train_subset'] or 'all 60,000'} images; 8 epochs; training PGD {budget['steps']} steps "
                 f"(CA-TRIDE {budget['ca_steps']}); rob28 with robrank_compat on the first "
@@ -140,7 +141,45 @@ def report(rows: list[dict], args, budget: dict) -> str:
             f"benchmarks/defense_study.py --budget {args.budget} --seeds 0,1` (resumes; `--report-only` rewrites "
             "this table from the finished rows)\n\n"
             + "\n".join(lines) + "\n\nMean over seeds, ordered by ARS:\n\n" + "\n".join(summary)
-            + f"\n\n{verdict}\n")
+            + f"\n\n{verdict}\n" + ("\n" + "\n".join(explained) + "\n" if explained else ""))
+
+
+def inversions(by_name: dict[str, list[dict]], means: dict[str, dict]) -> list[str]:
+    """Every pair the published order puts one way and the measured mean ARS the other, with what drives it: the ARS
+    terms that differ most (seed means), benign R@1, the adversary's mean loss gain in training, and whether the
+    difference is within the noise (seed ranges or 95% bootstrap intervals overlap: then it is no inversion)."""
+    from robustbench_dml import scoring
+
+    def terms(name: str) -> dict[str, float]:
+        rows = by_name[name]
+        per_seed = [scoring.resistance_terms({k: r[k] for k in scoring.ARS_KEYS}, "ARS") for r in rows]
+        return {t: sum(p[t] for p in per_seed) / len(per_seed) for t in per_seed[0]}
+
+    def gain(name: str) -> float | None:
+        values = [r["adv_gain"] for r in by_name[name] if r.get("adv_gain") is not None]
+        return sum(values) / len(values) if values else None
+
+    out = []
+    present = [n for n in PUBLISHED_ORDER if n in means]
+    for i, low in enumerate(present):
+        for high in present[i + 1:]:
+            if means[low]["ARS"] <= means[high]["ARS"]:
+                continue
+            tl, th = terms(low), terms(high)
+            drivers = sorted(tl, key=lambda t: th[t] - tl[t])[:3]
+            lo_range = [r["ARS"] for r in by_name[low]]
+            hi_range = [r["ARS"] for r in by_name[high]]
+            # noise: the seeds' ARS ranges overlap, or some pair of rows' 95% bootstrap intervals does
+            overlap = min(lo_range) <= max(hi_range) or any(
+                a["ARS_ci"][0] <= b["ARS_ci"][1] for a in by_name[low] for b in by_name[high])
+            out.append(f"- {low} above {high} by {means[low]['ARS'] - means[high]['ARS']:.1f} ARS "
+                       f"({'within' if overlap else 'beyond'} the noise; seeds {low} "
+                       f"{', '.join(f'{v:.1f}' for v in lo_range)}, {high} {', '.join(f'{v:.1f}' for v in hi_range)}); "
+                       "largest term differences: "
+                       + ", ".join(f"{t} {tl[t]:.1f} vs {th[t]:.1f}" for t in drivers)
+                       + f"; benign R@1 {means[low]['benign_R@1']:.1f} vs {means[high]['benign_R@1']:.1f}; "
+                       f"training adv_gain {_num(gain(low), 3)} vs {_num(gain(high), 3)}.")
+    return (["Inversions of the published order, and the measurements behind them:", ""] + out) if out else []
 
 
 def main() -> None:
