@@ -187,6 +187,14 @@ def test_run_with_the_strong_suite_publishes_to_its_own_board(tmp_path, capsys):
     board = LeaderboardStore(lb).load("digits", "rankaa28")
     assert list(board["protocol"]) == ["corrected"] and list(board["suite_id"]) == ["rankaa28"]
     assert not (lb / "digits" / "rob28").exists()
+    # a rob28 result of the same checkpoint is never put in one table with it
+    published = tmp_path / "rob28.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--attacks", "TMA",
+                 "--max-queries", "8", "--device", "cpu", "--json", str(published), "--quiet"]) == 0
+    capsys.readouterr()
+    strong = next((tmp_path / "run").rglob("rankaa28*.json"))
+    assert main(["compare", str(published), str(strong)]) == 2
+    assert "different suites (rankaa28, rob28)" in _err_line(capsys)
 
 
 @pytest.mark.slow

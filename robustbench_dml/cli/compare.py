@@ -58,6 +58,10 @@ def load_records(paths, suite: str | None, protocol: str | None = None):
             raise UserError(f"{source} holds the {', '.join(record.protocols)} protocol only; compare with "
                             f"--protocol {next(iter(record.protocols))}, or re-evaluate without --robrank-compat")
         records.append(record)
+    suites = sorted({r.suite_id for r in records})
+    if len(suites) > 1:
+        raise UserError(f"these results come from different suites ({', '.join(suites)}), whose numbers are not "
+                        f"comparable; compare one suite at a time (--suite ID picks it in each run folder)")
     return records
 
 
