@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from attacks.engine import PARTS
+
 SETS = {
     "digits": ("runs/digits_worst_cases", ("vanilla", "est", "act", "hm", "ca_tride", "mdprop"), "{}/checkpoint", None),
     "fashion": ("runs/defense_study", ("vanilla", "est", "act", "hm", "ca_tride", "mdprop"), "{}/seed0/checkpoint",
@@ -38,6 +40,8 @@ def measure(checkpoint: Path, max_queries: int, data_root: str | None, state: Pa
     terms_pub, terms_strong = scoring.resistance_terms(pub, "ERS"), scoring.resistance_terms(strong, "ERS")
     gaps = {k: terms_pub[k] - terms_strong[k] for k in terms_pub}
     row["never weaker"] = all(g >= -1e-9 for g in gaps.values())
+    # ARS of each part alone: the published PGD, APGD's first run (last and best iterate), both runs, the whole
+    row["ARS by part"] = {part: scoring.score(result.engine_raw(part), "ARS") for part in PARTS}
     row["largest term gap"] = max(gaps.items(), key=lambda kv: kv[1])
     return row
 
@@ -47,17 +51,21 @@ def report(rows: dict[str, dict[str, dict]], max_queries: int) -> str:
              f"Each checkpoint attacked once with rankaa28 on its first {max_queries} test queries (corrected "
              "protocol); the rob28 columns are its `pgd` part, the published attacks on the same queries and targets. "
              "`never weaker`: every ERS term under rankaa28 is at most rob28's. `masking`: attacks on which the "
-             "gradient-free check did better than the gradient attacks.", "",
+             "gradient-free check did better than the gradient attacks. `ARS by part`: the ARS of each part of the "
+             "engine alone (`pgd` = rob28; `apgd` = APGD's first run, last iterate; `best_iterate` = its best "
+             "iterate; `restarts` = the best over both APGD runs; `final` = the reported worst case).", "",
              f"Regenerate: `python benchmarks/rankaa_gap.py --max-queries {max_queries}`", ""]
     for data, by_defense in rows.items():
         lines += [f"## {data}", "", "| defense | R@1 | ERS rob28 | ERS rankaa28 | gap | ARS rob28 | ARS rankaa28 | gap "
-                  "| largest term gap | never weaker | masking |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| largest term gap | never weaker | masking | ARS by part: " + " / ".join(PARTS) + " |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for d, r in by_defense.items():
             key, gap = r["largest term gap"]
             lines.append(f"| {d} | {r['R@1']:.1f} | {r['rob28 ERS']:.1f} | {r['rankaa28 ERS']:.1f} | "
                          f"{r['rob28 ERS'] - r['rankaa28 ERS']:.1f} | {r['rob28 ARS']:.1f} | {r['rankaa28 ARS']:.1f} | "
                          f"{r['rob28 ARS'] - r['rankaa28 ARS']:.1f} | {key} {gap:.1f} | "
-                         f"{'yes' if r['never weaker'] else 'NO'} | {', '.join(r['masking']) or '-'} |")
+                         f"{'yes' if r['never weaker'] else 'NO'} | {', '.join(r['masking']) or '-'} | "
+                         + " / ".join(f"{r['ARS by part'][part]:.1f}" for part in PARTS) + " |")
         order = {s: [d for d, _ in sorted(by_defense.items(), key=lambda kv: kv[1][f"{s} ARS"])]
                  for s in ("rob28", "rankaa28")}
         lines += ["", f"ARS ranking, least to most robust: rob28 {' < '.join(order['rob28'])}; rankaa28 "
