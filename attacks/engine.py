@@ -89,11 +89,12 @@ class _Best:
         self.x = {k: x.detach().clone() for k in keys}
         self.last: dict[str, torch.Tensor] = {}
 
-    def update(self, x: torch.Tensor, measured: dict[str, torch.Tensor], ties: bool = True) -> None:
+    def update(self, x: torch.Tensor, measured: dict[str, torch.Tensor]) -> None:
+        """Keep the iterate ``x`` where it is at least as good as the best so far (ties: the later iterate)."""
         for k in self.keys:
             raw = measured[k].detach().double()
             term = resistance(k, raw)
-            better = (term <= self.term[k]) if ties else (term < self.term[k])
+            better = term <= self.term[k]
             self.term[k] = torch.where(better, term, self.term[k])
             self.raw[k] = torch.where(better, raw, self.raw[k])
             self.x[k][better] = x.detach()[better]
