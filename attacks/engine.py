@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from attacks.pgd import apgd, box
+from attacks.pgd import apgd, box, uniform_start
 from attacks.square import random_search
 from robustbench_dml.errors import UserError
 
@@ -171,8 +171,7 @@ def run_engine(attack: RankingAttack, x0: torch.Tensor, state: dict[str, torch.T
         if r == 0:
             start = x0
         else:
-            u = torch.rand(x0.shape, generator=generator).to(x0.device, x0.dtype)
-            start = torch.minimum(torch.maximum(x0 + (2 * u - 1) * attack.eps, lo), hi)
+            start = uniform_start(x0, attack.eps, lo, hi, generator)
         run = _apgd_run(attack, x0, start, state, gallery, keys)
         iterations += eng.steps
         if overall is None:

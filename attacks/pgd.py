@@ -64,8 +64,7 @@ def pgd(
     lo, hi = box(x0, eps, bounds)
     x = x0.clone()
     if _positive(random_start):
-        noise = torch.rand(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
-        x = torch.minimum(torch.maximum(x0 + (2 * noise - 1) * random_start, lo), hi)
+        x = uniform_start(x0, random_start, lo, hi, generator)
     step = eps if steps == 1 else alpha
     prev: float | None = None
     iterations = 0
@@ -91,6 +90,13 @@ def box(x0: torch.Tensor, eps: Bound, bounds: tuple[Bound, Bound] = (0.0, 1.0)) 
     lo = torch.clamp(x0 - eps, min=bounds[0]) if not isinstance(bounds[0], torch.Tensor) else torch.maximum(x0 - eps, bounds[0])
     hi = torch.clamp(x0 + eps, max=bounds[1]) if not isinstance(bounds[1], torch.Tensor) else torch.minimum(x0 + eps, bounds[1])
     return lo, hi
+
+
+def uniform_start(x0: torch.Tensor, width: Bound, lo: torch.Tensor, hi: torch.Tensor,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """A uniform point of the box ``x0 +- width`` clipped to (lo, hi), drawn on the CPU from ``generator``."""
+    noise = torch.rand(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
+    return torch.minimum(torch.maximum(x0 + (2 * noise - 1) * width, lo), hi)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
