@@ -29,6 +29,7 @@ memory O(B x chunk)); distances that stay fixed during PGD (CA's query-to-galler
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -119,9 +120,10 @@ def sort_with_prefix(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     relative; gradients do not use them).
     """
     srt = torch.sort(rows, dim=1).values
-    prefix = torch.zeros(rows.shape[0], rows.shape[1] + 1, dtype=torch.float64, device=rows.device)
-    prefix[:, 1:] = torch.cumsum(srt.double(), dim=1)
-    return srt, prefix.to(rows.dtype)
+    prefix = torch.empty(rows.shape[0], rows.shape[1] + 1, dtype=rows.dtype, device=rows.device)
+    prefix[:, 0] = 0.0
+    prefix[:, 1:] = torch.cumsum(srt, dim=1, dtype=torch.float64)  # peak: rows, sorted, float64 sums, prefix
+    return srt, prefix
 
 
 def strict_count_sorted(srt: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -228,18 +230,18 @@ def chunked_row_hinge(gallery, z: torch.Tensor, a: torch.Tensor, sign: str) -> t
     wx = torch.zeros_like(z)
     for start, stop in gallery.blocks(b):
         dist = gallery.block_distances(z, start, stop)  # (B, c)
-        inv = torch.where(dist > 0, dist.reciprocal(), 0.0)
         w = None
         for j in range(m):
             t = a[:, j:j + 1]
-            mask = (dist < t) if sign == "+" else (dist > t)
-            cnt = mask.sum(dim=1)
-            sd = torch.where(mask, dist, 0.0).sum(dim=1, dtype=torch.float64)
-            tc = t[:, 0].double() * cnt
-            h[:, j] += (tc - sd) if sign == "+" else (sd - tc)
+            # 1.0 where x is active, else 0.0: float arithmetic only (bool masks mixed with floats are several
+            # times slower on CPU); the sums below equal those over the boolean mask exactly
+            on = (t - dist if sign == "+" else dist - t).sign_().clamp_min_(0.0)
+            cnt = on.sum(dim=1).to(torch.int64)
+            sd = torch.mul(dist, on).sum(dim=1, dtype=torch.float64)
+            h[:, j] += (t[:, 0].double() * cnt - sd) if sign == "+" else (sd - t[:, 0].double() * cnt)
             active[:, j] += cnt
-            wm = torch.where(mask, inv, 0.0)
-            w = wm if w is None else w + wm
+            wm = on.div_(dist).nan_to_num_(nan=0.0, posinf=0.0)  # 1 / B_x where active; 0 at distance 0
+            w = wm if w is None else w.add_(wm)
         wsum += w.sum(dim=1, keepdim=True)
         wx.addmm_(w, gallery.embeddings[start:stop])
     return h, active, z * wsum - wx
@@ -257,21 +259,27 @@ def chunked_extremes(gallery, z: torch.Tensor, labels: torch.Tensor, exclude: to
     neg_i = torch.full((b,), -1, dtype=torch.int64, device=z.device)
     pos_d = torch.full((b,), float("inf"), dtype=z.dtype, device=z.device)
     pos_i = torch.full((b,), -1, dtype=torch.int64, device=z.device)
+    # float arithmetic only (bool masks mixed with floats are several times slower on CPU): `far` exceeds every
+    # distance, so subtracting it drops an item below every candidate of the max and adding it lifts one above
+    # every candidate of the min; the candidates' own values are untouched, so the winners are those of masking
+    far = 2.0 * (float(z.detach().norm(dim=1).max()) + math.sqrt(gallery.max_sq_norm)) + 1.0
+    query_labels = labels.to(z.dtype).view(-1, 1)  # class ids as floats: exact below 2^24
+    gallery_labels = gallery.labels.to(z.dtype)
+    rows = torch.arange(b, device=z.device)
     for start, stop in gallery.blocks(b):
         dist = gallery.block_distances(z, start, stop)
-        same = gallery.labels[start:stop].view(1, -1) == labels.view(-1, 1)
-        dn = dist.masked_fill(same, -1.0)
-        v, i = dn.max(dim=1)
-        upd = v > neg_d
+        # 1.0 where the item has the query's label, else 0.0 (labels differ by at least 1)
+        same = (gallery_labels[start:stop].view(1, -1) - query_labels).abs_().neg_().add_(1.0).clamp_min_(0.0)
+        v, i = torch.sub(dist, same, alpha=far).max(dim=1)
+        upd = v > neg_d  # a row whose block is all same-label keeps its -1
         neg_d = torch.where(upd, v, neg_d)
         neg_i = torch.where(upd, i + start, neg_i)
-        keep = same
+        dp = torch.add(dist, same.neg_().add_(1.0), alpha=far)
         if exclude is not None:
-            idx = torch.arange(start, stop, device=z.device).view(1, -1)
-            keep = keep & (idx != exclude.view(-1, 1))
-        dp = dist.masked_fill(~keep, float("inf"))
+            hit = (exclude >= start) & (exclude < stop)
+            dp[rows[hit], exclude[hit] - start] = far
         v, i = dp.min(dim=1)
-        upd = v < pos_d
+        upd = (v < pos_d) & (v < far)  # a lifted item is never a positive
         pos_d = torch.where(upd, v, pos_d)
         pos_i = torch.where(upd, i + start, pos_i)
     return neg_i, pos_i

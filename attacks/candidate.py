@@ -8,8 +8,9 @@ already rank c near the top").
 Loss per candidate: A_w = d(embed(c), Q_w), B_{x,w} = d(X_x, Q_w) over the whole gallery;
 CA+: mean_{x,w} max(0, A_w - B_{x,w}); CA-: mean_{x,w} max(0, B_{x,w} - A_w). B does not depend on c, so each
 pass sorts it once and every PGD step costs a binary search (value and exact gradient from prefix sums).
-Rows that do not fit ``memory_budget`` (sorted distances + prefix sums, 20 bytes per entry at peak) are attacked in
-several passes; the images are independent in eval mode, so the result is the same up to float rounding.
+Rows that do not fit ``memory_budget`` (distances, sorted, float64 and stored prefix sums: 20 bytes per entry at
+peak) are attacked in several passes; the images are independent in eval mode, so the result is the same up to
+float rounding.
 
 Result ``CA+`` / ``CA-``: 100 * mean_w #{x : B_{x,w} < A_w} / N, percent of the gallery (strict count, the clean
 self stays in the gallery). Success (:func:`attacks.base.rank_flip_success`): CA+ moves c from outside to inside
@@ -57,7 +58,8 @@ class CandidateAttack(RankingAttack):
         return {"sel_queries": sel.to(z0.device)}
 
     def max_rows(self, n: int) -> int:
-        # peak per (row, query, item): distances 4 + sorted 4 + float64 prefix 8 + stored prefix 4 bytes
+        # peak per (row, query, item), while the prefix sums are stored: distances 4 + sorted 4 + float64 sums 8
+        # + stored prefix 4 bytes (the sort's int64 indices, 8, are freed before the sums exist)
         return max(1, self.memory_budget // (20 * self.W * n + 1))
 
     def _fixed_rows(self, state, gallery) -> torch.Tensor:

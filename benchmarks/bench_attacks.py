@@ -3,13 +3,18 @@
 1. Overhead: one batch of the suite (9 attacks, ``steps`` PGD iterations each) against a gallery of ``--n``
    random normalised embeddings (the batch's own embeddings replace the first rows, so self is real), divided
    by its lower bound ``9 x steps x t_fb`` where ``t_fb`` is the measured forward + input-backward time of the
-   model on that batch (``steps`` passes timed right before each attack, so both see the same machine load). Everything beyond the lower bound
-   (selections, clean/adversarial measurements, gallery-side distance passes, sorting) is overhead.
-2. Scaling: per-batch time of each attack for gallery sizes 10^4, 10^5, 10^6 with a tiny model (one linear
-   layer), so gallery-side work dominates.
+   model on that batch (``steps`` passes timed right before each attack, so both see the same machine load).
+   Everything beyond the bound (selections, clean/adversarial measurements, gallery-side passes, sorting) is
+   overhead. The floor adds what no implementation avoids: the per-step products of the batch with the whole
+   gallery that QA, GTT (distances and the gradient's weighted sum) and LTM (distances) need
+   (``GALLERY_PRODUCTS``); the ratio to the floor is what the fused passes leave.
+2. Scaling: each gallery size (10^4, 10^5, 10^6 by default) in its own process: a tiny model (one linear layer,
+   so gallery-side work dominates) embeds a synthetic dataset of that size through the evaluation's
+   :func:`robustbench_dml.gallery.embed`, then attacks one batch with every rob28 attack; prints seconds per
+   attack, the suite's time per gallery item relative to the smallest size (1.00 = linear) and peak RSS.
 
 Usage: ``python benchmarks/bench_attacks.py [--model c2f2] [--batch 128] [--steps 32] [--n 10000]
-[--sizes 10000,100000,1000000] [--scaling-steps 32] [--threads N]``.
+[--sizes 10000,100000,1000000] [--scaling-steps 32] [--dim 64] [--threads N] [--clock cpu]``.
 """
 
 from __future__ import annotations
@@ -22,24 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import attacks
+from attacks.pgd import iteration_seconds
 from attacks.suites import ROB28
 from robustbench_dml.gallery import Gallery
 
-
 BACKEND = "torch"  # --knn-backend
 CLOCK = time.perf_counter  # --clock cpu switches to process CPU time (steadier on a shared machine)
-
-
-def fwd_bwd_times(model: nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
-    times = []
-    model.eval()
-    for _ in range(repeats):
-        xi = x.clone().requires_grad_(True)
-        t = CLOCK()
-        z = F.normalize(model(xi), dim=1)
-        (g,) = torch.autograd.grad(z.sum(), xi)
-        times.append(CLOCK() - t)
-    return times
 
 
 def random_gallery(model: nn.Module, x: torch.Tensor, n: int, seed: int = 0) -> Gallery:
@@ -50,6 +43,22 @@ def random_gallery(model: nn.Module, x: torch.Tensor, n: int, seed: int = 0) -> 
     emb[: own.shape[0]] = own
     labels = torch.randint(10, (n,), generator=g)
     return Gallery(emb, labels, backend=BACKEND)
+
+
+# per PGD step, the products of the whole (N, D) gallery with the (B, D) batch that an attack's loss cannot avoid:
+# the distances to every item (QA, GTT, LTM) and, for the hinge over every item, the gradient's weighted sum of
+# the items (QA, GTT); the other attacks' losses read fixed data prepared once
+GALLERY_PRODUCTS = {"QA+": 2, "QA-": 2, "GTT": 2, "LTM": 1}
+
+
+def gallery_product_time(gallery: Gallery, z: torch.Tensor, repeats: int = 5) -> float:
+    """Median seconds of one (B, D) x (D, N) product with the gallery (the floor of a per-step gallery pass)."""
+    times = []
+    for _ in range(repeats):
+        t = CLOCK()
+        z @ gallery.embeddings.T
+        times.append(CLOCK() - t)
+    return sorted(times)[len(times) // 2]
 
 
 def _run(aid: str, model, x, y, gallery, *, eps, alpha, steps, params) -> float:
@@ -67,42 +76,101 @@ def overhead(model_name: str, batch: int, steps: int, n: int) -> None:
     x = torch.rand(batch, 1, 28, 28)
     y = torch.randint(10, (batch,))
     gallery = random_gallery(model, x, n)
-    fwd_bwd_times(model, x, 2)  # warm-up
-    per_attack, bounds = {}, {}
+    z = gallery.embeddings[:batch].clone()
+    per_attack, bounds, floors = {}, {}, {}
     for entry in ROB28.attacks:
-        # the bound of this attack: `steps` forward+backward passes timed right before it (same machine load)
-        bounds[entry.id] = sum(fwd_bwd_times(model, x, steps))
+        # the bound of this attack: `steps` forward+backward passes timed right before it (same machine load);
+        # its floor adds the gallery products its loss needs per step
+        bounds[entry.id] = sum(iteration_seconds(model, x, repeats=steps, clock=CLOCK))
+        floors[entry.id] = bounds[entry.id] + steps * GALLERY_PRODUCTS.get(entry.id, 0) * gallery_product_time(gallery, z)
         per_attack[entry.id] = _run(entry.id, model, x, y, gallery, eps=ROB28.eps, alpha=ROB28.alpha, steps=steps,
                                     params=entry.kwargs())
-    total, bound = sum(per_attack.values()), sum(bounds.values())
+    total, bound, floor = sum(per_attack.values()), sum(bounds.values()), sum(floors.values())
     print(f"# overhead: model {model_name}, batch {batch}, steps {steps}, gallery {n} x 512, "
           f"threads {torch.get_num_threads()}, clock {CLOCK.__name__}, knn backend {BACKEND}")
-    print(f"forward+backward of one batch: mean {bound / (steps * len(bounds)) * 1e3:.1f} ms")
+    print(f"forward+backward of one batch: mean {bound / (steps * len(bounds)) * 1e3:.1f} ms; one gallery product "
+          f"{gallery_product_time(gallery, z) * 1e3:.1f} ms")
+    print("| attack | seconds | bound (model) | ratio | floor (model + gallery products) | ratio to floor |")
+    print("|---|---:|---:|---:|---:|---:|")
     for aid, t in per_attack.items():
-        print(f"  {aid:4s} {t:8.2f} s   bound {bounds[aid]:8.2f} s   ratio {t / bounds[aid]:.3f}")
-    print(f"suite: {total:.2f} s, lower bound {bound:.2f} s, ratio {total / bound:.3f} "
-          f"(overhead {100 * (total / bound - 1):.1f}%)")
+        print(f"| {aid} | {t:.2f} | {bounds[aid]:.2f} | {t / bounds[aid]:.3f} | {floors[aid]:.2f} | "
+              f"{t / floors[aid]:.3f} |")
+    print(f"| suite | {total:.2f} | {bound:.2f} | {total / bound:.3f} | {floor:.2f} | {total / floor:.3f} |")
 
 
-def scaling(sizes: list[int], batch: int, steps: int, dim: int) -> None:
+class SyntheticImages:
+    """``n`` items (1 x 28 x 28 image in [0, 1], label in 0..9), each drawn from its own seeded generator: a
+    dataset of any size that takes no memory until it is embedded."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(i)
+        return torch.rand(1, 28, 28, generator=g), i % 10
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scaling_one(n: int, batch: int, steps: int, dim: int) -> dict:
+    """One gallery size in this process: the evaluation's path (embed a dataset of ``n`` items into a gallery,
+    then every rob28 attack on the first ``batch`` items) with a tiny model, so gallery-side work dominates.
+    Returns seconds per attack, the embedding time, and peak RSS before and after the gallery exists."""
+    from robustbench_dml.gallery import embed
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, dim))
-    x = torch.rand(batch, 1, 28, 28)
-    y = torch.randint(10, (batch,))
-    print(f"# scaling: tiny model Linear(784, {dim}), batch {batch}, steps {steps}; seconds per batch")
-    rows: dict[str, list[float]] = {e.id: [] for e in ROB28.attacks}
+    data = SyntheticImages(n)
+    x = torch.stack([data[i][0] for i in range(batch)])
+    y = torch.tensor([data[i][1] for i in range(batch)])
+    base = peak_rss_mb()
+    t = CLOCK()
+    gallery = embed(model, data, batch_size=1024, backend=BACKEND)
+    embed_s = CLOCK() - t
+    times = {e.id: _run(e.id, model, x, y, gallery, eps=ROB28.eps, alpha=ROB28.alpha, steps=steps,
+                        params=e.kwargs()) for e in ROB28.attacks}
+    return {"n": n, "times": times, "embed_s": embed_s, "rss_base_mb": base, "rss_peak_mb": peak_rss_mb(),
+            "gallery_mb": gallery.embeddings.numel() * 4 / 2**20}
+
+
+def scaling(sizes: list[int], batch: int, steps: int, dim: int, threads: int | None) -> None:
+    """Each size in a fresh process (peak RSS is per process), then one table: seconds per batch per attack, the
+    suite's seconds per 10^4 gallery items relative to the smallest size (1.00 = linear), and memory."""
+    import json
+    import subprocess
+    import sys
+
+    rows = []
     for n in sizes:
-        gallery = random_gallery(model, x, n)
-        for entry in ROB28.attacks:
-            rows[entry.id].append(_run(entry.id, model, x, y, gallery, eps=ROB28.eps, alpha=ROB28.alpha,
-                                       steps=steps, params=entry.kwargs()))
-            print(f"  n={n} {entry.id}: {rows[entry.id][-1]:.2f} s", flush=True)
-        del gallery
-    print("attack  " + "".join(f"{n:>12d}" for n in sizes))
-    for aid, ts in rows.items():
-        print(f"{aid:6s}  " + "".join(f"{t:12.2f}" for t in ts))
-    totals = [sum(r[i] for r in rows.values()) for i in range(len(sizes))]
-    print("suite   " + "".join(f"{t:12.2f}" for t in totals))
+        cmd = [sys.executable, __file__, "--scaling-one", str(n), "--batch", str(batch), "--scaling-steps",
+               str(steps), "--dim", str(dim), "--clock", "cpu" if CLOCK is time.process_time else "wall",
+               "--knn-backend", BACKEND] + (["--threads", str(threads)] if threads else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"  n={n}: suite {sum(rows[-1]['times'].values()):.2f} s, peak RSS {rows[-1]['rss_peak_mb']:.0f} MB",
+              flush=True)
+    print(f"# scaling: tiny model Linear(784, {dim}), batch {batch}, steps {steps}, threads {threads or 'default'}, "
+          f"clock {CLOCK.__name__}; each size in its own process")
+    print("| | " + " | ".join(f"n = {r['n']:,}" for r in rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for aid in rows[0]["times"]:
+        print(f"| {aid} s | " + " | ".join(f"{r['times'][aid]:.2f}" for r in rows) + " |")
+    suite = [sum(r["times"].values()) for r in rows]
+    print("| suite s | " + " | ".join(f"{t:.2f}" for t in suite) + " |")
+    unit = suite[0] / rows[0]["n"]
+    print("| suite s per item / smallest | " + " | ".join(f"{t / r['n'] / unit:.2f}" for t, r in zip(suite, rows)) + " |")
+    print("| embedding the gallery s | " + " | ".join(f"{r['embed_s']:.1f}" for r in rows) + " |")
+    print("| gallery embeddings MB | " + " | ".join(f"{r['gallery_mb']:.0f}" for r in rows) + " |")
+    print("| peak RSS before the gallery MB | " + " | ".join(f"{r['rss_base_mb']:.0f}" for r in rows) + " |")
+    print("| peak RSS MB | " + " | ".join(f"{r['rss_peak_mb']:.0f}" for r in rows) + " |")
 
 
 def main() -> None:
@@ -119,6 +187,7 @@ def main() -> None:
     p.add_argument("--knn-backend", choices=["torch", "faiss"], default="torch")
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--scaling-one", type=int, default=None, help=argparse.SUPPRESS)  # one size, JSON (internal)
     args = p.parse_args()
     if args.threads:
         from robustbench_dml.runtime import set_threads
@@ -127,10 +196,15 @@ def main() -> None:
     global CLOCK, BACKEND
     BACKEND = args.knn_backend
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.scaling_one is not None:
+        import json
+
+        print(json.dumps(scaling_one(args.scaling_one, args.batch, args.scaling_steps, args.dim)))
+        return
     if not args.skip_overhead:
         overhead(args.model, args.batch, args.steps, args.n)
     if not args.skip_scaling:
-        scaling([int(s) for s in args.sizes.split(",")], args.batch, args.scaling_steps, args.dim)
+        scaling([int(s) for s in args.sizes.split(",")], args.batch, args.scaling_steps, args.dim, args.threads)
 
 
 if __name__ == "__main__":

@@ -75,29 +75,6 @@ def rob28(checkpoint: Path, data_root: str, device: str, queries: int | None, nu
     return result, time.perf_counter() - t0
 
 
-def iteration_seconds(checkpoint: Path, device: str, batch: int) -> float:
-    """One forward+backward of the model on a query batch, as a PGD iteration does (after a warm-up)."""
-    import torch
-
-    from robustbench_dml.checkpoint import load_checkpoint
-
-    model, _ = load_checkpoint(checkpoint, device)
-    model.eval()
-    x = torch.rand(batch, 1, 28, 28, device=device)
-
-    def once() -> None:
-        xi = x.clone().requires_grad_(True)
-        model(xi).sum().backward()
-
-    once()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        once()
-    sync(device)
-    return (time.perf_counter() - t0) / 5
-
-
 def sync(device: str) -> None:
     import torch
 
@@ -199,13 +176,12 @@ def main() -> int:
     queries = 8 if args.dry_run else None
     attacks = ["TMA", "GTM"] if args.dry_run else None
     result, seconds = rob28(checkpoint, args.data_root, device, queries, args.numerics, attacks)
-    params = result.suite["params"]
-    runs = len(result.block()["success"]) + sum(a in ("GTM", "LTM") for a in result.block()["success"])  # + reruns
-    batches = -(-result.num_queries // params["batch_size"])
-    rows = min(params["batch_size"], result.num_queries)
-    bound = runs * batches * (params["steps"] + 1) * iteration_seconds(checkpoint, device, rows)
-    say(f"rob28: {result.num_queries} queries on {device}: {seconds:.1f} s; bound (PGD iterations x one measured "
-        f"forward+backward) {bound:.1f} s; ratio {seconds / bound:.2f}")
+    timing = result.extra["timing"]  # per attack: wall seconds and PGD iterations x one measured forward+backward
+    wall = sum(t["wall_s"] for t in timing["attacks"].values())
+    bound = sum(t["bound_s"] for t in timing["attacks"].values())
+    say(f"rob28: {result.num_queries} queries on {device}: {seconds:.1f} s, attacks {wall:.1f} s; bound (PGD iterations "
+        f"x one measured forward+backward, {timing['forward_backward_s'] * 1e3:.1f} ms) {bound:.1f} s; ratio "
+        f"{wall / bound:.2f} (" + ", ".join(f"{a} {t['ratio']:.2f}" for a, t in timing["attacks"].items()) + ")")
     say(f"rob28 scores on {device}: " + ", ".join(
         f"{p} ERS {b['scores']['ERS']} ARS {b['scores']['ARS']}" for p, b in result.protocols.items()))
     reference = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else None

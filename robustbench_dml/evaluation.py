@@ -166,6 +166,15 @@ class EvalConfig:
     def protocols(self) -> tuple[str, ...]:
         return (P.ROBRANK,) if self.robrank_compat else self.suite_obj.protocols
 
+    def runs(self, attack_id: str) -> int:
+        """How many times ``attack_id`` runs over the query batches: twice when both protocols are measured and
+        the reference's quirks change its targets (GTM, LTM), else once (ES's measurement quirk reads the same
+        run)."""
+        import attacks as attack_zoo
+
+        twice = len(self.protocols) > 1 and attack_zoo.ATTACKS.get(attack_id).robrank_quirk == "targets"
+        return 2 if twice else 1
+
     @property
     def overrides(self) -> dict[str, Any]:
         out = {"eps": None if self.eps is None else float(self.eps),
@@ -278,10 +287,9 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     r1 = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
     blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in config.protocols}
     runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world)
-    reruns = [a for a in config.attack_ids if len(config.protocols) > 1 and runner.quirk(a) == "targets"]
     engine_parts: dict[str, dict] = {}
     timing: dict[str, dict] = {}
-    with Progress(show, (len(config.attack_ids) + len(reruns)) * len(ranges), f"{suite.id}") as bar:
+    with Progress(show, sum(map(config.runs, config.attack_ids)) * len(ranges), f"{suite.id}") as bar:
         for attack_id in config.attack_ids:
             revision = runner.revision(attack_id)
             done = _load_state(state_path, attack_id, num_queries, config.protocols, revision) if state_path else None
@@ -290,7 +298,7 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
                 if state_path is not None and rank == 0:
                     _save_state(state_path, attack_id, num_queries, done, revision)
             else:
-                for _ in range(len(ranges) * (1 + (attack_id in reruns))):
+                for _ in range(len(ranges) * config.runs(attack_id)):
                     bar.advance(f"{attack_id} (resumed)")
             bar.finished(attack_id)
             for p in config.protocols:
@@ -362,27 +370,12 @@ class _AttackRunner:
         lower bound): the median of three after a warm-up, measured on the first batch this process attacks and
         scaled to the suite's batch size."""
         if self.fb_seconds is None:
-            from attacks.pgd import eval_mode
+            from attacks.pgd import iteration_seconds
 
-            device = self.gallery.embeddings.device
-            x = images.to(device=device, dtype=torch.float32)
-            times = []
-            with eval_mode(self.model):
-                for _ in range(4):
-                    xi = x.clone().requires_grad_(True)
-                    t0 = time.perf_counter()
-                    torch.autograd.grad(self.model(xi).sum(), xi)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    times.append(time.perf_counter() - t0)
-            self.fb_seconds = sorted(times[1:])[1] * self.config.suite_obj.batch_size / x.shape[0]
+            x = images.to(device=self.gallery.embeddings.device, dtype=torch.float32)
+            times = iteration_seconds(self.model, x, repeats=3)
+            self.fb_seconds = sorted(times)[1] * self.config.suite_obj.batch_size / x.shape[0]
         return self.fb_seconds
-
-    @staticmethod
-    def quirk(attack_id: str) -> str:
-        import attacks as attack_zoo
-
-        return attack_zoo.ATTACKS.get(attack_id).robrank_quirk
 
     @staticmethod
     def revision(attack_id: str) -> int:
@@ -396,16 +389,12 @@ class _AttackRunner:
         protocols = self.config.protocols
         atk, first = self.run(attack_id, protocols[0] == P.ROBRANK, bar)
         done = {protocols[0]: first}
-        if len(protocols) > 1:
-            if atk.robrank_quirk == "targets":
-                done[P.ROBRANK] = self.run(attack_id, True, bar)[1]
-            elif atk.robrank_quirk == "measure":
-                done[P.ROBRANK] = {**first, "per_query": first["per_query_robrank"]}
-            else:
-                done[P.ROBRANK] = first
-        if len(protocols) > 1 and atk.robrank_quirk == "targets":  # the time of both runs
-            second = done[P.ROBRANK]["timing"]
-            first["timing"] = {k: first["timing"][k] + second[k] for k in first["timing"]}
+        if self.config.runs(attack_id) == 2:
+            done[P.ROBRANK] = second = self.run(attack_id, True, bar)[1]
+            first["timing"] = {k: first["timing"][k] + second["timing"][k] for k in first["timing"]}  # both runs
+        elif len(protocols) > 1:
+            measure = atk.robrank_quirk == "measure"
+            done[P.ROBRANK] = {**first, "per_query": first["per_query_robrank"]} if measure else first
         keep = ("per_query", "success", "clean", "engine", "timing")
         return {p: {k: b[k] for k in keep if k in b} for p, b in done.items()}
 

@@ -43,6 +43,11 @@ class Gallery:
         return self._index.backend
 
     @property
+    def max_sq_norm(self) -> float:
+        """The largest squared norm of a gallery embedding (1 up to rounding for a normalised gallery)."""
+        return self._index._max_sqnorm
+
+    @property
     def device(self) -> torch.device:
         return self.embeddings.device
 
@@ -135,9 +140,18 @@ def embed(model: nn.Module, dataset, *, batch_size: int = 256, device: str | tor
         from rich.progress import track
 
         batches = track(loader, description="embedding gallery", total=len(loader))
-    embs, labels = [], []
+    # filled in place: peak memory is the gallery plus one batch, not twice the gallery
+    emb = labels = None
+    start = 0
     with eval_mode(model), torch.no_grad():
         for images, y in batches:
-            embs.append(F.normalize(model(images.to(dev)).float(), dim=1))
-            labels.append(torch.as_tensor(y).reshape(-1).to(torch.int64))
-    return Gallery(torch.cat(embs), torch.cat(labels).to(dev), backend=backend)
+            z = F.normalize(model(images.to(dev)).float(), dim=1)
+            if emb is None:
+                emb = torch.empty(len(dataset), z.shape[1], dtype=torch.float32, device=dev)
+                labels = torch.empty(len(dataset), dtype=torch.int64)
+            emb[start:start + len(z)] = z
+            labels[start:start + len(z)] = torch.as_tensor(y).reshape(-1)
+            start += len(z)
+    if start != len(dataset):
+        raise ValueError(f"the dataset yielded {start} items but has length {len(dataset)}")
+    return Gallery(emb, labels.to(dev), backend=backend)

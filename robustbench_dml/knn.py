@@ -83,6 +83,18 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def squared_norms(x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """(N,) squared L2 norms of the rows of ``x`` (N, D): the values of ``(x * x).sum(1)`` through one reusable
+    (rows, D) buffer instead of an (N, D) temporary (and not a fresh slice temporary per block either: glibc keeps
+    those blocks, interleaved with the small results, resident; measured +1.9 GB at 10^6 x 512)."""
+    out = x.new_empty(x.shape[0])
+    buf = x.new_empty(min(rows, x.shape[0]), x.shape[1])
+    for start in range(0, x.shape[0], rows):
+        c = x[start:start + rows]
+        torch.sum(torch.mul(c, c, out=buf[: len(c)]), 1, out=out[start:start + len(c)])
+    return out
+
+
 class FlatIndex:
     """The gallery side of the search: the embeddings plus, lazily, one faiss flat index over them."""
 
@@ -92,7 +104,7 @@ class FlatIndex:
         self.emb = embeddings.detach().to(torch.float32).contiguous()
         self.backend = resolve_backend(backend, self.emb.device)
         self._faiss_index = None
-        self._sqnorm = (self.emb * self.emb).sum(1)
+        self._sqnorm = squared_norms(self.emb)
         self._max_sqnorm = float(self._sqnorm.max()) if len(self.emb) else 0.0
 
     def __len__(self) -> int:

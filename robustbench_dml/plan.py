@@ -178,34 +178,25 @@ def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_
                     robrank_compat: bool = False) -> Plan:
     """Add the evaluation's work and estimate to ``result``: a PGD iteration costs one forward+backward of ``model``
     on a query batch, priced from the training measurement when ``result`` has one, else measured here."""
-    from attacks import ATTACKS
-    from attacks.suites import get_suite
+    from attacks.pgd import iteration_seconds
     from robustbench_dml import datasets
+    from robustbench_dml.evaluation import EvalConfig
 
     info = datasets.info(dataset)
     test_len = len(datasets.create(dataset, root=data_root, split="test"))
-    suite_obj = get_suite(suite or info.suite)
+    config = EvalConfig(suite or info.suite, attacks=attacks, max_queries=max_queries, robrank_compat=robrank_compat)
+    suite_obj = config.suite_obj
     n_queries = test_len if max_queries is None else min(test_len, max_queries)
     q = min(suite_obj.batch_size, n_queries)
     batches = -(-n_queries // suite_obj.batch_size)
     if result.seconds_per_image <= 0:  # no training measurement to price the iteration from
         x = torch.rand(q, info.channels, info.image_size, info.image_size,
                        generator=torch.Generator().manual_seed(0)).to(device)
-        model.eval()
-
-        def iteration() -> None:
-            xi = x.clone().requires_grad_(True)
-            model(xi).sum().backward()
-
-        result.seconds_per_image = _time(iteration, repeats=3) / q
+        times = iteration_seconds(model, x, repeats=3, slow=SLOW_CALL)
+        result.seconds_per_image = sorted(times)[len(times) // 2] / q
     result.seconds_per_iteration = q * result.seconds_per_image
     result.eval_batches = batches
-    result.attacks = {}
-    both = not robrank_compat and len(suite_obj.protocols) > 1
-    for a in suite_obj.attack_ids:
-        if attacks is None or a in attacks:
-            runs = 2 if both and ATTACKS.get(a).robrank_quirk == "targets" else 1
-            result.attacks[a] = round(runs * batches * suite_obj.iterations)
+    result.attacks = {a: round(config.runs(a) * batches * suite_obj.iterations) for a in config.attack_ids}
     return result
 
 

@@ -173,6 +173,40 @@ def test_row_hinge_value_and_gradient_equal_dense_autograd(small_chunks):
         assert torch.allclose(z1.grad, z2.grad, atol=1e-5)
 
 
+def test_chunked_extremes_equal_brute_force(small_chunks):
+    """Farthest other-label item and nearest same-label item per query, ties to the lowest index, over chunks;
+    a query whose class has no other member gets -1; excluding self by index, or nothing (-1)."""
+    g = torch.Generator().manual_seed(6)
+    n = 3000  # 5 chunks
+    emb = F.normalize(torch.randn(n, 6, generator=g), dim=1)
+    emb[2000:2010] = emb[7]  # duplicates -> exact ties, across chunks
+    emb[2500] = -emb[7]      # and two equally far items
+    emb[2990] = -emb[7]
+    labels = torch.randint(4, (n,), generator=g)
+    labels[[7, 2000, 2001]] = 1
+    labels[[2500, 2990]] = 2
+    labels[11] = 9  # alone in its class
+    gal = Gallery(emb, labels)
+    q = torch.tensor([7, 11, 2000, 42, 3])
+    z = torch.cat([emb[q], F.normalize(torch.randn(1, 6, generator=g), dim=1)])
+    y = torch.cat([labels[q], torch.tensor([2])])
+    dist = torch.cdist(z, emb)
+    same = labels.view(1, -1) == y.view(-1, 1)
+    for exclude in (torch.cat([q, torch.tensor([-1])]), None):
+        keep = same.clone()
+        if exclude is not None:
+            rows = (exclude >= 0).nonzero().squeeze(1)
+            keep[rows, exclude[rows]] = False
+        neg_ref = dist.masked_fill(same, -1.0).argmax(1)  # first index of the maximum
+        pos_ref = dist.masked_fill(~keep, float("inf")).argmin(1)
+        pos_ref[~keep.any(1)] = -1
+        neg, pos = chunked_extremes(gal, z, y, exclude)
+        assert neg.tolist() == neg_ref.tolist()
+        assert pos.tolist() == pos_ref.tolist()
+        assert neg[0] == 2500  # the tie goes to the lower index
+        assert pos[1] == (-1 if exclude is not None else 11)  # the lone class has no positive but self
+
+
 # -------------------------------------------------------------------------------------- §10.1 identity
 
 

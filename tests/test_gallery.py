@@ -185,3 +185,13 @@ def test_backends_agree_on_float_rounded_near_ties():
     qi = torch.arange(0, 300, 7)
     res = [Gallery(emb, torch.zeros(300), backend=b).knn(emb[qi], 20, exclude=qi) for b in BACKENDS]
     assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1])
+
+
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 9000])
+def test_squared_norms_equal_the_plain_expression_bit_for_bit(n):
+    """The gallery's squared norms go through a reusable buffer; every value must be the plain expression's, so
+    the distances (and every attack number) are those of a whole-tensor computation."""
+    from robustbench_dml.knn import squared_norms
+
+    x = torch.randn(n, 33, generator=torch.Generator().manual_seed(n))
+    assert torch.equal(squared_norms(x), (x * x).sum(1))
