@@ -133,6 +133,10 @@ def report(rows: list[dict], args, budget: dict) -> str:
                   "it holds." if observed == present else "it does not hold."))
     seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
     explained = inversions(by_name, means)
+    variants = [n for n in CONFIGS if n.startswith("ca_") and n in means]
+    if len(variants) > 1:
+        verdict += ("\n\nCA-TRIDE's variants, mean ARS (seeds): " + "; ".join(
+            f"{n} {means[n]['ARS']:.1f} ({len(by_name[n])})" for n in variants) + ".")
     settings = (f"Fashion-MNIST (genuine, `{Path(args.data_root).name}`); training subset "
                 f"{budget['train_subset'] or 'all 60,000'} images; 8 epochs; training PGD {budget['steps']} steps "
                 f"(CA-TRIDE {budget['ca_steps']}); rob28 with robrank_compat on the first "
