@@ -138,13 +138,14 @@ def report(rows: list[dict], args, budget: dict) -> str:
         verdict += ("\n\nCA-TRIDE's variants, mean ARS (seeds): " + "; ".join(
             f"{n} {means[n]['ARS']:.1f} ({len(by_name[n])})" for n in variants) + ".")
     if "mdprop" in means and "vanilla" in means:
+        from attacks.suites import ROB28
         from defenses.mdprop import MDPropConfig
 
         eps, m, v = MDPropConfig.for_preset("28").eps, means["mdprop"], means["vanilla"]
         verdict += (f"\n\nMDProp is not in the published ordering: R@1 {m['benign_R@1']:.1f} against vanilla's "
                     f"{v['benign_R@1']:.1f}, ARS {m['ARS']:.1f} against {v['ARS']:.1f}. Its adversary is a one-step "
                     f"feature attack of eps {eps * 255:.2f}/255 (the paper's 0.01 in normalised input space), "
-                    f"1/{77 / (eps * 255):.0f} of rob28's 77/255: it buys clean R@1, as its paper reports, not "
+                    f"1/{ROB28.eps / eps:.0f} of rob28's {ROB28.eps * 255:.0f}/255: it buys clean R@1, as its paper reports, not "
                     "robustness at rob28's radius.")
     settings = (f"Fashion-MNIST (genuine, `{Path(args.data_root).name}`); training subset "
                 f"{budget['train_subset'] or 'all 60,000'} images; 8 epochs; training PGD {budget['steps']} steps "

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -374,7 +375,7 @@ class _AttackRunner:
 
             x = images.to(device=self.gallery.embeddings.device, dtype=torch.float32)
             times = iteration_seconds(self.model, x, repeats=3)
-            self.fb_seconds = sorted(times)[1] * self.config.suite_obj.batch_size / x.shape[0]
+            self.fb_seconds = statistics.median(times) * self.config.suite_obj.batch_size / x.shape[0]
         return self.fb_seconds
 
     @staticmethod

@@ -23,6 +23,7 @@ beside the attacks). The estimate assumes the rest of the machine stays as busy 
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -193,7 +194,7 @@ def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_
         x = torch.rand(q, info.channels, info.image_size, info.image_size,
                        generator=torch.Generator().manual_seed(0)).to(device)
         times = iteration_seconds(model, x, repeats=3, slow=SLOW_CALL)
-        result.seconds_per_image = sorted(times)[len(times) // 2] / q
+        result.seconds_per_image = statistics.median(times) / q
     result.seconds_per_iteration = q * result.seconds_per_image
     result.eval_batches = batches
     result.attacks = {a: round(config.runs(a) * batches * suite_obj.iterations) for a in config.attack_ids}
