@@ -40,6 +40,7 @@ from torch import nn
 
 from attacks.pgd import eval_mode, pgd
 from robustbench_dml.errors import UserError
+from robustbench_dml.knn import canonical_distances
 from robustbench_dml.registry import Registry
 
 #: every attack class, registered with ``@ATTACKS.register(<paper acronym>)`` in its own file (the id equals the
@@ -84,32 +85,39 @@ def top_fraction_limit(n: int) -> int:
     return int(n * 0.01)
 
 
-def top_percent_limit(n: int) -> float:
-    """The top-1% bound in percent of the gallery, 100 K / N, computed in the order the CA/QA results are
-    (``100.0 * position / N``) so that an item at place K compares as inside (``K / N * 100`` rounds below
-    ``100 * K / N`` for some N, e.g. 896, which used to count place K as outside)."""
-    return 100.0 * top_fraction_limit(n) / n
+def place_sums(percent: torch.Tensor, n: int, per_item: int) -> torch.Tensor:
+    """The integer behind a CA/QA result: the sum S of the ``per_item`` places (W or M) whose mean the result reports
+    as ``p = 100 (S / per_item) / N`` percent of the gallery, (B,) int64.
 
-
-#: where a "-" attack (CA-, QA-) must push an item for success: ranked at or beyond the median of the gallery, no
-#: better than an unrelated item drawn at random (whose expected place is the middle)
-FAR_PERCENT = 50.0
-
-
-def rank_flip_success(sign: str, clean: torch.Tensor, adv: torch.Tensor, n: int) -> torch.Tensor:
-    """Success of the rank attacks (CA, QA) from the item's place in percent of the gallery (B,), clean and after.
-
-    "+" (CA+, QA+): an item ranked outside the top 1% enters it (place <= :func:`top_percent_limit`): an unrelated
-    item made to look like a near duplicate. "-" (CA-, QA-): an item inside the top 1% is pushed to the far half
-    (place >= :data:`FAR_PERCENT`): a near duplicate made to look unrelated. The "-" threshold is the median, not
-    the edge of the top 1%: with W = M = 1, pushing one neighbour just out of the top 1% succeeded on every query of
-    every digits model (a move of a few places), so that worst case ranked nothing.
+    S is recovered as ``round(p N per_item / 100)``. The result went through at most four float64 roundings (the
+    mean, the product, the division, here the product back), so it is within ``4 S 2^-53`` of S: below 10^-3 for any
+    S < 10^12, far from the half-way point whatever order or instructions (a reciprocal multiply, FMA, vector width)
+    a machine uses. Every success rule compares these integers; the percentages are for scores and display only.
     """
-    limit = top_percent_limit(n)
+    p = torch.as_tensor(percent, dtype=torch.float64)
+    return torch.round(p * (n * per_item) / 100.0).to(torch.int64)
+
+
+def rank_flip_success(sign: str, clean: torch.Tensor, adv: torch.Tensor, n: int, per_item: int = 1) -> torch.Tensor:
+    """Success of the rank attacks (CA, QA) from the item's place, clean and after, given as the results (percent of
+    the gallery, the mean over the ``per_item`` targets) and decided on the integer place sums S
+    (:func:`place_sums`), with K = :func:`top_fraction_limit` (N):
+
+    - inside the top 1% (the first K + 1 places, 0-based place <= K): ``S <= K per_item``;
+    - in the far half (place at or beyond 50% of the gallery): ``2 S >= N per_item``.
+
+    "+" (CA+, QA+): an item ranked outside the top 1% enters it: an unrelated item made to look like a near
+    duplicate. "-" (CA-, QA-): an item inside the top 1% is pushed to the far half: a near duplicate made to look
+    unrelated. The "-" threshold is the median, not the edge of the top 1%: with W = M = 1, pushing one neighbour
+    just out of the top 1% succeeded on every query of every digits model (a move of a few places), so that worst
+    case ranked nothing.
+    """
+    k = top_fraction_limit(n)
+    before, after = place_sums(clean, n, per_item), place_sums(adv, n, per_item)
     if sign == "+":
-        return flip_success(clean > limit, adv > limit)
+        return flip_success(before > k * per_item, after > k * per_item)
     if sign == "-":
-        return (clean <= limit) & (adv >= FAR_PERCENT)
+        return (before <= k * per_item) & (2 * after >= n * per_item)
     raise ValueError(f"sign must be '+' or '-', not {sign!r}")
 
 
@@ -157,58 +165,62 @@ def sorted_hinge(a: torch.Tensor, srt: torch.Tensor, prefix: torch.Tensor, sign:
     return loss, lt
 
 
-def positions_in_row(dist: torch.Tensor, targets: torch.Tensor, offset: int = 0,
-                     target_dist: torch.Tensor | None = None) -> torch.Tensor:
-    """0-based positions of gallery items ``targets`` (B, M) in the stable ascending sort of full rows.
-
-    ``dist`` (B, c) holds the distances to gallery items [offset, offset + c); the count returned is that chunk's
-    contribution: #{x in chunk : B_x < B_k} + #{x in chunk : B_x == B_k and x < k} (ties broken by index, as a
-    stable sort). ``target_dist`` (B, M): B_k; taken from ``dist`` when None (the chunk must then hold the whole
-    row). Summing over chunks gives the position; self is not removed (RobRank QA).
-    """
-    if target_dist is None:
-        target_dist = dist.gather(1, targets - offset)
-    idx = torch.arange(offset, offset + dist.shape[1], device=dist.device)
-    d = dist.unsqueeze(1)  # (B, 1, c)
-    t = target_dist.unsqueeze(2)  # (B, M, 1)
-    before = (d < t) | ((d == t) & (idx.view(1, 1, -1) < targets.unsqueeze(2)))
-    return before.sum(dim=2)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Chunked gallery passes (memory O(B x chunk))
 
 
-def gather_row_values(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """B_k = d(z_i, X_k) for gallery indices ``targets`` (B, M), read from the same chunked distance pass (same
-    rows, same ranges) as :func:`chunked_positions`, so the values are bit-identical to the ones it compares."""
-    out = torch.zeros(targets.shape, dtype=z.dtype, device=z.device)
-    for start, stop in gallery.blocks(targets.numel()):
-        inside = (targets >= start) & (targets < stop)
-        if not bool(inside.any()):
-            continue
-        dist = gallery.block_distances(z, start, stop)
-        vals = dist.gather(1, (targets - start).clamp(0, stop - start - 1))
-        out = torch.where(inside, vals, out)
-    return out
-
-
 @torch.no_grad()
 def chunked_positions(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Positions (B, M) of ``targets`` in each query's stable ascending distance ranking over the whole gallery."""
-    tvals = gather_row_values(gallery, z, targets)
-    pos = torch.zeros(targets.shape, dtype=torch.int64, device=z.device)
-    for start, stop in gallery.blocks(targets.numel()):
-        pos += positions_in_row(gallery.block_distances(z, start, stop), targets, start, tvals)
+    """0-based positions (B, M) of gallery items ``targets`` (B, M) in the ranking of the whole gallery by each row
+    of ``z`` (B, D): #{x : d(z, X_x) < d(z, X_k)} + #{x < k : d(z, X_x) = d(z, X_k)}, the place of k in a stable
+    ascending sort (self not removed, RobRank QA). Distances are compared by the fast formula where it decides and
+    by :func:`robustbench_dml.knn.canonical_distances` at near-ties, so duplicates of k tie exactly and are
+    ordered by index on every machine."""
+    b, m = targets.shape
+    target = canonical_distances(z, gallery.embeddings[targets])  # (B, M)
+    lo, hi = _tie_band(target, gallery.tie_slack(z).view(-1, 1))
+    lo, hi = lo[:, :, None], hi[:, :, None]
+    pos = torch.zeros(b, m, dtype=torch.int64, device=z.device)
+    for start, stop in gallery.blocks(b * m):
+        d2 = gallery.block_sq_distances(z, start, stop)[:, None, :]  # (B, 1, c)
+        pos += (d2 < lo).sum(dim=2)
+        qi, ti, ci = torch.nonzero((d2 >= lo) & (d2 <= hi), as_tuple=True)
+        if qi.numel():
+            x, k = ci + start, targets[qi, ti]
+            d, t = canonical_distances(z[qi], gallery.embeddings[x][:, None, :])[:, 0], target[qi, ti]
+            before = ((d < t) | ((d == t) & (x < k))) & (x != k)
+            pos.index_put_((qi, ti), before.to(torch.int64), accumulate=True)
     return pos
 
 
+def _tie_band(dist: torch.Tensor, slack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi), float32 bounds on fast squared distances around the canonical ``dist``: below lo an item is surely
+    closer, above hi surely farther, in between a near-tie (``slack`` broadcasts against ``dist``)."""
+    d2 = dist.double().square()
+    return (d2 - slack).to(torch.float32), (d2 + slack).to(torch.float32)
+
+
 @torch.no_grad()
-def chunked_strict_counts(gallery, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """#{x : d(q_r, X_x) < a_r} per row r of ``q`` (R, D) over the whole gallery (CA's rank)."""
-    cnt = torch.zeros(q.shape[0], dtype=torch.int64, device=q.device)
-    for start, stop in gallery.blocks(q.shape[0]):
-        cnt += (gallery.block_distances(q, start, stop) < a.view(-1, 1)).sum(dim=1)
+def chunked_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """CA's rank: #{x : d(X_x, q_r) < d(z_r, q_r)} per row r of ``q`` and ``z`` (R, D) over the whole gallery, ties
+    not counted, item ``exclude[r]`` left out (None: none). Compared as :func:`chunked_positions` does: the fast
+    formula where it decides, :func:`robustbench_dml.knn.canonical_distances` at near-ties, so an item equal to
+    ``z_r`` (its own clean copy, a duplicate) ties it exactly."""
+    r = q.shape[0]
+    a = canonical_distances(q, z[:, None, :])[:, 0]  # (R,)
+    lo, hi = _tie_band(a.view(-1, 1), gallery.tie_slack(q).view(-1, 1))
+    rows = torch.arange(r, device=q.device)
+    cnt = torch.zeros(r, dtype=torch.int64, device=q.device)
+    for start, stop in gallery.blocks(r):
+        d2 = gallery.block_sq_distances(q, start, stop)  # (R, c)
+        if exclude is not None:
+            hit = (exclude >= start) & (exclude < stop)
+            d2[rows[hit], exclude[hit] - start] = math.inf
+        cnt += (d2 < lo).sum(dim=1)
+        ri, ci = torch.nonzero((d2 >= lo) & (d2 <= hi), as_tuple=True)
+        if ri.numel():
+            d = canonical_distances(q[ri], gallery.embeddings[ci + start][:, None, :])[:, 0]
+            cnt.index_add_(0, ri, (d < a[ri]).to(torch.int64))
     return cnt
 
 

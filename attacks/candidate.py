@@ -12,10 +12,13 @@ Rows that do not fit ``memory_budget`` (distances, sorted, float64 and stored pr
 peak) are attacked in several passes; the images are independent in eval mode, so the result is the same up to
 float rounding.
 
-Result ``CA+`` / ``CA-``: 100 * mean_w #{x : B_{x,w} < A_w} / N, percent of the gallery (strict count, the clean
-self stays in the gallery). Success (:func:`attacks.base.rank_flip_success`): CA+ moves c from outside to inside
-the top 1% of its queries' rankings (mean strict count <= floor(0.01 N)); CA- moves it from inside the top 1% to
-the far half (at or beyond 50% of the gallery).
+Result ``CA+`` / ``CA-``: 100 * mean_w #{x : B_{x,w} < A_w} / N, percent of the gallery (strict count; ties,
+decided on the canonical distance (:func:`attacks.base.chunked_strict_counts`), do not count). The clean self stays
+in the gallery: a perturbed c is compared with its own clean copy, which the clean c (the same item) is not (with
+two differently rounded formulas on the two sides, the clean copy used to count as closer on about half the
+candidates, and whether it did depended on the machine). Success (:func:`attacks.base.rank_flip_success`, on the
+integer sum of the W counts): CA+ moves c from outside to inside the top 1% of its queries' rankings (mean strict
+count <= K = floor(0.01 N)); CA- moves it from inside the top 1% to the far half (mean count >= N / 2).
 """
 
 from __future__ import annotations
@@ -82,12 +85,13 @@ class CandidateAttack(RankingAttack):
     def measure(self, z, state, gallery, *, clean):
         q = self._fixed_rows(state, gallery)
         zw = z.repeat_interleave(self.W, dim=0)
-        cnt = chunked_strict_counts(gallery, q, pair_distance(zw, q))
+        own = state["self_idx"].repeat_interleave(self.W) if clean else None
+        cnt = chunked_strict_counts(gallery, q, zw, exclude=own)
         rank = cnt.view(-1, self.W).double().mean(dim=1)
         return {self.id: 100.0 * rank / len(gallery)}
 
     def succeeded(self, clean, adv, state, gallery):
-        return rank_flip_success(self.sign, clean[self.id], adv[self.id], len(gallery))
+        return rank_flip_success(self.sign, clean[self.id], adv[self.id], len(gallery), self.W)
 
 
 @ATTACKS.register("CA+")
@@ -97,6 +101,7 @@ class CandidateAttackPlus(CandidateAttack):
     id = "CA+"
     keys = ("CA+",)
     sign = "+"
+    revision = 2  # integer success rule, canonical ties
 
 
 @ATTACKS.register("CA-")
@@ -106,4 +111,4 @@ class CandidateAttackMinus(CandidateAttack):
     id = "CA-"
     keys = ("CA-",)
     sign = "-"
-    revision = 2  # success: pushed to the far half (was: out of the top 1%)
+    revision = 3  # 3: integer success rule, canonical ties; 2: pushed to the far half (was: out of the top 1%)

@@ -10,9 +10,11 @@ makes one chunked pass over the gallery that returns the hinge value and its gra
 (memory O(B x M x chunk)); autograd carries that gradient through the normalisation and the model.
 
 Result ``QA+`` / ``QA-``: 100 * mean_m pos(C_m) / N, where pos is the 0-based position in the query's stable
-ascending ranking of the whole gallery (self not removed), percent of the gallery. Success
-(:func:`attacks.base.rank_flip_success`): QA+ brings the candidates (mean position) from outside into the top 1%
-(position <= floor(0.01 N)); QA- pushes them from inside it to the far half (at or beyond 50% of the gallery).
+ascending ranking of the whole gallery (self not removed; ties, decided on the canonical distance, broken by
+index: :func:`attacks.base.chunked_positions`), percent of the gallery. Success
+(:func:`attacks.base.rank_flip_success`, on the integer sum of the M positions): QA+ brings the candidates (mean
+position) from outside into the top 1% (position <= K = floor(0.01 N)); QA- pushes them from inside it to the far
+half (mean position >= N / 2).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class QueryAttack(RankingAttack):
         return {self.id: 100.0 * pos.double().mean(dim=1) / len(gallery)}
 
     def succeeded(self, clean, adv, state, gallery):
-        return rank_flip_success(self.sign, clean[self.id], adv[self.id], len(gallery))
+        return rank_flip_success(self.sign, clean[self.id], adv[self.id], len(gallery), self.M)
 
 
 @ATTACKS.register("QA+")
@@ -88,6 +90,7 @@ class QueryAttackPlus(QueryAttack):
     id = "QA+"
     keys = ("QA+",)
     sign = "+"
+    revision = 2  # integer success rule, canonical ties
 
 
 @ATTACKS.register("QA-")
@@ -97,4 +100,4 @@ class QueryAttackMinus(QueryAttack):
     id = "QA-"
     keys = ("QA-",)
     sign = "-"
-    revision = 2  # success: pushed to the far half (was: out of the top 1%)
+    revision = 3  # 3: integer success rule, canonical ties; 2: pushed to the far half (was: out of the top 1%)

@@ -174,6 +174,9 @@ def scaling(sizes: list[int], batch: int, steps: int, dim: int, threads: int | N
 
 
 def main() -> None:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="c2f2")
     p.add_argument("--batch", type=int, default=128)

@@ -66,6 +66,9 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=128)

@@ -137,6 +137,9 @@ def rob224_batch(device: str, dry: bool) -> None:
 
 
 def main() -> int:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_data = ROOT / ".device" / "fashion-mnist"
     p.add_argument("--data-root", default=str(default_data if default_data.is_dir()

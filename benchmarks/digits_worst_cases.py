@@ -85,6 +85,9 @@ def report(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--defenses", default=",".join(DEFENSES))
     p.add_argument("--out", default="runs/digits_worst_cases")

@@ -75,6 +75,9 @@ def report(rows: dict[str, dict[str, dict]], max_queries: int) -> str:
 
 
 def main() -> None:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-queries", type=int, default=256)
     p.add_argument("--sets", default=",".join(SETS))

@@ -66,6 +66,9 @@ def table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def main() -> None:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion-mnist"))
     p.add_argument("--defenses", default="vanilla,est,act")

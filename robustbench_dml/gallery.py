@@ -82,6 +82,17 @@ class Gallery:
         with torch.no_grad():
             return self._index.sq_distances(z, start, stop).clamp_min_(0.0).sqrt_()
 
+    def block_sq_distances(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """(B, stop-start) squared distances by the fast expansion formula, unclamped, no grad
+        (:meth:`robustbench_dml.knn.FlatIndex.sq_distances`); within :meth:`tie_slack` of the true values."""
+        with torch.no_grad():
+            return self._index.sq_distances(z, start, stop)
+
+    def tie_slack(self, z: torch.Tensor) -> torch.Tensor:
+        """(B,) float64 bound on the error of :meth:`block_sq_distances` for the rows of ``z``: a comparison closer
+        than this is a near-tie, decided by :func:`robustbench_dml.knn.canonical_distances`."""
+        return self._index.tie_slack(z)
+
     def knn(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact k nearest gallery items per query row, sorted by (distance, index) ascending.

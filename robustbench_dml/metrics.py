@@ -24,6 +24,9 @@ queries whose positives are not all inside their K nearest get one more pass ove
 (|q|^2 + |g|^2 - 2 q.g, ties by index) and positives inside the K nearest keep their exact kNN rank.
 ``map_max_rank=r`` replaces that pass by truncated AP (positives ranked beyond r count 0; a lower bound).
 ``max_queries`` scores a seeded random subset of queries against the full gallery (for very large N).
+
+Sums: each query's values are summed in float64 in one fixed order and the totals exactly (``math.fsum``), so a
+metric of given embeddings is the same float at any thread count, chunking or number of processes.
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ def nmi_score(embeddings, labels, seed: int = 0) -> float:
     y = _to_numpy(labels).reshape(-1)
     assign = kmeans_assign(embeddings, len(np.unique(y)), seed)
     return 100.0 * float(normalized_mutual_info_score(y, assign))
+
+
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """Row sums (B,) of a (B, K) tensor in float64, accumulated left to right (the last column of a cumulative sum):
+    one order whatever the thread count (torch's ``sum`` splits a row among threads when it is the only row)."""
+    return x.to(torch.float64).cumsum(dim=1)[:, -1] if x.shape[1] else x.new_zeros(x.shape[0], dtype=torch.float64)
+
+
+def exact_sum(parts) -> float:
+    """The correctly rounded sum of every value of a tensor or a list of tensors (``math.fsum``): the same float
+    whatever the order, the chunking or the thread count that produced the parts."""
+    if isinstance(parts, torch.Tensor):
+        parts = [parts]
+    return math.fsum(v for p in parts for v in p.detach().reshape(-1).to("cpu", torch.float64).tolist())
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -153,41 +170,41 @@ def retrieval_metrics(embeddings, labels, *, ks=(1, 2), nmi: bool = True, seed: 
         pick = np.sort(rng.choice(queries.numel(), size=max_queries, replace=False))
         queries = queries[torch.from_numpy(pick).to(queries.device)]
     kk = min(n - 1, max(max(ks), 10, int(n_pos.max()), map_max_rank or 0))
-    sums = {f"R@{k}": 0.0 for k in ks} | {"mAP": 0.0, "MAP@R": 0.0, "mAP@10": 0.0}
+    per_query: dict[str, list[torch.Tensor]] = {key: [] for key in [f"R@{k}" for k in ks] + ["mAP", "MAP@R", "mAP@10"]}
     ranks_1 = torch.arange(1, kk + 1, device=emb.device, dtype=torch.float64)
     chunk = max(1, min(4096, BLOCK_ELEMENTS // kk))
     for qrows in queries.split(chunk):
         _, idx = index.search(emb[qrows], kk, exclude=qrows)
         rel = lab[idx] == lab[qrows][:, None]
         for k in ks:
-            sums[f"R@{k}"] += float(rel[:, :k].any(1).sum())
+            per_query[f"R@{k}"].append(rel[:, :k].any(1).to(torch.float64))
         hits = rel.cumsum(1).to(torch.float64)
         prec = hits / ranks_1 * rel
         r = n_pos[qrows]
         in_r = ranks_1[None, :] <= r[:, None]
-        sums["MAP@R"] += float(((prec * in_r).sum(1) / r).sum())
-        sums["mAP@10"] += float(prec[:, :10].sum() / 10.0)
-        sums["mAP"] += _map_sum(index, qrows, idx, rel, prec, r, table[inv[qrows]], map_max_rank)
+        per_query["MAP@R"].append(row_sums(prec * in_r) / r)
+        per_query["mAP@10"].append(row_sums(prec[:, :10]) / 10.0)
+        per_query["mAP"].append(_average_precision(index, qrows, idx, rel, prec, r, table[inv[qrows]], map_max_rank))
     nq = queries.numel()
-    out = {key: (100.0 * v / nq if nq else math.nan) for key, v in sums.items()}
+    out = {key: (100.0 * exact_sum(v) / nq if nq else math.nan) for key, v in per_query.items()}
     result = {f"R@{k}": out[f"R@{k}"] for k in ks}
     result |= {"mAP": out["mAP"], "MAP@R": out["MAP@R"], "mAP@10": out["mAP@10"]}
     result["NMI"] = nmi_score(emb, lab, seed) if nmi else math.nan
     return result
 
 
-def _map_sum(index, qrows, idx, rel, prec, r, members, map_max_rank) -> float:
-    """Sum over the chunk's queries of AP over all positives (exact), or truncated at ``map_max_rank``."""
+def _average_precision(index, qrows, idx, rel, prec, r, members, map_max_rank) -> torch.Tensor:
+    """Per query of the chunk (B,) float64: AP over all positives (exact), or truncated at ``map_max_rank``."""
     kk = idx.shape[1]
     found = rel.sum(1)
     if map_max_rank is not None:
         lim = min(map_max_rank, kk)
-        return float((prec[:, :lim].sum(1) / r).sum())
+        return row_sums(prec[:, :lim]) / r
     complete = found == r
-    total = float((prec[complete].sum(1) / r[complete]).sum())
+    ap = row_sums(prec) / r  # exact where every positive is inside the list
     todo = torch.nonzero(~complete).reshape(-1)
     if todo.numel() == 0:
-        return total
+        return ap
     n = len(index)
     rows_per = max(1, _FULL_ROWS_ELEMENTS // n)
     for part in todo.split(rows_per):
@@ -206,9 +223,8 @@ def _map_sum(index, qrows, idx, rel, prec, r, members, map_max_rank) -> float:
         valid = rank_sorted != _INT64_MAX
         # Keep ranks strictly increasing (guards the rare exact/coarse disagreement at the list boundary).
         rank_sorted = torch.where(valid, torch.cummax(rank_sorted - t, dim=1).values + t, rank_sorted)
-        ap = torch.where(valid, t.to(torch.float64) / rank_sorted.to(torch.float64), 0.0).sum(1)
-        total += float((ap / r[part]).sum())
-    return total
+        ap[part] = row_sums(torch.where(valid, t.to(torch.float64) / rank_sorted.to(torch.float64), 0.0)) / r[part]
+    return ap
 
 
 def entanglement(embeddings, labels, *, max_items: int = 4000, seed: int = 0, block: int = 1024) -> float:
@@ -216,7 +232,8 @@ def entanglement(embeddings, labels, *, max_items: int = 4000, seed: int = 0, bl
     divided by the mean over different-class pairs (pairs i != j, embeddings L2-normalised here; the paper
     reports 0.79 CUB, 0.79 CARS, 0.66 SOP). Above ``max_items`` rows a seeded random subset is used (4,000 rows
     are 8 million pairs: the ratio moves in the fourth decimal). Distances come from one matrix product per block
-    of ``block`` rows (``sqrt(2 - 2 cos)``), sums in float64; nan when either kind of pair is missing."""
+    of ``block`` rows (``sqrt(2 - 2 cos)``), row sums in float64 added exactly (:func:`exact_sum`), so the value
+does not depend on the thread count; nan when either kind of pair is missing."""
     emb = torch.nn.functional.normalize(torch.as_tensor(embeddings).detach().to(torch.float32), dim=1)
     lab = torch.as_tensor(_to_numpy(labels) if not isinstance(labels, torch.Tensor) else labels)
     lab = lab.to(device=emb.device, dtype=torch.int64).reshape(-1)
@@ -224,16 +241,18 @@ def entanglement(embeddings, labels, *, max_items: int = 4000, seed: int = 0, bl
         pick = np.sort(np.random.default_rng(seed).choice(len(lab), size=max_items, replace=False))
         pick = torch.from_numpy(pick).to(emb.device)
         emb, lab = emb[pick], lab[pick]
-    sums = torch.zeros(2, dtype=torch.float64, device=emb.device)
-    counts = torch.zeros(2, dtype=torch.float64, device=emb.device)
+    sums: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    counts = {True: 0, False: 0}
     for start in range(0, len(lab), block):
         d = torch.sqrt(torch.clamp(2.0 - 2.0 * (emb[start:start + block] @ emb.T), min=0.0)).double()
         same = lab[start:start + block, None] == lab[None, :]
+        other = ~same
         rows = torch.arange(start, min(start + block, len(lab)), device=emb.device)
         same[rows - start, rows] = False  # i == j is no pair
-        other = lab[start:start + block, None] != lab[None, :]
-        sums += torch.stack([d[same].sum(), d[other].sum()])
-        counts += torch.stack([same.sum(), other.sum()]).to(torch.float64)
-    if counts[0] == 0 or counts[1] == 0 or sums[1] == 0:
+        for kind, mask in ((True, same), (False, other)):
+            sums[kind].append(row_sums(d * mask))
+            counts[kind] += int(mask.sum())
+    total_same, total_other = exact_sum(sums[True]), exact_sum(sums[False])
+    if counts[True] == 0 or counts[False] == 0 or total_other == 0:
         return float("nan")
-    return float((sums[0] / counts[0]) / (sums[1] / counts[1]))
+    return (total_same / counts[True]) / (total_other / counts[False])

@@ -13,7 +13,13 @@ that matter:
 - deterministic algorithms (``torch.use_deterministic_algorithms``, ``torch.backends.cudnn.deterministic``): the
   same bits on every run of one machine (on the CPU they also fix the accumulation order of index backward);
 - the gallery's kNN backend; every backend returns neighbours in the order (distance, gallery index)
-  (:mod:`robustbench_dml.knn`), so it changes speed, never results.
+  (:mod:`robustbench_dml.knn`), so it changes speed, never results;
+- on the CPU, the thread count: MKL (PyTorch's BLAS on x86-64) splits a matrix product's sums among threads, so
+  ``nn.Linear`` gives other last bits at 1 and 2 threads, hence other gallery embeddings, benign metrics and attack
+  steps, and a torchrun evaluation (one thread per process) differed from a one-process one.
+  :func:`reproducible_cpu_blas` asks MKL for products whose bits do not depend on the thread count (its
+  conditional numerical reproducibility, ``AUTO,STRICT``: the CPU's fastest code path; no slower measured on
+  c2f2), and the benign metrics sum in a fixed order (:mod:`robustbench_dml.metrics`).
 
 :data:`EXACT` (the default) runs float32 without TF32 or autotuning and with deterministic algorithms: it is the
 policy under which a GPU evaluation reproduces the CPU's numbers within :data:`TOLERANCE` (``benchmarks/
@@ -25,6 +31,7 @@ On a CPU both policies compute the same numbers: the TF32 and cuDNN switches act
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +40,14 @@ import torch
 
 from robustbench_dml.errors import UserError
 
-__all__ = ["NumericPolicy", "EXACT", "FAST", "POLICIES", "TRAINING", "TOLERANCE", "TIE_ORDER", "get_policy", "applied"]
+__all__ = ["NumericPolicy", "EXACT", "FAST", "POLICIES", "TRAINING", "TOLERANCE", "TIE_ORDER", "CPU_BLAS_MODE",
+           "get_policy", "applied", "reproducible_cpu_blas", "cpu_blas_mode"]
 
 #: the order of equal distances in every ranking, on every backend
 TIE_ORDER = "(distance, gallery index) ascending"
+#: MKL's conditional numerical reproducibility mode for the CPU's matrix products: the CPU's own code path
+#: (``AUTO``), results independent of the thread count (``STRICT``)
+CPU_BLAS_MODE = "AUTO,STRICT"
 #: how far (ERS / ARS points) a GPU evaluation under :data:`EXACT` may differ from the CPU's on the same queries
 TOLERANCE = 0.5
 
@@ -64,6 +75,25 @@ POLICIES: dict[str, NumericPolicy] = {p.name: p for p in (EXACT, FAST)}
 TRAINING = NumericPolicy("training", matmul_tf32=False, cudnn_tf32=True, cudnn_benchmark=False, deterministic=True)
 
 
+def reproducible_cpu_blas() -> str | None:
+    """Ask MKL for CPU matrix products whose bits do not depend on the thread count (:data:`CPU_BLAS_MODE`), and
+    return the mode in force (None where torch has no MKL, e.g. aarch64 builds: their products are not covered).
+
+    MKL reads its mode (the ``MKL_CBWR`` variable) once, at its first call, so this must run before the process's
+    first matrix product: ``dmlbench`` calls it first thing, the test suite at start-up; a Python user calls it
+    right after ``import robustbench_dml``. A mode already set for MKL is left as it is (and recorded)."""
+    if not torch.backends.mkl.is_available():
+        return None
+    return os.environ.setdefault("MKL_CBWR", CPU_BLAS_MODE)
+
+
+def cpu_blas_mode() -> str | None:
+    """The MKL mode this process asked for (:func:`reproducible_cpu_blas`), "default" if none, None without MKL."""
+    if not torch.backends.mkl.is_available():
+        return None
+    return os.environ.get("MKL_CBWR", "default")
+
+
 def get_policy(policy: str | NumericPolicy) -> NumericPolicy:
     if isinstance(policy, NumericPolicy):
         return policy
@@ -81,7 +111,7 @@ def _observed(policy: NumericPolicy) -> dict[str, Any]:
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "deterministic": bool(torch.are_deterministic_algorithms_enabled()),
             "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
-            "knn_backend": policy.knn_backend, "tie_order": TIE_ORDER}
+            "knn_backend": policy.knn_backend, "tie_order": TIE_ORDER, "cpu_blas": cpu_blas_mode()}
 
 
 @contextlib.contextmanager

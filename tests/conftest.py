@@ -4,6 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from robustbench_dml import numerics
+
+numerics.reproducible_cpu_blas()  # before this process's first matrix product, as dmlbench does
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -18,7 +18,9 @@ from attacks.base import (
     chunked_extremes,
     chunked_positions,
     chunked_strict_counts,
-    positions_in_row,
+    place_sums,
+    rank_flip_success,
+    top_fraction_limit,
     sort_with_prefix,
     sorted_hinge,
     strict_count_sorted,
@@ -119,15 +121,30 @@ def test_sorted_hinge_matches_dense_relu():
         assert cnt.tolist() == (rows < a.view(-1, 1)).sum(dim=1).tolist()
 
 
+def _line_gallery(points) -> Gallery:
+    """A gallery of 1-D embeddings (not normalised): distances are differences of coordinates, exact in float."""
+    x = torch.tensor(points, dtype=torch.float32).view(-1, 1)
+    return Gallery(x, torch.zeros(len(points), dtype=torch.int64))
+
+
 def test_qa_rank_arithmetic_hand_example():
-    row = torch.tensor([[0.0, 0.3, 0.1, 0.2]])
-    pos = positions_in_row(row, torch.tensor([[1]]))
+    # spec §10 item 7: distance row [0.0, 0.3, 0.1, 0.2] (the query at 0, the items at those coordinates)
+    gal, z = _line_gallery([0.0, 0.3, 0.1, 0.2]), torch.zeros(1, 1)
+    pos = chunked_positions(gal, z, torch.tensor([[1]]))
     assert pos.tolist() == [[3]] and pos.double().mean().item() / 4 == 0.75
-    pos = positions_in_row(row, torch.tensor([[2, 3]]))
+    pos = chunked_positions(gal, z, torch.tensor([[2, 3]]))
     assert pos.tolist() == [[1, 2]] and pos.double().mean().item() / 4 == 0.375
     # ties broken by index, as a stable sort
-    tied = torch.tensor([[0.5, 0.5, 0.1, 0.5]])
-    assert positions_in_row(tied, torch.tensor([[0, 1, 3]])).tolist() == [[1, 2, 3]]
+    tied = _line_gallery([0.5, -0.5, 0.1, 0.5])
+    assert chunked_positions(tied, z, torch.tensor([[0, 1, 3]])).tolist() == [[1, 2, 3]]
+
+
+def test_ca_rank_arithmetic_hand_example():
+    # spec §10 item 6: gallery {0, 1, 2, 3}, query Q = 0: a candidate at 2.5 has 3 items strictly closer, one at
+    # exactly 2 has 2 (the tie is not counted); leaving the item at 2 out (its own clean copy) removes it
+    gal, q = _line_gallery([0.0, 1.0, 2.0, 3.0]), torch.zeros(2, 1)
+    assert chunked_strict_counts(gal, q, torch.tensor([[2.5], [2.0]])).tolist() == [3, 2]
+    assert chunked_strict_counts(gal, q, torch.tensor([[2.5], [2.0]]), exclude=torch.tensor([2, 2])).tolist() == [2, 2]
 
 
 @pytest.fixture
@@ -148,8 +165,13 @@ def test_chunked_positions_and_counts_equal_brute_force(small_chunks):
     full = torch.cdist(z, emb)
     ranks = torch.stack([torch.argsort(full[i], stable=True).argsort() for i in range(5)])
     assert chunked_positions(gal, z, targets).tolist() == ranks.gather(1, targets).tolist()
-    a = torch.tensor([0.5, 1.0, 1.5, 0.0, 2.0])
-    assert chunked_strict_counts(gal, z, a).tolist() == (full < a.view(-1, 1)).sum(dim=1).tolist()
+    # CA: items strictly closer to q than z is; the candidates include exact copies of gallery items (emb[5] has
+    # eleven), which tie them and so do not count, and an item far from every query
+    q = emb[[7, 5, 200, 5, 2999]]
+    cand = torch.cat([emb[[105, 8, 2999]], F.normalize(torch.randn(2, 6, generator=g), dim=1)])
+    brute = (torch.cdist(q.double(), emb.double()) < torch.linalg.vector_norm(q.double() - cand.double(), dim=1)
+             .view(-1, 1)).sum(dim=1)
+    assert chunked_strict_counts(gal, q, cand).tolist() == brute.tolist()
 
 
 def test_row_hinge_value_and_gradient_equal_dense_autograd(small_chunks):
@@ -516,14 +538,41 @@ def _dense_places(gallery, z: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return (order == targets.view(-1, 1)).float().argmax(dim=1)
 
 
-def test_top_percent_limit_counts_place_k_inside():
-    from attacks.base import top_fraction_limit, top_percent_limit
+def _reported(places: torch.Tensor, n: int, ulps: int = 0) -> torch.Tensor:
+    """CA/QA results as the attacks report them (100 x the mean place / N, float64), moved by ``ulps`` units in the
+    last place: what another machine's rounding (reciprocal multiply, FMA, another vector width) could give."""
+    p = 100.0 * places.double().mean(dim=1) / n
+    for _ in range(abs(ulps)):
+        p = torch.nextafter(p, torch.full_like(p, math.inf if ulps > 0 else -math.inf))
+    return p
 
-    for n in range(100, 20000):
-        k = top_fraction_limit(n)
-        at_k = 100.0 * torch.tensor([float(k)], dtype=torch.float64).mean() / n  # how QA/CA report place K
-        assert at_k.item() <= top_percent_limit(n), n
-        assert 100.0 * (k + 1) / n > top_percent_limit(n), n
+
+@pytest.mark.parametrize("per_item", [1, 2, 5])
+def test_rank_success_rules_are_integer_comparisons_at_every_boundary(per_item):
+    # places built directly (no distances), at every boundary of the rules, for many gallery sizes: the top 1% is
+    # the first K + 1 places (0-based place <= K = floor(N / 100)), the far half starts at place N / 2 (mean)
+    sizes = [100, 101, 199, 200, 896, 999, 1000, 1001, 1337, 4999, 5000, 9999, 10000, 10001, 60502, 123457]
+    for n in sizes:
+        k = n // 100
+        assert top_fraction_limit(n) == k
+        half = (n * per_item + 1) // 2  # the least place sum with 2 S >= N W
+        sums = torch.tensor([k * per_item, k * per_item + 1, half, half - 1, 0, n * per_item - per_item])
+        places = torch.stack([torch.full((per_item,), int(s) // per_item) + (torch.arange(per_item) < int(s) % per_item)
+                              for s in sums])  # one row per place sum, the remainder spread over the first places
+        assert places.sum(dim=1).tolist() == sums.tolist()
+        inside = sums <= k * per_item
+        far = 2 * sums >= n * per_item
+        assert inside.tolist() == [True, False, half <= k * per_item, half - 1 <= k * per_item, True, False]
+        assert far.tolist()[:4] == [2 * k * per_item >= n * per_item, 2 * (k * per_item + 1) >= n * per_item, True, False]
+        for ulps in (-3, 0, 3):
+            got = _reported(places, n, ulps)
+            assert torch.equal(place_sums(got, n, per_item), sums), (n, ulps)
+            last = _reported(places[5:6].expand(len(sums), -1), n, ulps)  # the last places: outside and far
+            first = _reported(places[4:5].expand(len(sums), -1), n, ulps)  # place 0: inside
+            assert torch.equal(rank_flip_success("-", got, last, n, per_item), inside), (n, ulps)  # pushed far
+            assert torch.equal(rank_flip_success("+", last, got, n, per_item), inside), (n, ulps)  # pulled in
+            assert torch.equal(rank_flip_success("-", first, got, n, per_item), far), (n, ulps)
+            assert not rank_flip_success("+", got, got, n, per_item).any()  # nothing moved, nothing broken
 
 
 @pytest.mark.parametrize("aid", ["QA+", "QA-"])

@@ -2,12 +2,14 @@
 batches among the ranks, and the result equals a one-process evaluation of the same checkpoint number for number."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
 
 import pytest
 
+from robustbench_dml import numerics
 from robustbench_dml.checkpoint import load_checkpoint
 
 TRAIN = ["--defense", "vanilla", "--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--embedding-dim", "16",
@@ -25,8 +27,9 @@ def _free_port() -> int:
 def _cli(*args, torchrun: bool = False, cwd=None) -> subprocess.CompletedProcess:
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
               f"--master_port={_free_port()}"] if torchrun else [sys.executable]
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}  # dmlbench must ask MKL itself (numerics)
     proc = subprocess.run([*launch, "-m", "robustbench_dml.cli.main", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+                          timeout=600, cwd=cwd, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -50,7 +53,9 @@ def test_torchrun_run_trains_under_ddp_and_evaluates_sharded_to_the_one_process_
          "--json", str(tmp_path / "one.json"))
     a, b = json.loads(sharded[0].read_text()), json.loads((tmp_path / "one.json").read_text())
     assert (a["extra"]["world_size"], b["extra"]["world_size"]) == (2, 1)  # it was shared, then not
+    # every number, the benign ones included: one thread per rank there, all cores here
     assert a["protocols"] == b["protocols"] and a["benign"] == b["benign"] and a["num_queries"] == 256
+    assert a["numerics"]["cpu_blas"] == b["numerics"]["cpu_blas"] == numerics.cpu_blas_mode()
     assert set(a["protocols"]["robrank"]["per_query"]) == {"R@1", "GTM"}
 
     # the leaderboard got the run's row once (both protocols), published by rank 0 alone

@@ -187,3 +187,39 @@ def test_entanglement_equals_the_brute_force_ratio_across_blocks_and_subsets():
     assert entanglement(z, y, block=7) == pytest.approx(brute, rel=1e-6)
     assert entanglement(z, y, max_items=200) == pytest.approx(brute, abs=0.02)  # a seeded subset, close
     assert entanglement(z, y, max_items=200, seed=1) != entanglement(z, y, max_items=200, seed=0)
+
+
+def test_row_sums_and_exact_sums_do_not_depend_on_the_thread_count_or_the_chunking():
+    from robustbench_dml.metrics import exact_sum, row_sums
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 200_000, dtype=torch.float64, generator=g)  # one long row is the case torch's sum splits
+    sums = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        sums[threads] = (row_sums(x[:1]), row_sums(x))
+    assert torch.equal(sums[1][0], sums[2][0]) and torch.equal(sums[1][1], sums[2][1])
+    assert sums[1][0].item() == pytest.approx(math.fsum(x[0].tolist()), rel=1e-12)
+    assert exact_sum(x) == math.fsum(x.reshape(-1).tolist()) == exact_sum(list(x.flip(1).split(777, dim=1)))
+
+
+def test_benign_metrics_of_a_model_are_bit_identical_at_one_and_two_threads():
+    # the whole benign phase: the c2f2 embedding of digits' test split (MKL products, whose sums follow the thread
+    # count unless numerics.reproducible_cpu_blas ran first, as dmlbench and this suite's conftest do) and every
+    # metric of it
+    from robustbench_dml import backbones, datasets
+    from robustbench_dml.gallery import embed
+    from robustbench_dml.metrics import entanglement
+
+    torch.manual_seed(0)
+    model = backbones.create_for_data("c2f2", embedding_dim=64, channels=1)
+    data = datasets.create("digits", split="test")
+    seen = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        gallery = embed(model, data, batch_size=128)
+        values = retrieval_metrics(gallery.embeddings, gallery.labels)
+        values["entanglement"] = entanglement(gallery.embeddings, gallery.labels)
+        seen[threads] = gallery.embeddings, values
+    assert torch.equal(seen[1][0], seen[2][0])
+    assert seen[1][1] == seen[2][1]

@@ -251,6 +251,24 @@ def test_the_store_refuses_before_any_compute_when_it_cannot_write(tmp_path):
             Path("/dev/full").write_bytes(b"x" * 8192)
 
 
+def test_the_store_check_tolerates_another_process_creating_its_folders(tmp_path, monkeypatch):
+    # the race two torchrun ranks (or two runs) met: a folder missing when looked at, made by another process
+    # before this one's mkdir; it is no error, and the folder is the other process's, so it stays
+    store = LeaderboardStore(tmp_path / "lb")
+    board = store.board_dir("digits", "rob28")
+    real_mkdir = Path.mkdir
+
+    def mkdir_after_another_process(self, *args, **kwargs):
+        if self == board and not self.exists():
+            subprocess.run(["mkdir", str(self)], check=True)  # the other process wins the race
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_after_another_process)
+    store.check_writable("digits", "rob28")
+    assert board.is_dir() and not any(board.iterdir())  # the other's folder kept, nothing of ours left in it
+    assert not store.records_dir("digits", "rob28").exists()  # what this check made itself is removed
+
+
 def test_a_diverging_training_stops_with_one_line(tmp_path, capsys):
     rc = main(["train", "--lr", "1e30", "--epochs", "1", "--out", str(tmp_path / "r"), "--threads", "1"])
     err = capsys.readouterr().err.strip()

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from robustbench_dml import __version__
+from robustbench_dml import __version__, numerics
 from robustbench_dml.errors import UserError
 
 SUBCOMMANDS = ("list", "train", "evaluate", "run", "submit", "leaderboard", "compare", "plot", "convert")
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    numerics.reproducible_cpu_blas()  # before any matrix product: MKL reads its mode once
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -55,7 +55,8 @@ def run(args) -> int:
     if args.plan:
         print_plan(cfg, **plan)
         return 0
-    LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, suite)
+    if is_rank0():  # the rank that publishes; under torchrun a refusal there stops every rank
+        LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, suite)
     if not args.quiet and is_rank0():  # the estimate comes before the compute
         print_plan(cfg, **plan, show_config=False)
     progress = show_progress(args)

@@ -291,7 +291,10 @@ class LeaderboardStore:
             for d in (self.board_dir(dataset, suite), self.records_dir(dataset, suite)):
                 missing = [p for p in [d, *d.parents] if not p.exists()]
                 for p in reversed(missing):
-                    p.mkdir()
+                    try:
+                        p.mkdir()
+                    except FileExistsError:  # another process made it meanwhile: not ours to remove
+                        continue
                     created.append(p)
                 with tempfile.TemporaryFile(dir=d) as fh:
                     fh.write(b"0" * 4096)
