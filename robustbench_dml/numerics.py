@@ -91,7 +91,7 @@ def cpu_blas_mode() -> str | None:
     """The MKL mode this process asked for (:func:`reproducible_cpu_blas`), "default" if none, None without MKL."""
     if not torch.backends.mkl.is_available():
         return None
-    return os.environ.get("MKL_CBWR", "default")
+    return os.environ.get("MKL_CBWR") or "default"
 
 
 def get_policy(policy: str | NumericPolicy) -> NumericPolicy:
