@@ -43,13 +43,18 @@ from robustbench_dml.errors import UserError
 if TYPE_CHECKING:
     from attacks.base import RankingAttack
 
+#: the engine's schedules and the :func:`attacks.pgd.apgd` variant each runs
+SCHEDULES = {"apgd": "v1", "apgd-paper": "paper"}
 #: the contributions ``parts`` records, in the order they are added
 PARTS = ("pgd", "apgd", "best_iterate", "restarts", "final")
 
 
 @dataclass(frozen=True)
 class Engine:
-    """How a strong suite runs each attack (module docstring). ``schedule``: only ``"apgd"`` so far."""
+    """How a strong suite runs each attack (module docstring). ``schedule``: ``"apgd"``, APGD as the strong suites
+    of version 1 run it (:func:`attacks.pgd.apgd`'s ``variant="v1"``: the reference code's integer checkpoints,
+    which collapse at 24 iterations, and a halving condition that ignores the previous checkpoint's halving), kept
+    so that their results reproduce; ``"apgd-paper"``, Croce and Hein's schedule."""
 
     schedule: str = "apgd"
     steps: int = 24
@@ -59,8 +64,8 @@ class Engine:
     check_steps: int = 200
 
     def __post_init__(self) -> None:
-        if self.schedule != "apgd":
-            raise UserError(f"engine schedule must be 'apgd' (got {self.schedule!r})")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"engine schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         for name in ("steps", "restarts", "check_queries", "check_steps"):
             v = getattr(self, name)
             if int(v) != v or v < (1 if name in ("steps", "restarts") else 0):
@@ -127,7 +132,8 @@ def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, stat
                 part.update(x, attack.measure(z.detach(), sub, gallery, clean=False))
             return attack.loss(z, sub, fixed, gallery, t)
 
-        apgd(objective, x0[s:e], eps=attack.eps, steps=attack.engine.steps, start=start[s:e])
+        apgd(objective, x0[s:e], eps=attack.eps, steps=attack.engine.steps, start=start[s:e],
+             variant=SCHEDULES[attack.engine.schedule])
         for k in keys:
             best.term[k][s:e], best.raw[k][s:e], best.x[k][s:e] = part.term[k], part.raw[k], part.x[k]
             best.last[k] = torch.cat([best.last[k], part.last[k]]) if k in best.last else part.last[k]

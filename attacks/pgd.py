@@ -101,9 +101,31 @@ def uniform_start(x0: torch.Tensor, width: Bound, lo: torch.Tensor, hi: torch.Te
     return torch.minimum(torch.maximum(x0 + (2 * noise - 1) * width, lo), hi)
 
 
-def apgd_checkpoints(steps: int) -> list[int]:
-    """The iterations at which APGD may halve its step: the first after 22% of the budget, then intervals that
-    shrink by 3% of the budget down to 6% (at least one iteration each), as in the paper's schedule."""
+#: the APGD variants :func:`apgd` runs: ``"paper"``, Croce and Hein's algorithm; ``"v1"``, as the strong suites of
+#: version 1 ran it (two departures, kept so that their results reproduce; :func:`apgd_checkpoints`, :func:`apgd`)
+APGD_VARIANTS = ("paper", "v1")
+
+
+def apgd_checkpoints(steps: int, variant: str = "paper") -> list[int]:
+    """The iterations (below ``steps``) at which APGD may halve its step.
+
+    ``"paper"``: ``w_j = ceil(p_j N)`` with ``p_0 = 0``, ``p_1 = 0.22``,
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, computed in whole hundredths (exact): at N = 24
+    ``[6, 10, 14, 17, 20, 21, 23]``, at N = 100 ``[22, 41, 57, 70, 80, 87, 93, 99]``.
+    ``"v1"``: the reference code's integer version, ``int(0.22 N)`` then intervals shrinking by ``int(0.03 N)`` down to
+    ``int(0.06 N)``, each at least 1: the paper's at N = 100, but at N = 24 the shrink and the floor are both 1 and the
+    checkpoints collapse to ``[5, 9, 12, 14, 15, 16, ..., 23]`` (any failed move of the last ten halves the step).
+    """
+    if variant == "paper":
+        hundredths, out = [0, 22], []
+        while hundredths[-1] <= 100:
+            w = -(-hundredths[-1] * steps // 100)  # ceil(p N), in integers
+            if w < steps and (not out or w > out[-1]):
+                out.append(w)
+            hundredths.append(hundredths[-1] + max(hundredths[-1] - hundredths[-2] - 3, 6))
+        return out
+    if variant != "v1":
+        raise ValueError(f"APGD variant must be one of {APGD_VARIANTS}, not {variant!r}")
     first, shrink, floor = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
     out, t, interval = [], first, first
     while t < steps:
@@ -134,6 +156,7 @@ def apgd(
     bounds: tuple[Bound, Bound] = (0.0, 1.0),
     rho: float = 0.75,
     momentum: float = 0.25,
+    variant: str = "paper",
 ) -> APGDResult:
     """Minimise the per-image ``objective(x, t) -> (B,)`` over the eps-ball around ``x0`` with APGD's schedule.
 
@@ -143,7 +166,10 @@ def apgd(
     momentum; after a restart the momentum is the jump back to the best point, as in the paper's algorithm).
     At each :func:`apgd_checkpoints` iteration an image's step ``eta`` (initially ``2 eps``) is halved and the image
     moved back to its best point (with that point's gradient) when fewer than ``rho`` of the moves since the
-    previous checkpoint lowered its objective, or when neither its step nor its best value changed since then.
+    previous checkpoint lowered its objective (condition 1), or when its step was not halved at the previous
+    checkpoint and its best value has not improved since (condition 2). ``variant="v1"`` (the strong suites of
+    version 1) takes the checkpoints of the reference code's integer rule and a condition 2 that does not look at
+    the previous checkpoint's halving, so the step can halve at two checkpoints in a row on condition 2.
     ``objective`` receives the iteration index ``t`` and may record anything about the iterate (the attacks measure
     their goal there, see :mod:`attacks.base`). The images are independent: the schedule is per image.
     """
@@ -153,7 +179,7 @@ def apgd(
     view = (b,) + (1,) * (x0.dim() - 1)
     x = (x0 if start is None else start.detach()).clone()
     eta = torch.full((b,), 2.0 * float(eps), dtype=x0.dtype, device=x0.device)
-    checkpoints = set(apgd_checkpoints(steps))
+    checkpoints = set(apgd_checkpoints(steps, variant))
     halvings = torch.zeros(b, dtype=torch.int64, device=x0.device)
     x_best = x.clone()
     loss_best = torch.full((b,), float("inf"), dtype=torch.float64, device=x0.device)
@@ -161,7 +187,8 @@ def apgd(
     x_prev = x.clone()
     loss_prev = None
     improved_moves = torch.zeros(b, dtype=torch.int64, device=x0.device)
-    last_check, eta_at_check, best_at_check = 0, eta.clone(), loss_best.clone()
+    last_check, best_at_check = 0, loss_best.clone()
+    halved_at_check = torch.zeros(b, dtype=torch.bool, device=x0.device)
     grad = torch.zeros_like(x0)
     for t in range(steps):
         if t > 0:  # move from x (its gradient ``grad``) to the next iterate
@@ -172,7 +199,7 @@ def apgd(
                 x_prev, x = x, nxt
         x.requires_grad_(True)
         losses = objective(x, t)
-        (grad,) = torch.autograd.grad(losses.sum(), x)
+        grad = torch.autograd.grad(losses.sum(), x)[0].contiguous()  # an own tensor (not a broadcast view)
         x = x.detach()
         with torch.no_grad():
             value = losses.detach().double()
@@ -185,14 +212,16 @@ def apgd(
             grad_best[better] = grad[better]
             if t in checkpoints:
                 stalled = improved_moves.double() < rho * (t - last_check)
-                unchanged = (eta == eta_at_check) & (loss_best == best_at_check)
+                unchanged = loss_best >= best_at_check
+                if variant == "paper":
+                    unchanged &= ~halved_at_check
                 halve = stalled | unchanged
                 eta = torch.where(halve, eta / 2, eta)
                 halvings += halve.long()
                 x[halve] = x_best[halve]
                 grad[halve] = grad_best[halve]
                 improved_moves.zero_()
-                last_check, eta_at_check, best_at_check = t, eta.clone(), loss_best.clone()
+                last_check, best_at_check, halved_at_check = t, loss_best.clone(), halve
     return APGDResult(x_best.detach(), loss_best, steps, halvings)
 
 

@@ -18,13 +18,37 @@ PARAMS = {"CA+": {"W": 1}, "CA-": {"W": 1}, "QA+": {"M": 1}, "QA-": {"M": 1}}
 ENGINE = Engine(steps=8, restarts=2, check_queries=4, check_steps=30)
 
 
-def test_checkpoints_follow_the_papers_recursion():
-    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = p_j x N (N = 100)
+def test_checkpoints_follow_the_papers_recursion_at_the_suites_budgets():
+    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), w_j = ceil(p_j N), below N
     p = [0.0, 0.22]
     while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     assert apgd_checkpoints(100) == [round(100 * v) for v in p[1:]] == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert apgd_checkpoints(1) == [] and all(0 < c < 24 for c in apgd_checkpoints(24))
+    assert apgd_checkpoints(24) == [6, 10, 14, 17, 20, 21, 23]  # 5.28, 9.84, 13.68, 16.8, 19.2, 20.88, 22.32
+    assert apgd_checkpoints(1) == [] and apgd_checkpoints(8) == [2, 4, 5, 6, 7]
+    # the strong suites of version 1: the reference code's integer rule, the paper's at N = 100 only
+    assert apgd_checkpoints(100, "v1") == apgd_checkpoints(100)
+    assert apgd_checkpoints(24, "v1") == [5, 9, 12] + list(range(14, 24))
+    assert Engine().schedule == "apgd" and get_suite("rankaa28").engine.steps == 24  # v1's N, v1's rule
+
+
+def _scripted(values):
+    """An objective whose per-image value at iteration t is ``values[t]`` whatever the image (zero gradient)."""
+    return lambda x, t: x.flatten(1).sum(dim=1) * 0.0 + values[t]
+
+
+@pytest.mark.parametrize("variant", ["paper", "v1"])
+def test_apgd_halves_after_a_halving_only_when_its_moves_stalled(variant):
+    # no improvement up to the first checkpoint c1 (condition 1 halves there); then every move but the first
+    # improves on the one before without beating the best (condition 1 holds back at c2); then new bests. The
+    # paper halves at c2 only if the step was not halved at c1: once in all. v1 ignored that: twice.
+    steps = 24
+    c1, c2 = apgd_checkpoints(steps, variant)[:2]
+    values = [1.0] + [2.0] * c1 + [5.0 - 0.5 * i for i in range(c2 - c1)]
+    values += [0.9 - 0.01 * i for i in range(steps - len(values))]
+    res = apgd(_scripted(values), torch.rand(3, 4), eps=0.1, steps=steps, variant=variant)
+    assert res.halvings.tolist() == [1 if variant == "paper" else 2] * 3
+    assert res.loss_best.tolist() == pytest.approx([min(values)] * 3)
 
 
 def test_apgd_reaches_the_corner_of_a_linear_objective():
