@@ -76,11 +76,10 @@ class Gallery:
 
     def block_distances(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """(B, stop-start) Euclidean distances from rows of ``z`` to gallery rows [start, stop), no grad: the square
-        root of :meth:`robustbench_dml.knn.FlatIndex.sq_distances` (clamped at 0). The same quantity as
-        :meth:`distances` from one matrix product, ~1.8x faster on CPU than ``torch.cdist``, which re-derives the
-        gallery's norms and copies the block on every call; every per-step pass of the attacks uses it."""
-        with torch.no_grad():
-            return self._index.sq_distances(z, start, stop).clamp_min_(0.0).sqrt_()
+        root of :meth:`block_sq_distances` (clamped at 0). The same quantity as :meth:`distances` from one matrix
+        product, ~1.8x faster on CPU than ``torch.cdist``, which re-derives the gallery's norms and copies the block
+        on every call; every per-step pass of the attacks uses it."""
+        return self.block_sq_distances(z, start, stop).clamp_min_(0.0).sqrt_()
 
     def block_sq_distances(self, z: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """(B, stop-start) squared distances by the fast expansion formula, unclamped, no grad
