@@ -380,6 +380,13 @@ class RankingAttack:
         """Rows per PGD pass (None: the whole batch)."""
         return None
 
+    def retarget(self, state: dict[str, torch.Tensor], gallery, j: int) -> dict[str, torch.Tensor] | None:
+        """``state`` with the attack's ``j``-th alternative target (j >= 1) for a targeted run of the strong engine
+        (:attr:`attacks.engine.Engine.targets`), as APGD-T attacks the other classes in turn: the loss then pursues
+        the same scored goal through another target, and :meth:`measure` still reads the published selection.
+        None (the default): the attack has no natural alternative."""
+        return None
+
     # -- the shared driver ------------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.model(x), dim=1)
@@ -421,16 +428,21 @@ class RankingAttack:
         return AttackOutput(x_adv=x_adv.to(images.device), per_query=to_cpu(adv), success=success.detach().cpu(),
                             clean=to_cpu(clean), selection=selection, iterations=iterations,
                             per_query_robrank=None if adv_robrank is None else to_cpu(adv_robrank),
-                            extra={"parts": {k: to_cpu(v) for k, v in extra.get("parts", {}).items()},
-                                   "check": to_cpu(extra.get("check", {}))} if extra else {})
+                            extra={"parts": {k: to_cpu(v) for k, v in extra["parts"].items()},
+                                   "check": to_cpu(extra["check"]), "check_gradient": to_cpu(extra["check_gradient"]),
+                                   "diagnostics": {"randomised": extra["diagnostics"]["randomised"],
+                                                   "no_gradient": extra["diagnostics"]["no_gradient"].cpu()}}
+                            if extra else {})
 
-    def passes(self, state: dict[str, torch.Tensor], gallery) -> Iterator[tuple[int, int, dict[str, torch.Tensor], Any]]:
-        """The batch's row passes (:meth:`max_rows`): (start, stop, the state's rows, their :meth:`prepare` data)."""
+    def passes(self, state: dict[str, torch.Tensor], gallery,
+               fixed: bool = True) -> Iterator[tuple[int, int, dict[str, torch.Tensor], Any]]:
+        """The batch's row passes (:meth:`max_rows`): (start, stop, the state's rows, their :meth:`prepare` data,
+        None when not ``fixed``)."""
         b = state["z0"].shape[0]
         rows = max(1, min(self.max_rows(len(gallery)) or b, b))
         for s in range(0, b, rows):
             sub = {k: v[s:s + rows] for k, v in state.items()}
-            yield s, min(b, s + rows), sub, self.prepare(sub, gallery)
+            yield s, min(b, s + rows), sub, self.prepare(sub, gallery) if fixed else None
 
     def _run_pgd(self, x0: torch.Tensor, state: dict[str, torch.Tensor], gallery) -> tuple[torch.Tensor, torch.Tensor, int]:
         xs, zs, iterations = [], [], 0

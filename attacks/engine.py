@@ -6,27 +6,39 @@ which overestimates robustness whenever that iterate is not the attack's best. A
 and with the attack's own selections (the same targets as the published suite draws):
 
 1. the published constant-step PGD (``with_pgd``), so the result is at least as strong as the published suite's;
-2. ``restarts`` runs of APGD's schedule (:func:`attacks.pgd.apgd`, ``steps`` gradient evaluations each), the
-   first from the clean image and the others from uniform random points of the ball;
+2. ``restarts + targets`` runs of APGD's schedule (:func:`attacks.pgd.apgd`, ``steps`` gradient evaluations each):
+   the first from the clean image; then ``targets`` targeted runs from the clean image, each pursuing the same
+   scored goal through the attack's next alternative target (:meth:`RankingAttack.retarget`: the next nearest
+   rival classes for GTM and LTM, the next neighbours for GTT; an attack without alternatives, CA, QA, TMA and
+   ES, runs a random restart in that slot); then the random restarts, from uniform points of the ball;
 3. in every APGD run, the goal the attack is scored on is measured at every evaluated iterate (the rank
    percentile, the R@1 outcome, the cosine, the shift: :meth:`RankingAttack.measure` on the embedding the step
    computed anyway, so no extra forward pass) and the best iterate per scored key is kept ("best" = lowest ERS
    term, :func:`robustbench_dml.scoring.term`; on ties the later iterate);
-4. per query and per scored key, the better of the PGD result and the best APGD point, re-measured from a fresh
-   forward pass. ES's two keys may so come from two different points: each is that measure's worst case.
+4. with ``search_steps``, a random search (:func:`attacks.square.random_search`, Square Attack's schedule from
+   ``search_p_init``) on every query, every proposal measured likewise: an attack of its own whose points join
+   the worst case (as Square does in AutoAttack);
+5. per query and per scored key, the better of the PGD result and the best point of the runs, re-measured from a
+   fresh forward pass. ES's two keys may so come from two different points: each is that measure's worst case.
 
 A query counts as broken (``success``) when the PGD result or a reported point breaks it.
 
 ``parts`` records how much each step contributed, per key and query, in the key's raw units: ``pgd`` (the
 published attack), ``apgd`` (APGD's first run, last iterate), ``best_iterate`` (its best iterate), ``restarts``
-(the best over all runs) and ``final`` (the reported value).
+(the best over all gradient runs) and ``final`` (the reported value); and the worst case so far after each run,
+named by the gradient evaluations per image spent up to it (:meth:`Engine.ladder`: ``g32``, ``g132``, ...,
+``g1032+s5000`` after the search), from which one run at the largest budget gives the whole budget curve.
 
-The gradient-free check (``check_queries`` > 0): :func:`attacks.square.random_search` minimises the same loss on
-the first ``check_queries`` images of each batch for ``check_steps`` steps; ``check`` holds the measured keys of
-its point. Where it beats the gradient result, the gradients are suspect (gradient masking); the evaluation says so.
+The gradient-free check of an engine without a search (``check_queries`` > 0): the same random search on the
+first ``check_queries`` images of each batch for ``check_steps`` steps (``p_init`` 0.05); ``check`` holds the best
+measured keys it found and ``check_gradient`` the gradient result on those images (with a search: the search's
+and the gradient runs' results on every image). Where the search does better, the gradients are suspect
+(gradient masking); so are they where :func:`diagnose` finds the loss's input gradient dead, and a model whose
+embeddings differ between two forward passes is randomised (``eot`` averages each step's loss over forwards).
 
-Cost in gradient evaluations per image: ``steps_pgd + restarts x steps`` (rankaa28: 32 + 2 x 24 = 80, 2.5 times
-rob28's 32), plus one forward per kept point and ``check_steps`` forwards for the few checked images.
+Cost in gradient evaluations per image: ``steps_pgd + (restarts + targets) x steps x eot`` (rankaa28: 32 + 2 x 24 =
+80, 2.5 times rob28's 32), plus one forward per kept point, ``search_steps`` forwards per image and the check's
+forwards for the few checked images.
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ if TYPE_CHECKING:
 SCHEDULES = {"apgd": "v1", "apgd-paper": "paper"}
 #: the contributions ``parts`` records, in the order they are added
 PARTS = ("pgd", "apgd", "best_iterate", "restarts", "final")
+#: the values at which the later engine fields leave a suite's hash unchanged (:attr:`Engine.params`)
+_NEUTRAL = {"targets": 0, "search_steps": 0, "eot": 1}
 
 
 @dataclass(frozen=True)
@@ -62,19 +76,60 @@ class Engine:
     with_pgd: bool = True
     check_queries: int = 8
     check_steps: int = 200
+    #: targeted APGD runs, after the first run and before the random restarts (as AutoAttack runs APGD-T after
+    #: APGD), each ``steps`` long from the clean image against the attack's ``j``-th alternative target
+    #: (:meth:`attacks.base.RankingAttack.retarget`); an attack without one runs a restart from a random point
+    #: instead, so every attack spends the same budget
+    targets: int = 0
+    #: random-search steps on every query (:func:`attacks.square.random_search`, ``search_p_init``), after the
+    #: gradient runs; its points join each query's worst case
+    search_steps: int = 0
+    search_p_init: float = 0.8
+    #: forward passes whose losses are averaged at each APGD step (expectation over transformation, for
+    #: randomised defenses); each costs a forward and a backward
+    eot: int = 1
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise UserError(f"engine schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
-        for name in ("steps", "restarts", "check_queries", "check_steps"):
+        for name, low in (("steps", 1), ("restarts", 1), ("check_queries", 0), ("check_steps", 0), ("targets", 0),
+                          ("search_steps", 0), ("eot", 1)):
             v = getattr(self, name)
-            if int(v) != v or v < (1 if name in ("steps", "restarts") else 0):
-                raise UserError(f"engine {name} must be a {'positive' if name in ('steps', 'restarts') else 'non-negative'}"
-                                f" integer (got {v})")
+            if isinstance(v, bool) or int(v) != v or v < low:
+                raise UserError(f"engine {name} must be an integer >= {low} (got {v})")
+        if not 0 < self.search_p_init <= 1:
+            raise UserError(f"engine search_p_init must be in (0, 1] (got {self.search_p_init})")
 
     @property
     def params(self) -> dict[str, Any]:
-        return asdict(self)
+        """The engine's part of a suite's hash: the fields a version 1 engine has, plus each later field that is
+        not at its neutral value (so version 1 suites keep their hashes)."""
+        out = asdict(self)
+        for name, neutral in _NEUTRAL.items():
+            if out[name] == neutral:
+                del out[name]
+        if not self.search_steps:
+            del out["search_p_init"]
+        return out
+
+    @property
+    def gradients(self) -> int:
+        """Gradient evaluations per image and attack, the unit of the engine's budget: the published PGD's steps
+        come from the suite (:meth:`ladder` takes them); this counts the APGD runs (``eot`` forwards each step)."""
+        return (self.restarts + self.targets) * self.steps * self.eot
+
+    def ladder(self, pgd_steps: int) -> list[str]:
+        """The names of the cumulative ``parts`` a run records, in order: ``g<n>`` after each gradient run (``n``
+        gradient evaluations per image so far, the published PGD's ``pgd_steps`` first when ``with_pgd``) and
+        ``g<n>+s<m>`` after a random search of ``m`` forward queries."""
+        n = pgd_steps if self.with_pgd else 0
+        out = [f"g{n}"] if self.with_pgd else []
+        for _ in range(self.restarts + self.targets):
+            n += self.steps * self.eot
+            out.append(f"g{n}")
+        if self.search_steps:
+            out.append(f"g{n}+s{self.search_steps}")
+        return out
 
 
 def resistance(key: str, values: torch.Tensor) -> torch.Tensor:
@@ -121,76 +176,141 @@ def scored_keys(attack: RankingAttack) -> list[str]:
     return [k for k in attack.keys if k in scoring.ERS_KEYS]
 
 
-def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, state, gallery, keys) -> _Best:
+def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, state, gallery, keys,
+              target: dict | None = None) -> _Best:
+    """One APGD run from ``start``; the goal is measured on ``state``, the loss on ``target`` (a retargeted state)
+    when given."""
+    eot = attack.engine.eot
     best = _Best(keys, start)
-    for s, e, sub, fixed in attack.passes(state, gallery):
+    loss_state = state if target is None else target
+    for (s, e, sub, _), (_, _, lsub, fixed) in zip(attack.passes(state, gallery, fixed=False),
+                                                    attack.passes(loss_state, gallery)):
         part = _Best(keys, start[s:e])
 
-        def objective(x: torch.Tensor, t: int, sub=sub, fixed=fixed, part=part) -> torch.Tensor:
+        def objective(x: torch.Tensor, t: int, sub=sub, lsub=lsub, fixed=fixed, part=part) -> torch.Tensor:
             z = attack.embed(x)
             with torch.no_grad():
                 part.update(x, attack.measure(z.detach(), sub, gallery, clean=False))
-            return attack.loss(z, sub, fixed, gallery, t)
+            losses = attack.loss(z, lsub, fixed, gallery, t)
+            for _ in range(eot - 1):  # expectation over transformation: a fresh forward each
+                losses = losses + attack.loss(attack.embed(x), lsub, fixed, gallery, t)
+            return losses / eot if eot > 1 else losses
 
         apgd(objective, x0[s:e], eps=attack.eps, steps=attack.engine.steps, start=start[s:e],
              variant=SCHEDULES[attack.engine.schedule])
-        for k in keys:
-            best.term[k][s:e], best.raw[k][s:e], best.x[k][s:e] = part.term[k], part.raw[k], part.x[k]
-            best.last[k] = torch.cat([best.last[k], part.last[k]]) if k in best.last else part.last[k]
+        _fill(best, part, keys, s, e)
     return best
 
 
+def _fill(best: _Best, part: _Best, keys, s: int, e: int) -> None:
+    for k in keys:
+        best.term[k][s:e], best.raw[k][s:e], best.x[k][s:e] = part.term[k], part.raw[k], part.x[k]
+        best.last[k] = torch.cat([best.last[k], part.last[k]]) if k in best.last else part.last[k]
+
+
 @torch.no_grad()
-def _search(attack: RankingAttack, x0: torch.Tensor, state, gallery, generator) -> dict[str, torch.Tensor]:
-    """The gradient-free check on the first ``check_queries`` images: the measured keys of its point."""
-    q = min(attack.engine.check_queries, x0.shape[0])
-    sub = {k: v[:q] for k, v in state.items()}
-    fixed = attack.prepare(sub, gallery)
-    x, _ = random_search(lambda x: attack.loss(attack.embed(x), sub, fixed, gallery, 1), x0[:q], eps=attack.eps,
-                         steps=attack.engine.check_steps, generator=generator)
-    return attack.measure(attack.embed(x), sub, gallery, clean=False)
+def _search_run(attack: RankingAttack, x0: torch.Tensor, state, gallery, keys, generator, *, queries: int,
+                steps: int, p_init: float) -> _Best:
+    """The random search on the first ``queries`` images, every proposal measured (as APGD's iterates are)."""
+    best = _Best(keys, x0[:queries])
+    sub_state = {k: v[:queries] for k, v in state.items()}
+    for s, e, sub, fixed in attack.passes(sub_state, gallery):
+        part = _Best(keys, x0[s:e])
+
+        def objective(x: torch.Tensor, sub=sub, fixed=fixed, part=part) -> torch.Tensor:
+            z = attack.embed(x)
+            part.update(x, attack.measure(z, sub, gallery, clean=False))
+            return attack.loss(z, sub, fixed, gallery, 1)
+
+        random_search(objective, x0[s:e], eps=attack.eps, steps=steps, generator=generator, p_init=p_init)
+        _fill(best, part, keys, s, e)
+    return best
+
+
+#: embeddings of the same images that differ by more than this (L2-normalised, max abs) mark a randomised model
+RANDOMISED_TOL = 1e-3
+
+
+def diagnose(attack: RankingAttack, x0: torch.Tensor, state, gallery) -> dict[str, Any]:
+    """Signs of gradient masking that need no attack, on the clean batch: ``randomised`` (two forward passes of the
+    same images give different embeddings: a randomised defense, whose gradients need expectation over
+    transformation, :attr:`Engine.eot`) and ``no_gradient`` (B,) bool (the attack's loss is not zero but its input
+    gradient is zero or not finite: shattered or saturated gradients, which no gradient attack can follow)."""
+    with torch.no_grad():
+        randomised = bool((attack.embed(x0) - attack.embed(x0)).abs().max() > RANDOMISED_TOL)
+    flags = []
+    for s, e, sub, fixed in attack.passes(state, gallery):
+        x = x0[s:e].detach().clone().requires_grad_(True)
+        losses = attack.loss(attack.embed(x), sub, fixed, gallery, 0)
+        (grad,) = torch.autograd.grad(losses.sum(), x)
+        g = grad.detach().flatten(1)
+        dead = (g == 0).all(dim=1) | ~torch.isfinite(g).all(dim=1)
+        flags.append(dead & (losses.detach() != 0))
+    return {"randomised": randomised, "no_gradient": torch.cat(flags)}
 
 
 def run_engine(attack: RankingAttack, x0: torch.Tensor, state: dict[str, torch.Tensor], clean, gallery,
                generator: torch.Generator):
     """Attack ``x0`` as the module docstring says; returns (x_adv, adv, success, iterations, extra) with ``extra``
-    = {"parts": {key: {part: (B,)}}, "check": {key: (q,)}}. ``state`` comes from ``attack.select`` (the published
-    suite's targets)."""
+    = {"parts": {key: {part: (B,)}}, "check": {key: (q,)}, "check_gradient": {key: (q,)}, "diagnostics": ...}.
+    ``state`` comes from ``attack.select`` (the published suite's targets)."""
     eng = attack.engine
     keys = scored_keys(attack)
     b = x0.shape[0]
     parts: dict[str, dict[str, torch.Tensor]] = {k: {} for k in keys}
+    ladder = iter(eng.ladder(attack.steps))
     iterations = 0
     success_pgd = torch.zeros(b, dtype=torch.bool, device=x0.device)
     adv_pgd = x_pgd = None
+    diagnostics = diagnose(attack, x0, state, gallery)
     if eng.with_pgd:
         x_pgd, z_last, iterations = attack._run_pgd(x0, state, gallery)
         with torch.no_grad():
             z = attack.embed(x_pgd)
             adv_pgd = attack.measure(z, state, gallery, clean=False)
             success_pgd = attack.succeeded(clean, adv_pgd, {**state, "z_last": z_last, "z_adv": z}, gallery)
+        step = next(ladder)
         for k in keys:
-            parts[k]["pgd"] = adv_pgd[k].double()
+            parts[k]["pgd"] = parts[k][step] = adv_pgd[k].double()
     lo, hi = box(x0, attack.eps)
     overall: _Best | None = None
-    for r in range(eng.restarts):
-        if r == 0:
-            start = x0
-        else:
-            start = uniform_start(x0, attack.eps, lo, hi, generator)
-        run = _apgd_run(attack, x0, start, state, gallery, keys)
-        iterations += eng.steps
+
+    def record(run: _Best) -> None:
+        """Merge ``run`` into the best so far and record the cumulative worst case (the PGD result included)."""
+        nonlocal overall
         if overall is None:
             overall = run
-            for k in keys:
-                parts[k]["apgd"], parts[k]["best_iterate"] = run.last[k].clone(), run.raw[k].clone()
         else:
             overall.merge(run)
+        step = next(ladder)
+        for k in keys:
+            value = overall.raw[k]
+            if adv_pgd is not None:
+                value = torch.where(resistance(k, value) < resistance(k, parts[k]["pgd"]), value, parts[k]["pgd"])
+            parts[k][step] = value.clone()
+
+    for r in range(eng.restarts + eng.targets):
+        target = attack.retarget(state, gallery, r) if 1 <= r <= eng.targets else None
+        start = x0 if r == 0 or target is not None else uniform_start(x0, attack.eps, lo, hi, generator)
+        run = _apgd_run(attack, x0, start, state, gallery, keys, target)
+        iterations += eng.steps * eng.eot
+        if r == 0:
+            for k in keys:
+                parts[k]["apgd"], parts[k]["best_iterate"] = run.last[k].clone(), run.raw[k].clone()
+        record(run)
+    for k in keys:
+        parts[k]["restarts"] = overall.raw[k].clone()
+    check, check_gradient = {}, {}
+    if eng.search_steps:
+        gradient_only = {k: parts[k][f"g{iterations}"] for k in keys}
+        found = _search_run(attack, x0, state, gallery, keys, generator, queries=b, steps=eng.search_steps,
+                            p_init=eng.search_p_init)
+        check, check_gradient = dict(found.raw), gradient_only
+        record(found)
     with torch.no_grad():
         chosen: dict[str, torch.Tensor] = {}
         x_keep: dict[str, torch.Tensor] = {}
         for k in keys:
-            parts[k]["restarts"] = overall.raw[k].clone()
             value = attack.measure(attack.embed(overall.x[k]), state, gallery, clean=False)[k].double()
             x = overall.x[k]
             if adv_pgd is not None:
@@ -207,7 +327,11 @@ def run_engine(attack: RankingAttack, x0: torch.Tensor, state: dict[str, torch.T
         for k in keys:  # broken at any kept point (ES keeps one per result)
             z = z_adv if k == keys[0] else attack.embed(x_keep[k])
             success = success | attack.succeeded(clean, adv, {**state, "z_last": z, "z_adv": z}, gallery)
-    check = {}
-    if eng.check_queries > 0:
-        check = {k: v.double() for k, v in _search(attack, x0, state, gallery, generator).items() if k in keys}
-    return x_adv, adv, success, iterations, {"parts": parts, "check": check}
+    if eng.check_queries > 0 and not eng.search_steps:
+        q = min(eng.check_queries, b)
+        found = _search_run(attack, x0, state, gallery, keys, generator, queries=q, steps=eng.check_steps,
+                            p_init=0.05)
+        check = {k: v.double() for k, v in found.raw.items()}
+        check_gradient = {k: chosen[k][:q] for k in keys}
+    return x_adv, adv, success, iterations, {"parts": parts, "check": check, "check_gradient": check_gradient,
+                                              "diagnostics": diagnostics}

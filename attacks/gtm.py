@@ -45,6 +45,25 @@ def nearest_unmatching(gallery, z: torch.Tensor, predicted: torch.Tensor, self_i
 
 
 @torch.no_grad()
+def nearest_unmatching_k(gallery, z: torch.Tensor, predicted: torch.Tensor, self_idx: torch.Tensor,
+                         k: int) -> torch.Tensor:
+    """Per query, the ``k`` nearest gallery items (self excluded by index) whose label differs from ``predicted``,
+    nearest first, (B, k); -1 where there are fewer. Chunked: memory O(B x (chunk + k))."""
+    b = z.shape[0]
+    best_d = torch.full((b, k), float("inf"), dtype=z.dtype, device=z.device)
+    best_i = torch.full((b, k), -1, dtype=torch.int64, device=z.device)
+    for start, stop in gallery.blocks(b):
+        dist = gallery.block_distances(z, start, stop)
+        idx = torch.arange(start, stop, device=z.device).view(1, -1)
+        bad = (gallery.labels[start:stop].view(1, -1) == predicted.view(-1, 1)) | (idx == self_idx.view(-1, 1))
+        d = torch.cat([best_d, dist.masked_fill(bad, float("inf"))], dim=1)
+        i = torch.cat([best_i, idx.expand(b, -1)], dim=1)
+        best_d, pick = d.topk(k, dim=1, largest=False, sorted=True)
+        best_i = i.gather(1, pick)
+    return torch.where(torch.isinf(best_d), -1, best_i)
+
+
+@torch.no_grad()
 def submask_position(gallery_labels: torch.Tensor, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Quirk Q2: #{x < target_i : y_x != predicted_i}, the position of ``target`` inside the unmatching sub-vector."""
     out = torch.zeros_like(target)
@@ -72,6 +91,12 @@ class GreedyTop1Misranking(RankingAttack):
         if self.robrank_compat:
             target = torch.where(target >= 0, submask_position(gallery.labels.to(z0.device), predicted, target), target)
         return {"sel_target": target, "predicted": predicted}
+
+    def retarget(self, state, gallery, j):
+        """The ``j``-th next nearest item of another class than the predicted one (the published target is the
+        nearest)."""
+        near = nearest_unmatching_k(gallery, state["z0"], state["predicted"], state["self_idx"], j + 1)
+        return {**state, "sel_target": near[:, j]}
 
     def loss(self, z, state, fixed, gallery, t):
         target = state["sel_target"]

@@ -12,7 +12,9 @@ value 100 by construction). ``ID-Retain@1`` (a_i still the top-1) is reported in
 
 from __future__ import annotations
 
-from attacks.base import ATTACKS, RankingAttack, flip_success
+import torch
+
+from attacks.base import ATTACKS, RankingAttack, flip_success, pair_distance
 from attacks.query import row_hinge_loss
 
 
@@ -28,7 +30,20 @@ class GreedyTop1Translocation(RankingAttack):
         idx = idx.to(z0.device)
         return {"sel_top1": idx[:, 0], "sel_top2": idx[:, 1]}
 
+    def retarget(self, state, gallery, j):
+        """Four rivals to pull ahead of a_i: the query's non-self neighbours of clean places j+1 .. j+4 (a_i is
+        place 0), a hinge max(0, d(z, X_r) - d(z, X_a)) each; four of them ahead of a_i meet GTT's goal."""
+        if j + 4 >= len(gallery):
+            return None
+        _, idx = gallery.knn(state["z0"], j + 4, exclude=state["self_idx"])
+        return {**state, "alt_rivals": idx[:, j:j + 4].to(state["z0"].device)}
+
     def loss(self, z, state, fixed, gallery, t):
+        if "alt_rivals" in state:
+            x = gallery.embeddings
+            da = pair_distance(z, x[state["sel_top1"]]).unsqueeze(1)
+            dr = pair_distance(z.unsqueeze(1), x[state["alt_rivals"]])
+            return torch.relu(dr - da).sum(dim=1)
         cands = gallery.embeddings[state["sel_top1"]].unsqueeze(1)
         return row_hinge_loss(z, cands, gallery, "-")
 

@@ -38,9 +38,19 @@ class LearningToMisrank(RankingAttack):
     robrank_quirk = "targets"
     reduction = "sum"  # the reference sums over the batch
 
+    def retarget(self, state, gallery, j):
+        """The negative pulled toward is fixed to the query's ``j``-th nearest item of another class (clean
+        ranking) instead of its farthest one: the nearest positive is still pushed away, one rival at a time."""
+        from attacks.gtm import nearest_unmatching_k
+
+        near = nearest_unmatching_k(gallery, state["z0"], state["labels"], state["self_idx"], j)
+        return {**state, "alt_negative": near[:, j - 1]}
+
     def loss(self, z, state, fixed, gallery, t):
         exclude = None if self.robrank_compat else state["self_idx"]
         neg, pos = chunked_extremes(gallery, z.detach(), state["labels"], exclude)
+        if "alt_negative" in state:
+            neg = state["alt_negative"]
         has = (neg >= 0) & (pos >= 0)
         x = gallery.embeddings
         dn = pair_distance(z, x[neg.clamp_min(0)])

@@ -1,17 +1,20 @@
 """Score-based random search in the L-infinity ball, after Square Attack (Andriushchenko, Croce, Flammarion and
 Hein, "Square Attack: a query-efficient black-box adversarial attack via random search", ECCV 2020).
 
-Its only use here is a check for gradient masking: it needs no gradient, so a defense whose gradients mislead
-PGD does not mislead it. If it finds a better point than the gradient attacks on the same query, their numbers
-are suspect (``attacks.engine``).
+Two uses here (:mod:`attacks.engine`): a check for gradient masking on a few queries (it needs no gradient, so a
+defense whose gradients mislead PGD does not mislead it; if it finds a better point than the gradient attacks on
+the same query, their numbers are suspect), and, in the largest strong suites, an attack of its own on every
+query whose points join the worst case, as Square does in AutoAttack.
 
 Threat model: the same ball as :mod:`attacks.pgd`. The search starts from vertical stripes (every column of every
 channel at ``x0 +- eps``, random signs) and at each step proposes, per image, one square window whose pixels are
 set to ``x0 +- eps`` (one random sign per channel); a proposal is kept when it lowers the image's objective.
 The window covers a fraction ``p`` of the image that starts at ``p_init`` and halves at the paper's iterations
 (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of a 10,000-step budget), rescaled to ``steps``.
+The rescaling is Square's own rule (AutoAttack's 5,000-query run halves at 5, 25, 100, ... 4,000).
 Departure from the paper: it minimises whatever per-image objective it is given (the ranking attacks' losses)
-rather than a classification margin, and its budget is a few hundred steps, not 10,000.
+rather than a classification margin; the engine measures the scored goal at every proposal and keeps the best
+measured point, not the point of lowest loss.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ by the strong :class:`attacks.engine.Engine` (the published PGD, then two APGD r
 the clean image and one from a random point of the ball, the best point per query kept, a random-search check for
 gradient masking on 8 queries per batch). Threat model: white box, L-infinity ``eps``, as the published suite. They
 measure the corrected protocol only (the reference never ran them) and get their own leaderboards.
+
+``rankaa28plus`` / ``rankaa224plus`` (ours): the same, at AutoAttack's scale (:data:`PLUS_ENGINE`: the published PGD,
+ten 100-step APGD runs with the paper's schedule, five of them targeted where the attack has alternatives, and a
+5,000-query random search whose points join the worst case): the reference budget of the convergence study
+(``benchmarks/rankaa_budget.py``) and the suite for final numbers.
 """
 
 from __future__ import annotations
@@ -85,8 +90,10 @@ class Suite:
         work = float(self.steps + 1)
         if self.engine is not None:
             e = self.engine
-            work = (work if e.with_pgd else 0.0) + e.restarts * e.steps + 2 + \
-                e.check_queries * e.check_steps / (3 * self.batch_size)
+            checked = 0 if e.search_steps else e.check_queries * e.check_steps / self.batch_size
+            # the PGD, the APGD runs, the diagnosis (a gradient, two forwards), the kept points' forwards, the
+            # searches' forwards
+            work = (work if e.with_pgd else 0.0) + e.gradients + 1 + 2 / 3 + 2 + (e.search_steps + checked) / 3
         return work
 
     @property
@@ -149,6 +156,24 @@ RANKAA224 = Suite(
 )
 
 
+#: the largest budget of the convergence study (``benchmarks/rankaa_budget.py``): AutoAttack's scale, >= 1,000
+#: gradient evaluations and a 5,000-query random search per image and attack
+PLUS_ENGINE = Engine(schedule="apgd-paper", steps=100, restarts=5, targets=5, check_queries=0, check_steps=0,
+                     search_steps=5000, search_p_init=0.8)
+RANKAA28PLUS = Suite(
+    id="rankaa28plus", version=1, eps=ROB28.eps, alpha=ROB28.alpha, steps=ROB28.steps, batch_size=ROB28.batch_size,
+    attacks=_rob_attacks(), engine=PLUS_ENGINE, base="rob28",
+    description="rob28's attacks and targets, each run as PGD + 10 x 100-step APGD (5 targeted where the attack "
+                "has alternatives) + a 5,000-query random search, best point kept: 1,032 gradients per image",
+)
+RANKAA224PLUS = Suite(
+    id="rankaa224plus", version=1, eps=ROB224.eps, alpha=ROB224.alpha, steps=ROB224.steps,
+    batch_size=ROB224.batch_size, attacks=_rob_attacks(), engine=PLUS_ENGINE, base="rob224",
+    description="rob224's attacks and targets, each run as PGD + 10 x 100-step APGD (5 targeted where the attack "
+                "has alternatives) + a 5,000-query random search, best point kept: 1,032 gradients per image",
+)
+
+
 @SUITES.register("rob28")
 def rob28() -> Suite:
     return ROB28
@@ -167,6 +192,16 @@ def rankaa28() -> Suite:
 @SUITES.register("rankaa224")
 def rankaa224() -> Suite:
     return RANKAA224
+
+
+@SUITES.register("rankaa28plus")
+def rankaa28plus() -> Suite:
+    return RANKAA28PLUS
+
+
+@SUITES.register("rankaa224plus")
+def rankaa224plus() -> Suite:
+    return RANKAA224PLUS
 
 
 def get_suite(suite: str | Suite) -> Suite:

@@ -29,6 +29,7 @@ writes state files. Every rank returns the same result.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -137,6 +138,7 @@ class EvalConfig:
     seed: int = 0
     robrank_compat: bool = False
     numerics: str | NumericPolicy = "exact"
+    eot: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "numerics", get_policy(self.numerics))
@@ -151,12 +153,22 @@ class EvalConfig:
             raise UserError(f"--max-queries must be a positive integer (got {self.max_queries})")
         if self.eps is not None and not (0 <= float(self.eps) <= 1):
             raise UserError(f"--eps must lie in [0, 1] (pixel units), got {self.eps}")
+        if self.eot is not None:
+            if suite.engine is None:
+                raise UserError(f"--eot needs a strong suite (rankaa28, rankaa224, ...); {suite.id} runs sign-PGD")
+            if isinstance(self.eot, bool) or int(self.eot) != self.eot or self.eot < 1:
+                raise UserError(f"--eot must be a positive integer (got {self.eot})")
         if self.robrank_compat and P.ROBRANK not in suite.protocols:
             raise UserError(f"suite {suite.id} measures the corrected protocol only; drop --robrank-compat")
 
     @property
     def suite_obj(self) -> Suite:
-        return get_suite(self.suite)
+        """The suite that runs: the registered one, with the engine's ``eot`` replaced when overridden (a suite of
+        its own hash)."""
+        suite = get_suite(self.suite)
+        if self.eot is None:
+            return suite
+        return dataclasses.replace(suite, engine=dataclasses.replace(suite.engine, eot=int(self.eot)))
 
     @property
     def attack_ids(self) -> list[str]:
@@ -181,6 +193,8 @@ class EvalConfig:
         out = {"eps": None if self.eps is None else float(self.eps),
                "attacks": None if self.attacks is None else list(self.attacks),
                "max_queries": None if self.max_queries is None else int(self.max_queries)}
+        if self.eot is not None:  # only when set, as numerics
+            out["eot"] = int(self.eot)
         if self.numerics != EXACT:  # only when set, so the resume keys of default runs stay what they were
             out["numerics"] = self.numerics.name
         return out
@@ -337,11 +351,17 @@ def engine_summary(engine, by_attack: Mapping[str, dict], num_queries: int) -> d
     """What a strong suite's engine did (:mod:`attacks.engine`): its parameters; per attack and scored key the mean
     over queries of each part (raw units: ``pgd`` is the published suite's number, ``final`` the reported one);
     and the gradient-free check on its subset of queries: the mean of the search's and of the gradient result on
-    the same queries, how many queries the search did strictly better on, and, in ``masking_suspected``, the attacks
-    whose search did better on average (a sign of gradient masking)."""
+    the same queries, how many queries the search did strictly better on; ``no_gradient``, per attack the share of
+    queries whose loss had a zero or non-finite input gradient at the clean image; ``randomised``, the attacks whose
+    model gave two different embeddings of the same images (:func:`attacks.engine.diagnose`); and, in
+    ``masking_suspected``, the attacks whose search did better on average or with a share of dead gradients of at
+    least ``NO_GRADIENT_SHARE`` (signs of gradient masking)."""
     from attacks.engine import resistance
 
     parts, check, suspected = {}, {}, []
+    diagnosed = {a: d["diagnostics"] for a, d in by_attack.items() if "diagnostics" in d}  # older states lack it
+    no_gradient = {a: d["no_gradient"] / num_queries for a, d in diagnosed.items()}
+    randomised = [a for a, d in diagnosed.items() if d["randomised"]]
     for attack_id, d in by_attack.items():
         parts[attack_id] = {k: {part: total / num_queries for part, total in sums.items()}
                             for k, sums in d["parts_sum"].items()}
@@ -355,7 +375,15 @@ def engine_summary(engine, by_attack: Mapping[str, dict], num_queries: int) -> d
                                    "gradient": float(gradient.mean()), "search_better": int((ts < tg).sum())}
             if float(ts.mean()) < float(tg.mean()) and attack_id not in suspected:
                 suspected.append(attack_id)
-    return {"params": engine.params, "parts": parts, "check": check, "masking_suspected": suspected}
+        if no_gradient.get(attack_id, 0.0) >= NO_GRADIENT_SHARE and attack_id not in suspected:
+            suspected.append(attack_id)
+    return {"params": engine.params, "parts": parts, "check": check, "no_gradient": no_gradient,
+            "randomised": randomised, "masking_suspected": suspected}
+
+
+#: the share of queries with a dead input gradient (:func:`attacks.engine.diagnose`) from which an attack's numbers
+#: are flagged: a few queries can sit where the model is flat, a tenth cannot
+NO_GRADIENT_SHARE = 0.1
 
 
 class _AttackRunner:
@@ -424,12 +452,13 @@ class _AttackRunner:
                         {k: out.per_query_robrank[k].tolist() for k in atk.keys},
                         "timing": [wall, out.iterations * fb * (stop - start) / suite.batch_size]}
             if out.extra:  # a strong suite: per-part sums over the batch, the checked queries' results
-                q = min(len(v) for v in out.extra["check"].values()) if out.extra["check"] else 0
                 local[b]["engine"] = {
                     "parts_sum": {k: {part: math.fsum(v.tolist()) for part, v in d.items()}
                                   for k, d in out.extra["parts"].items()},
-                    "check": {k: {"search": v.tolist(), "gradient": out.per_query[k][:q].tolist()}
-                              for k, v in out.extra["check"].items()}}
+                    "check": {k: {"search": v.tolist(), "gradient": out.extra["check_gradient"][k].tolist()}
+                              for k, v in out.extra["check"].items()},
+                    "diagnostics": {"randomised": out.extra["diagnostics"]["randomised"],
+                                    "no_gradient": int(out.extra["diagnostics"]["no_gradient"].sum())}}
             bar.advance(f"{attack_id}{' (robrank)' if robrank and len(config.protocols) > 1 else ''} "
                         f"batch {b + 1}/{len(self.ranges)}")
         merged = _gather(local, self.world)
@@ -448,7 +477,9 @@ class _AttackRunner:
                 "parts_sum": {k: {part: math.fsum(e["parts_sum"][k][part] for e in engines) for part in d}
                               for k, d in engines[0]["parts_sum"].items()},
                 "check": {k: {side: [v for e in engines for v in e["check"][k][side]] for side in ("search", "gradient")}
-                          for k in engines[0]["check"]}}
+                          for k in engines[0]["check"]},
+                "diagnostics": {"randomised": any(e["diagnostics"]["randomised"] for e in engines),
+                                "no_gradient": sum(e["diagnostics"]["no_gradient"] for e in engines)}}
         return atk, block
 
 

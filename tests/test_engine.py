@@ -98,8 +98,12 @@ def test_engine_is_at_least_as_strong_as_the_published_attack_on_every_query(aid
                                                          engine=ENGINE, **PARAMS.get(aid, {}))):
         assert (resistance(k, strong.per_query[k]) <= resistance(k, base.per_query[k])).all(), k
         parts = strong.extra["parts"][k]
-        assert list(parts) == list(PARTS)
+        ladder = ENGINE.ladder(8)
+        assert ladder == ["g8", "g16", "g24"] and set(parts) == set(PARTS) | set(ladder)
         assert torch.equal(parts["pgd"], base.per_query[k])  # the same PGD run, same targets
+        assert torch.equal(parts["g8"], parts["pgd"])
+        for before, after in zip(ladder, ladder[1:]):  # a worst case so far never gets weaker
+            assert (resistance(k, parts[after]) <= resistance(k, parts[before])).all()
         assert torch.equal(parts["final"], strong.per_query[k])
         assert (resistance(k, parts["restarts"]) <= resistance(k, parts["best_iterate"])).all()
         assert (resistance(k, parts["best_iterate"]) <= resistance(k, parts["apgd"])).all()
@@ -179,3 +183,173 @@ def test_engine_and_robrank_compat_exclude_each_other():
         attacks.create("TMA", model=nn.Linear(2, 2), eps=0.1, alpha=0.1, steps=1, robrank_compat=True, engine=ENGINE)
     with pytest.raises(UserError, match="restarts"):
         Engine(restarts=0)
+
+
+# ------------------------------------------------------------------------------------- the budget of rankaa28plus
+
+
+def _knn_brute(toy: Toy, b: int, keep) -> torch.Tensor:
+    """Per query, the gallery indices that ``keep(query, item)`` admits, nearest first (a full sort)."""
+    z0 = toy.gallery.embeddings[:b]
+    d = torch.cdist(z0.double(), toy.gallery.embeddings.double())
+    out = []
+    for i in range(b):
+        order = [int(j) for j in torch.argsort(d[i]) if j != i and keep(i, int(j))]
+        out.append(order)
+    return out
+
+
+def _state(toy: Toy, aid: str, b: int = 6):
+    atk = attacks.create(aid, model=toy.model, eps=0.1, alpha=0.01, steps=2)
+    z0 = toy.gallery.embeddings[:b]
+    state = atk.select(z0, toy.labels[:b], torch.arange(b), toy.gallery, torch.Generator().manual_seed(0))
+    state.update(z0=z0, labels=toy.labels[:b], self_idx=torch.arange(b))
+    return atk, state
+
+
+@pytest.mark.parametrize("j", [1, 2, 5])
+def test_alternative_targets_are_the_next_rivals_of_a_full_sort(j):
+    toy = Toy(n=300, seed=6)
+    atk, state = _state(toy, "GTM")
+    alt = atk.retarget(state, toy.gallery, j)["sel_target"]
+    pred = state["predicted"]
+    expect = _knn_brute(toy, 6, lambda i, x: int(toy.labels[x]) != int(pred[i]))
+    assert alt.tolist() == [e[j] for e in expect] and state["sel_target"].tolist() == [e[0] for e in expect]
+    atk, state = _state(toy, "LTM")
+    expect = _knn_brute(toy, 6, lambda i, x: int(toy.labels[x]) != int(toy.labels[i]))
+    assert atk.retarget(state, toy.gallery, j)["alt_negative"].tolist() == [e[j - 1] for e in expect]
+    atk, state = _state(toy, "GTT")
+    near = _knn_brute(toy, 6, lambda i, x: True)
+    assert atk.retarget(state, toy.gallery, j)["alt_rivals"].tolist() == [e[j:j + 4] for e in near]
+    assert state["sel_top1"].tolist() == [e[0] for e in near]
+    for aid in ("CA+", "CA-", "QA+", "QA-", "TMA", "ES"):  # no natural alternative: a random restart instead
+        atk, state = _state(toy, aid)
+        assert atk.retarget(state, toy.gallery, j) is None
+
+
+@pytest.mark.parametrize("aid", ["GTM", "LTM", "GTT", "QA+"])
+def test_targeted_runs_only_add_to_the_worst_case(aid):
+    # the same clean run and the same random restart (the generator's first draw), plus a targeted run in between:
+    # a superset of the points, so no query may get weaker, and the scored goal keeps the published selection
+    toy = Toy(n=1000, seed=7)
+    kw = dict(eps=0.1, alpha=0.01, steps=4, b=16, **PARAMS.get(aid, {}))
+    plain = toy.attack(aid, engine=Engine(steps=6, restarts=2, check_queries=0), **kw)
+    more = toy.attack(aid, engine=Engine(steps=6, restarts=2, targets=2, check_queries=0), **kw)
+    for k in plain.per_query:
+        if k in more.extra["parts"]:
+            assert (resistance(k, more.per_query[k]) <= resistance(k, plain.per_query[k]) + 1e-12).all()
+            assert list(more.extra["parts"][k]) == ["pgd", "g4", "apgd", "best_iterate", "g10", "g16", "g22", "g28",
+                                                    "restarts", "final"]
+    assert more.iterations == 4 + 4 * 6
+    for key, sel in plain.selection.items():
+        assert torch.equal(sel, more.selection[key])
+
+
+def test_a_search_joins_every_querys_worst_case_and_reports_against_the_gradient():
+    from test_attacks import Toy as _Toy  # noqa: F401  (the same setup as above)
+
+    toy = Toy(n=1000, seed=8)
+    eng = Engine(steps=4, restarts=1, check_queries=0, search_steps=40, search_p_init=0.8)
+    out = toy.attack("TMA", eps=0.1, alpha=0.01, steps=4, b=12, engine=eng)
+    parts = out.extra["parts"]["TMA"]
+    assert eng.ladder(4) == ["g4", "g8", "g8+s40"]
+    assert (resistance("TMA", parts["g8+s40"]) <= resistance("TMA", parts["g8"])).all()
+    assert torch.equal(out.extra["check_gradient"]["TMA"], parts["g8"])
+    assert out.extra["check"]["TMA"].shape == (12,)  # the search ran on every query
+    # the worst case takes the search's point wherever it was better than every gradient run
+    better = resistance("TMA", out.extra["check"]["TMA"]) < resistance("TMA", parts["g8"])
+    assert torch.allclose(parts["g8+s40"][better], out.extra["check"]["TMA"][better])
+
+
+def test_engine_fields_beyond_version_1_leave_its_hash_alone_and_are_validated():
+    from attacks.suites import RANKAA28, RANKAA28PLUS
+
+    assert set(Engine().params) == {"schedule", "steps", "restarts", "with_pgd", "check_queries", "check_steps"}
+    assert RANKAA28PLUS.engine.gradients == 1000 and RANKAA28PLUS.engine.ladder(32)[-1] == "g1032+s5000"
+    assert RANKAA28PLUS.hash != RANKAA28.hash and RANKAA28PLUS.protocols == ("corrected",)
+    for bad in (dict(targets=-1), dict(eot=0), dict(search_steps=1.5), dict(search_p_init=0.0), dict(eot=True)):
+        with pytest.raises(UserError, match="engine"):
+            Engine(**bad)
+
+
+# ---------------------------------------------------------------------------------------- gradient masking
+
+
+class Randomised(nn.Module):
+    """A randomised defense: uniform noise of width 0.3 added to the input at every forward (its own generator)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Quantised().lin
+        self.generator = torch.Generator().manual_seed(1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        x = x.flatten(1)
+        return self.inner(x + torch.rand(x.shape, generator=self.generator) * 0.3)
+
+
+class Saturating(nn.Module):
+    """Vanishing gradients: a softmax at temperature 1e-4 after the layer, exactly one-hot in float32, so the input
+    gradient is exactly zero while the ranking still moves with the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Quantised().lin
+
+    def forward(self, x):
+        return torch.softmax(1e4 * self.inner(x.flatten(1)), dim=1)
+
+
+def _masking_eval(model, tmp_path, engine=None, **config):
+    from robustbench_dml.datasets import TensorDataset, info
+    from robustbench_dml.evaluation import EvalConfig, evaluate, model_target
+
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(256, (300, 1, 2, 4), generator=g, dtype=torch.uint8)
+    labels = torch.randint(5, (300,), generator=g).numpy()
+    suite = Suite(id="tiny_strong", version=1, eps=0.2, alpha=0.02, steps=4, batch_size=16,
+                  attacks=(ROB28.attacks[2], ROB28.attacks[4], ROB28.attacks[7]),
+                  engine=engine or Engine(steps=4, restarts=1, check_queries=8, check_steps=40))
+    target = model_target(model, {"dataset": "digits"}, TensorDataset(images, labels, info("digits")))
+    return evaluate(target, EvalConfig(suite, max_queries=32, **config), device="cpu", benign_nmi=False,
+                    state_dir=tmp_path)
+
+
+@pytest.mark.parametrize("model", [Quantised, Saturating])
+def test_shattered_and_saturated_gradients_are_flagged(model, tmp_path):
+    from robustbench_dml.cli.report import protocol_lines
+
+    result = _masking_eval(model(), tmp_path)
+    engine = result.extra["engine"]
+    # the input gradient is dead on (nearly) every query whose loss could still fall
+    assert engine["no_gradient"]["TMA"] >= 0.5 and set(engine["masking_suspected"]) >= {"TMA", "QA+"}
+    assert engine["randomised"] == []
+    assert any("gradient masking is likely" in line for line in protocol_lines(result))
+
+
+def test_a_randomised_model_is_flagged_and_eot_averages_its_gradient(tmp_path):
+    from robustbench_dml.cli.report import protocol_lines
+
+    result = _masking_eval(Randomised(), tmp_path / "a")
+    assert set(result.extra["engine"]["randomised"]) == {"QA+", "TMA", "GTM"}
+    assert any("expectation over transformation" in line for line in protocol_lines(result))
+    # eot = 3: every APGD step runs three forwards, and the override is recorded (its own suite hash)
+    calls = {}
+    for eot in (1, 3):
+        model = Randomised()
+        res = _masking_eval(model, tmp_path / f"eot{eot}", attacks=("TMA",), eot=eot if eot > 1 else None)
+        calls[eot] = model.calls
+        assert res.suite["overrides"].get("eot") == (eot if eot > 1 else None)
+    apgd_steps = 4 * 2  # two batches of 16, one 4-step run each
+    assert calls[3] - calls[1] == 2 * apgd_steps
+
+
+def test_eot_changes_nothing_on_a_deterministic_model():
+    toy = Toy(n=1000, seed=9)
+    one = toy.attack("QA-", eps=0.1, alpha=0.01, steps=4, b=8, M=1, engine=Engine(steps=6, restarts=1, check_queries=0))
+    three = toy.attack("QA-", eps=0.1, alpha=0.01, steps=4, b=8, M=1,
+                       engine=Engine(steps=6, restarts=1, check_queries=0, eot=3))
+    assert torch.equal(one.per_query["QA-"], three.per_query["QA-"])
+    assert three.iterations == 4 + 3 * 6

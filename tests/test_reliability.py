@@ -113,6 +113,8 @@ BAD = {
     "evaluate unknown attack": E + ["good", "--attacks", "XX+"],
     "evaluate eps inf": E + ["good", "--eps", "inf"],
     "evaluate max queries 0": E + ["good", "--max-queries", "0"],
+    "evaluate eot on rob28": E + ["good", "--eot", "4"],
+    "evaluate eot 0": E + ["good", "--suite", "rankaa28", "--eot", "0"],
     "evaluate json into a folder": E + ["good", "--json", "thesis"],
     "evaluate json exists": E + ["good", "--json", "notes.md"],
     # submit

@@ -18,11 +18,13 @@ PUBLISHED = {
     ("rob224", 1): "8093a82f2f5d156a4916bb68361653f5ca6267cd678e021ad5581b01c7a3f54b",
     ("rankaa28", 1): "630d9fa8845d90a02d849a3dcdcf10758438eb7e85038c763e72adcd09a1a123",
     ("rankaa224", 1): "1c574df4b6317bd4f89c6ac398debdfc40b5f5bb1d11b7d543a2c3b3ce471996",
+    ("rankaa28plus", 1): "a2a6ac7ca18f2b4a347e02b90137f3d32d4aa2856d1aacd82716f56df9bf1d2f",
+    ("rankaa224plus", 1): "161b5ed623fb1668be430c73d290f25970828d63ba4963459bf6a5b8538ee57c",
 }
 ORDER = ["CA+", "CA-", "QA+", "QA-", "TMA", "ES", "LTM", "GTM", "GTT"]
 
 
-@pytest.mark.parametrize("suite_id", ["rob28", "rob224", "rankaa28", "rankaa224"])
+@pytest.mark.parametrize("suite_id", ["rob28", "rob224", "rankaa28", "rankaa224", "rankaa28plus", "rankaa224plus"])
 def test_published_hash_is_pinned(suite_id):
     suite = get_suite(suite_id)
     assert suite.hash == PUBLISHED[(suite.id, suite.version)]
@@ -53,7 +55,8 @@ def test_suites_are_frozen_and_any_change_changes_the_hash():
 
 
 def test_registry():
-    assert list_suites() == ["rankaa224", "rankaa28", "rob224", "rob28"]
+    assert list_suites() == ["rankaa224", "rankaa224plus", "rankaa28", "rankaa28plus", "rob224", "rob28"]
+    assert list_suites("*plus") == ["rankaa224plus", "rankaa28plus"]
     assert SUITES.create("rob28") is ROB28
     assert get_suite(ROB224) is ROB224
     with pytest.raises(UserError, match="unknown suite"):

@@ -32,6 +32,8 @@ def add_eval_options(p) -> None:
     g.add_argument("--attacks", help="comma-separated subset, e.g. CA+,QA- (not leaderboard-eligible)")
     g.add_argument("--max-queries", type=int, help="attack only the first N test images (not eligible)")
     g.add_argument("--eps", type=float, help="replace the suite's eps, in [0,1] pixel units (not eligible)")
+    g.add_argument("--eot", type=int, help="strong suites: average each APGD gradient over N forward passes, for "
+                                           "randomised models (N times the cost; not eligible)")
     g.add_argument("--eval-seed", "--seed", type=int, default=0, help="seed of the attacks' random selections")
     g.add_argument("--robrank-compat", action="store_true",
                    help="measure the robrank protocol alone, in the reference code's exact call pattern (default: "
@@ -43,7 +45,8 @@ def add_eval_options(p) -> None:
 
 
 def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, max_queries: int | None = None,
-                 eps: float | None = None, robrank_compat: bool = False, numerics: str = "exact") -> Path:
+                 eps: float | None = None, robrank_compat: bool = False, numerics: str = "exact",
+                 eot: int | None = None) -> Path:
     """``eval/SUITE[-overrides].json`` beside the checkpoint directory (in the run directory)."""
     parts = [suite]
     if attacks:
@@ -52,6 +55,8 @@ def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, ma
         parts.append(f"q{max_queries}")
     if eps is not None:
         parts.append(f"eps{eps:g}")
+    if eot is not None:
+        parts.append(f"eot{eot}")
     if robrank_compat:
         parts.append("compat")
     if numerics != "exact":
@@ -78,7 +83,8 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
                         max_queries: int | None = None, eps: float | None = None, seed: int = 0,
                         device: str = "auto", robrank_compat: bool = False, json_path: str | None = None,
                         data_root: str | None = None, progress: bool | str | None = False,
-                        overwrite: bool = False, plan: str | None = None, numerics: str = "exact"):
+                        overwrite: bool = False, plan: str | None = None, numerics: str = "exact",
+                        eot: int | None = None):
     """Run a suite on ``checkpoint`` (the dataset's suite by default); write and return (result, path).
     ``plan``: ``"only"`` prints the measured plan and returns (None, None); ``"first"`` prints it, then evaluates."""
     from robustbench_dml import datasets
@@ -91,7 +97,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     suite = suite_for(meta["dataset"], suite)
     config = EvalConfig(suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
                         max_queries=max_queries, eps=eps, seed=seed, robrank_compat=robrank_compat,
-                        numerics=numerics)
+                        numerics=numerics, eot=eot)
     if json_path is not None and plan != "only":
         check_output(json_path, overwrite)
     if plan is not None and is_rank0():
@@ -106,7 +112,8 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
         if plan == "only":
             return None, None
     out = Path(json_path) if json_path else default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries,
-                                                          eps=eps, robrank_compat=robrank_compat, numerics=numerics)
+                                                          eps=eps, robrank_compat=robrank_compat, numerics=numerics,
+                                                          eot=eot)
     from robustbench_dml.runtime import process_group, resolve_device
 
     with process_group(resolve_device(device)):  # under torchrun: the query batches are shared among the ranks
@@ -126,7 +133,7 @@ def run(args) -> int:
         checkpoint, suite=args.suite, attacks=args.attacks, max_queries=args.max_queries, eps=args.eps,
         seed=args.eval_seed, device=args.device, robrank_compat=args.robrank_compat, json_path=args.json,
         data_root=args.data_root, progress=progress_mode(args), overwrite=args.overwrite,
-        plan="only" if args.plan else None if args.quiet else "first", numerics=args.numerics)
+        plan="only" if args.plan else None if args.quiet else "first", numerics=args.numerics, eot=args.eot)
     if result is None or not is_rank0():
         return 0
     con.print(benign_table(result.benign))

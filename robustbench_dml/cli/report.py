@@ -76,8 +76,12 @@ def protocol_lines(result) -> list[str]:
                    f"attacks alone, same queries and targets: what {result.suite['id']} adds is the difference)")
         suspected = result.extra["engine"].get("masking_suspected") or []
         if suspected:
-            out.append(f"   note: the gradient-free check beat the gradient attacks on {', '.join(suspected)}: "
-                       "gradient masking is likely, treat this model's numbers as upper bounds")
+            out.append(f"   note: gradient masking is likely on {', '.join(suspected)} (the gradient-free search beat "
+                       "the gradient attacks, or the loss had no input gradient on many queries): treat this model's "
+                       "numbers as upper bounds")
+        if result.extra["engine"].get("randomised"):
+            out.append("   note: the model is randomised (two forward passes of the same images differ): its "
+                       "gradients need expectation over transformation, evaluate with an engine whose eot is > 1")
     return out
 
 

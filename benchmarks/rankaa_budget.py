@@ -1,0 +1,296 @@
+"""Has the strong suite converged? ARS and every ERS term against the attack budget per query, the question
+Croce and Hein answered for AutoAttack.
+
+Each model is attacked once per attack with ``rankaa28plus`` (PGD, then ten 100-step APGD runs, five of them
+targeted where the attack has alternative targets, then a 5,000-query random search), which records the worst
+case per query after each run (:meth:`attacks.engine.Engine.ladder`): one run gives the whole curve, from rob28
+(``g32``, the published PGD alone) through ``g132`` ... ``g1032`` (gradient evaluations per image) to
+``g1032+s5000`` (the search joined). ``rankaa28`` version 1 (80 gradient evaluations, its own 24-step schedule)
+runs beside it on the same queries and targets. The knee is the smallest budget whose ARS is within ``--tolerance``
+(0.5) of the largest budget's on every finished model.
+
+Models: the digits models of ``benchmarks/digits_worst_cases.py`` (``dmlbench run --defense ID --dataset digits``
+defaults, seed 0) and the Fashion-MNIST models of ``benchmarks/defense_study.py`` (its ``cpu`` budget, seed 0);
+a missing checkpoint is trained first (one thread: the same weights on any machine of the same build). The unit of
+work is one (model, suite, attack) on the first ``--max-queries`` test queries; its raw results (the mean over
+queries of every ladder step, the search against the gradient runs, the masking diagnosis, the seconds) are kept
+in ``--raw`` beside this script's report, so the study resumes across sessions and machines; ``--shard i/n``
+splits the units among processes. Scores are derived from the raw results each time the report is written.
+
+    python benchmarks/rankaa_budget.py [--sets digits,fashion] [--max-queries 256] [--shard 0/2] [--device auto]
+    python benchmarks/rankaa_budget.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFENSES = ("vanilla", "est", "act", "hm", "ca_tride", "mdprop")
+SETS = {  # set -> (runs folder, checkpoint pattern, dataset, data root)
+    "digits": ("runs/digits_worst_cases", "{}", "digits", None),
+    "fashion": ("runs/defense_study", "{}/seed0", "fashion", str(HERE.parents[1] / "shared/data/fashion-mnist")),
+}
+SUITES = ("rankaa28", "rankaa28plus")
+#: the extra models the study also measures: the issue's ACT check (3 epochs, 8-step training PGD)
+EXTRA = {"act_e3": ("runs/act_digits_e3", "digits", {"epochs": 3, "defense_params": {"steps": 8}})}
+
+
+def train_config(data: str, defense: str):
+    """The TrainConfig that made the study's checkpoint of ``defense`` on ``data`` (the scripts' settings)."""
+    import sys
+
+    from robustbench_dml.config import TrainConfig
+
+    if defense in EXTRA:
+        _, dataset, kw = EXTRA[defense]
+        return TrainConfig(defense="act", dataset=dataset, seed=0, threads=1, **kw)
+    if data == "digits":
+        return TrainConfig(defense=defense, dataset="digits", seed=0, threads=1)
+    sys.path.insert(0, str(HERE))
+    from defense_study import BUDGETS, CONFIGS, params
+
+    budget = BUDGETS["cpu"]
+    name, options = CONFIGS[defense]
+    return TrainConfig(defense=name, dataset="fashion", data_root=SETS["fashion"][3], seed=0, threads=1,
+                       train_subset=budget["train_subset"], defense_params=params(name, options, budget))
+
+
+def models(sets: list[str]) -> list[tuple[str, str, Path, str | None]]:
+    """(set, model name, run folder, data root) of every study model, in order."""
+    out = []
+    for data in sets:
+        root, pattern, _, data_root = SETS[data]
+        if data == "digits":
+            out += [(data, name, Path(folder), None) for name, (folder, _, _) in EXTRA.items()]
+        out += [(data, d, Path(root) / pattern.format(d), data_root) for d in DEFENSES]
+    return out
+
+
+def unit_path(raw: Path, data: str, model: str, suite: str, attack: str, queries: int) -> Path:
+    return raw / f"q{queries}" / data / model / f"{suite}-{attack.replace('+', 'p').replace('-', 'm')}.json"
+
+
+def run_unit(path: Path, checkpoint: Path, data_root: str | None, suite: str, attack: str, queries: int,
+             device: str) -> dict:
+    """One attack of ``suite`` on ``checkpoint``'s first ``queries`` queries; its raw results, written to ``path``."""
+    from robustbench_dml.evaluation import EvalConfig, evaluate
+
+    t0 = time.perf_counter()
+    result = evaluate(checkpoint, EvalConfig(suite, max_queries=queries, attacks=(attack,)), device=device,
+                      data_root=data_root, benign_nmi=False)
+    engine = result.extra["engine"]
+    unit = {"checkpoint_sha256": result.checkpoint["sha256"], "suite": result.suite["id"],
+            "suite_hash": result.suite["hash"], "queries": result.num_queries, "attack": attack,
+            "benign_R@1": result.benign["R@1"], "R@1": result.raw["R@1"],
+            "parts": engine["parts"][attack], "check": engine["check"].get(attack, {}),
+            "no_gradient": engine["no_gradient"].get(attack), "randomised": attack in engine["randomised"],
+            "seconds": time.perf_counter() - t0, "device": result.device}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(unit, indent=1))
+    tmp.replace(path)
+    return unit
+
+
+def ladder_points() -> list[tuple[str, str, float]]:
+    """(column, where to read it, gradient evaluations per image) of the curve, in budget order."""
+    from attacks.suites import get_suite
+
+    plus, v1 = get_suite("rankaa28plus"), get_suite("rankaa28")
+    points = [("rob28", "rankaa28plus:g32", 32.0), ("rankaa28 v1", "rankaa28:final", 32.0 + v1.engine.gradients)]
+    for step in plus.engine.ladder(plus.steps)[1:]:
+        grads = float(step[1:].split("+")[0])
+        points.append((step, f"rankaa28plus:{step}", grads + (0.5 if "+s" in step else 0.0)))
+    return sorted(points, key=lambda p: p[2])
+
+
+def curves(units: dict[tuple[str, str], dict]) -> dict[str, dict[str, float]] | None:
+    """Per curve point, the raw results of every scored key (None until every attack of both suites is done)."""
+    import attacks
+    from attacks.suites import get_suite
+
+    attack_ids = get_suite("rankaa28plus").attack_ids
+    if any((s, a) not in units for s in SUITES for a in attack_ids):
+        return None
+    out = {}
+    for column, where, _ in ladder_points():
+        suite, part = where.split(":")
+        raw = {"R@1": units[(suite, attack_ids[0])]["benign_R@1"]}
+        for a in attack_ids:
+            for key in attacks.ATTACKS.get(a).keys:
+                if key in units[(suite, a)]["parts"]:
+                    raw[key] = units[(suite, a)]["parts"][key][part]
+        out[column] = raw
+    return out
+
+
+def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: int, tolerance: float) -> str:
+    from robustbench_dml import scoring
+
+    points = ladder_points()
+    cols = [c for c, _, _ in points]
+    lines = ["# Has rankaa28 converged? ARS against the attack budget", "",
+             f"Each model attacked on its first {queries} test queries by `rankaa28plus` (one run records the worst case "
+             "after each of its steps: `g32` is rob28's PGD alone, `gN` the worst case after N gradient evaluations per "
+             "image and attack, `g1032+s5000` with the 5,000-query random search joined) and by `rankaa28` version 1 "
+             "(80 gradient evaluations). Lower is a stronger attack. `masking`: attacks where the random search beat "
+             "every gradient run on average, or the loss had no input gradient on a tenth of the queries.", "",
+             f"Regenerate: `python benchmarks/rankaa_budget.py --max-queries {queries}` (resumes from "
+             "`benchmarks/results/rankaa_budget/`; `--report-only` rewrites this file)", "",
+             "## ARS per budget", "",
+             "| set | model | R@1 | " + " | ".join(cols) + " | search adds | masking | attacks done |",
+             "|---|---|---|" + "---|" * (len(cols) + 3)]
+    ars: dict[tuple[str, str], dict[str, float]] = {}
+    terms_at: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for (data, model), units in found.items():
+        c = curves(units)
+        done = len(units)
+        masking = sorted({u["attack"] for u in units.values() if u["suite"] == "rankaa28plus" and _masked(u)})
+        if c is None:
+            lines.append(f"| {data} | {model} | - | " + " | ".join("-" for _ in cols) +
+                         f" | - | {', '.join(masking) or '-'} | {done}/{2 * 9} |")
+            continue
+        ars[(data, model)] = {col: scoring.score(raw, "ARS") for col, raw in c.items()}
+        terms_at[(data, model)] = {col: scoring.resistance_terms(raw, "ERS") for col, raw in c.items()}
+        a = ars[(data, model)]
+        last_grad = [col for col in cols if "+s" not in col][-1]
+        lines.append(f"| {data} | {model} | {c[cols[0]]['R@1']:.1f} | " + " | ".join(f"{a[col]:.1f}" for col in cols) +
+                     f" | {a[last_grad] - a[cols[-1]]:.2f} | {', '.join(masking) or '-'} | {done}/{2 * 9} |")
+    lines += ["", knee(ars, points, tolerance), ""]
+    if terms_at:
+        lines += ["## Every ERS term per budget", "",
+                  "Resistance terms (the part of ERS each result contributes, 0 = fully broken, 100 = untouched).", ""]
+        for (data, model), by_col in terms_at.items():
+            keys = list(next(iter(by_col.values())))
+            lines += [f"### {data} / {model}", "", "| budget | " + " | ".join(keys) + " |",
+                      "|---|" + "---|" * len(keys)]
+            lines += [f"| {col} | " + " | ".join(f"{by_col[col][k]:.1f}" for k in keys) + " |" for col in cols]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _masked(unit: dict) -> bool:
+    from attacks.engine import resistance
+    from robustbench_dml.evaluation import NO_GRADIENT_SHARE
+
+    import torch
+
+    beaten = any(resistance(k, torch.tensor([c["search"]], dtype=torch.float64)) <
+                 resistance(k, torch.tensor([c["gradient"]], dtype=torch.float64)) for k, c in unit["check"].items())
+    return beaten or (unit["no_gradient"] or 0.0) >= NO_GRADIENT_SHARE or unit["randomised"]
+
+
+def knee(ars: dict[tuple[str, str], dict[str, float]], points, tolerance: float) -> str:
+    """The smallest budget within ``tolerance`` ARS of the largest on every finished model, else per model."""
+    if not ars:
+        return "Knee: no model finished yet."
+    cols = [c for c, _, _ in points]
+    largest = cols[-1]
+
+    def first_within(a: dict[str, float]) -> str:
+        return next(c for c in cols if a[c] - a[largest] <= tolerance)
+
+    per_model = {m: first_within(a) for m, a in ars.items()}
+    order = {c: i for i, c in enumerate(cols)}
+    overall = max(per_model.values(), key=order.__getitem__)
+    detail = ", ".join(f"{d}/{m} {c}" for (d, m), c in per_model.items())
+    return (f"Knee (the smallest budget within {tolerance} ARS of `{largest}` on every one of the {len(ars)} finished "
+            f"models): **{overall}**. Per model: {detail}.")
+
+
+def plot(found, path: Path) -> None:
+    """ARS against gradient evaluations per image (log scale), one line per finished model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from robustbench_dml import scoring
+
+    points = ladder_points()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (data, model), units in found.items():
+        c = curves(units)
+        if c is None:
+            continue
+        ax.plot([g for _, _, g in points], [scoring.score(c[col], "ARS") for col, _, _ in points],
+                marker="o", ms=3, label=f"{data}/{model}", linestyle="-" if data == "digits" else "--")
+    ax.set_xscale("log")
+    ax.set_xlabel("gradient evaluations per image and attack (last point: + 5,000-query random search)")
+    ax.set_ylabel("ARS (lower: stronger attack)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", default="digits,fashion")
+    p.add_argument("--models", help="comma-separated model names (default: all of each set)")
+    p.add_argument("--attacks", help="comma-separated attack ids (default: the suite's nine)")
+    p.add_argument("--max-queries", type=int, default=256)
+    p.add_argument("--tolerance", type=float, default=0.5)
+    p.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th model from the i-th (a model's "
+                                                 "training and attacks stay in one process)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--raw", default=str(HERE / "results" / "rankaa_budget"))
+    p.add_argument("--report", default=str(HERE / "results" / "rankaa_budget.md"))
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    import torch
+
+    from attacks.suites import get_suite
+    from robustbench_dml.training import train
+
+    torch.set_num_threads(args.threads)
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    raw = Path(args.raw)
+    chosen = [m for m in models(args.sets.split(",")) if not args.models or m[1] in args.models.split(",")]
+    attack_ids = get_suite("rankaa28plus").attack_ids
+    todo = [(m, s, a) for i, m in enumerate(chosen) if i % shards == shard for s in SUITES for a in attack_ids
+            if not args.attacks or a in args.attacks.split(",")]
+
+    def write() -> None:
+        found = {}
+        for data, model, _, _ in chosen:
+            units = {}
+            for s in SUITES:
+                for a in attack_ids:
+                    path = unit_path(raw, data, model, s, a, args.max_queries)
+                    if path.is_file():
+                        units[(s, a)] = json.loads(path.read_text())
+            if units:
+                found[(data, model)] = units
+        Path(args.report).write_text(report(found, args.max_queries, args.tolerance))
+        plot(found, Path(args.report).with_suffix(".png"))
+
+    if not args.report_only:
+        for (data, model, folder, data_root), suite, attack in todo:
+            path = unit_path(raw, data, model, suite, attack, args.max_queries)
+            if path.is_file():
+                continue
+            checkpoint = folder / "checkpoint"
+            if not (checkpoint / "meta.json").is_file():
+                print(f"{data}/{model}: training", flush=True)
+                train(train_config(data, model), folder, resume=True)
+            unit = run_unit(path, checkpoint, data_root, suite, attack, args.max_queries, args.device)
+            ladder = unit["parts"]
+            print(f"{data}/{model} {suite} {attack}: {unit['seconds']:.0f} s, "
+                  + ", ".join(f"{k} {v.get('final', math.nan):.2f}" for k, v in ladder.items()), flush=True)
+            write()
+    write()
+    print(Path(args.report).read_text())
+
+
+if __name__ == "__main__":
+    main()
