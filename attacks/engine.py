@@ -160,6 +160,12 @@ class _Best:
             self.x[k][better] = x.detach()[better]
             self.last[k] = raw
 
+    def place(self, part: _Best, s: int, e: int) -> None:
+        """Take the rows ``s:e`` from ``part``, the best points of one row pass (:meth:`RankingAttack.passes`)."""
+        for k in self.keys:
+            self.term[k][s:e], self.raw[k][s:e], self.x[k][s:e] = part.term[k], part.raw[k], part.x[k]
+            self.last[k] = torch.cat([self.last[k], part.last[k]]) if k in self.last else part.last[k]
+
     def merge(self, other: _Best) -> None:
         """Keep ``other``'s point where it is strictly better (an earlier run wins ties)."""
         for k in self.keys:
@@ -198,14 +204,8 @@ def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, stat
 
         apgd(objective, x0[s:e], eps=attack.eps, steps=attack.engine.steps, start=start[s:e],
              variant=SCHEDULES[attack.engine.schedule])
-        _fill(best, part, keys, s, e)
+        best.place(part, s, e)
     return best
-
-
-def _fill(best: _Best, part: _Best, keys, s: int, e: int) -> None:
-    for k in keys:
-        best.term[k][s:e], best.raw[k][s:e], best.x[k][s:e] = part.term[k], part.raw[k], part.x[k]
-        best.last[k] = torch.cat([best.last[k], part.last[k]]) if k in best.last else part.last[k]
 
 
 @torch.no_grad()
@@ -223,7 +223,7 @@ def _search_run(attack: RankingAttack, x0: torch.Tensor, state, gallery, keys, g
             return attack.loss(z, sub, fixed, gallery, 1)
 
         random_search(objective, x0[s:e], eps=attack.eps, steps=steps, generator=generator, p_init=p_init)
-        _fill(best, part, keys, s, e)
+        best.place(part, s, e)
     return best
 
 

@@ -3,8 +3,9 @@ with ``rob28`` under ``--robrank-compat`` (the published protocol), several trai
 and the verdict on the published ordering vanilla < EST < ACT < HM < CA-TRIDE in ARS.
 
 Rows (``CONFIGS``): vanilla, EST, ACT, HM (its headline config: Softhard source, LGA, ICS), MDProp (c2f2bn),
-CA-TRIDE in its three collapseness weightings (paper, released, research build) and its two single-phase
-ablations CA-ANP and CA-CAP (paper weighting).
+CA-TRIDE in three collapseness weightings (the default slides_detached, released, research build) and its two
+single-phase ablations CA-ANP and CA-CAP (default weighting). Rows measured before the CA-TRIDE defaults changed
+(lambda no longer extrapolated to 0 on 28x28 data, L_TR on ANP steps only) keep their old numbers until re-run.
 
 Budget (``--budget cpu``, the default): a seeded class-stratified subset of ``--train-subset`` training images
 (6,000 of 60,000: every class in proportion, the same subset for every seed), 8 epochs, 8-step training

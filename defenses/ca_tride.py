@@ -18,27 +18,33 @@ every iteration; the clean embeddings come from the step's first no-grad forward
   toward p when collapsed), ``T`` = mean of the floor(N/2) smallest ``d(a~, n)``, ``s = mean d(a~, a)``;
   ``gamma_c = exp(-relu(-C))`` is a detached float. The research build attacks instead: ``relu(-C)``.
 
-``weighting`` selects the collapseness (recorded in ``meta.json`` with every other field):
+``weighting`` selects the collapseness (recorded in ``meta.json`` with every other field; what lambda moves
+under sign-PGD is in :func:`~defenses.losses.attention_weights`):
 
-* ``"paper"`` (default): the paper's weights ``exp(-lambda (d - min d))`` (closest pairs first), detached so
-  that every image's step follows the objective (see :func:`~defenses.losses.attention_weights`).
+* ``"slides_detached"`` (default; formerly ``"paper"``, still accepted and recorded in ``weighting_alias``): the
+  slides' weights ``exp(-lambda (d - min d))`` (closest pairs first), detached as in the authors' research build,
+  so that every image's step follows the objective. Lambda changes the steps only through the value of C.
+* ``"slides"``: the slides' formula taken literally, the gradient flowing through the weights; on a trained model
+  its CAP adversary can ease triplets, as the release's does.
 * ``"released"``: the released file, ``exp(lambda (d - max d))`` with gradient. Its adversary *eases* most
   triplets on a trained model (``adv_gain_cap`` < 0 in ``history.jsonl``); kept for comparison only.
 * ``"research_build"``: the compiled module shipped with the release: ``exp(-lambda relu(d - 2 sigma))``
-  detached, lambda per batch clipped to [0, 20], ANP's first term ``relu(-C)`` (attack), no step ramp.
+  detached, lambda per batch, ANP's first term ``relu(-C)`` (attack), no step ramp.
 
 Lambda (``lam``): a number; ``"auto"``: per batch from the clean embeddings' entanglement (mean intra-class
-over mean inter-class distance) by :func:`lambda_from_entanglement`, clipped to [0, 20]; ``None`` (default):
-the paper's value on CUB 10, CARS 9.5, SOP 2, else ``"auto"`` (the research build always takes ``"auto"``
-unless a number is given; the released variant takes its file's 10). On our data the rule gives about 5 for an
-untrained c2f2 (entanglement 0.70 on digits) and 0 (the plain mean) once the classes separate (0.42 after two
-vanilla epochs): the attention sharpens only while the space is entangled, as the paper's table suggests. The rule is the straight line through the paper's (entanglement, lambda) pairs
-(SOP (0.66, 2), CUB/CARS (0.79, 9.75 on average)): the paper ties lambda to entanglement but gives no formula,
-so the rule is ours and documented as such.
+over mean inter-class distance) by :func:`lambda_from_entanglement`; ``None`` (default): the paper's value on
+CUB 10, CARS 9.5, SOP 2, else ``"auto"`` (the research build always takes ``"auto"`` unless a number is given; the
+released variant takes its file's 10). The paper ties lambda to entanglement but gives no formula: the rule is
+ours, the straight line through the paper's (entanglement, lambda) pairs (SOP (0.66, 2), CUB/CARS (0.79, 9.75 on
+average)) inside that calibrated range and the nearest calibrated value outside it, never an extrapolation.
+Trained 28x28 models sit at entanglement 0.27 to 0.46, below the range, and get SOP's 2: the value the paper chose
+for the least entangled space it reports (an extrapolated line reached 0, the plain mean, at 0.627, which turned
+collapse-awareness off on every attacked step of digits and Fashion-MNIST).
 
-Training loss: ``L_T(a', p', n'; 0.2) + 0.5 relu(mean_small(d_ap) - mean_small(d_an) + 0.04)`` (L_TR always
-on; the reference's toggle ends up adding it to every training loss). Triplets come from the ``ghard`` miner
-(semihard with margin ``0.2 (1 - e/(2E))^2``, positive ``2i+1``). BN frozen.
+Training loss: ``L_T(a', p', n'; 0.2)``, plus ``0.5 relu(mean_small(d_ap) - mean_small(d_an) + 0.04)`` (L_TR) on
+the ANP steps as the slides write it (``tr_steps="anp"``; ``"every_step"`` adds it to the CAP steps too, our
+earlier reading of the release's per-call toggle). Triplets come from the ``ghard`` miner (semihard with margin
+``0.2 (1 - e/(2E))^2``, positive ``2i+1``). BN frozen.
 
 Schedules (recorded in the config): ``step_ramp`` (the code; default on): ``alpha_eff = alpha * epoch /
 max_epochs``, so epoch 0 is clean training (the attack is then skipped) and the eps-ball fills once
@@ -68,16 +74,19 @@ import torch.nn.functional as F
 
 from attacks.pgd import eval_mode, pgd
 from defenses.base import DEFENSES, Defense, DefenseConfig, StepContext, StepResult, preset_threat, unwrap
-from defenses.losses import MARGIN, WEIGHTINGS, collapseness, mean_smallest, pairwise_distance, top_ranked_loss
+from defenses.losses import (MARGIN, WEIGHTING_ALIASES, WEIGHTINGS, collapseness, mean_smallest, pairwise_distance,
+                             top_ranked_loss)
 from defenses.miners import ghard_margin, ghard_miner
 from robustbench_dml.metrics import entanglement
 
 LAMBDA_BY_DATASET = {"cub": 10.0, "cars": 9.5, "sop": 2.0}
 # The paper's (entanglement, lambda) pairs: SOP (0.66, 2); CUB and CARS (0.79, 10 and 9.5).
 _RULE_LOW, _RULE_HIGH = (0.66, 2.0), (0.79, 9.75)
-LAMBDA_MAX = 20.0
 RELEASED_LAMBDA = 10.0  # the value active in the released file's module global (CUB)
 MODES = ("alternate", "cap", "anp")
+#: on which steps the training loss adds L_TR: "anp" (the slides: CAP trains on L_T(A, P~, N~), ANP on
+#: L_T(A~, P, N) + L_TR) or "every_step" (our earlier reading of the release's per-call toggle)
+TR_STEPS = ("anp", "every_step")
 CAP, ANP = 0, 1
 
 
@@ -86,14 +95,15 @@ class CATRIDEConfig(DefenseConfig):
     """``eps``/``alpha``/``steps``: adversary (16 fixed iterations, alpha ramped); ``lam``: attention factor
     (a number, "auto", or None = by dataset); ``weighting``: paper | released | research_build; ``mode``:
     alternate | cap | anp; ``step_ramp``; ``assist_warmup_fraction``; ``margin``: triplet margin;
-    ``miner_margin``: epoch-0 ghard margin; ``tr_weight``/``tr_margin``: L_TR; ``early_stop_tol``: objective
-    threshold of the early stop."""
+    ``miner_margin``: epoch-0 ghard margin; ``tr_weight``/``tr_margin``: L_TR; ``tr_steps``: the steps whose loss
+    adds L_TR (:data:`TR_STEPS`); ``early_stop_tol``: objective threshold of the early stop; ``weighting_alias``:
+    the earlier name a config gave (``"paper"``), recorded, the weighting read as its current name."""
 
     eps: float = 77 / 255
     alpha: float = 2 * (77 / 255) / 16
     steps: int = 16
     lam: float | str | None = None
-    weighting: str = "paper"
+    weighting: str = "slides_detached"
     mode: str = "alternate"
     step_ramp: bool = True
     assist_warmup_fraction: float = 0.25
@@ -101,13 +111,20 @@ class CATRIDEConfig(DefenseConfig):
     miner_margin: float = MARGIN
     tr_weight: float = 0.5
     tr_margin: float = 0.04
+    tr_steps: str = "anp"
     early_stop_tol: float = 1e-5
+    weighting_alias: str = ""
 
     def __post_init__(self):
         if self.eps < 0 or self.alpha < 0 or self.steps < 0:
             raise ValueError(f"eps, alpha and steps must be >= 0, got {self.eps}, {self.alpha}, {self.steps}")
         if self.mode not in MODES:
             raise ValueError(f"unknown CA-TRIDE mode {self.mode!r}; known: {', '.join(MODES)}")
+        if self.weighting in WEIGHTING_ALIASES:
+            object.__setattr__(self, "weighting_alias", self.weighting)
+            object.__setattr__(self, "weighting", WEIGHTING_ALIASES[self.weighting])
+        if self.tr_steps not in TR_STEPS:
+            raise ValueError(f"unknown tr_steps {self.tr_steps!r}; known: {', '.join(TR_STEPS)}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; known: {', '.join(WEIGHTINGS)}")
         if self.lam is not None and self.lam != "auto" and (
@@ -128,14 +145,17 @@ class CATRIDEConfig(DefenseConfig):
 
 def lambda_from_entanglement(level: float) -> float:
     """The attention factor for an embedding space of entanglement ``level`` (mean intra- over mean inter-class
-    distance): the line through the paper's pairs, clipped to [0, 20] (0 for a nan level)."""
+    distance): the line through the paper's pairs inside its calibrated range [0.66, 0.79], and the nearest
+    calibrated value outside it (no extrapolation): 2 (SOP's) for a less entangled space, 9.75 for a more entangled
+    one; 0 (the plain mean) for a nan level."""
     (e0, l0), (e1, l1) = _RULE_LOW, _RULE_HIGH
     if not math.isfinite(level):
         return 0.0
-    return min(max(l0 + (level - e0) * (l1 - l0) / (e1 - e0), 0.0), LAMBDA_MAX)
+    level = min(max(level, e0), e1)
+    return l0 + (level - e0) * (l1 - l0) / (e1 - e0)
 
 
-def lambda_for(dataset: str, value: float | str | None = None, weighting: str = "paper") -> float | str:
+def lambda_for(dataset: str, value: float | str | None = None, weighting: str = "slides_detached") -> float | str:
     """The attention factor: ``value`` if given, else the paper's per-dataset value, else ``"auto"``. The
     research build's lambda is always per batch unless a number is given; the released file's is its module
     global, CUB's 10, on every dataset without a published value."""
@@ -152,7 +172,7 @@ def step_size(alpha: float, epoch: int, max_epochs: int, ramp: bool = True) -> f
 
 
 def cap_attack(net, x_cand: torch.Tensor, z_anchor: torch.Tensor, *, lam: float, eps: float, alpha: float,
-               steps: int, tol: float = 1e-5, weighting: str = "paper"):
+               steps: int, tol: float = 1e-5, weighting: str = "slides_detached"):
     """Candidate perturbation: PGD on ``[x_p; x_n]`` (2N images) minimising ``relu(-C)`` with the clean
     normalised anchors ``z_anchor`` (N, D). Returns the engine's result (rows ``[p~; n~]``)."""
     n = len(z_anchor)
@@ -166,7 +186,7 @@ def cap_attack(net, x_cand: torch.Tensor, z_anchor: torch.Tensor, *, lam: float,
 
 
 def anp_objective(e_anchor: torch.Tensor, z_anchor: torch.Tensor, z_pos: torch.Tensor, z_neg: torch.Tensor, *,
-                  lam: float, assist: bool = True, weighting: str = "paper") -> torch.Tensor:
+                  lam: float, assist: bool = True, weighting: str = "slides_detached") -> torch.Tensor:
     """ANP's objective for adversarial anchor embeddings ``e_anchor`` (normalised, with graph) against the clean
     ``z_anchor``, ``z_pos``, ``z_neg``: ``[relu(C)] + gamma_c relu(T - s)``, gamma_c detached; the research
     build's first term is ``relu(-C)``."""
@@ -182,7 +202,7 @@ def anp_objective(e_anchor: torch.Tensor, z_anchor: torch.Tensor, z_pos: torch.T
 
 def anp_attack(net, x_anchor: torch.Tensor, z_anchor: torch.Tensor, z_pos: torch.Tensor, z_neg: torch.Tensor, *,
                lam: float, eps: float, alpha: float, steps: int, assist: bool = True, tol: float = 1e-5,
-               weighting: str = "paper"):
+               weighting: str = "slides_detached"):
     """Anchor perturbation: PGD on the N anchor images minimising :func:`anp_objective`."""
 
     def objective(x: torch.Tensor) -> torch.Tensor:
@@ -210,11 +230,14 @@ class CATRIDE(Defense):
             raise ValueError(f"unexpected CA-TRIDE state keys {sorted(extra)}")
         self.phase = int(state.get("phase", CAP))
 
-    def loss(self, za: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor) -> torch.Tensor:
-        """The training loss ``L_T + tr_weight L_TR`` on normalised triplet embeddings (N, D) each."""
+    def loss(self, za: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor, phase: int = ANP) -> torch.Tensor:
+        """The training loss on normalised triplet embeddings (N, D) each: ``L_T``, plus ``tr_weight L_TR`` on the
+        steps of ``tr_steps`` (ANP's, or every step)."""
         d_ap, d_an = pairwise_distance(za, zp), pairwise_distance(za, zn)
-        return F.relu(d_ap - d_an + self.config.margin).mean() + self.config.tr_weight * top_ranked_loss(
-            d_ap, d_an, self.config.tr_margin)
+        loss = F.relu(d_ap - d_an + self.config.margin).mean()
+        if self.config.tr_steps == "every_step" or phase == ANP:
+            loss = loss + self.config.tr_weight * top_ranked_loss(d_ap, d_an, self.config.tr_margin)
+        return loss
 
     def training_step(self, model, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext) -> StepResult:
         cfg = self.config
@@ -245,11 +268,11 @@ class CATRIDE(Defense):
                 xa = res.x_adv
         z = F.normalize(model(torch.cat([xa, xp, xn])), dim=1)
         za, zp, zn = z[:n], z[n:2 * n], z[2 * n:]
-        loss = self.loss(za, zp, zn)
+        loss = self.loss(za, zp, zn, phase)
         if cfg.mode == "alternate":
             self.phase = 1 - phase
         with torch.no_grad():
-            loss_clean = float(self.loss(za0, zp0, zn0))
+            loss_clean = float(self.loss(za0, zp0, zn0, phase))
             stats = {
                 "phase": float(phase),
                 "lam": float(lam),

@@ -32,25 +32,33 @@ def ics_loss(anchor: torch.Tensor, anchor_adv: torch.Tensor, positive: torch.Ten
     return triplet_loss(anchor, anchor_adv, positive, margin)
 
 
-WEIGHTINGS = ("paper", "released", "research_build")
+WEIGHTINGS = ("slides", "slides_detached", "released", "research_build")
+#: earlier names of the weightings, still accepted (a checkpoint's config records the alias it was given)
+WEIGHTING_ALIASES = {"paper": "slides_detached"}
 
 
-def attention_weights(d: torch.Tensor, lam: float, weighting: str = "paper") -> torch.Tensor:
+def attention_weights(d: torch.Tensor, lam: float, weighting: str = "slides_detached") -> torch.Tensor:
     """CA-TRIDE's per-pair weights ``w_i`` of the weighted distance (``d``: (N,) distances in [0, 2]).
 
-    * ``"paper"`` (the ICML'24 paper and its authors' slides): ``w_i = exp(-lambda (d_i - min_j d_j))``, emphasis on
-      the *closest* (top-ranked) pairs, **detached**. With weights that carry gradient,
-      ``dW/dd_i = (w_i / sum w)(1 - lambda (d_i - W))`` is negative for every ``d_i > W + 1/lambda``, so sign-PGD,
-      which gives every image a full step whatever its weight, would move those pairs *against* the objective.
-      Detached, ``dW/dd_i = w_i / sum w > 0`` for every pair: each image moves the way the objective asks
-      (measured in ``tests/test_defenses.py``: every CAP step raises each anchor-positive distance of a trained
-      digits model on average, and the adversarial triplet loss rises above the clean one).
+    * ``"slides"`` (the ICML'24 paper and its authors' slides, taken literally): ``w_i = exp(-lambda (d_i - min_j
+      d_j))``, emphasis on the *closest* (top-ranked) pairs, the gradient flowing through the weights (the shift by
+      the minimum is a common factor and cancels). ``dW/dd_i = (w_i / sum w)(1 - lambda (d_i - W))`` is negative
+      for every ``d_i > W + 1/lambda``: raising W by sign-PGD, which gives every image a full step whatever its
+      weight, moves those pairs *against* the objective, so on a trained model its adversary can ease triplets.
+    * ``"slides_detached"`` (the authors' research build's choice with the slides' weights; formerly ``"paper"``):
+      the same weights, **detached**: ``dW/dd_i = w_i / sum w > 0`` for every pair, each image moves the way the
+      objective asks. Under sign-PGD the per-image factor ``w_i / sum w`` is removed by the sign, so lambda never
+      changes a step's direction; it acts only through the *value* of C (CAP's stop at C >= 0, ANP's
+      ``relu(C)`` and ``gamma_c``).
     * ``"released"`` (the fork's released ``pnp.py``): ``w_i = exp(lambda (d_i - max_j d_j))``, emphasis on the
       *farthest* pairs, weights carrying gradient (the defect that makes its adversary ease most triplets).
     * ``"research_build"`` (the compiled module shipped beside it): ``w_i = exp(-lambda relu(d_i - 2 sigma))`` with
-      ``sigma`` the standard deviation of ``d``, detached.
+      ``sigma`` the standard deviation of ``d``, detached (lambda acts as for ``"slides_detached"``).
     """
-    if weighting == "paper":
+    weighting = WEIGHTING_ALIASES.get(weighting, weighting)
+    if weighting == "slides":
+        return torch.exp(-lam * (d - d.detach().min()))
+    if weighting == "slides_detached":
         return torch.exp(-lam * (d - d.min())).detach()
     if weighting == "released":
         return torch.exp(lam * (d - d.detach().max()))
@@ -60,15 +68,17 @@ def attention_weights(d: torch.Tensor, lam: float, weighting: str = "paper") -> 
     raise ValueError(f"unknown weighting {weighting!r}; known: {', '.join(WEIGHTINGS)}")
 
 
-def weighted_mean(d: torch.Tensor, lam: float, weighting: str = "paper") -> torch.Tensor:
+def weighted_mean(d: torch.Tensor, lam: float, weighting: str = "slides_detached") -> torch.Tensor:
     """``d_w = sum_i w_i d_i / sum_i w_i`` with :func:`attention_weights`: the plain mean at lambda = 0; as
-    lambda grows, the min (``"paper"``, ``"research_build"`` below its threshold) or the max (``"released"``).
+    lambda grows, the min (``"slides"``, ``"slides_detached"``, ``"research_build"`` below its threshold) or the
+    max (``"released"``).
     Stable for any lambda (the exponent is never positive)."""
     w = attention_weights(d, lam, weighting)
     return (w * d).sum() / w.sum()
 
 
-def collapseness(d_ap: torch.Tensor, d_an: torch.Tensor, lam: float, weighting: str = "paper") -> torch.Tensor:
+def collapseness(d_ap: torch.Tensor, d_an: torch.Tensor, lam: float,
+                 weighting: str = "slides_detached") -> torch.Tensor:
     """``C = d_w(A, P) - d_w(A, N)`` (> 0: the batch is collapsed, positives farther than negatives)."""
     return weighted_mean(d_ap, lam, weighting) - weighted_mean(d_an, lam, weighting)
 

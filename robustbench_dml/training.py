@@ -6,6 +6,7 @@ A defense (``defenses/``) supplies only model preparation and the per-batch loss
     OUT/config.json                                 the resolved TrainConfig
     OUT/train_state.pt                              resume state (tensors and numbers only; weights_only load)
     OUT/history.jsonl                               one line of losses, statistics and benign R@1 per epoch
+                                                    (and the collapse diagnostic, :data:`BENIGN_KEYS`)
 
 Resumption is exact at epoch boundaries: the batch order, the pair partners and every defense's random
 choices come from generators derived from (seed, epoch) and (seed, step), never from global state.
@@ -17,6 +18,7 @@ import dataclasses
 import io
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +177,7 @@ def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: 
     bar = Progress(progress and rank == 0, total=(cfg.epochs - start_epoch) * len(sampler),
                     title=f"{cfg.defense} on {cfg.dataset}")
     epoch_seconds: list[float] = []
-    benign_r1 = None
+    benign_r1, warned = None, False
     with bar:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
@@ -210,12 +212,19 @@ def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: 
                       "seconds": epoch_seconds[-1],
                       **{k: v / stats_n[k] for k, v in stats_sum.items()}}
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                benign_r1, tangle = _benign_metrics(model, defense, test_set, device)
-                record["R@1"], record["entanglement"] = benign_r1, tangle
+                record.update(_benign_metrics(model, defense, test_set, device))
+                benign_r1 = record["R@1"]
+                first = _first_value(history, "inter_class_distance", record["inter_class_distance"])
+                if not warned and record["inter_class_distance"] < COLLAPSE_FRACTION * first:
+                    warned = True
+                    print(f"dmlbench: warning: the embedding space is collapsing: mean inter-class distance "
+                          f"{record['inter_class_distance']:.3f} at epoch {epoch + 1}, below {COLLAPSE_FRACTION} x "
+                          f"the first evaluated epoch's {first:.3f} (docs/training.md, Collapse)", file=sys.stderr,
+                          flush=True)
             with history.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             _write_checkpoint(out, model, defense, cfg, info, epoch + 1, counts, step,
-                              {k: record[k] for k in ("R@1", "entanglement") if k in record})
+                              {k: record[k] for k in BENIGN_KEYS if k in record})
             _save_state(state_path, model, optimizer, defense, epoch + 1, step, counts)
             if on_epoch is not None:
                 on_epoch(record)
@@ -227,6 +236,12 @@ def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: 
     return TrainSummary(checkpoint=out / "checkpoint", epochs=cfg.epochs, steps=step,
                         seconds_per_epoch=seconds_per_epoch, benign_r1=benign_r1, forward_passes=counts[0],
                         backward_passes=counts[1], rank=rank)
+
+
+#: what every evaluated epoch records about the test split and the checkpoint keeps of the last one
+BENIGN_KEYS = ("R@1", "entanglement", "intra_class_distance", "inter_class_distance")
+#: an inter-class distance below this fraction of the first evaluated epoch's prints the collapse warning
+COLLAPSE_FRACTION = 0.5
 
 
 def _run_totals(history: Path) -> tuple[float, float | None]:
@@ -246,14 +261,27 @@ def _export(model, defense):
     return export(model) if export is not None else model
 
 
-def _benign_metrics(model, defense, test_set, device) -> tuple[float, float]:
-    """Benign R@1 and entanglement (CA-TRIDE's mean intra- over inter-class distance) on the test split."""
+def _benign_metrics(model, defense, test_set, device) -> dict[str, float]:
+    """Benign R@1, the mean intra- and inter-class distances and their ratio, CA-TRIDE's entanglement, on the test
+    split (:data:`BENIGN_KEYS`)."""
     from robustbench_dml.gallery import embed
-    from robustbench_dml.metrics import entanglement, retrieval_metrics
+    from robustbench_dml.metrics import class_distances, retrieval_metrics
 
     gallery = embed(_export(model, defense), test_set, device=device)
     r1 = float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False, normalize=False)["R@1"])
-    return r1, entanglement(gallery.embeddings, gallery.labels)
+    intra, inter = class_distances(gallery.embeddings, gallery.labels)
+    return {"R@1": r1, "entanglement": intra / inter if inter else float("nan"), "intra_class_distance": intra,
+            "inter_class_distance": inter}
+
+
+def _first_value(history: Path, key: str, default: float) -> float:
+    """``key`` of the first record of ``history.jsonl`` that has it (``default`` when none has)."""
+    if history.is_file():
+        for line in history.read_text().splitlines():
+            record = json.loads(line)
+            if key in record:
+                return float(record[key])
+    return default
 
 
 def _write_checkpoint(out: Path, model, defense, cfg: TrainConfig, info, epochs_done: int, counts, step,

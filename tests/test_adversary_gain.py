@@ -32,9 +32,16 @@ def test_default_ca_tride_logs_a_positive_cap_gain_from_the_first_attacked_epoch
     first, second = _history(ca_tride_run)
     assert "adv_gain" not in first and first["alpha_eff"] == 0.0  # epoch 0: the ramp's clean epoch
     assert second["adv_gain_cap"] > 0 and second["adv_gain"] > 0
-    assert "adv_gain_anp" in second and "C" in second and second["lam"] >= 0
+    # lambda acts on digits (entanglement below the paper's range: SOP's 2, not an extrapolated 0)
+    assert "adv_gain_anp" in second and "C" in second and second["lam"] >= 2.0
+    for record in (first, second):  # the collapse diagnostic, every evaluated epoch
+        assert 0 < record["intra_class_distance"] < record["inter_class_distance"] <= 2
+        assert record["entanglement"] == pytest.approx(record["intra_class_distance"] /
+                                                       record["inter_class_distance"])
     meta = read_meta(ca_tride_run / "checkpoint")
-    assert meta["defense_config"]["weighting"] == "paper" and meta["defense_config"]["mode"] == "alternate"
+    config = meta["defense_config"]
+    assert config["weighting"] == "slides_detached" and config["mode"] == "alternate" and config["tr_steps"] == "anp"
+    assert meta["benign"]["inter_class_distance"] == second["inter_class_distance"]
     assert meta["defense_config"]["alpha"] == pytest.approx(2 * (77 / 255) / 16)
 
 
@@ -54,11 +61,11 @@ def _cap_gains(model, weighting, n_batches=3):
     return gains
 
 
-def test_paper_weighting_attacks_where_the_released_one_eases(tmp_path):
+def test_detached_slides_weighting_attacks_where_the_released_one_eases(tmp_path):
     """On a c2f2 trained 2 vanilla epochs (anchor-positive distances spread far wider than 1/lambda)."""
     summary = train(TrainConfig(defense="vanilla", dataset="digits", epochs=2, seed=0, device="cpu"), tmp_path / "r")
     model, _ = load_checkpoint(summary.checkpoint)
-    paper = _cap_gains(model, "paper")
+    paper = _cap_gains(model, "slides_detached")
     released = _cap_gains(model, "released")  # lambda 10, as in the released file
     research = _cap_gains(model, "research_build")
     assert min(paper) > 0 and min(research) > 0

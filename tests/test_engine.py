@@ -130,6 +130,7 @@ class Quantised(nn.Module):
         self.lin = nn.Linear(8, 8)
         with torch.no_grad():
             self.lin.weight.copy_(torch.randn(8, 8, generator=g))
+            self.lin.bias.copy_(torch.randn(8, generator=g) * 0.1)
 
     def forward(self, x):
         return self.lin(torch.round(x.flatten(1) * 4) / 4)
@@ -291,7 +292,7 @@ class Randomised(nn.Module):
 
 
 class Saturating(nn.Module):
-    """Vanishing gradients: a softmax at temperature 1e-4 after the layer, exactly one-hot in float32, so the input
+    """Vanishing gradients: a softmax at temperature 1e-6 after the layer, exactly one-hot in float32, so the input
     gradient is exactly zero while the ranking still moves with the input."""
 
     def __init__(self):
@@ -299,7 +300,7 @@ class Saturating(nn.Module):
         self.inner = Quantised().lin
 
     def forward(self, x):
-        return torch.softmax(1e4 * self.inner(x.flatten(1)), dim=1)
+        return torch.softmax(1e6 * self.inner(x.flatten(1)), dim=1)
 
 
 def _masking_eval(model, tmp_path, engine=None, **config):
@@ -323,8 +324,11 @@ def test_shattered_and_saturated_gradients_are_flagged(model, tmp_path):
 
     result = _masking_eval(model(), tmp_path)
     engine = result.extra["engine"]
-    # the input gradient is dead on (nearly) every query whose loss could still fall
-    assert engine["no_gradient"]["TMA"] >= 0.5 and set(engine["masking_suspected"]) >= {"TMA", "QA+"}
+    # the input gradient is dead on queries whose loss could still fall, far more than the flag's share
+    from robustbench_dml.evaluation import NO_GRADIENT_SHARE
+
+    assert min(engine["no_gradient"]["TMA"], engine["no_gradient"]["QA+"]) >= 3 * NO_GRADIENT_SHARE
+    assert set(engine["masking_suspected"]) >= {"TMA", "QA+"}
     assert engine["randomised"] == []
     assert any("gradient masking is likely" in line for line in protocol_lines(result))
 

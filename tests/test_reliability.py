@@ -92,7 +92,7 @@ BAD = {
     "train cuda absent": ["train", "--device", "cuda", "--out", "r"],
     "train bad device": ["train", "--device", "tpu9", "--out", "r"],
     "train lam negative": ["train", "--defense", "ca_tride", "--set", "lam=-1", "--out", "r"],
-    "train weighting unknown": ["train", "--defense", "ca_tride", "--set", "weighting=slides", "--out", "r"],
+    "train weighting unknown": ["train", "--defense", "ca_tride", "--set", "weighting=slide", "--out", "r"],
     "train mode unknown": ["train", "--defense", "ca_tride", "--set", "mode=both", "--out", "r"],
     "train backbone mismatch": ["train", "--backbone", "resnet18", "--no-pretrained", "--out", "r"],
     "train out is a file": ["train", "--out", "afile"],

@@ -20,9 +20,12 @@ def benign_table(benign: Mapping[str, float], title: str = "benign retrieval (pe
     cells = [_num(benign.get(k), 1) for k in BENIGN_KEYS]
     for k in BENIGN_KEYS:
         t.add_column(k, justify="right")
-    if benign.get("entanglement") is not None:  # CA-TRIDE's intra/inter distance ratio, not a percentage
-        t.add_column("entanglement", justify="right")
-        cells.append(_num(benign["entanglement"], 3))
+    # the collapse diagnostic, distances of normalised embeddings in [0, 2] and their ratio, not percentages
+    for key, name in (("intra_class_distance", "intra d"), ("inter_class_distance", "inter d"),
+                      ("entanglement", "entangl.")):
+        if benign.get(key) is not None:
+            t.add_column(name, justify="right")
+            cells.append(_num(benign[key], 3))
     t.add_row(*cells)
     return t
 
