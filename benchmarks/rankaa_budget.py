@@ -148,6 +148,9 @@ def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: i
     ars: dict[tuple[str, str], dict[str, float]] = {}
     terms_at: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
     for (data, model), units in found.items():
+        if len({u["checkpoint_sha256"] for u in units.values()}) > 1:
+            lines.append(f"| {data} | {model} | units of several checkpoints: rerun to redo the stale ones |")
+            continue
         c = curves(units)
         done = len(units)
         masking = sorted({u["attack"] for u in units.values() if u["suite"] == "rankaa28plus" and _masked(u)})
@@ -214,6 +217,9 @@ def plot(found, path: Path) -> None:
     points = ladder_points()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (data, model), units in found.items():
+        if len({u["checkpoint_sha256"] for u in units.values()}) > 1:
+            lines.append(f"| {data} | {model} | units of several checkpoints: rerun to redo the stale ones |")
+            continue
         c = curves(units)
         if c is None:
             continue
@@ -223,7 +229,8 @@ def plot(found, path: Path) -> None:
     ax.set_xlabel("gradient evaluations per image and attack (last point: + 5,000-query random search)")
     ax.set_ylabel("ARS (lower: stronger attack)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    if ax.lines:
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -250,6 +257,7 @@ def main() -> None:
     import torch
 
     from attacks.suites import get_suite
+    from robustbench_dml.checkpoint import checkpoint_sha256
     from robustbench_dml.training import train
 
     torch.set_num_threads(args.threads)
@@ -277,9 +285,10 @@ def main() -> None:
     if not args.report_only:
         for (data, model, folder, data_root), suite, attack in todo:
             path = unit_path(raw, data, model, suite, attack, args.max_queries)
-            if path.is_file():
-                continue
             checkpoint = folder / "checkpoint"
+            if path.is_file() and (not (checkpoint / "meta.json").is_file() or
+                                   json.loads(path.read_text())["checkpoint_sha256"] == checkpoint_sha256(checkpoint)):
+                continue  # done (on these weights, when they are here to tell)
             if not (checkpoint / "meta.json").is_file():
                 print(f"{data}/{model}: training", flush=True)
                 train(train_config(data, model), folder, resume=True)
