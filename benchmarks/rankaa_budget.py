@@ -165,6 +165,7 @@ def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: i
         lines.append(f"| {data} | {model} | {c[cols[0]]['R@1']:.1f} | " + " | ".join(f"{a[col]:.1f}" for col in cols) +
                      f" | {a[last_grad] - a[cols[-1]]:.2f} | {', '.join(masking) or '-'} | {done}/{2 * 9} |")
     lines += ["", knee(ars, points, tolerance), ""]
+    lines += per_attack(found, cols)
     if terms_at:
         lines += ["## Every ERS term per budget", "",
                   "Resistance terms (the part of ERS each result contributes, 0 = fully broken, 100 = untouched).", ""]
@@ -175,6 +176,29 @@ def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: i
             lines += [f"| {col} | " + " | ".join(f"{by_col[col][k]:.1f}" for k in keys) + " |" for col in cols]
             lines.append("")
     return "\n".join(lines)
+
+
+def per_attack(found, cols: list[str]) -> list[str]:
+    """Every finished rankaa28plus unit's ERS term per budget (rankaa28 v1's beside it), so a model's curve shows
+    attack by attack before all nine are done."""
+    import torch
+
+    from attacks.engine import resistance
+
+    lines = ["## ERS term per attack and budget (finished units)", "",
+             "| set | model | key | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+    for (data, model), units in found.items():
+        for (suite, attack), unit in sorted(units.items()):
+            if suite != "rankaa28plus":
+                continue
+            v1 = units.get(("rankaa28", attack), {}).get("parts", {})
+            for key, parts in unit["parts"].items():
+                values = {**{c: parts.get(c) for c in cols}, "rob28": parts.get("g32"),
+                          "rankaa28 v1": v1.get(key, {}).get("final")}
+                cells = ["-" if values[c] is None else
+                         f"{float(resistance(key, torch.tensor([values[c]], dtype=torch.float64))):.1f}" for c in cols]
+                lines.append(f"| {data} | {model} | {key} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _masked(unit: dict) -> bool:

@@ -307,7 +307,8 @@ def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, bac
     ``layout``: ``"state_dict"`` (a flat state dict with our keys, or one nested under ``key``), ``"robrank"``
     (a RobRank / PyTorch Lightning checkpoint, mapped by :func:`robrank_state_dict`) or ``"mdprop"`` (an MDProp
     checkpoint, mapped by :func:`mdprop_state_dict`); the mappers also name the backbone and the embedding size.
-    ``channels`` defaults to the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a checkpoint folder; it is
+    ``embedding_dim`` defaults to what the file tells (its ``head.weight`` rows; else 512); ``channels`` defaults
+    to the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a checkpoint folder; it is
     checked before anything is read."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
@@ -330,6 +331,9 @@ def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, bac
         embedding_dim = embedding_dim or int(state["head.weight"].shape[0])
     if backbone is None:
         raise UserError("--backbone is needed for a plain state dict (dmlbench list backbones)")
+    head = state.get("head.weight")
+    if embedding_dim is None and isinstance(head, torch.Tensor) and head.dim() == 2:
+        embedding_dim = int(head.shape[0])  # the file tells the embedding size: its head's rows
     if channels is None:
         from robustbench_dml import datasets
 
@@ -337,7 +341,10 @@ def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, bac
     model = backbones.create_for_data(backbone, embedding_dim=embedding_dim or 512, channels=channels)
     problem = _fit_problem(model.state_dict(), state)
     if problem:
-        raise UserError(f"{source} does not fit backbone {backbone} ({problem})")
+        hint = ""
+        if isinstance(head, torch.Tensor) and head.dim() == 2 and int(head.shape[0]) != model.embedding_dim:
+            hint = f"; its head gives {int(head.shape[0])}-d embeddings: pass --embedding-dim {int(head.shape[0])}"
+        raise UserError(f"{source} does not fit backbone {backbone} ({problem}){hint}")
     model.load_state_dict(state, strict=True)
     return save_checkpoint(out, model, {"dataset": dataset, "defense": "external", "defense_config": {},
                                         "source": str(source), "source_layout": layout}, replace=overwrite)

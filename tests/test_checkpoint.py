@@ -99,3 +99,17 @@ def test_malformed_checkpoints_give_one_line_errors(tmp_path, damage):
     with pytest.raises(UserError) as e:
         load_checkpoint(d)
     assert "\n" not in str(e.value)
+
+
+def test_convert_reads_the_embedding_size_from_the_head_and_names_the_option_when_told_otherwise(tmp_path):
+    from robustbench_dml import backbones
+
+    net = backbones.create_for_data("c2f2", embedding_dim=128, channels=1)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    d = convert_state_dict(tmp_path / "w.pt", tmp_path / "ck", backbone="c2f2", dataset="digits")
+    m2, meta = load_checkpoint(d)
+    assert meta["embedding_dim"] == 128
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), m2.state_dict().values()))
+    with pytest.raises(UserError, match="pass --embedding-dim 128"):
+        convert_state_dict(tmp_path / "w.pt", tmp_path / "ck2", backbone="c2f2", dataset="digits", embedding_dim=64)
+    assert not (tmp_path / "ck2").exists()

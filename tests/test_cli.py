@@ -24,6 +24,17 @@ def test_list(kind, expected, capsys):
     assert expected in capsys.readouterr().out.split()
 
 
+def test_list_suites_shows_each_version_and_hash(capsys):
+    from attacks.suites import get_suite
+
+    assert main(["list", "suites", "rankaa28*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["rankaa28", "rankaa28plus"]
+    for line in lines:
+        suite = get_suite(line.split()[0])
+        assert f"version {suite.version}" in line and suite.hash[:12] in line
+
+
 def test_list_glob(capsys):
     assert main(["list", "backbones", "resnet*"]) == 0
     assert capsys.readouterr().out.split() == ["resnet18", "resnet50"]

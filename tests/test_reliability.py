@@ -132,7 +132,8 @@ BAD = {
     "convert hostile pickle": ["convert", "hostile.pt", "--backbone", "c2f2", "--dataset", "digits", "--out", "c"],
     "convert nested without key": ["convert", "nested.pt", "--backbone", "c2f2", "--dataset", "digits",
                                    "--embedding-dim", "8", "--out", "c"],
-    "convert wrong dim": ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits", "--out", "c"],
+    "convert wrong dim": ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits", "--embedding-dim", "16",
+                          "--out", "c"],
     "convert unknown backbone": ["convert", "state.pt", "--backbone", "vit", "--dataset", "digits", "--out", "c"],
     # leaderboard / compare / plot / list
     "leaderboard unknown dataset": ["leaderboard", "show", "--dataset", "nope"],

@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
                         "backbone and embedding size are read from the file")
     p.add_argument("--backbone", help="backbone id the weights belong to (needed for a plain state dict)")
     p.add_argument("--dataset", required=True, help="dataset id the model was trained for")
-    p.add_argument("--embedding-dim", type=int, help="embedding size (default 512, or the RobRank file's)")
+    p.add_argument("--embedding-dim", type=int, help="embedding size (default: the file's head, else 512)")
     p.add_argument("--key", help="entry of a nested dict holding the state dict (e.g. state_dict)")
     p.add_argument("--out", required=True, help="checkpoint directory to write (new or empty)")
     p.add_argument("--overwrite", action="store_true",

@@ -1,4 +1,5 @@
-"""``dmlbench list {datasets,backbones,defenses,attacks,suites}``: the registered ids."""
+"""``dmlbench list {datasets,backbones,defenses,attacks,suites}``: the registered ids (a suite also with its version,
+the first 12 digits of its hash and what it is)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def _registry(kind: str):
 
 
 def run(args) -> int:
-    for name in _registry(args.kind).list(args.pattern):
-        print(name)
+    reg = _registry(args.kind)
+    for name in reg.list(args.pattern):
+        if args.kind == "suites":
+            suite = reg.create(name)
+            print(f"{name:<15} version {suite.version}  {suite.hash[:12]}  {suite.description}")
+        else:
+            print(name)
     return 0
