@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Metric", "BENIGN", "ATTACKS", "SCORES", "WORST", "ALL", "BY_KEY", "BENIGN_KEYS", "ATTACK_KEYS",
-           "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "field_name"]
+__all__ = ["Metric", "BENIGN", "SPACE", "ATTACKS", "SCORES", "WORST", "ALL", "BY_KEY", "BENIGN_KEYS", "SPACE_KEYS",
+           "ATTACK_KEYS", "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "field_name"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,12 @@ _PCT = "percent"
 BENIGN: tuple[Metric, ...] = (
     _m("R@1", "r1", _PCT), _m("R@2", "r2", _PCT), _m("mAP", "map", _PCT), _m("MAP@R", "map_at_r", _PCT),
     _m("mAP@10", "map_at_10", _PCT), _m("NMI", "nmi", _PCT))
+#: the collapse diagnostic of the test embeddings (normalised): mean intra- and inter-class distance and their ratio,
+#: CA-TRIDE's entanglement (``docs/training.md``, Collapse); the result's benign block names them by the field
+SPACE: tuple[Metric, ...] = (
+    _m("intra_class_distance", "intra_class_distance", "distance (0-2)", False, 3),
+    _m("inter_class_distance", "inter_class_distance", "distance (0-2)", True, 3),
+    _m("entanglement", "entanglement", "ratio", False, 3))
 #: the raw result of every attack of the suites, in the papers' order (``docs/protocol.md``, The attacks)
 ATTACKS: tuple[Metric, ...] = (
     _m("CA+", "ca_plus", "percent of the gallery"), _m("CA-", "ca_minus", "percent of the gallery", False),
@@ -44,9 +50,10 @@ WORST: tuple[Metric, ...] = (
     _m("worst_case", "worst_case", _PCT, False), _m("WC:candidate", "wc_candidate", _PCT, False),
     _m("WC:query", "wc_query", _PCT, False), _m("WC:recall", "wc_recall", _PCT, False))
 
-ALL: tuple[Metric, ...] = BENIGN + ATTACKS + SCORES + WORST
+ALL: tuple[Metric, ...] = BENIGN + SPACE + ATTACKS + SCORES + WORST
 BY_KEY: dict[str, Metric] = {m.key: m for m in ALL}
 BENIGN_KEYS = tuple(m.key for m in BENIGN)
+SPACE_KEYS = tuple(m.key for m in SPACE)
 ATTACK_KEYS = tuple(m.key for m in ATTACKS)
 SCORE_KEYS = tuple(m.key for m in SCORES)
 WORST_KEYS = tuple(m.key for m in WORST)

@@ -214,5 +214,6 @@ def test_a_plain_state_dict_names_the_key_that_does_not_fit(tmp_path, capsys):
     state = backbones.create("c2f2", embedding_dim=8).state_dict()
     torch.save(state, tmp_path / "s.pt")
     assert main(["convert", str(tmp_path / "s.pt"), "--backbone", "c2f2", "--dataset", "digits",
-                 "--out", str(tmp_path / "ck")]) == 2
-    assert "shape of head." in capsys.readouterr().err  # an 8-d head where 512-d is expected
+                 "--embedding-dim", "16", "--out", str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err  # an 8-d head where 16-d was asked for: the key, and the option that fits
+    assert "shape of head." in err and "pass --embedding-dim 8" in err

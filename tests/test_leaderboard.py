@@ -21,7 +21,7 @@ from robustbench_dml.leaderboard import frames as frames_mod
 from robustbench_dml.leaderboard import (COLUMNS, DTYPES, LeaderboardStore, Record, empty_frame, frames_concat,
                                          plot_eps_curve, plot_resistance, read_record, reference_frame,
                                          reference_records, render)
-from robustbench_dml.leaderboard.records import write_record
+from robustbench_dml.leaderboard.records import RECORD_SCHEMA_VERSION, write_record
 from robustbench_dml.leaderboard.store import frame_to_parquet_bytes, parquet_bytes_to_frame
 from robustbench_dml.leaderboard.tables import best_marks, table_frame
 
@@ -174,7 +174,7 @@ def test_damaged_record_file_names_the_file(tmp_path):
     cases = {
         "truncated": good[: len(good) // 2],
         "nan": good.replace(f'"ers": {json.dumps(rec.ers)}', '"ers": NaN'),
-        "schema": good.replace('"schema_version": 2', '"schema_version": 99'),
+        "schema": good.replace(f'"schema_version": {RECORD_SCHEMA_VERSION}', '"schema_version": 99'),
         "protocol": good.replace('"corrected": {', '"robrank2": {'),
         "type": good.replace('"eligible": true', '"eligible": "yes"'),
         "missing": json.dumps({k: v for k, v in json.loads(good).items() if k != "dataset"}),
@@ -566,3 +566,37 @@ def test_plots_write_pngs(tmp_path):
     with pytest.raises(ValueError, match="XYZ"):
         plot_eps_curve(curves, tmp_path / "bad.png", key="XYZ")
     assert matplotlib.get_backend() == backend          # the user's backend is left alone
+
+
+def test_the_collapse_diagnostic_is_a_leaderboard_column_and_older_files_read_as_not_measured(tmp_path):
+    import pyarrow as pa
+
+    from robustbench_dml.leaderboard.frames import ARROW_SCHEMA_V2, records_to_frame
+
+    ev = make_eval(1)
+    ev["benign"].update(intra_class_distance=0.07, inter_class_distance=0.22, entanglement=0.07 / 0.22)
+    rec = Record.from_evaluation(ev, submitter="alice", created="2025-01-02")
+    assert (rec.intra_class_distance, rec.inter_class_distance) == (0.07, 0.22)
+    assert rec.benign()["inter_class_distance"] == 0.22
+    frame = records_to_frame([rec])
+    assert frame["inter_class_distance"].tolist() == [0.22] and frame["entanglement"].iloc[0] == pytest.approx(0.318, abs=1e-3)
+    # a record written before the diagnostic (schema 2): the same record, the three values not measured
+    old = json.loads(rec.to_json())
+    for k in ("intra_class_distance", "inter_class_distance", "entanglement"):
+        del old[k]
+    old["schema_version"] = 2
+    back = Record.from_json_dict(old)
+    assert back.inter_class_distance is None and back.schema_version == RECORD_SCHEMA_VERSION
+    assert back.to_json_dict()["protocols"] == rec.to_json_dict()["protocols"]
+    # a version 2 leaderboard file: its rows, NaN in the new columns
+    v2 = frame.drop(columns=["intra_class_distance", "inter_class_distance", "entanglement"])
+    data = pa.Table.from_pandas(v2, schema=ARROW_SCHEMA_V2, preserve_index=False)
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(data, buf)
+    loaded = parquet_bytes_to_frame(buf.getvalue())
+    assert list(loaded.columns) == list(COLUMNS) and loaded["inter_class_distance"].isna().all()
+    assert loaded["ARS"].tolist() == frame["ARS"].tolist()

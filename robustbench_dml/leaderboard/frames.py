@@ -4,8 +4,8 @@ Columns (:data:`COLUMNS`, derived from the record's fields): the record's identi
 metrics, that protocol's raw attack results and scores, then the provenance. Dtypes (:data:`DTYPES`,
 :data:`ARROW_SCHEMA`): ``string`` for text, nullable ``Int64`` for integers, ``float64`` (NaN = not measured / not
 published) and ``bool``. Nothing is left to pandas' inference, so an empty frame is typed and pandas 3's ``str``
-inference never leaks in. Version 1 parquet files (no protocol column, a ``robrank_compat`` flag) are read through
-:func:`upgrade_frame`.
+inference never leaks in. Version 1 parquet files (no protocol column, a ``robrank_compat`` flag) and version 2
+files (no collapse diagnostic) are read through :func:`upgrade_frame`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from robustbench_dml import columns
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 from robustbench_dml.leaderboard.records import (BENIGN_COLUMNS, RECORD_FIELDS, RECORD_SCHEMA_VERSION, SCORE_FIELDS,
@@ -23,7 +24,8 @@ from robustbench_dml.leaderboard.records import (BENIGN_COLUMNS, RECORD_FIELDS, 
 if TYPE_CHECKING:  # pandas is imported where frames are built, so writers need only pyarrow
     import pandas as pd
 
-__all__ = ["FIELDS", "COLUMNS", "DTYPES", "ARROW_SCHEMA", "ARROW_SCHEMA_V1", "coerce_frame", "empty_frame",
+__all__ = ["FIELDS", "COLUMNS", "DTYPES", "ARROW_SCHEMA", "ARROW_SCHEMA_V1", "ARROW_SCHEMA_V2", "coerce_frame",
+           "empty_frame",
            "upgrade_frame", "record_rows", "records_to_frame", "sort_frame", "records_to_table"]
 
 _BENIGN = [i for i, f in enumerate(RECORD_FIELDS) if f.column in BENIGN_COLUMNS]
@@ -49,9 +51,14 @@ def _arrow_schema(fields: Sequence[Field], version: int) -> pa.Schema:
 ARROW_SCHEMA = _arrow_schema(FIELDS, RECORD_SCHEMA_VERSION)
 
 
-# version 1 files: no protocol column, a robrank_compat flag before checkpoint_sha256 (read by :func:`upgrade_frame`)
+# version 2 files: no collapse diagnostic; version 1 files: besides, no protocol column and no worst cases, a
+# robrank_compat flag before checkpoint_sha256 (both read by :func:`upgrade_frame`)
+ARROW_SCHEMA_V2 = _arrow_schema(tuple(f for f in FIELDS if f.column not in columns.SPACE_KEYS), 2)
+
+
 def _v1_fields() -> tuple[Field, ...]:
-    kept = [f for f in FIELDS if f is not _PROTOCOL_FIELD and f.column not in WORST_COLUMNS]
+    kept = [f for f in FIELDS if f is not _PROTOCOL_FIELD and f.column not in WORST_COLUMNS
+            and f.column not in columns.SPACE_KEYS]
     at = [f.name for f in kept].index("checkpoint_sha256")
     return tuple(kept[:at]) + (Field("robrank_compat", "robrank_compat", "bool", False),) + tuple(kept[at:])
 
@@ -86,12 +93,17 @@ def empty_frame() -> pd.DataFrame:
 
 
 def upgrade_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A version 1 frame (one protocol per record, named by ``robrank_compat``) in the current columns."""
-    if "protocol" in df.columns or "robrank_compat" not in df.columns:
+    """A version 1 frame (one protocol per record, named by ``robrank_compat``) or a version 2 frame (no collapse
+    diagnostic) in the current columns (what they did not measure is NaN)."""
+    if "protocol" in df.columns and all(c in df.columns for c in columns.SPACE_KEYS):
         return df
-    out = df.drop(columns=["robrank_compat"])
-    out["protocol"] = df["robrank_compat"].map({True: P.ROBRANK, False: P.CORRECTED}).astype(object)
-    for c in WORST_COLUMNS:
+    out = df.copy()
+    if "robrank_compat" in df.columns:
+        out = out.drop(columns=["robrank_compat"])
+        out["protocol"] = df["robrank_compat"].map({True: P.ROBRANK, False: P.CORRECTED}).astype(object)
+        for c in WORST_COLUMNS:
+            out[c] = float("nan")
+    for c in columns.SPACE_KEYS:
         out[c] = float("nan")
     out["schema_version"] = RECORD_SCHEMA_VERSION
     return out[list(COLUMNS)]

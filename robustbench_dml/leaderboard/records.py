@@ -38,9 +38,10 @@ __all__ = ["RECORD_SCHEMA_VERSION", "Record", "ProtocolScores", "Field", "RECORD
            "BENIGN_COLUMNS", "RAW_COLUMNS", "SCORE_COLUMNS", "WORST_COLUMNS", "make_record_id", "write_record",
            "read_record", "safe_name"]
 
-RECORD_SCHEMA_VERSION = 2
+RECORD_SCHEMA_VERSION = 3
 
-BENIGN_COLUMNS = columns.BENIGN_KEYS
+#: the record's benign columns: retrieval (percent) and the collapse diagnostic (schema 3 on; None before)
+BENIGN_COLUMNS = columns.BENIGN_KEYS + columns.SPACE_KEYS
 RAW_COLUMNS = columns.ATTACK_KEYS
 #: ``WC:<threat>``: the per-threat worst cases of ``scoring.THREATS`` (percent of queries broken; lower is better)
 WORST_COLUMNS = columns.WORST_KEYS[1:]
@@ -147,6 +148,9 @@ class Record:
     map_at_r: float | None
     map_at_10: float | None
     nmi: float | None
+    intra_class_distance: float | None
+    inter_class_distance: float | None
+    entanglement: float | None
     eligible: bool
     reported: bool
     submitter: str
@@ -216,9 +220,11 @@ class Record:
         version = data.get("schema_version")
         if version == 1:
             data = _upgrade_v1(data, where)
-        elif version != RECORD_SCHEMA_VERSION:
-            raise UserError(f"{where}: record schema_version {version!r} is not 1 or {RECORD_SCHEMA_VERSION}; "
+        elif version not in (2, RECORD_SCHEMA_VERSION):
+            raise UserError(f"{where}: record schema_version {version!r} is not 1 to {RECORD_SCHEMA_VERSION}; "
                             "it was written by another robustbench_dml version or is damaged")
+        if version in (1, 2):  # before the collapse diagnostic: not measured
+            data = {**{c: None for c in columns.SPACE_KEYS}, **data, "schema_version": RECORD_SCHEMA_VERSION}
         names = {f.name for f in RECORD_FIELDS} | {"protocols"}
         missing = sorted(n for n in names if n not in data and n != "note")
         if missing:
