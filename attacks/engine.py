@@ -200,7 +200,7 @@ def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, stat
             losses = attack.loss(z, lsub, fixed, gallery, t)
             for _ in range(eot - 1):  # expectation over transformation: a fresh forward each
                 losses = losses + attack.loss(attack.embed(x), lsub, fixed, gallery, t)
-            return losses / eot if eot > 1 else losses
+            return losses / eot  # exact at eot = 1
 
         apgd(objective, x0[s:e], eps=attack.eps, steps=attack.engine.steps, start=start[s:e],
              variant=SCHEDULES[attack.engine.schedule])

@@ -291,9 +291,8 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     num_queries = n if config.max_queries is None else min(n, int(config.max_queries))
     benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi,
                                        seed=config.seed, normalize=False)  # the gallery is L2-normalised already
-    intra, inter = metrics.class_distances(gallery.embeddings, gallery.labels, seed=config.seed)
-    benign.update(entanglement=intra / inter if inter else float("nan"), intra_class_distance=intra,
-                  inter_class_distance=inter)  # the collapse diagnostic (docs/protocol.md, The result file)
+    # the collapse diagnostic (docs/protocol.md, The result file)
+    benign.update(metrics.collapse_diagnostic(gallery.embeddings, gallery.labels, seed=config.seed))
     ranges = batch_ranges(num_queries, suite.batch_size)
     key = state_key(target.checkpoint["sha256"], suite.hash, config.seed, config.overrides, config.protocols)
     state_path = Path(state_dir) / key if state_dir is not None else None

@@ -262,7 +262,17 @@ def entanglement(embeddings, labels, *, max_items: int = 4000, seed: int = 0, bl
     """CA-TRIDE's entanglement level of an embedding space: the mean same-class distance over the mean
     different-class distance (:func:`class_distances`; the paper reports 0.79 CUB, 0.79 CARS, 0.66 SOP); nan when
     either kind of pair is missing or the inter-class distance is 0."""
-    intra, inter = class_distances(embeddings, labels, max_items=max_items, seed=seed, block=block)
+    return _ratio(*class_distances(embeddings, labels, max_items=max_items, seed=seed, block=block))
+
+
+def collapse_diagnostic(embeddings, labels, *, seed: int = 0) -> dict[str, float]:
+    """``intra_class_distance``, ``inter_class_distance`` (:func:`class_distances`) and their ratio
+    ``entanglement``: what every training epoch and evaluation reports of its test embeddings."""
+    intra, inter = class_distances(embeddings, labels, seed=seed)
+    return {"intra_class_distance": intra, "inter_class_distance": inter, "entanglement": _ratio(intra, inter)}
+
+
+def _ratio(intra: float, inter: float) -> float:
     if not (math.isfinite(intra) and math.isfinite(inter)) or inter == 0:
         return float("nan")
     return intra / inter

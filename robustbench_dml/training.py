@@ -265,13 +265,11 @@ def _benign_metrics(model, defense, test_set, device) -> dict[str, float]:
     """Benign R@1, the mean intra- and inter-class distances and their ratio, CA-TRIDE's entanglement, on the test
     split (:data:`BENIGN_KEYS`)."""
     from robustbench_dml.gallery import embed
-    from robustbench_dml.metrics import class_distances, retrieval_metrics
+    from robustbench_dml.metrics import collapse_diagnostic, retrieval_metrics
 
     gallery = embed(_export(model, defense), test_set, device=device)
     r1 = float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False, normalize=False)["R@1"])
-    intra, inter = class_distances(gallery.embeddings, gallery.labels)
-    return {"R@1": r1, "entanglement": intra / inter if inter else float("nan"), "intra_class_distance": intra,
-            "inter_class_distance": inter}
+    return {"R@1": r1, **collapse_diagnostic(gallery.embeddings, gallery.labels)}
 
 
 def _first_value(history: Path, key: str, default: float) -> float:
