@@ -23,6 +23,13 @@ and with the attack's own selections (the same targets as the published suite dr
 
 A query counts as broken (``success``) when the PGD result or a reported point breaks it.
 
+Pruning (:attr:`Engine.prune`, on): after the first APGD run, each run and the search attack only the queries whose
+worst case so far is above the floor of some scored key (an ERS term of 0: CA+/QA+ at the first place, a broken
+ES:R, LTM, GTM or GTT outcome), as AutoAttack runs each attack only on the points still standing. Nothing can beat
+the floor and every random draw is made for the whole batch, so the results and every ladder step are those of the
+unpruned run; only ``restarts`` (the gradient runs without the PGD result) may keep the value a pruned query had,
+and a query not searched reports the gradients' value as the search's. Budgets count the nominal cost.
+
 ``parts`` records how much each step contributed, per key and query, in the key's raw units: ``pgd`` (the
 published attack), ``apgd`` (APGD's first run, last iterate), ``best_iterate`` (its best iterate), ``restarts``
 (the best over all gradient runs) and ``final`` (the reported value); and the worst case so far after each run,
@@ -60,7 +67,7 @@ SCHEDULES = {"apgd": "v1", "apgd-paper": "paper"}
 #: the contributions ``parts`` records, in the order they are added
 PARTS = ("pgd", "apgd", "best_iterate", "restarts", "final")
 #: the values at which the later engine fields leave a suite's hash unchanged (:attr:`Engine.params`)
-_NEUTRAL = {"targets": 0, "search_steps": 0, "eot": 1}
+_NEUTRAL = {"targets": 0, "search_steps": 0, "eot": 1, "prune": True}
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,11 @@ class Engine:
     #: forward passes whose losses are averaged at each APGD step (expectation over transformation, for
     #: randomised defenses); each costs a forward and a backward
     eot: int = 1
+    #: after the first APGD run, attack only the queries whose worst case so far is above the floor of every
+    #: scored key (an ERS term of 0: nothing can do better there), as AutoAttack attacks only the points still
+    #: standing; the reported results are the same (:func:`run_engine`), the cost falls by the share pruned.
+    #: False only to check that claim
+    prune: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -97,6 +109,8 @@ class Engine:
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < low:
                 raise UserError(f"engine {name} must be an integer >= {low} (got {v})")
+        if not isinstance(self.prune, bool):
+            raise UserError(f"engine prune must be true or false (got {self.prune!r})")
         if not 0 < self.search_p_init <= 1:
             raise UserError(f"engine search_p_init must be in (0, 1] (got {self.search_p_init})")
 
@@ -160,11 +174,14 @@ class _Best:
             self.x[k][better] = x.detach()[better]
             self.last[k] = raw
 
-    def place(self, part: _Best, s: int, e: int) -> None:
-        """Take the rows ``s:e`` from ``part``, the best points of one row pass (:meth:`RankingAttack.passes`)."""
+    def place(self, part: _Best, rows: torch.Tensor) -> None:
+        """Take the ``rows`` (indices, in order) from ``part``, the best points of one row pass
+        (:meth:`RankingAttack.passes`); ``last`` holds the last measured values of the rows placed (NaN elsewhere)."""
         for k in self.keys:
-            self.term[k][s:e], self.raw[k][s:e], self.x[k][s:e] = part.term[k], part.raw[k], part.x[k]
-            self.last[k] = torch.cat([self.last[k], part.last[k]]) if k in self.last else part.last[k]
+            self.term[k][rows], self.raw[k][rows], self.x[k][rows] = part.term[k], part.raw[k], part.x[k]
+            if k not in self.last:
+                self.last[k] = torch.full_like(self.raw[k], float("nan"))
+            self.last[k][rows] = part.last[k]
 
     def merge(self, other: _Best) -> None:
         """Keep ``other``'s point where it is strictly better (an earlier run wins ties)."""
@@ -182,16 +199,32 @@ def scored_keys(attack: RankingAttack) -> list[str]:
     return [k for k in attack.keys if k in scoring.ERS_KEYS]
 
 
+def _active_passes(attack: RankingAttack, state, gallery, active: torch.Tensor | None, *, fixed: bool = True,
+                   every: bool = False):
+    """The batch's row passes (:meth:`RankingAttack.passes`) restricted to the ``active`` rows (None: all):
+    (the pass's first row, its active mask, the global indices of its active rows, their state, their
+    :meth:`RankingAttack.prepare` data when ``fixed``). A pass without an active row is left out unless ``every``."""
+    for s, e, sub, _ in attack.passes(state, gallery, fixed=False):
+        act = torch.ones(e - s, dtype=torch.bool) if active is None else active[s:e].cpu()
+        if act.any() or every:
+            rows = act.nonzero().squeeze(1)
+            sub_act = {k: v[rows.to(v.device)] for k, v in sub.items()}
+            prepared = attack.prepare(sub_act, gallery) if fixed and len(rows) else None
+            yield s, act, rows + s, sub_act, prepared
+
+
 def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, state, gallery, keys,
-              target: dict | None = None) -> _Best:
-    """One APGD run from ``start``; the goal is measured on ``state``, the loss on ``target`` (a retargeted state)
+              target: dict | None = None, active: torch.Tensor | None = None) -> _Best:
+    """One APGD run from ``start`` on the ``active`` rows (None: all; the others keep an infinite term, so a
+    merge never takes them); the goal is measured on ``state``, the loss on ``target`` (a retargeted state)
     when given."""
     eot = attack.engine.eot
     best = _Best(keys, start)
     loss_state = state if target is None else target
-    for (s, e, sub, _), (_, _, lsub, fixed) in zip(attack.passes(state, gallery, fixed=False),
-                                                    attack.passes(loss_state, gallery)):
-        part = _Best(keys, start[s:e])
+    for (_, _, rows, sub, _), (_, _, _, lsub, fixed) in zip(
+            _active_passes(attack, state, gallery, active, fixed=False), _active_passes(attack, loss_state, gallery, active)):
+        rows = rows.to(x0.device)
+        part = _Best(keys, start[rows])
 
         def objective(x: torch.Tensor, t: int, sub=sub, lsub=lsub, fixed=fixed, part=part) -> torch.Tensor:
             z = attack.embed(x)
@@ -202,28 +235,32 @@ def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, stat
                 losses = losses + attack.loss(attack.embed(x), lsub, fixed, gallery, t)
             return losses / eot  # exact at eot = 1
 
-        apgd(objective, x0[s:e], eps=attack.eps, steps=attack.engine.steps, start=start[s:e],
+        apgd(objective, x0[rows], eps=attack.eps, steps=attack.engine.steps, start=start[rows],
              variant=SCHEDULES[attack.engine.schedule])
-        best.place(part, s, e)
+        best.place(part, rows)
     return best
 
 
 @torch.no_grad()
 def _search_run(attack: RankingAttack, x0: torch.Tensor, state, gallery, keys, generator, *, queries: int,
-                steps: int, p_init: float) -> _Best:
-    """The random search on the first ``queries`` images, every proposal measured (as APGD's iterates are)."""
+                steps: int, p_init: float, active: torch.Tensor | None = None) -> _Best:
+    """The random search on the first ``queries`` images (of those, the ``active`` ones), every proposal measured
+    (as APGD's iterates are). Its draws do not depend on ``active`` (:func:`attacks.square.random_search`)."""
     best = _Best(keys, x0[:queries])
     sub_state = {k: v[:queries] for k, v in state.items()}
-    for s, e, sub, fixed in attack.passes(sub_state, gallery):
-        part = _Best(keys, x0[s:e])
+    for s, act, rows, sub, fixed in _active_passes(attack, sub_state, gallery, active, every=True):
+        rows = rows.to(x0.device)
+        part = _Best(keys, x0[rows])
 
         def objective(x: torch.Tensor, sub=sub, fixed=fixed, part=part) -> torch.Tensor:
             z = attack.embed(x)
             part.update(x, attack.measure(z, sub, gallery, clean=False))
             return attack.loss(z, sub, fixed, gallery, 1)
 
-        random_search(objective, x0[s:e], eps=attack.eps, steps=steps, generator=generator, p_init=p_init)
-        best.place(part, s, e)
+        random_search(objective, x0[s:s + len(act)], eps=attack.eps, steps=steps, generator=generator, p_init=p_init,
+                      active=act)
+        if len(rows):
+            best.place(part, rows)
     return best
 
 
@@ -289,23 +326,35 @@ def run_engine(attack: RankingAttack, x0: torch.Tensor, state: dict[str, torch.T
                 value = torch.where(resistance(k, value) < resistance(k, parts[k]["pgd"]), value, parts[k]["pgd"])
             parts[k][step] = value.clone()
 
+    def standing() -> torch.Tensor | None:
+        """The queries whose worst case so far is above the floor of some scored key (None: do not prune)."""
+        if not eng.prune:
+            return None
+        step = f"g{iterations}"
+        return torch.stack([resistance(k, parts[k][step]) > 0 for k in keys]).any(dim=0)
+
+    active = None  # the first APGD run attacks every query, so its own parts are defined everywhere
     for r in range(eng.restarts + eng.targets):
         target = attack.retarget(state, gallery, r) if 1 <= r <= eng.targets else None
         start = x0 if r == 0 or target is not None else uniform_start(x0, attack.eps, lo, hi, generator)
-        run = _apgd_run(attack, x0, start, state, gallery, keys, target)
+        run = _apgd_run(attack, x0, start, state, gallery, keys, target, active)
         iterations += eng.steps * eng.eot
         if r == 0:
             for k in keys:
                 parts[k]["apgd"], parts[k]["best_iterate"] = run.last[k].clone(), run.raw[k].clone()
         record(run)
+        active = standing()
     for k in keys:
         parts[k]["restarts"] = overall.raw[k].clone()
     check, check_gradient = {}, {}
     if eng.search_steps:
         gradient_only = {k: parts[k][f"g{iterations}"] for k in keys}
         found = _search_run(attack, x0, state, gallery, keys, generator, queries=b, steps=eng.search_steps,
-                            p_init=eng.search_p_init)
-        check, check_gradient = dict(found.raw), gradient_only
+                            p_init=eng.search_p_init, active=active)
+        searched = torch.ones(b, dtype=torch.bool, device=x0.device) if active is None else active.to(x0.device)
+        # a query at the floor is not searched: nothing beats it, so the search's value there is the gradients'
+        check = {k: torch.where(searched, found.raw[k], gradient_only[k]) for k in keys}
+        check_gradient = gradient_only
         record(found)
     with torch.no_grad():
         chosen: dict[str, torch.Tensor] = {}

@@ -46,11 +46,15 @@ def random_search(
     generator: torch.Generator,
     p_init: float = 0.05,
     bounds: tuple[Bound, Bound] = (0.0, 1.0),
+    active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise the per-image ``objective(x) -> (B,)`` without gradients; return (best x, its objective (B,)).
 
     ``x0`` (B, C, H, W) or (B, F) (treated as one row of pixels); ``steps`` objective calls after the first;
     every random draw comes from ``generator`` (CPU), so the search is reproducible on any device.
+    ``active`` (B,) bool: search only these images (``objective`` receives their rows, in order; the others keep
+    ``x0`` and an objective of +inf). The draws are made for all B images whatever ``active`` says, so an image's
+    search does not depend on which others are searched.
     """
     x0 = x0.detach()
     shape = x0.shape
@@ -61,8 +65,16 @@ def random_search(
     def signs(*size: int) -> torch.Tensor:
         return (torch.randint(2, size, generator=generator) * 2 - 1).to(img.device, img.dtype)
 
+    act = torch.ones(b, dtype=torch.bool, device=img.device) if active is None else active.to(img.device)
+
+    def measured(x: torch.Tensor) -> torch.Tensor:
+        value = torch.full((b,), math.inf, dtype=torch.float64, device=img.device)
+        if act.any():
+            value[act] = objective(x[act].reshape((-1,) + shape[1:])).double()
+        return value
+
     x = torch.minimum(torch.maximum(img + eps * signs(b, c, 1, w), lo), hi)
-    best = objective(x.reshape(shape)).double()
+    best = measured(x)
     rows, cols = torch.arange(h, device=img.device), torch.arange(w, device=img.device)
     for t in range(steps):
         side = max(1, min(h, w, round(math.sqrt(window_fraction(t, steps, p_init) * h * w))))
@@ -72,8 +84,9 @@ def random_search(
                   & ((cols.view(1, -1) >= left.view(-1, 1)) & (cols.view(1, -1) < (left + side).view(-1, 1))).view(b, 1, 1, w))
         proposal = torch.where(inside, img + eps * signs(b, c, 1, 1), x)
         proposal = torch.minimum(torch.maximum(proposal, lo), hi)
-        value = objective(proposal.reshape(shape)).double()
+        value = measured(proposal)
         keep = value < best
         x = torch.where(keep.view(b, 1, 1, 1), proposal, x)
         best = torch.where(keep, value, best)
+    x = torch.where(act.view(b, 1, 1, 1), x, img)
     return x.reshape(shape), best

@@ -268,7 +268,8 @@ def test_engine_fields_beyond_version_1_leave_its_hash_alone_and_are_validated()
     assert set(Engine().params) == {"schedule", "steps", "restarts", "with_pgd", "check_queries", "check_steps"}
     assert RANKAA28PLUS.engine.gradients == 1000 and RANKAA28PLUS.engine.ladder(32)[-1] == "g1032+s5000"
     assert RANKAA28PLUS.hash != RANKAA28.hash and RANKAA28PLUS.protocols == ("corrected",)
-    for bad in (dict(targets=-1), dict(eot=0), dict(search_steps=1.5), dict(search_p_init=0.0), dict(eot=True)):
+    for bad in (dict(targets=-1), dict(eot=0), dict(search_steps=1.5), dict(search_p_init=0.0), dict(eot=True),
+                dict(prune=1)):
         with pytest.raises(UserError, match="engine"):
             Engine(**bad)
 
@@ -357,3 +358,56 @@ def test_eot_changes_nothing_on_a_deterministic_model():
                        engine=Engine(steps=6, restarts=1, check_queries=0, eot=3))
     assert torch.equal(one.per_query["QA-"], three.per_query["QA-"])
     assert three.iterations == 4 + 3 * 6
+
+
+class _Counting(nn.Module):
+    """The toy model, counting the images it embeds."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.rows = inner, 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("aid", attacks.list_attacks())
+def test_pruning_the_queries_at_the_floor_changes_no_result(aid):
+    # AutoAttack's rule: after the first APGD run only the queries still above the floor (an ERS term of 0 on some
+    # key) are attacked. Nothing can beat the floor and the draws do not depend on the pruned set, so every result,
+    # every ladder step and where the search beat the gradients equal the unpruned run's (a query at the floor is
+    # not searched and reports the gradients' value); the model sees fewer images
+    toy = Toy(n=1000, seed=9)
+    kw = dict(eps=0.15, alpha=0.02, steps=4, **PARAMS.get(aid, {}))
+    out, rows = {}, {}
+    for prune in (False, True):
+        model = _Counting(toy.model)
+        atk = attacks.create(aid, model=model, engine=Engine(steps=6, restarts=3, targets=1, check_queries=0,
+                                                             search_steps=20, prune=prune), **kw)
+        out[prune] = atk(toy.images[:16], toy.labels[:16], toy.gallery, generator=torch.Generator().manual_seed(1),
+                         query_index=torch.arange(16))
+        rows[prune] = model.rows
+    a, b = out[False], out[True]
+    for k in a.per_query:
+        assert torch.equal(a.per_query[k], b.per_query[k]), k
+    assert torch.equal(a.success, b.success) and a.iterations == b.iterations
+    for k, parts in a.extra["parts"].items():
+        for name, v in parts.items():
+            if name != "restarts":  # the best of the gradient runs alone (no PGD) may stop at the pruning point
+                assert torch.equal(v, b.extra["parts"][k][name]), (k, name)
+    def floor(step):
+        return torch.stack([resistance(k, v[step]) <= 0 for k, v in a.extra["parts"].items()]).all(dim=0)
+
+    at_floor, searched = floor("g10"), ~floor("g28")  # after the first APGD run; before the search
+    for k, found in a.extra["check"].items():
+        gradient = a.extra["check_gradient"][k]
+        assert torch.equal(found[searched], b.extra["check"][k][searched])
+        assert torch.equal(b.extra["check"][k][~searched], gradient[~searched])
+        assert torch.equal(resistance(k, found) < resistance(k, gradient),
+                           resistance(k, b.extra["check"][k]) < resistance(k, gradient))
+    # a query at the floor after a run spares the next run's 6 forwards; before the search, its 1 + 20
+    n = {step: int(floor(step).sum()) for step in ("g10", "g16", "g22", "g28")}
+    assert rows[False] - rows[True] == 6 * (n["g10"] + n["g16"] + n["g22"]) + 21 * n["g28"]
+    if aid in ("GTM", "LTM", "GTT"):
+        assert at_floor.any()  # the test exercises the pruning on the binary attacks
