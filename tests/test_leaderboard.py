@@ -600,3 +600,26 @@ def test_the_collapse_diagnostic_is_a_leaderboard_column_and_older_files_read_as
     loaded = parquet_bytes_to_frame(buf.getvalue())
     assert list(loaded.columns) == list(COLUMNS) and loaded["inter_class_distance"].isna().all()
     assert loaded["ARS"].tolist() == frame["ARS"].tolist()
+
+
+def test_records_and_boards_of_schema_3_read_without_budget_or_recipe():
+    import pyarrow as pa
+
+    from robustbench_dml.leaderboard.frames import ARROW_SCHEMA_V3, records_to_frame
+
+    rec = Record.from_evaluation(make_eval(2), submitter="bob", created="2025-01-02")
+    old = json.loads(rec.to_json())
+    del old["budget"], old["recipe"]
+    old["schema_version"] = 3
+    back = Record.from_json_dict(old)
+    assert back == rec and back.budget is None and back.recipe is None
+    for bad, match in (({"budget": "gpu"}, "budget"), ({"recipe": "[1]"}, "recipe")):
+        with pytest.raises(UserError, match=match):
+            Record.from_json_dict({**json.loads(rec.to_json()), **bad})
+    frame = records_to_frame([rec])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame.drop(columns=["budget", "recipe"]), schema=ARROW_SCHEMA_V3,
+                                        preserve_index=False), buf)
+    loaded = parquet_bytes_to_frame(buf.getvalue())
+    assert list(loaded.columns) == list(COLUMNS) and loaded["budget"].isna().all()
+    assert loaded.drop(columns=["budget", "recipe"]).equals(frame.drop(columns=["budget", "recipe"]))

@@ -56,6 +56,8 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--no-reference", action="store_true",
                    help="leave out the rows published by the papers (shown with --protocol robrank only)")
+    p.add_argument("--no-official", action="store_true",
+                   help="leave out the official rows shipped with the package (shown beside the store's, marked)")
     add_protocol(p)
     add_columns(p)
     add_leaderboard_dir(p)
@@ -63,12 +65,17 @@ def add_parser(sub) -> None:
 
 
 def board_with_reference(store, dataset: str, suite: str, version: int | None, reference: bool,
-                         protocol: str = P.DEFAULT):
-    """The leaderboard's rows of ``protocol``, with the papers' rows when ``reference`` and the protocol is theirs
-    (``robrank``): published rows are never placed beside numbers of another protocol."""
+                         protocol: str = P.DEFAULT, official: bool = True):
+    """The leaderboard's rows of ``protocol``, with the package's official rows of the board when ``official``
+    (:mod:`robustbench_dml.leaderboard.official`; never written to the store) and the papers' rows when
+    ``reference`` and the protocol is theirs (``robrank``): published rows are never placed beside numbers of
+    another protocol."""
     from robustbench_dml.leaderboard import frames_concat, reference_frame
+    from robustbench_dml.leaderboard.official import official_frame
 
     frame = store.load(dataset, suite, version)
+    if official:
+        frame = frames_concat([frame, official_frame(dataset, suite)])
     frame = frame[frame["protocol"] == protocol].reset_index(drop=True)
     if reference and protocol == P.ROBRANK:
         ref = reference_frame(dataset)
@@ -114,10 +121,11 @@ def run(args) -> int:
              args.overwrite)
         return 0
     version = _int(args.version) if args.version else None
-    frame = board_with_reference(store, args.dataset, suite, version, not args.no_reference, args.protocol)
+    official = not args.no_official
+    frame = board_with_reference(store, args.dataset, suite, version, not args.no_reference, args.protocol, official)
     if not len(frame):
         flip = P.ROBRANK if args.protocol == P.CORRECTED else P.CORRECTED
-        if len(board_with_reference(store, args.dataset, suite, version, not args.no_reference, flip)):
+        if len(board_with_reference(store, args.dataset, suite, version, not args.no_reference, flip, official)):
             hint = f"; its rows (or the papers') hold the {flip} protocol: add --protocol {flip}"
         else:
             hint = "; add one with `dmlbench run` or `dmlbench submit`"

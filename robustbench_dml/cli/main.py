@@ -12,7 +12,8 @@ import sys
 from robustbench_dml import __version__, numerics
 from robustbench_dml.errors import UserError
 
-SUBCOMMANDS = ("list", "train", "evaluate", "run", "submit", "leaderboard", "compare", "plot", "convert")
+SUBCOMMANDS = ("list", "train", "evaluate", "run", "submit", "leaderboard", "compare", "plot", "convert",
+               "reproduce")
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -81,7 +81,13 @@ def run(args) -> int:
     print(out)
     if not result.eligible:
         print("note: the suite was overridden (--attacks/--max-queries): the row is published as partial")
+    from robustbench_dml.evaluation import EvalConfig
+    from robustbench_dml.leaderboard.recipes import Recipe
+
+    evaluated = EvalConfig(suite, attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None,
+                           max_queries=args.max_queries, seed=args.eval_seed)
+    recipe = Recipe.of(cfg, evaluated, result.checkpoint["sha256"])
     record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name,
-                                     partial_ok=not result.eligible)
+                                     partial_ok=not result.eligible, recipe=recipe)
     show_board(record, version, added, args.leaderboard_dir)
     return 0

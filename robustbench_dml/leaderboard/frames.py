@@ -24,7 +24,8 @@ from robustbench_dml.leaderboard.records import (BENIGN_COLUMNS, RECORD_FIELDS, 
 if TYPE_CHECKING:  # pandas is imported where frames are built, so writers need only pyarrow
     import pandas as pd
 
-__all__ = ["FIELDS", "COLUMNS", "DTYPES", "ARROW_SCHEMA", "ARROW_SCHEMA_V1", "ARROW_SCHEMA_V2", "coerce_frame",
+__all__ = ["FIELDS", "COLUMNS", "DTYPES", "ARROW_SCHEMA", "ARROW_SCHEMA_V1", "ARROW_SCHEMA_V2", "ARROW_SCHEMA_V3",
+           "coerce_frame",
            "empty_frame",
            "upgrade_frame", "record_rows", "records_to_frame", "sort_frame", "records_to_table"]
 
@@ -51,14 +52,18 @@ def _arrow_schema(fields: Sequence[Field], version: int) -> pa.Schema:
 ARROW_SCHEMA = _arrow_schema(FIELDS, RECORD_SCHEMA_VERSION)
 
 
-# version 2 files: no collapse diagnostic; version 1 files: besides, no protocol column and no worst cases, a
-# robrank_compat flag before checkpoint_sha256 (both read by :func:`upgrade_frame`)
-ARROW_SCHEMA_V2 = _arrow_schema(tuple(f for f in FIELDS if f.column not in columns.SPACE_KEYS), 2)
+#: the columns schema 4 added (budget and recipe), absent from earlier files
+_V4_COLUMNS = ("budget", "recipe")
+# version 3 files: no budget or recipe; version 2 files: besides, no collapse diagnostic; version 1 files: besides,
+# no protocol column and no worst cases, a robrank_compat flag before checkpoint_sha256 (read by
+# :func:`upgrade_frame`)
+ARROW_SCHEMA_V3 = _arrow_schema(tuple(f for f in FIELDS if f.column not in _V4_COLUMNS), 3)
+ARROW_SCHEMA_V2 = _arrow_schema(tuple(f for f in FIELDS if f.column not in columns.SPACE_KEYS + _V4_COLUMNS), 2)
 
 
 def _v1_fields() -> tuple[Field, ...]:
     kept = [f for f in FIELDS if f is not _PROTOCOL_FIELD and f.column not in WORST_COLUMNS
-            and f.column not in columns.SPACE_KEYS]
+            and f.column not in columns.SPACE_KEYS + _V4_COLUMNS]
     at = [f.name for f in kept].index("checkpoint_sha256")
     return tuple(kept[:at]) + (Field("robrank_compat", "robrank_compat", "bool", False),) + tuple(kept[at:])
 
@@ -93,9 +98,10 @@ def empty_frame() -> pd.DataFrame:
 
 
 def upgrade_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A version 1 frame (one protocol per record, named by ``robrank_compat``) or a version 2 frame (no collapse
-    diagnostic) in the current columns (what they did not measure is NaN)."""
-    if "protocol" in df.columns and all(c in df.columns for c in columns.SPACE_KEYS):
+    """A version 1 frame (one protocol per record, named by ``robrank_compat``), a version 2 frame (no collapse
+    diagnostic) or a version 3 frame (no budget or recipe) in the current columns (what they did not measure or
+    state is missing)."""
+    if all(c in df.columns for c in COLUMNS):
         return df
     out = df.copy()
     if "robrank_compat" in df.columns:
@@ -104,7 +110,11 @@ def upgrade_frame(df: pd.DataFrame) -> pd.DataFrame:
         for c in WORST_COLUMNS:
             out[c] = float("nan")
     for c in columns.SPACE_KEYS:
-        out[c] = float("nan")
+        if c not in out.columns:
+            out[c] = float("nan")
+    for c in _V4_COLUMNS:
+        if c not in out.columns:
+            out[c] = None
     out["schema_version"] = RECORD_SCHEMA_VERSION
     return out[list(COLUMNS)]
 

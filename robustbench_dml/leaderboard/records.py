@@ -34,11 +34,14 @@ from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_bytes
 
-__all__ = ["RECORD_SCHEMA_VERSION", "Record", "ProtocolScores", "Field", "RECORD_FIELDS", "SCORE_FIELDS",
+__all__ = ["RECORD_SCHEMA_VERSION", "BUDGETS", "Record", "ProtocolScores", "Field", "RECORD_FIELDS", "SCORE_FIELDS",
            "BENIGN_COLUMNS", "RAW_COLUMNS", "SCORE_COLUMNS", "WORST_COLUMNS", "make_record_id", "write_record",
            "read_record", "safe_name"]
 
-RECORD_SCHEMA_VERSION = 3
+RECORD_SCHEMA_VERSION = 4
+#: the training budgets a measured row may name (``budget``): the cpu studies' subset and epochs, or the published
+#: schedule
+BUDGETS = ("cpu", "full")
 
 #: the record's benign columns: retrieval (percent) and the collapse diagnostic (schema 3 on; None before)
 BENIGN_COLUMNS = columns.BENIGN_KEYS + columns.SPACE_KEYS
@@ -165,6 +168,11 @@ class Record:
     versions: str
     protocols: Mapping[str, ProtocolScores]
     note: str | None = None
+    #: the training budget of a measured row (:data:`BUDGETS`; None: not stated)
+    budget: str | None = None
+    #: how the row was made (JSON: the commands, the resolved configurations, the data files' and the weights'
+    #: sha256; :mod:`robustbench_dml.leaderboard.recipes`); None: not recorded
+    recipe: str | None = None
     schema_version: int = RECORD_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -220,13 +228,15 @@ class Record:
         version = data.get("schema_version")
         if version == 1:
             data = _upgrade_v1(data, where)
-        elif version not in (2, RECORD_SCHEMA_VERSION):
+        elif version not in (2, 3, RECORD_SCHEMA_VERSION):
             raise UserError(f"{where}: record schema_version {version!r} is not 1 to {RECORD_SCHEMA_VERSION}; "
                             "it was written by another robustbench_dml version or is damaged")
         if version in (1, 2):  # before the collapse diagnostic: not measured
-            data = {**{c: None for c in columns.SPACE_KEYS}, **data, "schema_version": RECORD_SCHEMA_VERSION}
+            data = {**{c: None for c in columns.SPACE_KEYS}, **data}
+        if version in (1, 2, 3):  # before budgets and recipes: not stated
+            data = {**data, "budget": None, "recipe": None, "schema_version": RECORD_SCHEMA_VERSION}
         names = {f.name for f in RECORD_FIELDS} | {"protocols"}
-        missing = sorted(n for n in names if n not in data and n != "note")
+        missing = sorted(n for n in names if n not in data and n not in ("note", "budget", "recipe"))
         if missing:
             raise UserError(f"{where}: record lacks fields {', '.join(missing)}; the file is damaged")
         unknown = sorted(set(data) - names)
@@ -333,13 +343,18 @@ def check_record_values(values: Mapping[str, Any], *, where: str) -> None:
     sha = values.get("checkpoint_sha256")
     if not values.get("reported") and not (isinstance(sha, str) and HEX64.match(sha)):
         raise UserError(f"{where}: a measured (not reported) record needs a 64-hex checkpoint_sha256")
-    for key in ("defense_config", "versions"):
+    for key in ("defense_config", "versions", "recipe"):
         v = values.get(key)
         if isinstance(v, str):
             try:
-                json.loads(v)
+                parsed = json.loads(v)
             except json.JSONDecodeError:
                 raise UserError(f"{where}: field {key!r} is not valid JSON") from None
+            if key == "recipe" and not isinstance(parsed, dict):
+                raise UserError(f"{where}: field 'recipe' is not a JSON object")
+    budget = values.get("budget")
+    if budget is not None and budget not in BUDGETS:
+        raise UserError(f"{where}: budget {budget!r} is not one of {', '.join(BUDGETS)}")
 
 
 # ---- one record's file ---------------------------------------------------------------------------------------

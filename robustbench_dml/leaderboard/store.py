@@ -37,8 +37,9 @@ from filelock import FileLock
 from robustbench_dml import __version__
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_bytes, sha256_file
-from robustbench_dml.leaderboard.frames import (ARROW_SCHEMA, ARROW_SCHEMA_V1, ARROW_SCHEMA_V2, COLUMNS, coerce_frame,
-                                                empty_frame, records_to_table, sort_frame, upgrade_frame)
+from robustbench_dml.leaderboard.frames import (ARROW_SCHEMA, ARROW_SCHEMA_V1, ARROW_SCHEMA_V2, ARROW_SCHEMA_V3,
+                                                COLUMNS, coerce_frame, empty_frame, records_to_table, sort_frame,
+                                                upgrade_frame)
 from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, Record, read_record, safe_name,
                                                  write_record)
 
@@ -79,7 +80,7 @@ def parquet_bytes_to_frame(data: bytes, *, where: str = "leaderboard file") -> p
         raise UserError(f"{where} is not a readable parquet file ({str(exc).splitlines()[0]}); it is damaged, "
                         "rebuild it with `dmlbench leaderboard rebuild --dataset ID` or restore it") from None
     if not any(table.schema.equals(schema, check_metadata=False)
-               for schema in (ARROW_SCHEMA, ARROW_SCHEMA_V2, ARROW_SCHEMA_V1)):
+               for schema in (ARROW_SCHEMA, ARROW_SCHEMA_V3, ARROW_SCHEMA_V2, ARROW_SCHEMA_V1)):
         raise UserError(f"{where} does not have the leaderboard schema (version 1 to {RECORD_SCHEMA_VERSION}); "
                         "it is damaged or from another robustbench_dml version")
     df = table.to_pandas(types_mapper=_types_mapper)

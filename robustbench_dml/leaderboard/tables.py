@@ -47,7 +47,7 @@ LOWER_IS_BETTER = columns.LOWER_IS_BETTER
 _CI_COLUMNS = {"ERS": ("ERS_lo", "ERS_hi"), "ARS": ("ARS_lo", "ARS_hi")}
 FORMATS = ("md", "csv", "latex", "html")
 _ID_HEADERS = {"rank": "#", "dataset": "Data", "defense": "Defense", "backbone": "Backbone", "steps": "Steps",
-               "by": "By"}
+               "by": "By", "budget": "Budget"}
 
 
 def _decimals(col: str, values: str = "raw") -> int:
@@ -56,12 +56,18 @@ def _decimals(col: str, values: str = "raw") -> int:
 
 
 def _by(df: pd.DataFrame) -> pd.Series:
-    """Who the row comes from: the submitter, or ``<paper>, <venue>`` for published rows; a row measured with an
-    overridden suite (``eligible`` false) says so."""
+    """Who the row comes from: the submitter, ``<paper> (paper)`` for published rows, ``robustbench-dml
+    (official)`` for the package's official rows; a row measured with an overridden suite (``eligible`` false) says
+    so (an official one how many queries it attacked)."""
+    from robustbench_dml.leaderboard.official import is_official
+
     out = []
-    for reported, submitter, source, eligible in zip(df["reported"], df["submitter"], df["source"], df["eligible"]):
+    for reported, submitter, source, eligible, queries in zip(df["reported"], df["submitter"], df["source"],
+                                                              df["eligible"], df["num_queries"]):
         if bool(reported) and isinstance(source, str):
             out.append(source.split(" (")[0] + " (paper)")
+        elif is_official(source, reported):
+            out.append(f"{submitter} (official" + ("" if bool(eligible) else f", {queries} queries") + ")")
         else:
             out.append(str(submitter) + ("" if bool(eligible) else " (partial suite)"))
     return pd.Series(out, index=df.index, dtype=pd.StringDtype())
@@ -112,6 +118,8 @@ def table_frame(df: pd.DataFrame, *, columns: Sequence[str] | None = None, value
     out["backbone"] = df["backbone"].reset_index(drop=True).astype(pd.StringDtype())
     out["steps"] = df["steps"].reset_index(drop=True).astype("Int64")
     out["by"] = _by(df).reset_index(drop=True)
+    if df["budget"].notna().any():
+        out["budget"] = df["budget"].reset_index(drop=True).astype(pd.StringDtype())
     out["protocol"] = df["protocol"].reset_index(drop=True).astype(pd.StringDtype())
     for c in columns:
         out[c] = src[c].reset_index(drop=True).astype("float64")
@@ -159,7 +167,7 @@ def _fmt(x: float, col: str, values: str) -> str | None:
 def _cells(table: pd.DataFrame, columns: Sequence[str], values: str, highlight: str | None
            ) -> tuple[list[str], list[list[tuple[str | None, bool]]], list[bool]]:
     """Headers, rows of (text or None for missing, is_best) and per-row highlight flags."""
-    ids = [c for c in ("rank", "dataset", "defense", "backbone", "steps", "by") if c in table.columns]
+    ids = [c for c in ("rank", "dataset", "defense", "backbone", "steps", "by", "budget") if c in table.columns]
     headers = [_ID_HEADERS[c] for c in ids] + list(columns)
     marks = best_marks(table, columns, values=values)
     rows, flags = [], []
@@ -175,7 +183,7 @@ def _cells(table: pd.DataFrame, columns: Sequence[str], values: str, highlight: 
     return headers, rows, flags
 
 
-TEXT_HEADERS = frozenset({"Defense", "Backbone", "By", "Data"})
+TEXT_HEADERS = frozenset({"Defense", "Backbone", "By", "Data", "Budget"})
 
 
 def _marked_cells(rows, flags, *, escape, missing: str, bold, arrow) -> list[list[str]]:

@@ -1,0 +1,128 @@
+"""The official boards: rows the project measured, shipped inside the package, re-derived at every load.
+
+An official row is not a stored score. The package holds, per model, one entry file
+(``robustbench_dml/boards/<dataset>/<model>.json.gz``): the model's training recipe and every evaluation result
+made of it (the complete ``dmlbench evaluate --json`` output, per-query results and success flags included). Each
+load derives the records from those results as ``dmlbench submit`` would (:meth:`Record.from_evaluation`: every
+score, interval and worst case re-derived, an edited value refused), so what a board shows is always what its
+evidence gives. Each record carries its :class:`~robustbench_dml.leaderboard.recipes.Recipe` (``dmlbench
+reproduce`` rebuilds the row) and its budget label (``cpu``: the project's CPU studies' subset and epochs;
+``full``: the published schedule), and its ``source`` says it is official (:data:`OFFICIAL_SOURCE`).
+
+Official rows are read, never written into a user's store: ``dmlbench leaderboard show`` places them beside the
+local store's rows, marked ``(official)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from robustbench_dml.errors import UserError
+from robustbench_dml.files import atomic_write_bytes
+from robustbench_dml.leaderboard.recipes import Recipe
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from robustbench_dml.leaderboard.records import Record
+
+__all__ = ["OFFICIAL_SUBMITTER", "OFFICIAL_SOURCE", "ENTRY_SCHEMA", "BOARDS", "official_records", "official_frame",
+           "write_entry", "is_official"]
+
+OFFICIAL_SUBMITTER = "robustbench-dml"
+OFFICIAL_SOURCE = "robustbench-dml official board"
+ENTRY_SCHEMA = 1
+#: where the package's official boards live
+BOARDS = Path(__file__).resolve().parents[1] / "boards"
+#: an entry file larger than this is refused before it is read (a whole 10,000-query evaluation is ~10 MB)
+MAX_ENTRY_BYTES = 64 * 2**20
+
+
+def write_entry(path: str | Path, *, model: str, recipe_train: Any, weights_sha256: str, budget: str | None,
+                evaluations: Sequence[tuple[Any, Mapping[str, Any]]], created: str) -> Path:
+    """Write one model's entry: ``recipe_train`` (its ``TrainConfig``), and per evaluation its ``EvalConfig`` and
+    result dict (``EvaluationResult.to_dict()``). Every result must be of the weights ``weights_sha256``."""
+    entry = {"schema": ENTRY_SCHEMA, "model": model, "created": created, "evaluations": []}
+    for eval_cfg, result in evaluations:
+        recipe = Recipe.of(recipe_train, eval_cfg, weights_sha256, budget)
+        entry["evaluations"].append({"recipe": json.loads(recipe.to_json()), "result": result})
+    _records_of(entry, where=str(path))  # what cannot be loaded is not written
+    data = json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    path = Path(path)
+    atomic_write_bytes(path, gzip.compress(data, mtime=0))
+    return path
+
+
+def _read_entry(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_ENTRY_BYTES:
+        raise UserError(f"official board entry {path} is larger than {MAX_ENTRY_BYTES >> 20} MiB; the package is "
+                        "damaged, reinstall it")
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read(8 * MAX_ENTRY_BYTES + 1)
+        if len(data) > 8 * MAX_ENTRY_BYTES:
+            raise ValueError("too large when unpacked")
+        entry = json.loads(data)
+    except (OSError, EOFError, ValueError) as exc:
+        raise UserError(f"official board entry {path} is damaged ({str(exc).splitlines()[0]}); reinstall the "
+                        "package") from None
+    if not isinstance(entry, dict) or entry.get("schema") != ENTRY_SCHEMA:
+        raise UserError(f"official board entry {path} is not of schema {ENTRY_SCHEMA}; reinstall the package")
+    return entry
+
+
+def _records_of(entry: Mapping[str, Any], *, where: str) -> list[Record]:
+    from robustbench_dml.leaderboard.records import Record
+
+    out = []
+    evaluations = entry.get("evaluations")
+    if not isinstance(evaluations, list) or not isinstance(entry.get("created"), str):
+        raise UserError(f"official board entry {where} lacks its evaluations or date; reinstall the package")
+    for i, item in enumerate(evaluations):
+        here = f"{where}, evaluation {i}"
+        if not isinstance(item, Mapping):
+            raise UserError(f"{here}: not a JSON object; reinstall the package")
+        recipe = Recipe.from_json(json.dumps(item.get("recipe")), where=f"{here}, recipe")
+        record = Record.from_evaluation(item.get("result"), submitter=OFFICIAL_SUBMITTER, created=entry["created"])
+        if record.checkpoint_sha256 != recipe.weights_sha256:
+            raise UserError(f"{here}: the result is of weights {record.checkpoint_sha256[:12]}..., the recipe's are "
+                            f"{recipe.weights_sha256[:12]}...; reinstall the package")
+        if record.suite_id != recipe.evaluate["suite"]:
+            raise UserError(f"{here}: the result is of suite {record.suite_id}, the recipe's is "
+                            f"{recipe.evaluate['suite']}; reinstall the package")
+        out.append(dataclasses.replace(record, source=OFFICIAL_SOURCE, budget=recipe.budget,
+                                       recipe=recipe.to_json(), note=f"official: {entry.get('model')}"))
+    return out
+
+
+def official_records(dataset: str | None = None, suite: str | None = None, *,
+                     root: str | Path | None = None) -> list[Record]:
+    """The official records (of ``dataset`` and ``suite`` when given), each re-derived from its result; ``root``
+    replaces the package's boards (tests, a board being built)."""
+    base = Path(root) if root is not None else BOARDS
+    if dataset is not None:
+        folders: Iterable[Path] = [base / dataset]
+    else:
+        folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    out = []
+    for folder in folders:
+        for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else []:
+            out += [r for r in _records_of(_read_entry(path), where=str(path)) if suite is None or r.suite_id == suite]
+    return out
+
+
+def official_frame(dataset: str, suite: str, *, root: str | Path | None = None) -> pd.DataFrame:
+    """The official rows of one board as a leaderboard frame (one row per record and protocol)."""
+    from robustbench_dml.leaderboard.frames import records_to_frame
+
+    return records_to_frame(official_records(dataset, suite, root=root))
+
+
+def is_official(source: Any, reported: Any) -> bool:
+    """Whether a frame row is an official one (its ``source`` and ``reported`` columns)."""
+    return isinstance(source, str) and source == OFFICIAL_SOURCE and not bool(reported)

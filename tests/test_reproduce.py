@@ -1,0 +1,145 @@
+"""Recipes, the official boards and ``dmlbench reproduce``: a row rebuilt from its record matches it."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from robustbench_dml.cli.common import train_config
+from robustbench_dml.cli.main import build_parser
+from robustbench_dml.config import TrainConfig
+from robustbench_dml.errors import UserError
+from robustbench_dml.evaluation import EvalConfig
+from robustbench_dml.leaderboard.official import OFFICIAL_SOURCE, official_records, write_entry
+from robustbench_dml.leaderboard.recipes import Recipe, eval_settings, evaluate_argv, train_argv
+from robustbench_dml.leaderboard.frames import records_to_frame
+from robustbench_dml.leaderboard.tables import render
+
+SHA = "ab" * 32
+
+
+def _dmlbench(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robustbench_dml.cli.main", *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize("cfg", [
+    TrainConfig(defense="ca_tride", dataset="fashion", data_root="/data/fashion mnist", seed=3, threads=1,
+                train_subset=6000, defense_params={"steps": 8, "weighting": "released", "lam": 0.5}),
+    TrainConfig(defense="vanilla", dataset="digits", epochs=2, batch_size=32, lr=0.002, weight_decay=0.0,
+                embedding_dim=128, pretrained=False, backbone="c2f2"),
+])
+def test_the_recipes_commands_parse_back_to_its_configurations(cfg):
+    # the rendered command, read by the real command-line parser, gives the same configuration: what a user
+    # copies from a board trains what the row trained
+    argv = shlex.split(shlex.join(train_argv(cfg.to_dict(), "out dir")))
+    assert argv[:2] == ["dmlbench", "train"]
+    args = build_parser().parse_args(argv[1:])
+    assert dataclasses.replace(train_config(args), device="auto") == cfg and args.out == "out dir"
+    ev = EvalConfig("rankaa28", attacks=("CA+", "GTT"), max_queries=100, seed=2, eps=0.1)
+    args = build_parser().parse_args(evaluate_argv(eval_settings(ev), "ck", "e.json")[1:])
+    back = EvalConfig(args.suite, attacks=tuple(args.attacks.split(",")), max_queries=args.max_queries,
+                      seed=args.eval_seed, eps=args.eps, robrank_compat=args.robrank_compat, numerics=args.numerics)
+    assert back == ev and args.checkpoint == "ck" and args.json == "e.json"
+
+
+def test_a_recipe_is_validated_and_round_trips():
+    r = Recipe.of(TrainConfig(seed=1), EvalConfig("rob28"), SHA, budget="cpu")
+    assert Recipe.from_json(r.to_json()) == r
+    assert r.data_sha256.keys() == {"train", "test"} and r.environment["torch"]
+    assert r.eval_config() == EvalConfig("rob28") and r.train_config(data_root="/x").data_root == "/x"
+    bad = json.loads(r.to_json())
+    for change, match in (({"weights_sha256": "12"}, "sha256"), ({"budget": "gpu"}, "budget"),
+                          ({"schema": 9}, "schema"), ({"evaluate": {"suite": "rob28", "speed": 1}}, "unknown"),
+                          ({"train": {"defense": "vanilla", "epochs": 0}}, "epochs")):
+        with pytest.raises(UserError, match=match):
+            Recipe.from_json(json.dumps({**bad, **change}))
+    with pytest.raises(UserError, match="device"):
+        train_argv({**r.train, "device": "cuda"}, "x")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """``dmlbench run`` of a one-epoch digits model, two attacks on 16 queries, into a fresh store."""
+    root = tmp_path_factory.mktemp("tiny")
+    out = _dmlbench("run", "--dataset", "digits", "--epochs", "1", "--train-subset", "300", "--threads", "1",
+                    "--attacks", "GTT,ES", "--max-queries", "16", "--out", "run", "--name", "tester", "--quiet",
+                    cwd=root)
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+@pytest.mark.slow
+def test_a_run_records_its_recipe_and_reproduce_rebuilds_it_exactly(tiny_run):
+    records = sorted((tiny_run / "leaderboards" / "records").glob("*/*/*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    recipe = Recipe.from_json(record["recipe"])
+    assert recipe.weights_sha256 == record["checkpoint_sha256"] and recipe.train["train_subset"] == 300
+    assert recipe.evaluate["attacks"] == ["GTT", "ES"] and recipe.evaluate["max_queries"] == 16
+    rid = records[0].stem
+    out = _dmlbench("reproduce", rid[:8], "--out", "again", "--quiet", cwd=tiny_run)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"reproduced {rid}" in out.stdout and "recipe: dmlbench train --defense vanilla" in out.stdout
+    assert (tiny_run / "again" / "checkpoint" / "model.safetensors").read_bytes() == \
+        (tiny_run / "run" / "checkpoint" / "model.safetensors").read_bytes()
+    # a second rebuild into the same folder is refused before anything runs; so are unknown and short ids
+    for argv, match in (((rid, "--out", "again"), "already exists"), (("ffffffffff",), "no row"),
+                        (("ab",), "at least 6")):
+        bad = _dmlbench("reproduce", *argv, cwd=tiny_run)
+        assert bad.returncode == 2 and match in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_reproduce_names_every_difference_and_the_environment(tiny_run, tmp_path):
+    # the same row with a recorded score changed (a record of another machine, say): the rebuild reports the
+    # difference, places ERS against the recorded interval and exits 1
+    from robustbench_dml.cli.reproduce import compare
+    from robustbench_dml.leaderboard.records import read_record
+
+    path = next((tiny_run / "leaderboards" / "records").glob("*/*/*.json"))
+    rec = read_record(path)
+    block = rec.protocols["corrected"]
+    other = dataclasses.replace(rec, protocols={**rec.protocols,
+                                                "corrected": dataclasses.replace(block, gtt=block.gtt + 1.0)})
+    assert compare(rec, rec) == []
+    lines = compare(other, rec)
+    assert lines == [f"corrected GTT: recorded {block.gtt + 1.0:g}, rebuilt {block.gtt:g}"]
+    moved = dataclasses.replace(rec, checkpoint_sha256="0" * 64)
+    assert compare(moved, rec)[0].startswith("weights sha256: recorded 0000000000000000...")
+
+
+@pytest.mark.slow
+def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_run, tmp_path):
+    from robustbench_dml.evaluation import EvalConfig as E
+
+    result = json.loads(next((tiny_run / "run" / "eval").glob("*.json")).read_text())
+    cfg = TrainConfig(dataset="digits", epochs=1, train_subset=300, threads=1)
+    sha = result["checkpoint"]["sha256"]
+    ev = E("rob28", attacks=("GTT", "ES"), max_queries=16)
+    path = write_entry(tmp_path / "digits" / "vanilla-seed0.json.gz", model="vanilla-seed0", recipe_train=cfg,
+                       weights_sha256=sha, budget="cpu", evaluations=[(ev, result)], created="2026-12-06")
+    (rec,) = official_records("digits", "rob28", root=tmp_path)
+    assert rec.source == OFFICIAL_SOURCE and rec.budget == "cpu" and rec.submitter == "robustbench-dml"
+    assert Recipe.from_json(rec.recipe).train_config() == cfg
+    frame = records_to_frame([rec])
+    table = render(frame[frame["protocol"] == "corrected"], "md")
+    assert "robustbench-dml (official, 16 queries)" in table and "| cpu |" in table and "Budget" in table
+    # an edited score in the shipped evidence is refused, not shown
+    entry = json.loads(gzip.decompress(path.read_bytes()))
+    entry["evaluations"][0]["result"]["protocols"]["corrected"]["scores"]["worst_case"] -= 5
+    path.write_bytes(gzip.compress(json.dumps(entry).encode()))
+    with pytest.raises(UserError, match="does not match its per-query successes"):
+        official_records("digits", root=tmp_path)
+    # so is a result of other weights than the recipe's
+    with pytest.raises(UserError, match="recipe's are"):
+        write_entry(tmp_path / "x.json.gz", model="x", recipe_train=cfg, weights_sha256=SHA, budget="cpu",
+                    evaluations=[(ev, result)], created="2026-12-06")
+    assert not (tmp_path / "x.json.gz").exists()
