@@ -47,8 +47,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("leaderboard", help="show, export or diff a leaderboard version",
                        description="Leaderboards are derived from append-only records as numbered, immutable "
                                    "versions (leaderboards/DATASET/SUITE/vN.parquet + manifest).")
-    p.add_argument("action", choices=("show", "export", "diff", "rebuild"))
-    p.add_argument("--dataset", required=True, help="dataset id (dmlbench list datasets)")
+    p.add_argument("action", choices=("show", "export", "diff", "rebuild", "site"),
+                   help="site: write the static HTML site of every board (official, the store's, the papers') to "
+                        "--output DIR")
+    p.add_argument("--dataset", help="dataset id (dmlbench list datasets); every action but site needs it")
     p.add_argument("--suite", help="suite id (default: the dataset's)")
     p.add_argument("--version", help="N (default: latest), or A..B for diff")
     p.add_argument("--format", choices=FORMATS, help="md (default for show), csv, latex or html")
@@ -100,6 +102,10 @@ def run(args) -> int:
     from robustbench_dml import datasets
     from robustbench_dml.leaderboard import LeaderboardStore, render
 
+    if args.action == "site":
+        return site(args)
+    if args.dataset is None:
+        raise UserError(f"leaderboard {args.action} needs --dataset (dmlbench list datasets)")
     suite = args.suite or datasets.info(args.dataset).suite if args.dataset in datasets.DATASETS else args.suite
     if suite is None:
         raise UserError(f"unknown dataset {args.dataset!r}; pass --suite as well for a custom one")
@@ -136,6 +142,28 @@ def run(args) -> int:
     title = f"{args.dataset} / {suite}" + (f" v{version}" if version else "")
     standalone = args.action == "export" and fmt == "latex"
     emit(render(frame, fmt, title=title, standalone=standalone, columns=columns), args.output, args.overwrite)
+    return 0
+
+
+def site(args) -> int:
+    """``leaderboard site --output DIR``: the official rows, every board of the store and the papers' rows."""
+    from robustbench_dml.leaderboard import LeaderboardStore, reference_records
+    from robustbench_dml.leaderboard.official import official_records
+    from robustbench_dml.leaderboard.site import write_site
+
+    if not args.output:
+        raise UserError("leaderboard site needs --output DIR (a new or empty folder)")
+    out = Path(args.output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise UserError(f"{out} exists and is not an empty folder; choose a new one or pass --overwrite")
+    store = LeaderboardStore(args.leaderboard_dir)
+    records = [r for r in official_records() if args.dataset in (None, r.dataset)]
+    for folder in sorted(Path(args.leaderboard_dir, "records").glob("*/*")):
+        if folder.is_dir() and args.dataset in (None, folder.parent.name):
+            records += store.records(folder.parent.name, folder.name)
+    records += [r for r in reference_records() if args.dataset in (None, r.dataset)]
+    pages = write_site(out, records)
+    print(f"{out / 'index.html'} ({len(pages)} files)")
     return 0
 
 

@@ -1,0 +1,131 @@
+"""The static leaderboard site, read as a browser would need it: every row present, every link resolving, the
+protocol of every table named, the gap computed from the two suites' records."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from test_leaderboard import make_eval
+
+from robustbench_dml import protocols as P
+from robustbench_dml.cli.main import main
+from robustbench_dml.leaderboard import Record, reference_records
+from robustbench_dml.leaderboard.site import board_key, write_site
+
+
+class Page(HTMLParser):
+    """Links, tables (their protocol and caption), rows (record id and class) and SVG rectangles of one page."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.links: list[str] = []
+        self.tables: list[dict] = []
+        self.rows: list[dict] = []
+        self.rects = 0
+        self.svgs = 0
+        self._in_caption = False
+        self.feed(path.read_text(encoding="utf-8"))
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("a", "link", "script") and (a.get("href") or a.get("src")):
+            self.links.append(a.get("href") or a.get("src"))
+        elif tag == "table":
+            self.tables.append({"protocol": a.get("data-protocol"), "caption": ""})
+        elif tag == "caption":
+            self._in_caption = True
+        elif tag == "tr" and "data-record" in a:
+            self.rows.append({"record": a["data-record"], "class": a.get("class")})
+        elif tag == "rect":
+            self.rects += 1
+        elif tag == "svg":
+            self.svgs += 1
+
+    def handle_endtag(self, tag):
+        if tag == "caption":
+            self._in_caption = False
+
+    def handle_data(self, data):
+        if self._in_caption:
+            self.tables[-1]["caption"] += data
+
+
+def _records() -> list[Record]:
+    out = []
+    for i in range(3):
+        ev = make_eval(i, protocols=("corrected", "robrank"))
+        out.append(Record.from_evaluation(ev, submitter=f"user{i}", created="2026-01-01"))
+        strong = copy.deepcopy(make_eval(i + 10, protocols=("corrected",)))
+        strong["checkpoint"] = ev["checkpoint"]  # the same weights under the strong suite
+        strong["suite"] = {**ev["suite"], "id": "rankaa28", "hash": hashlib.sha256(b"rankaa28").hexdigest()}
+        out.append(Record.from_evaluation(strong, submitter=f"user{i}", created="2026-01-01"))
+    return out
+
+
+def test_the_site_links_every_row_and_names_every_tables_protocol(tmp_path):
+    records = _records() + reference_records()
+    pages = write_site(tmp_path, records)
+    assert (tmp_path / "index.html") in pages and (tmp_path / "gap.html") in pages
+    parsed = {p: Page(p) for p in pages if p.suffix == ".html"}
+    for path, page in parsed.items():
+        for link in page.links:  # every link resolves to a written file
+            assert (path.parent / link.split("#")[0]).resolve().is_file(), (path.name, link)
+        for table in page.tables:  # every table names its protocol
+            assert table["protocol"] in (*P.PROTOCOLS, "all")
+            if table["protocol"] != "all":
+                assert f"protocol {table['protocol']}" in table["caption"]
+    measured = [r for r in records if not r.reported]
+    for r in measured:  # every measured row on its board under each protocol, once, and a card per record
+        for protocol in r.protocols:
+            board = parsed[tmp_path / "boards" / f"{board_key(r.dataset, r.suite_id, protocol)}.html"]
+            assert [row["record"] for row in board.rows].count(r.record_id) == 1
+        card = parsed[tmp_path / "models" / f"{r.record_id}.html"]
+        assert card.svgs == len(r.protocols)
+        assert r.checkpoint_sha256 in (tmp_path / "models" / f"{r.record_id}.html").read_text()
+    # the papers' rows sit on the robrank board only, marked
+    fashion_papers = [r.record_id for r in records if r.reported and r.dataset == "fashion"]
+    papers_board = parsed[tmp_path / "boards" / f"{board_key('fashion', 'papers', P.ROBRANK)}.html"]
+    assert sorted(row["record"] for row in papers_board.rows) == sorted(fashion_papers)
+    assert {row["class"] for row in papers_board.rows} == {"paper"}
+    digits_robrank = parsed[tmp_path / "boards" / f"{board_key('digits', 'rob28', P.ROBRANK)}.html"]
+    assert {row["class"] for row in digits_robrank.rows} == {"local"}  # no paper printed digits rows
+    assert not any(row["class"] == "paper" for row in
+                   parsed[tmp_path / "boards" / f"{board_key('digits', 'rob28', P.CORRECTED)}.html"].rows)
+
+
+def test_the_gap_page_subtracts_the_strong_suites_ars(tmp_path):
+    records = _records()
+    write_site(tmp_path, records)
+    text = (tmp_path / "gap.html").read_text()
+    by = {(r.checkpoint_sha256, r.suite_id): r for r in records}
+    for (sha, suite), r in by.items():
+        if suite == "rankaa28":
+            gap = by[(sha, "rob28")].protocols["corrected"].ars - r.protocols["corrected"].ars
+            assert f">{gap:.1f}</td>" in text and f'href="models/{r.record_id}.html"' in text
+
+
+def test_leaderboard_site_command_writes_an_empty_store_and_refuses_a_used_folder(tmp_path, capsys):
+    # the papers' rows alone (an empty store): a board per dataset they cover
+    assert main(["leaderboard", "site", "--output", str(tmp_path / "site"),
+                 "--leaderboard-dir", str(tmp_path / "none")]) == 0
+    assert (tmp_path / "site" / "boards" / "cub-papers-robrank.html").is_file()
+    assert main(["leaderboard", "site", "--output", str(tmp_path / "site"),
+                 "--leaderboard-dir", str(tmp_path / "none")]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["leaderboard", "site", "--leaderboard-dir", str(tmp_path / "none")]) == 2
+    assert main(["leaderboard", "show", "--leaderboard-dir", str(tmp_path / "none")]) == 2
+    assert "needs --dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [0.0, 37.5])
+def test_a_zero_resistance_bar_stays_visible(value, tmp_path):
+    from robustbench_dml.leaderboard.site import _svg_bars
+
+    svg = _svg_bars({"GTT": value, "LTM": None})
+    assert svg.count("<rect") == 1 and "not measured" in svg and f">{value:.1f}<" in svg
+    width = float(svg.split('width="')[2].split('"')[0])
+    assert width == pytest.approx(max(value * 3.2, 1.5))
