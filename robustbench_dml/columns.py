@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Metric", "BENIGN", "SPACE", "ATTACKS", "SCORES", "WORST", "ALL", "BY_KEY", "BENIGN_KEYS", "SPACE_KEYS",
-           "ATTACK_KEYS", "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "field_name"]
+           "ATTACK_KEYS", "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "DEFENSE_TITLES", "defense_title",
+           "field_name"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,16 @@ ATTACK_KEYS = tuple(m.key for m in ATTACKS)
 SCORE_KEYS = tuple(m.key for m in SCORES)
 WORST_KEYS = tuple(m.key for m in WORST)
 LOWER_IS_BETTER = frozenset(m.key for m in ALL if not m.higher_is_better)
+
+
+#: how tables name the built-in defenses (the papers' acronyms); a defense not listed (a plugin) shows its id
+DEFENSE_TITLES: dict[str, str] = {"vanilla": "Vanilla", "est": "EST", "act": "ACT", "hm": "HM",
+                                  "ca_tride": "CA-TRIDE", "mdprop": "MDProp"}
+
+
+def defense_title(defense_id: str) -> str:
+    """The name a table gives a measured row's defense (:data:`DEFENSE_TITLES`, else the id)."""
+    return DEFENSE_TITLES.get(defense_id, defense_id)
 
 
 def field_name(key: str) -> str:

@@ -118,7 +118,7 @@ def test_leaderboard_show_reference_rows(tmp_path, capsys):
     assert main(["leaderboard", "show", "--dataset", "cub", "--protocol", "robrank",
                  "--leaderboard-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Protocol: robrank (")
+    assert out.startswith("cub; the papers' rows (their own suites); Protocol: robrank (")
     assert "CA-TRIDE" in out or "ca_tride" in out
     assert "51.6" in out  # the CA-TRIDE paper's ARS on CUB
 
@@ -141,7 +141,7 @@ def test_one_evaluation_writes_both_protocols_and_tables_never_mix_them(tmp_path
 
     assert main(["compare", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert shown.startswith("Protocol: corrected (") and "(paper)" not in shown
+    assert shown.startswith("fashion; rob28 v1 (eps 77/255); Protocol: corrected (") and "(paper)" not in shown
     assert main(["compare", str(out), "--reference"]) == 2            # corrected numbers beside the papers': never
     assert "--protocol robrank" in _err_line(capsys)
     assert main(["compare", str(out), "--reference", "--protocol", "robrank", "--format", "csv"]) == 0

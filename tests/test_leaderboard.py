@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import multiprocessing as mp
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -454,13 +455,16 @@ def test_render_markdown_latex_html(tmp_path):
     df.loc[0, "defense"] = "HM[S,LGA]&ICS_v2 50%"
     md = render(df, "md", highlight_record_id=recs[1].record_id)
     caption, blank, *lines = md.strip().splitlines()
-    assert caption.startswith("Protocol: corrected (") and blank == ""
+    assert caption.startswith("digits; rob28 v1 (eps 77/255); Protocol: corrected (") and blank == ""
+    assert caption.endswith("; ranked by ARS, then ERS (higher is more robust)")  # the rows are in board order
     assert lines[0].startswith("| # | Defense") and "| ERS | ARS |" in lines[0]
     assert len(lines) == 2 + 3 and all(line.count("|") == lines[0].count("|") for line in lines[2:])
     assert "→" in lines[3] and f"**{df.loc[0, 'ARS']:.1f}**" in lines[2]
     tex = render(df, "latex", standalone=True)
     assert "Protocol: corrected" in tex
-    assert render(df, "latex").startswith("% Protocol: corrected")
+    assert render(df, "latex").startswith("% digits; rob28 v1 (eps 77/255); Protocol: corrected")
+    # rows not in leaderboard order do not claim the ranking
+    assert "ranked by" not in render(df.iloc[::-1].reset_index(drop=True), "md").splitlines()[0]
     assert r"\begin{tabular}" in tex and r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"\usepackage{booktabs}" in tex and r"HM[S,LGA]\&ICS\_v2 50\%" in tex
     body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
@@ -468,7 +472,7 @@ def test_render_markdown_latex_html(tmp_path):
     assert all(row.count(" & ") == len(ncols) - 1 and row.endswith(r"\\") for row in body)
     page = render(df, "html", highlight_record_id=recs[0].record_id, title="digits <rob28>")
     _check_html(page)
-    assert "digits &lt;rob28&gt;; Protocol: corrected" in page and 'class="highlight"' in page and "HM[S,LGA]&amp;ICS" in page
+    assert "digits &lt;rob28&gt;; digits; rob28 v1 (eps 77/255); Protocol: corrected" in page and 'class="highlight"' in page and "HM[S,LGA]&amp;ICS" in page
     with pytest.raises(ValueError, match="format"):
         render(df, "xlsx")
     terms = render(df, "md", values="terms", columns=("TMA", "ES:D", "ARS"))
@@ -512,7 +516,7 @@ def _check_html(page: str, rows: bool = True) -> None:
     assert ("td" in p.tags) == rows
 
 
-def test_csv_reads_back_unchanged(tmp_path):
+def test_csv_reads_back_as_shown_without_float_noise(tmp_path):
     df, _ = _board(tmp_path, protocols=("robrank",))
     both = frames_concat([df, reference_frame("cub")])
     text = render(both, "csv")
@@ -520,7 +524,12 @@ def test_csv_reads_back_unchanged(tmp_path):
     expected = table_frame(both)
     numeric = [c for c in expected.columns if expected[c].dtype == "float64"]
     assert "ERS" in numeric and "ERS_lo" in numeric
-    pd.testing.assert_frame_equal(back[numeric], expected[numeric])
+    for c in numeric:  # each column at its decimals: TMA and ES:D three, the rest one, intervals as their score
+        digits = 3 if c in ("TMA", "ES:D") else 1
+        assert back[c].tolist() == pytest.approx(expected[c].round(digits).tolist(), nan_ok=True, abs=1e-12), c
+        written = [cell for line in text.splitlines()[1:] for cell in line.split(",")]
+    assert not any("." in cell and len(cell.split(".")[1]) > 3 for cell in written if cell.replace(".", "").isdigit())
+    assert set(back["dataset"]) == {"digits", "cub"} and set(back["suite"]) == {"rob28", "reference"}
     assert back["defense"].tolist() == expected["defense"].tolist()
     assert back["record_id"].tolist() == both["record_id"].tolist()
     assert set(back["protocol"]) == {"robrank"}
@@ -623,3 +632,18 @@ def test_records_and_boards_of_schema_3_read_without_budget_or_recipe():
     loaded = parquet_bytes_to_frame(buf.getvalue())
     assert list(loaded.columns) == list(COLUMNS) and loaded["budget"].isna().all()
     assert loaded.drop(columns=["budget", "recipe"]).equals(frame.drop(columns=["budget", "recipe"]))
+
+
+def test_resistance_plots_come_as_pdf_and_svg_with_intervals_and_readable_labels(tmp_path):
+    df, _ = _board(tmp_path, protocols=("corrected",))
+    df.loc[0, "GTT"] = 0.0  # a zero term
+    svg = plot_resistance(df, tmp_path / "res.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    texts = re.findall(r"<!-- (.*?) -->", svg)  # matplotlib writes each text beside its glyphs
+    assert any(t.startswith("CA-TRIDE, 16-step training PGD") for t in texts)  # the paper's name, the steps spelled out
+    assert not any("eta" in t for t in texts)
+    assert "ARS, 95% interval" in texts and f"{df.loc[0, 'ARS']:.1f}" in texts
+    assert plot_resistance(df, tmp_path / "res.pdf").read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(ValueError, match=r"\.png, \.pdf or \.svg"):
+        plot_resistance(df, tmp_path / "res.jpg")
+    assert not (tmp_path / "res.jpg").exists()

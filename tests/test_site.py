@@ -129,3 +129,60 @@ def test_a_zero_resistance_bar_stays_visible(value, tmp_path):
     assert svg.count("<rect") == 1 and "not measured" in svg and f">{value:.1f}<" in svg
     width = float(svg.split('width="')[2].split('"')[0])
     assert width == pytest.approx(max(value * 3.2, 1.5))
+
+
+def _run_folder(root: Path, i: int, files: dict[str, str]) -> Path:
+    """A run folder whose eval/ holds synthetic results of one model under ``files`` (file name -> suite id)."""
+    import json
+
+    run = root / f"run{i}"
+    (run / "eval").mkdir(parents=True)
+    for name, suite in files.items():
+        ev = make_eval(i if suite == "rob28" else i + 20)
+        ev["checkpoint"] = make_eval(i)["checkpoint"]
+        ev["suite"] = {**ev["suite"], "id": suite, "hash": hashlib.sha256(suite.encode()).hexdigest()}
+        (run / "eval" / name).write_text(json.dumps(ev))
+    return run
+
+
+def test_compare_puts_two_suites_side_by_side_and_finds_partial_evaluations(tmp_path, capsys):
+    runs = [_run_folder(tmp_path, i, {"rob28.json": "rob28", "rankaa28-q64.json": "rankaa28"}) for i in range(2)]
+    assert main(["compare", *map(str, runs), "--suite", "rob28,rankaa28", "--name", "ann"]) == 0
+    out = capsys.readouterr().out
+    title, blank, header, _, *rows = out.strip().splitlines()
+    assert title.startswith("digits; rob28 vs rankaa28; Protocol: corrected; ARS difference = rob28 - rankaa28")
+    assert header.split("|")[1:-1] == [" Defense ", " By ", " Run ", " ERS rob28 ", " ERS rankaa28 ",
+                                       " ARS rob28 ", " ARS rankaa28 ", " ARS difference "]
+    for i, run in enumerate(runs):
+        a = Record.from_evaluation(make_eval(i), submitter="x").ars
+        b = Record.from_evaluation(make_eval(i + 20), submitter="x").ars
+        (row,) = [r for r in rows if f"| {run} |" in r]
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert cells[:2] == ["CA-TRIDE", "ann"] and cells[-1] == f"{a - b:.1f}" and cells[5] == f"{a:.1f}"
+    # rankaa28 alone: the one partial file is found; two partial files are named, not guessed between
+    assert main(["compare", str(runs[0]), "--suite", "rankaa28"]) == 0
+    assert "rankaa28 v1 (eps 77/255)" in capsys.readouterr().out
+    two = _run_folder(tmp_path, 5, {"rankaa28-q64.json": "rankaa28", "rankaa28-q32.json": "rankaa28"})
+    assert main(["compare", str(two), "--suite", "rankaa28"]) == 2
+    assert "rankaa28-q32.json, rankaa28-q64.json" in capsys.readouterr().err
+
+
+def test_the_attack_table_fits_80_columns_and_ranks_worst_cases_by_threat():
+    import io
+
+    from rich.console import Console
+
+    from robustbench_dml.cli.report import attack_table
+    from robustbench_dml.results import EvaluationResult
+
+    ev = make_eval(1)
+    block = ev["protocols"]["corrected"]
+    block["clean"] = {k: v + 1 for k, v in block["raw"].items()}
+    block["scores"].update(worst_case=100.0, worst_case_by_threat={"candidate": 95.3, "query": 98.4,
+                                                                   "recall": 100.0})
+    buf = io.StringIO()
+    Console(file=buf, width=80, highlight=False).print(attack_table(EvaluationResult.from_dict(ev)))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    labels = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert labels[-4:] == ["WC candidate %", "WC query %", "WC recall %", "WC any attack %"]  # none folded

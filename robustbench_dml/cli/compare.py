@@ -16,7 +16,10 @@ def add_parser(sub) -> None:
                                    "JSON file; run `dmlbench evaluate` first. Best value per column is bold; "
                                    "ERS/ARS ties within the bootstrap interval are shown as ties.")
     p.add_argument("results", nargs="+", metavar="RUN_OR_CHECKPOINT")
-    p.add_argument("--suite", help="which evaluation to use when a run has several (default: the dataset's)")
+    p.add_argument("--suite", help="which evaluation to use when a run has several (default: the dataset's); two "
+                                   "suites, e.g. rob28,rankaa28, put each run's scores under both side by side with "
+                                   "the difference (how much the strong suite lowers them)")
+    p.add_argument("--name", help="the By column of every row (default: your user name, as `run` records it)")
     p.add_argument("--format", choices=FORMATS, default="md", help="md (default), csv, latex or html")
     p.add_argument("--output", help="write to this new file instead of standard output")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -28,22 +31,34 @@ def add_parser(sub) -> None:
 
 
 def find_result(path: Path, suite: str | None) -> Path:
-    """The evaluation JSON for ``path``: the file itself, or RUN/eval/SUITE.json, or CHECKPOINT/../eval/SUITE.json."""
+    """The evaluation JSON for ``path``: the file itself, or RUN/eval/SUITE[-overrides].json, or
+    CHECKPOINT/../eval/SUITE[-overrides].json (``dmlbench evaluate``'s default names). The whole suite's file is
+    preferred; of a suite evaluated only with overrides (``rankaa28-q64.json``), the one file; several are refused
+    with their names."""
     if path.is_file():
         return path
     for run_dir in (path, path.parent):
         eval_dir = run_dir / "eval"
-        if eval_dir.is_dir():
-            names = [f"{suite}.json"] if suite else ["rob28.json", "rob224.json"]
-            for name in names:
-                if (eval_dir / name).is_file():
-                    return eval_dir / name
-    raise UserError(f"no evaluation found for {path}; run `dmlbench evaluate --checkpoint ...` first "
-                    f"or pass the evaluation JSON file")
+        if not eval_dir.is_dir():
+            continue
+        for name in [suite] if suite else ["rob28", "rob224"]:
+            if (eval_dir / f"{name}.json").is_file():
+                return eval_dir / f"{name}.json"
+            partial = sorted(eval_dir.glob(f"{name}-*.json"))
+            if len(partial) == 1:
+                return partial[0]
+            if partial:
+                raise UserError(f"{eval_dir} holds {len(partial)} {name} evaluations "
+                                f"({', '.join(p.name for p in partial)}); pass the JSON file you mean")
+    raise UserError(f"no {suite or 'rob28/rob224'} evaluation found for {path}; run `dmlbench evaluate "
+                    f"--checkpoint ...{' --suite ' + suite if suite else ''}` first or pass the evaluation JSON file")
 
 
-def load_records(paths, suite: str | None, protocol: str | None = None):
-    """One record per result; with ``protocol``, every result must hold that protocol (a one-line UserError)."""
+def load_records(paths, suite: str | None, protocol: str | None = None, name: str | None = None):
+    """One record per result, by ``name`` (default: the user name, as ``run`` records it); with ``protocol``, every
+    result must hold that protocol (a one-line UserError)."""
+    import getpass
+
     from robustbench_dml.leaderboard import Record
 
     records = []
@@ -53,7 +68,7 @@ def load_records(paths, suite: str | None, protocol: str | None = None):
             data = json.loads(source.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"{source} is not valid JSON ({e.msg}, line {e.lineno})") from None
-        record = Record.from_evaluation(data, submitter="local", note=str(p))
+        record = Record.from_evaluation(data, submitter=name or getpass.getuser(), note=str(p))
         if protocol is not None and protocol not in record.protocols:
             raise UserError(f"{source} holds the {', '.join(record.protocols)} protocol only; compare with "
                             f"--protocol {next(iter(record.protocols))}, or re-evaluate without --robrank-compat")
@@ -73,6 +88,51 @@ def protocol_frame(records, protocol: str):
     return frame[frame["protocol"] == protocol].reset_index(drop=True)
 
 
+def suite_gap(paths, suites: list[str], protocol: str, name: str | None, fmt: str) -> str:
+    """Each run's ERS and ARS under two suites side by side, and the ARS difference (first minus second), rows by
+    ARS under the second suite."""
+    import math
+
+    from robustbench_dml.columns import defense_title
+    from robustbench_dml.leaderboard.tables import _html, _latex, _md
+
+    first, second = (load_records(paths, s, protocol, name) for s in suites)
+    rows = []
+    for a, b in zip(first, second):
+        if a.checkpoint_sha256 != b.checkpoint_sha256:
+            raise UserError(f"{a.note}: its {suites[0]} and {suites[1]} results are of different weights")
+        sa, sb = a.scores(protocol), b.scores(protocol)
+        gap = None if None in (sa.ars, sb.ars) else sa.ars - sb.ars
+        rows.append([defense_title(a.defense), a.submitter, a.note, sa.ers, sb.ers, sa.ars, sb.ars, gap])
+    rows.sort(key=lambda r: (r[6] is None, -(r[6] or 0.0)))
+    headers = ["Defense", "By", "Run", f"ERS {suites[0]}", f"ERS {suites[1]}", f"ARS {suites[0]}",
+               f"ARS {suites[1]}", "ARS difference"]
+    title = (f"{first[0].dataset}; {suites[0]} vs {suites[1]}; Protocol: {protocol}; ARS difference = {suites[0]} "
+             f"- {suites[1]} (what {suites[1]} takes away); rows ranked by ARS under {suites[1]}")
+
+    def cell(v) -> str | None:
+        if isinstance(v, float):
+            return f"{v:.1f}" if math.isfinite(v) else None
+        return None if v is None else str(v)
+
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["dataset", "protocol", *headers])
+        w.writerows([first[0].dataset, protocol, *[cell(v) or "" for v in r]] for r in rows)
+        return buf.getvalue()
+    cells = [[(cell(v), False) for v in r] for r in rows]
+    flags = [False] * len(rows)
+    if fmt == "md":
+        return f"{title}\n\n" + _md(headers, cells, flags)
+    if fmt == "latex":
+        return f"% {title}\n" + _latex(headers, cells, flags, False, None)
+    return _html(headers, cells, flags, title)
+
+
 def run(args) -> int:
     from robustbench_dml.leaderboard import frames_concat, reference_frame, render
 
@@ -80,7 +140,13 @@ def run(args) -> int:
     if args.reference and args.protocol != P.ROBRANK:
         raise UserError(f"the papers' rows were measured with RobRank's code: compare with them using "
                         f"--protocol {P.ROBRANK} --reference")
-    records = load_records(args.results, args.suite, args.protocol)
+    suites = [s.strip() for s in (args.suite or "").split(",") if s.strip()]
+    if len(suites) == 2:
+        emit(suite_gap(args.results, suites, args.protocol, args.name, args.format), args.output, args.overwrite)
+        return 0
+    if len(suites) > 2:
+        raise UserError("--suite takes one suite, or two to put side by side (e.g. rob28,rankaa28)")
+    records = load_records(args.results, args.suite, args.protocol, args.name)
     frame = protocol_frame(records, args.protocol)
     if args.reference:
         frame = frames_concat([frame, reference_frame(records[0].dataset)])

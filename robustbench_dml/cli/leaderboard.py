@@ -22,7 +22,8 @@ def add_protocol(p) -> None:
 
 def add_columns(p) -> None:
     p.add_argument("--columns", help="comma-separated metric columns (default: the papers' layout), e.g. "
-                                     "R@1,ERS,ARS,WC:candidate,WC:query,WC:recall for the per-threat worst cases")
+                                     "R@1,ERS,ARS,WC:candidate,WC:query,WC:recall for the per-threat worst cases, "
+                                     "ERS,ERS_lo,ERS_hi for the 95% bootstrap interval")
 
 
 def parse_columns(text: str | None):
@@ -31,7 +32,7 @@ def parse_columns(text: str | None):
 
     if text is None:
         return None
-    known = BENIGN_COLUMNS + RAW_COLUMNS + tuple(c for c in SCORE_COLUMNS if not c.endswith(("_lo", "_hi")))
+    known = BENIGN_COLUMNS + RAW_COLUMNS + SCORE_COLUMNS
     columns = tuple(c.strip() for c in text.split(",") if c.strip())
     unknown = [c for c in columns if c not in known]
     if unknown or not columns:

@@ -1,4 +1,4 @@
-"""``dmlbench plot``: PNG pictures of per-attack resistance terms, or of robustness against eps."""
+"""``dmlbench plot``: figures (PNG, PDF or SVG) of per-attack resistance terms, or of robustness against eps."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from robustbench_dml.errors import UserError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plot", help="write PNGs: resistance terms per attack, or robustness against eps")
+    p = sub.add_parser("plot", help="write a figure: resistance terms per attack, or robustness against eps")
     p.add_argument("kind", choices=("resistance", "eps"),
                    help="resistance: bars of each attack's resistance term per run; eps: a score or raw attack "
                         "result against eps, from `evaluate --eps` sweeps")
     p.add_argument("results", nargs="+", metavar="RUN_CHECKPOINT_OR_JSON")
     p.add_argument("--score", choices=("ERS", "ARS"), default="ARS", help="terms of this score (resistance)")
     p.add_argument("--key", default="ERS", help="what to plot against eps: ERS, ARS or an attack key like CA+")
-    p.add_argument("--output", required=True, help="new PNG file to write")
+    p.add_argument("--output", required=True, help="new figure file to write: .png, .pdf or .svg")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     add_protocol(p)
     p.set_defaults(func=run)
@@ -27,7 +27,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from robustbench_dml.leaderboard import plot_eps_curve, plot_resistance
+    from robustbench_dml.leaderboard.plots import figure_format
 
+    try:
+        figure_format(args.output)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     check_output(args.output, args.overwrite)
     if args.kind == "resistance":
         frame = protocol_frame(load_records(args.results, None, args.protocol), args.protocol)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,8 @@ from robustbench_dml.columns import ATTACK_KEYS, BENIGN_KEYS, BY_KEY
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """Rich output; off a terminal (logs, CI) 120 columns wide, so a table is never folded at 80."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 def benign_table(benign: Mapping[str, float], title: str = "benign retrieval (percent)") -> Table:
@@ -41,8 +43,8 @@ def attack_table(result, protocol: str | None = None) -> Table:
     t = Table(title=f"attacks ({result.suite['id']}, {result.num_queries} queries, {protocol} protocol)")
     cols = ("attack", "raw", "clean", "better", "ERS term", "ARS term") if clean else \
         ("attack", "raw", "better", "ERS term", "ARS term")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("attack", "better") else "right")
+    for col in cols:  # fits 80 columns: short labels, the first column never folded
+        t.add_column(col, justify="left" if col in ("attack", "better") else "right", no_wrap=col == "attack")
     for k in ATTACK_KEYS:
         if k not in raw:
             continue
@@ -53,12 +55,14 @@ def attack_table(result, protocol: str | None = None) -> Table:
     scores = block["scores"]
     for s in ("ERS", "ARS"):
         ci = scores.get(f"{s}_ci")
-        ci_txt = f"  [{ci[0]:.1f}, {ci[1]:.1f}]" if ci and ci[0] is not None else ""
+        ci_txt = f" [{ci[0]:.1f},{ci[1]:.1f}]" if ci and ci[0] is not None else ""
         t.add_row(*_pad([f"[bold]{s}[/bold]", f"[bold]{_num(scores.get(s), 1)}[/bold]{ci_txt}"], len(cols)))
-    if scores.get("worst_case") is not None:
-        t.add_row(*_pad(["worst case (%)", _num(scores["worst_case"], 1)], len(cols)))
+    # percent of queries broken: per threat first (they tell models apart), by any attack last (near 100 for
+    # every model on these suites, so it is no headline)
     for threat, value in (scores.get("worst_case_by_threat") or {}).items():
-        t.add_row(*_pad([f"worst case, {threat} (%)", _num(value, 1)], len(cols)))
+        t.add_row(*_pad([f"WC {threat} %", _num(value, 1)], len(cols)))
+    if scores.get("worst_case") is not None:
+        t.add_row(*_pad(["WC any attack %", _num(scores["worst_case"], 1)], len(cols)))
     return t
 
 

@@ -85,7 +85,7 @@ def _num(v) -> str:
 
 def run(args) -> int:
     from robustbench_dml.evaluation import evaluate
-    from robustbench_dml.leaderboard.recipes import Recipe, environment
+    from robustbench_dml.leaderboard.recipes import Recipe, data_sha256, environment
     from robustbench_dml.leaderboard.records import Record
     from robustbench_dml.training import train
 
@@ -98,6 +98,12 @@ def run(args) -> int:
     if out.exists():
         raise UserError(f"{out} already exists; pass a new --out")
     cfg = recipe.train_config(args.data_root)
+    if cfg.data_root is not None and not Path(cfg.data_root).is_dir():
+        raise UserError(f"the recipe's data folder {cfg.data_root} is not on this machine; pass --data-root DIR "
+                        f"(the folder holding the {cfg.dataset} files)")
+    if recipe.data_sha256 and data_sha256(cfg.dataset, cfg.data_root) != dict(recipe.data_sha256):
+        raise UserError(f"the {cfg.dataset} data in {cfg.data_root or 'the package'} is not the data this row was "
+                        "trained and evaluated on (its sha256 differs); pass --data-root with the official files")
     for line in recipe.commands(str(out)):
         print(f"recipe: {line}")
     summary = train(cfg, out, progress=show_progress(args))

@@ -30,10 +30,11 @@ from robustbench_dml import protocols as P
 from robustbench_dml.files import atomic_write_text
 from robustbench_dml.leaderboard.official import is_official
 from robustbench_dml.leaderboard.records import Record
+from robustbench_dml.leaderboard.tables import RANKING as TABLE_RANKING
 
 __all__ = ["write_site", "board_key", "RANKING"]
 
-RANKING = "ranked by ARS, then ERS (higher is more robust); a row's interval is its 95% bootstrap interval over queries"
+RANKING = f"{TABLE_RANKING}; a row's interval is its 95% bootstrap interval over queries"
 #: the terms the model card draws: ARS's eight, then TMA and ES:D as ERS has them
 _BARS = scoring.ARS_TERMS + ("TMA", "ES:D")
 _RAW = ("R@1",) + columns.ATTACK_KEYS

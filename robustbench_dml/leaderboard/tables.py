@@ -2,8 +2,8 @@
 
 Columns (HM CVPR'22 / CA-TRIDE ICML'24 layout): ``R@1 R@2 mAP NMI CA+ CA- QA+ QA- ES:R LTM GTM GTT ERS ARS``,
 after the identifying columns (rank, defense, backbone, training PGD steps, submitter or paper). Values are rounded
-to one decimal (``TMA`` and ``ES:D`` to three) in md/latex/html; CSV keeps full precision so it reads back in pandas
-unchanged.
+to one decimal (``TMA`` and ``ES:D`` to three) in every format, CSV included (unrounded, a CSV carried float noise
+such as ``20.799999999999997``; the parquet versions keep every digit).
 
 The best value of each column is marked (bold): the direction is per column (``CA-``, ``QA-``, ``TMA``, ``ES:D``
 and the worst cases ``worst_case``, ``WC:candidate``, ``WC:query``, ``WC:recall``: lower is better; everything
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from robustbench_dml import columns, scoring
+from robustbench_dml.columns import defense_title
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 
@@ -97,6 +98,39 @@ def caption(protocol: str | None) -> str:
     return "" if protocol is None else f"Protocol: {protocol} ({P.DESCRIPTIONS[protocol]})"
 
 
+#: the order every leaderboard and comparison table ranks its rows in (:func:`robustbench_dml.leaderboard.frames.sort_frame`)
+RANKING = "ranked by ARS, then ERS (higher is more robust)"
+
+
+def _suite_text(suite_id: str) -> str:
+    from robustbench_dml.leaderboard.reference import REFERENCE_SUITE
+
+    if suite_id == REFERENCE_SUITE:
+        return "the papers' rows (their own suites)"
+    try:
+        from attacks.suites import get_suite
+
+        s = get_suite(suite_id)
+    except Exception:  # an unknown or plugin suite: its id alone
+        return suite_id
+    return f"{s.id} v{s.version} (eps {s.eps * 255:.0f}/255)"
+
+
+def context(df: pd.DataFrame) -> str:
+    """What a table shows, for its title line: datasets, suites with their eps, protocol and, when the rows are in
+    leaderboard order, the ranking key."""
+    from robustbench_dml.leaderboard.frames import sort_frame
+
+    parts = [", ".join(sorted(set(df["dataset"].dropna()))) or "no rows"]
+    parts += [_suite_text(s) for s in sorted(set(df["suite_id"].dropna()))]
+    named = caption(protocol_of(df))
+    if named:
+        parts.append(named)
+    if len(df) > 1 and sort_frame(df)["record_id"].tolist() == df["record_id"].tolist():
+        parts.append(RANKING)
+    return "; ".join(parts)
+
+
 def table_frame(df: pd.DataFrame, *, columns: Sequence[str] | None = None, values: str = "raw") -> pd.DataFrame:
     """The table's data (unrounded): identifying columns, then ``columns`` (default :data:`TABLE_COLUMNS`).
 
@@ -114,7 +148,8 @@ def table_frame(df: pd.DataFrame, *, columns: Sequence[str] | None = None, value
     out["rank"] = pd.Series(np.arange(1, len(df) + 1), dtype="int64")
     if df["dataset"].nunique() > 1:
         out["dataset"] = df["dataset"].reset_index(drop=True).astype(pd.StringDtype())
-    out["defense"] = df["defense"].reset_index(drop=True).astype(pd.StringDtype())
+    names = [d if bool(rep) else defense_title(d) for d, rep in zip(df["defense"], df["reported"])]
+    out["defense"] = pd.Series(names, dtype=pd.StringDtype())
     out["backbone"] = df["backbone"].reset_index(drop=True).astype(pd.StringDtype())
     out["steps"] = df["steps"].reset_index(drop=True).astype("Int64")
     out["by"] = _by(df).reset_index(drop=True)
@@ -183,7 +218,7 @@ def _cells(table: pd.DataFrame, columns: Sequence[str], values: str, highlight: 
     return headers, rows, flags
 
 
-TEXT_HEADERS = frozenset({"Defense", "Backbone", "By", "Data", "Budget"})
+TEXT_HEADERS = frozenset({"Defense", "Backbone", "By", "Data", "Budget", "Run"})
 
 
 def _marked_cells(rows, flags, *, escape, missing: str, bold, arrow) -> list[list[str]]:
@@ -278,14 +313,24 @@ def render(df: pd.DataFrame, fmt: str = "md", *, highlight_record_id: str | None
     ``highlight_record_id`` marks one row (an arrow in md/latex, a coloured row in html), e.g. the row just
     added. ``columns`` picks metric columns (default :data:`TABLE_COLUMNS`; ``TMA``/``ES:D``/the worst cases may be
     added). ``standalone`` wraps the LaTeX tabular in a compilable document (HTML is always a full page).
-    CSV holds the unrounded numbers, the identifying columns, the CI bounds and ``record_id``, with no marks.
+    Every format names what it shows (:func:`context`: datasets, suites and eps, protocol, ranking key): a line above
+    the Markdown table, the LaTeX title or comment, the HTML caption; CSV has ``dataset``, ``suite`` and
+    ``protocol`` columns and holds every value at its column's decimals, the CI bounds and ``record_id``, no marks.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
     columns = tuple(columns) if columns is not None else TABLE_COLUMNS
-    named = caption(protocol_of(df))
+    named = context(df)
     table = table_frame(df, columns=columns, values=values)
     if fmt == "csv":
+        table.insert(1, "dataset_id", df["dataset"].reset_index(drop=True).astype(pd.StringDtype()))
+        table.insert(2, "suite", df["suite_id"].reset_index(drop=True).astype(pd.StringDtype()))
+        if "dataset" in table.columns:
+            table = table.drop(columns=["dataset"])
+        table = table.rename(columns={"dataset_id": "dataset"})
+        for c in table.columns:  # each value at its column's decimals, as the other formats show it
+            if table[c].dtype == "float64":
+                table[c] = table[c].round(_decimals(c.removesuffix("_lo").removesuffix("_hi"), values))
         buf = io.StringIO()
         table.to_csv(buf, index=False)
         return buf.getvalue()

@@ -1,0 +1,124 @@
+"""Build the official boards the package ships (``robustbench_dml/boards/<dataset>/<model>-seed<s>.json.gz``).
+
+Each model is trained from its recipe (one thread, so the weights are the same on any machine of the same build),
+evaluated with every suite asked for, and its entry written with the complete results (the evidence every load
+re-derives the scores from, :mod:`robustbench_dml.leaderboard.official`). Work resumes: training per epoch,
+evaluation per attack, and an entry already holding a suite's result for the same weights keeps it.
+
+Models:
+
+- ``digits``: the six defenses at ``dmlbench run --defense ID --dataset digits``'s defaults (the 28x28 preset on
+  the whole training split: budget ``full``), all test queries;
+- ``fashion``: the rows of ``benchmarks/defense_study.py`` (six defenses and the CA-TRIDE variants) at its ``cpu``
+  budget (6,000 training images, 8 epochs, 8-step adversaries: budget ``cpu``), the first 1,000 test queries
+  against the whole gallery.
+
+Suites: ``rob28`` (both protocols) and ``rankaa28`` (corrected) by default.
+
+    python benchmarks/official_boards.py --sets digits --suites rob28 --seeds 0,1 [--shard 0/2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+DIGITS = ("vanilla", "est", "act", "hm", "ca_tride", "mdprop")
+FASHION_ROOT = str(ROOT.parent / "shared/data/fashion-mnist")
+#: set -> (budget label, max queries)
+SETS = {"digits": ("full", None), "fashion": ("cpu", 1000)}
+
+
+def models(data: str) -> list[tuple[str, str, dict]]:
+    """(row name, defense id, defense params) of every model of a set."""
+    if data == "digits":
+        return [(d, d, {}) for d in DIGITS]
+    from defense_study import BUDGETS, CONFIGS, params
+
+    return [(name, d, params(d, options, BUDGETS["cpu"])) for name, (d, options) in CONFIGS.items()]
+
+
+def train_config(data: str, defense: str, defense_params: dict, seed: int):
+    from robustbench_dml.config import TrainConfig
+
+    if data == "digits":
+        return TrainConfig(defense=defense, dataset="digits", seed=seed, threads=1, defense_params=defense_params)
+    from defense_study import BUDGETS
+
+    return TrainConfig(defense=defense, dataset="fashion", data_root=FASHION_ROOT, seed=seed, threads=1,
+                       train_subset=BUDGETS["cpu"]["train_subset"], defense_params=defense_params)
+
+
+def build(data: str, name: str, defense: str, defense_params: dict, seed: int, suites: list[str], runs: Path,
+          boards: Path, device: str) -> Path:
+    import torch
+
+    from robustbench_dml.evaluation import EvalConfig, evaluate
+    from robustbench_dml.leaderboard.official import write_entry
+    from robustbench_dml.training import train
+
+    torch.set_num_threads(1)
+    budget, max_queries = SETS[data]
+    cfg = train_config(data, defense, defense_params, seed)
+    out = runs / data / name / f"seed{seed}"
+    t0 = time.perf_counter()
+    summary = train(cfg, out, resume=True)
+    print(f"{data}/{name}/seed{seed}: trained ({time.perf_counter() - t0:.0f} s)", flush=True)
+    sha = json.loads((Path(summary.checkpoint) / "meta.json").read_text())["weights_sha256"]
+    entry_path = boards / data / f"{name}-seed{seed}.json.gz".replace("[", "-").replace("]", "")
+    kept = {}
+    if entry_path.exists():  # keep what an earlier build evaluated of the same weights
+        old = json.loads(gzip.decompress(entry_path.read_bytes()))
+        kept = {e["recipe"]["evaluate"]["suite"]: e for e in old["evaluations"]
+                if e["recipe"]["weights_sha256"] == sha}
+    evaluations = []
+    for suite in suites:
+        ev = EvalConfig(suite, max_queries=max_queries)
+        if suite in kept and kept[suite]["recipe"]["evaluate"]["max_queries"] == max_queries:
+            evaluations.append((ev, kept[suite]["result"]))
+            continue
+        t0 = time.perf_counter()
+        result = evaluate(summary.checkpoint, ev, device=device, state_dir=out / "eval_state",
+                          data_root=cfg.data_root)
+        evaluations.append((ev, result.to_dict()))
+        print(f"{data}/{name}/seed{seed}: {suite} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for suite, e in kept.items():  # suites evaluated before and not asked for now stay in the entry
+        if suite not in suites:
+            from robustbench_dml.leaderboard.recipes import Recipe
+
+            evaluations.append((Recipe.from_json(json.dumps(e["recipe"])).eval_config(), e["result"]))
+    entry_path.parent.mkdir(parents=True, exist_ok=True)
+    return write_entry(entry_path, model=f"{name}-seed{seed}", recipe_train=cfg, weights_sha256=sha, budget=budget,
+                       evaluations=evaluations, created=dt.date.today().isoformat())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sets", default="digits")
+    p.add_argument("--suites", default="rob28,rankaa28")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--models", help="comma-separated row names (default: every model of the set)")
+    p.add_argument("--shard", default="0/1", help="i/n: this process builds every n-th model from the i-th")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "official"))
+    p.add_argument("--boards", default=str(ROOT / "robustbench_dml" / "boards"))
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    todo = [(data, name, d, prm, int(seed)) for data in args.sets.split(",") for name, d, prm in models(data)
+            if not args.models or name in args.models.split(",") for seed in args.seeds.split(",")]
+    for i, job in enumerate(todo):
+        if i % shards == shard:
+            print(build(*job, args.suites.split(","), Path(args.runs), Path(args.boards), args.device), flush=True)
+
+
+if __name__ == "__main__":
+    main()
