@@ -211,7 +211,9 @@ def bootstrap_ci(per_query: Mapping[str, Sequence[float]], *, score: str = "ERS"
     while done < n_boot:
         b = min(chunk, n_boot - done)
         idx = rng.integers(0, n, size=(b, n))
-        means = data[idx].mean(axis=1)  # (b, n_keys)
+        # how often each replicate drew each query, then the means as one product (not a (b, n, keys) gather)
+        counts = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n)
+        means = counts @ data / n  # (b, n_keys)
         cols = {k: means[:, j] for j, k in enumerate(keys)}
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = [f(cols) for f in _TERMS[name].values()]

@@ -76,7 +76,7 @@ def _read_entry(path: Path) -> dict[str, Any]:
     return entry
 
 
-def _records_of(entry: Mapping[str, Any], *, where: str) -> list[Record]:
+def _records_of(entry: Mapping[str, Any], *, where: str, suite: str | None = None) -> list[Record]:
     from robustbench_dml.leaderboard.records import Record
 
     out = []
@@ -88,6 +88,8 @@ def _records_of(entry: Mapping[str, Any], *, where: str) -> list[Record]:
         if not isinstance(item, Mapping):
             raise UserError(f"{here}: not a JSON object; reinstall the package")
         recipe = Recipe.from_json(json.dumps(item.get("recipe")), where=f"{here}, recipe")
+        if suite is not None and recipe.evaluate["suite"] != suite:
+            continue  # only the board asked for is derived
         record = Record.from_evaluation(item.get("result"), submitter=OFFICIAL_SUBMITTER, created=entry["created"])
         if record.checkpoint_sha256 != recipe.weights_sha256:
             raise UserError(f"{here}: the result is of weights {record.checkpoint_sha256[:12]}..., the recipe's are "
@@ -112,7 +114,7 @@ def official_records(dataset: str | None = None, suite: str | None = None, *,
     out = []
     for folder in folders:
         for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else []:
-            out += [r for r in _records_of(_read_entry(path), where=str(path)) if suite is None or r.suite_id == suite]
+            out += _records_of(_read_entry(path), where=str(path), suite=suite)
     return out
 
 
