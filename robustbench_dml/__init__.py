@@ -28,3 +28,13 @@ def _check_sibling_packages() -> None:
 
 
 _check_sibling_packages()
+
+
+def __getattr__(name: str):
+    """``robustbench_dml.benchmark`` (:func:`robustbench_dml.benchmarking.benchmark`), imported on first use so that
+    ``import robustbench_dml`` stays light."""
+    if name == "benchmark":
+        from robustbench_dml.benchmarking import benchmark
+
+        return benchmark
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

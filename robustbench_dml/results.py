@@ -69,6 +69,26 @@ class EvaluationResult:
     success = property(lambda self: self.block()["success"])
     scores = property(lambda self: self.block()["scores"])
     clean = property(lambda self: self.block()["clean"])
+    #: ERS and ARS of the shown protocol (None for a partial suite that lacks an attack they need)
+    ers = property(lambda self: self.scores.get("ERS"))
+    ars = property(lambda self: self.scores.get("ARS"))
+
+    def publish(self, leaderboard_dir: str | os.PathLike = "leaderboards", *, name: str | None = None,
+                partial_ok: bool = False, recipe: Any = None):
+        """Record this result (every score re-derived from its raw results) and publish a new version of its
+        leaderboard in the store ``leaderboard_dir``; returns (record, version, added). ``name``: the submitter
+        (default: the user name). ``partial_ok``: publish a partial suite's result too, marked as such.
+        ``recipe``: how it was trained and evaluated (:class:`~robustbench_dml.leaderboard.recipes.Recipe`)."""
+        import dataclasses
+        import getpass
+
+        from robustbench_dml.leaderboard import LeaderboardStore, Record
+
+        record = Record.from_evaluation(self.to_dict(), submitter=name or getpass.getuser())
+        if recipe is not None:
+            record = dataclasses.replace(record, recipe=recipe.to_json(), budget=recipe.budget)
+        version, added = LeaderboardStore(leaderboard_dir).add_record(record, allow_ineligible=partial_ok)
+        return record, version, added
 
     def engine_raw(self, part: str) -> dict[str, float] | None:
         """For a strong suite's result (:mod:`attacks.engine`), the aggregated raw results of one of its ``parts``

@@ -7,7 +7,6 @@ before anything is written to the store, and the store's writes are atomic.
 
 from __future__ import annotations
 
-import getpass
 import tempfile
 from pathlib import Path
 
@@ -42,19 +41,9 @@ def validate(checkpoint: Path) -> dict:
 
 
 def publish(result, *, leaderboard_dir: str, name: str | None, partial_ok: bool = False, recipe=None):
-    """Record ``result`` and publish a new leaderboard version; return (record, version, added). ``partial_ok``:
-    a result of an overridden suite is published too, as a partial row (``eligible`` false, marked in tables).
-    ``recipe``: how the row was trained and evaluated (:class:`~robustbench_dml.leaderboard.recipes.Recipe`), so
-    that ``dmlbench reproduce`` can rebuild it."""
-    import dataclasses
-
-    from robustbench_dml.leaderboard import LeaderboardStore, Record
-
-    record = Record.from_evaluation(result.to_dict(), submitter=name or getpass.getuser())
-    if recipe is not None:
-        record = dataclasses.replace(record, recipe=recipe.to_json(), budget=recipe.budget)
-    version, added = LeaderboardStore(leaderboard_dir).add_record(record, allow_ineligible=partial_ok)
-    return record, version, added
+    """:meth:`EvaluationResult.publish <robustbench_dml.results.EvaluationResult.publish>`: (record, version,
+    added)."""
+    return result.publish(leaderboard_dir, name=name, partial_ok=partial_ok, recipe=recipe)
 
 
 def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
