@@ -107,8 +107,14 @@ def test_convert_then_benign_evaluate(tmp_path, capsys):
 
 
 def test_leaderboard_show_without_board_is_one_line(tmp_path, capsys):
-    assert main(["leaderboard", "show", "--dataset", "digits", "--leaderboard-dir", str(tmp_path)]) == 2
+    assert main(["leaderboard", "show", "--dataset", "digits", "--leaderboard-dir", str(tmp_path),
+                 "--no-official"]) == 2
     assert "dmlbench run" in _err_line(capsys)
+    # the package's official digits rows are shown from any folder, marked, with their budget, never stored
+    assert main(["leaderboard", "show", "--dataset", "digits", "--leaderboard-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "robustbench-dml (official)" in out and "| Budget |" in out and "| full |" in out
+    assert not any(tmp_path.iterdir())
 
 
 def test_leaderboard_show_reference_rows(tmp_path, capsys):

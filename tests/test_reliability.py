@@ -137,7 +137,7 @@ BAD = {
     "convert unknown backbone": ["convert", "state.pt", "--backbone", "vit", "--dataset", "digits", "--out", "c"],
     # leaderboard / compare / plot / list
     "leaderboard unknown dataset": ["leaderboard", "show", "--dataset", "nope"],
-    "leaderboard empty": ["leaderboard", "show", "--dataset", "digits"],
+    "leaderboard empty": ["leaderboard", "show", "--dataset", "digits", "--no-official"],
     "leaderboard bad version": ["leaderboard", "show", "--dataset", "digits", "--version", "abc"],
     "leaderboard diff without range": ["leaderboard", "diff", "--dataset", "digits"],
     "leaderboard output exists": ["leaderboard", "export", "--dataset", "fashion", "--output", "notes.md"],

@@ -23,7 +23,7 @@ def add_protocol(p) -> None:
 def add_columns(p) -> None:
     p.add_argument("--columns", help="comma-separated metric columns (default: the papers' layout), e.g. "
                                      "R@1,ERS,ARS,WC:candidate,WC:query,WC:recall for the per-threat worst cases, "
-                                     "ERS,ERS_lo,ERS_hi for the 95% bootstrap interval")
+                                     "ERS,ERS_lo,ERS_hi for the 95%% bootstrap interval")
 
 
 def parse_columns(text: str | None):
