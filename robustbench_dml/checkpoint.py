@@ -186,7 +186,7 @@ def checkpoint_sha256(directory: str | os.PathLike) -> str:
     return read_meta(directory)["weights_sha256"]
 
 
-LAYOUTS = ("state_dict", "robrank", "mdprop")
+LAYOUTS = ("state_dict", "robrank", "mdprop", "pml")
 # RobRank's rc2f2 Sequential (conv, relu, pool, conv, relu, pool, flatten, fc, relu, fc) onto our c2f2 trunk/head
 # (conv, norm, relu, pool, conv, norm, relu, pool, flatten, fc, norm, relu) + head; norm is Identity in c2f2.
 _RC2F2_KEYS = {"backbone.0.": "trunk.0.", "backbone.3.": "trunk.4.", "backbone.7.": "trunk.9.", "backbone.9.": "head."}
@@ -280,6 +280,32 @@ def mdprop_state_dict(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, to
     return _resnet_keys(state, "", "MDProp checkpoint")
 
 
+def pml_state_dict(trunk: dict[str, torch.Tensor], embedder: dict[str, torch.Tensor]
+                   ) -> tuple[str, dict[str, torch.Tensor]]:
+    """A pytorch-metric-learning model, its ``trunk`` and ``embedder`` saved as two state dicts (the library's
+    ``save_model``: ``trunk_*.pth``, ``embedder_*.pth``), as ``(our backbone id, our state dict)``. The trunk is a
+    torchvision ResNet whose ``fc`` was replaced by an identity (the library's recipe); the embedder one linear
+    layer (its examples' ``MLP([features, dim])``, whose ``net.0`` and ``last_linear`` name the same layer, or a
+    plain ``nn.Linear``), our head. 512 features -> ``resnet18``, 2048 -> ``resnet50``. The library's pipelines
+    normalise images with ImageNet's mean and standard deviation in their transforms; ours does it in the model,
+    so the embeddings agree."""
+    trunk, embedder = _clean_state_dict(trunk), _clean_state_dict(embedder)
+    weights = {}
+    for k, v in embedder.items():
+        if k.endswith("weight") and v.dim() == 2 and not any(v is w or torch.equal(v, w) for w in weights.values()):
+            weights[k] = v
+    if len(weights) != 1:
+        raise UserError(f"pml embedder: {len(weights)} linear layers found ({', '.join(weights) or 'none'}); only "
+                        "an embedder of one linear layer maps onto our head")
+    (name, weight), = weights.items()
+    bias = embedder.get(name[:-len("weight")] + "bias")
+    if "conv1.weight" not in trunk or any(k.startswith("fc.") for k in trunk):
+        raise UserError("pml trunk: not a torchvision ResNet with its fc replaced by an identity (conv1.* missing "
+                        "or fc.* present)")
+    state = {"fc.weight": weight, **({"fc.bias": bias} if bias is not None else {}), **trunk}
+    return _resnet_keys(state, "", "pml trunk")
+
+
 _MAPPERS = {"robrank": robrank_state_dict, "mdprop": mdprop_state_dict}
 
 
@@ -299,20 +325,38 @@ def _fit_problem(expected: dict[str, torch.Tensor], state: dict[str, torch.Tenso
 
 def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, backbone: str | None, dataset: str,
                        embedding_dim: int | None = None, key: str | None = None, channels: int | None = None,
-                       overwrite: bool = False, layout: str = "state_dict") -> Path:
+                       overwrite: bool = False, layout: str = "state_dict",
+                       embedder: str | os.PathLike | None = None) -> Path:
     """Bring a model trained elsewhere into a checkpoint; nothing is executed while reading
     (``torch.load(weights_only=True)``; for RobRank and MDProp files an allow-list of inert stand-ins for the few
     non-tensor objects they hold).
 
     ``layout``: ``"state_dict"`` (a flat state dict with our keys, or one nested under ``key``), ``"robrank"``
-    (a RobRank / PyTorch Lightning checkpoint, mapped by :func:`robrank_state_dict`) or ``"mdprop"`` (an MDProp
-    checkpoint, mapped by :func:`mdprop_state_dict`); the mappers also name the backbone and the embedding size.
+    (a RobRank / PyTorch Lightning checkpoint, mapped by :func:`robrank_state_dict`), ``"mdprop"`` (an MDProp
+    checkpoint, mapped by :func:`mdprop_state_dict`) or ``"pml"`` (``source`` the trunk's state dict and
+    ``embedder`` the embedder's, pytorch-metric-learning's pair, mapped by :func:`pml_state_dict`); the mappers also
+    name the backbone and the embedding size.
     ``embedding_dim`` defaults to what the file tells (its ``head.weight`` rows; else 512); ``channels`` defaults
     to the dataset's image channels. ``out`` must be new or empty, or (``overwrite``) a checkpoint folder; it is
     checked before anything is read."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    if (layout == "pml") != (embedder is not None):
+        raise UserError("--from pml takes the trunk's file and --embedder FILE (the embedder's); --embedder goes "
+                        "with --from pml only")
     check_target(out, overwrite)
+    if layout == "pml":
+        parts = [_read_tensors(f, "state_dict") for f in (source, embedder)]
+        for f, part in zip((source, embedder), parts):
+            if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+                raise UserError(f"{f} is not a flat state dict of tensors (pytorch-metric-learning's save_model "
+                                "writes one)")
+        found, state = pml_state_dict(*parts)
+        if backbone is not None and backbone != found:
+            raise UserError(f"{source} holds a {found} trunk, not {backbone}; drop --backbone or pass {found}")
+        return _save_converted(state, out, backbone=found, dataset=dataset, source=source, layout=layout,
+                               embedding_dim=embedding_dim or int(state["head.weight"].shape[0]), channels=channels,
+                               overwrite=overwrite)
     obj = _read_tensors(source, layout)
     if key is not None or layout in _MAPPERS:
         key = key or "state_dict"
@@ -331,6 +375,13 @@ def convert_state_dict(source: str | os.PathLike, out: str | os.PathLike, *, bac
         embedding_dim = embedding_dim or int(state["head.weight"].shape[0])
     if backbone is None:
         raise UserError("--backbone is needed for a plain state dict (dmlbench list backbones)")
+    return _save_converted(state, out, backbone=backbone, dataset=dataset, source=source, layout=layout,
+                           embedding_dim=embedding_dim, channels=channels, overwrite=overwrite)
+
+
+def _save_converted(state: dict[str, torch.Tensor], out, *, backbone: str, dataset: str, source, layout: str,
+                    embedding_dim: int | None, channels: int | None, overwrite: bool) -> Path:
+    """Load ``state`` strictly into a fresh ``backbone`` and write the checkpoint (a misfit names the option)."""
     head = state.get("head.weight")
     if embedding_dim is None and isinstance(head, torch.Tensor) and head.dim() == 2:
         embedding_dim = int(head.shape[0])  # the file tells the embedding size: its head's rows

@@ -217,3 +217,64 @@ def test_a_plain_state_dict_names_the_key_that_does_not_fit(tmp_path, capsys):
                  "--embedding-dim", "16", "--out", str(tmp_path / "ck")]) == 2
     err = capsys.readouterr().err  # an 8-d head where 16-d was asked for: the key, and the option that fits
     assert "shape of head." in err and "pass --embedding-dim 8" in err
+
+
+class PmlMLP(nn.Module):
+    """pytorch-metric-learning's examples' embedder, ``MLP([features, dim])``: one linear layer reachable as
+    ``net.0`` and as ``last_linear`` (so its state dict names the weights twice)."""
+
+    def __init__(self, sizes):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(sizes[0], sizes[1]))
+        self.last_linear = self.net[-1]
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("arch, features", [("resnet18", 512), ("resnet50", 2048)])
+def test_a_pml_trunk_and_embedder_pair_converts_to_the_embeddings_the_library_gives(tmp_path, arch, features):
+    # built as the library's README builds them: a torchvision trunk with fc replaced by an identity, an MLP
+    # embedder, saved with the library's save_model; the reference embeddings come from its InferenceModel
+    import torchvision
+    from pytorch_metric_learning.utils import common_functions as c_f
+    from pytorch_metric_learning.utils.inference import InferenceModel
+
+    torch.manual_seed(0)
+    trunk = getattr(torchvision.models, arch)(weights=None)
+    trunk.fc = nn.Identity()  # an identity in place of fc, as the library's examples do
+    embedder = PmlMLP([features, 64])
+    for m in trunk.modules():  # non-trivial statistics, so a wrong mapping of any BN would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    trunk.eval(), embedder.eval()
+    c_f.save_model(trunk, str(tmp_path / "trunk_best1.pth"))
+    c_f.save_model(embedder, str(tmp_path / "embedder_best1.pth"))
+    assert main(["convert", str(tmp_path / "trunk_best1.pth"), "--from", "pml", "--embedder",
+                 str(tmp_path / "embedder_best1.pth"), "--dataset", "cub", "--out", str(tmp_path / "ck")]) == 0
+    model, meta = load_checkpoint(tmp_path / "ck")
+    assert (meta["backbone"], meta["embedding_dim"], meta["source_layout"]) == (arch, 64, "pml")
+    x = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))  # [0, 1] pixels
+    reference = InferenceModel(trunk, embedder=embedder, data_device="cpu")
+    with torch.no_grad():
+        expected = reference.get_embeddings((x - IMAGENET_MEAN) / IMAGENET_STD)  # the library's transform
+        assert torch.allclose(F.normalize(model(x), dim=-1), expected, atol=1e-5)
+
+
+def test_a_pml_pair_that_does_not_map_is_refused_in_one_line(tmp_path, capsys):
+    import torchvision
+
+    trunk = torchvision.models.resnet18(weights=None)  # fc kept: not the library's recipe
+    torch.save(trunk.state_dict(), tmp_path / "t.pth")
+    torch.save(nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 64)).state_dict(), tmp_path / "e.pth")
+    torch.save(nn.Linear(512, 64).state_dict(), tmp_path / "e1.pth")
+    cases = [(["--embedder", str(tmp_path / "e.pth")], "2 linear layers found"),
+             (["--embedder", str(tmp_path / "e1.pth")], "fc replaced by an identity"),
+             ([], "--from pml takes the trunk's file and --embedder FILE")]
+    for extra, match in cases:
+        assert main(["convert", str(tmp_path / "t.pth"), "--from", "pml", *extra, "--dataset", "cub",
+                     "--out", str(tmp_path / "ck")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "ck").exists()
