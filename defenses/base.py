@@ -110,7 +110,28 @@ class DefenseConfig:
 
 
 class Defense:
-    """Base class. Subclasses set ``Config`` and implement ``training_step``."""
+    """A defense: how a training batch becomes a loss. The contract a defense (built in or a plugin) keeps:
+
+    - **Registration**: a subclass with a stable ``id``, registered with ``@DEFENSES.register(id)`` or, from
+      another package, through the entry-point group ``dmlbench.defenses`` (``id = "module:Class"``).
+    - **Configuration**: ``Config``, a frozen dataclass subclassing :class:`DefenseConfig`, lists every
+      hyper-parameter; ``Config.for_preset(preset, **overrides)`` gives the defaults of the ``"28"`` and ``"224"``
+      presets. The harness builds ``Defense(preset=..., **overrides)`` from ``--set KEY=VALUE`` (types checked) and
+      records ``config.to_dict()`` in the checkpoint's ``meta.json`` and in every result.
+    - **The step**: ``training_step(model, images, labels, ctx)`` gets the model in training mode (set by
+      :meth:`train_mode`), an SPC-2 batch (``images`` (B, C, H, W) in [0, 1] on the model's device, ``labels``
+      (B,) int64: two images per class) and a :class:`StepContext`; it returns a :class:`StepResult` whose
+      ``loss`` is a scalar with its graph (the harness calls ``backward`` and steps the optimiser) and whose
+      ``n_forward`` / ``n_backward`` count the model passes it made (the cost accounting of plans and logs).
+      Training-time adversaries perturb only ``images``, in pixel units, with :func:`attacks.pgd.pgd`.
+    - **Randomness**: only from ``ctx.generator`` (a CPU ``torch.Generator``): draw on the CPU, then move to the
+      device, so one seed gives the same run on any device.
+    - **Devices**: never move the model or choose a device; create tensors on ``images.device``.
+    - **State**: anything kept across steps lives in :meth:`state_dict` / :meth:`load_state_dict`, so a resumed
+      run continues exactly.
+    - **Side effects**: none; a defense never opens files, parses arguments or prints (``ctx.log(key, value)``
+      and ``StepResult.stats`` carry numbers to the logs).
+    """
 
     id: ClassVar[str]
     Config: ClassVar[type[DefenseConfig]] = DefenseConfig

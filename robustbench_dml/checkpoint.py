@@ -150,8 +150,10 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
 def build_model(meta: dict[str, Any]) -> nn.Module:
     kwargs = dict(meta["backbone_kwargs"])
     kwargs["embedding_dim"] = meta["embedding_dim"]
+    if backbones.takes(meta["backbone"], "pretrained"):  # the weights come from the file, never downloaded
+        kwargs["pretrained"] = False
     try:
-        return backbones.create(meta["backbone"], **kwargs, pretrained=False)
+        return backbones.create(meta["backbone"], **kwargs)
     except TypeError as e:
         raise UserError(f"backbone arguments {kwargs} do not fit {meta['backbone']}: {e}") from None
 

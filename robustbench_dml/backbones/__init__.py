@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from robustbench_dml.backbones.base import BACKBONES, EmbeddingNet, Normalize
 
-__all__ = ["BACKBONES", "EmbeddingNet", "Normalize", "create", "create_for_data", "list_backbones"]
+__all__ = ["BACKBONES", "EmbeddingNet", "Normalize", "create", "create_for_data", "list_backbones", "takes"]
 
 
 def create(name: str, **kwargs) -> EmbeddingNet:
@@ -17,16 +17,20 @@ def create(name: str, **kwargs) -> EmbeddingNet:
     return model
 
 
+def takes(name: str, argument: str) -> bool:
+    """Whether backbone ``name``'s factory takes ``argument`` (``in_channels`` and ``pretrained`` are optional)."""
+    import inspect
+
+    return argument in inspect.signature(BACKBONES.get(name)).parameters
+
+
 def create_for_data(name: str, *, embedding_dim: int, channels: int,
                     pretrained: bool | str | None = False) -> EmbeddingNet:
     """Build ``name`` for images with ``channels`` channels, passing only the arguments its factory takes."""
-    import inspect
-
-    params = inspect.signature(BACKBONES.get(name)).parameters
     kwargs: dict = {"embedding_dim": embedding_dim}
-    if "in_channels" in params:
+    if takes(name, "in_channels"):
         kwargs["in_channels"] = channels
-    if "pretrained" in params:
+    if takes(name, "pretrained"):
         kwargs["pretrained"] = pretrained
     return create(name, **kwargs)
 

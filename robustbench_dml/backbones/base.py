@@ -31,6 +31,22 @@ class EmbeddingNet(nn.Module):
 
     Distances are taken on L2-normalised embeddings (metric "N"); normalisation happens in the losses and the
     gallery, not here, so defenses can see raw embeddings.
+
+    The contract a backbone (built in or a plugin) keeps:
+
+    - **Registration**: a factory function registered with ``@BACKBONES.register(id)`` or, from another package,
+      through the entry-point group ``dmlbench.backbones`` (``id = "module:factory"``). It takes
+      ``embedding_dim`` and may take ``in_channels`` (the dataset's channels are passed when it does) and
+      ``pretrained`` (``--no-pretrained`` / ``--pretrained-weights``); it returns an :class:`EmbeddingNet`.
+    - **Input and output**: float (B, C, H, W) in [0, 1] at ``input_size``; input standardisation belongs in
+      ``normalize`` (inside the model, so the attacks' eps stays in pixel units); output (B, embedding_dim) raw.
+    - **Checkpoints**: the weights are saved as the state dict of the returned module (safetensors) and loaded
+      by calling the same factory with the recorded arguments (``meta.json``: backbone id and keyword
+      arguments), so the factory must build the same parameter names and shapes every time and read no file
+      but the pretrained weights it is pointed at. Evaluating a checkpoint of a plugin backbone needs the plugin
+      installed.
+    - **Devices and randomness**: build on the CPU with torch's default initialisation (the harness seeds it and
+      moves the model).
     """
 
     spec: dict
