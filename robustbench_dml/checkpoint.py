@@ -391,6 +391,10 @@ def _save_converted(state: dict[str, torch.Tensor], out, *, backbone: str, datas
         from robustbench_dml import datasets
 
         channels = datasets.info(dataset).channels
+    first = next((v for v in state.values() if v.dim() == 4), None)  # the first convolution, in the file's order
+    if first is not None and int(first.shape[1]) != channels:
+        raise UserError(f"{source}'s first layer takes {int(first.shape[1])}-channel images but the images of {dataset} have "
+                        f"{channels}; pass the --dataset the model was trained on")
     model = backbones.create_for_data(backbone, embedding_dim=embedding_dim or 512, channels=channels)
     problem = _fit_problem(model.state_dict(), state)
     if problem:

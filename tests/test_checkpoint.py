@@ -113,3 +113,15 @@ def test_convert_reads_the_embedding_size_from_the_head_and_names_the_option_whe
     with pytest.raises(UserError, match="pass --embedding-dim 128"):
         convert_state_dict(tmp_path / "w.pt", tmp_path / "ck2", backbone="c2f2", dataset="digits", embedding_dim=64)
     assert not (tmp_path / "ck2").exists()
+
+
+def test_convert_reads_the_channels_from_the_first_layer_and_names_the_mismatch(tmp_path):
+    from robustbench_dml import backbones
+
+    rgb = backbones.create_for_data("c2f2", embedding_dim=32, channels=3)  # a 3-channel c2f2 (e.g. CIFAR-like)
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pt")
+    with pytest.raises(UserError, match="first layer takes 3-channel images but the images of digits have 1"):
+        convert_state_dict(tmp_path / "rgb.pt", tmp_path / "ck", backbone="c2f2", dataset="digits")
+    assert not (tmp_path / "ck").exists()
+    d = convert_state_dict(tmp_path / "rgb.pt", tmp_path / "ck3", backbone="c2f2", dataset="digits", channels=3)
+    assert load_checkpoint(d)[0].trunk[0].in_channels == 3
