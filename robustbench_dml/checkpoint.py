@@ -393,8 +393,8 @@ def _save_converted(state: dict[str, torch.Tensor], out, *, backbone: str, datas
         channels = datasets.info(dataset).channels
     first = next((v for v in state.values() if v.dim() == 4), None)  # the first convolution, in the file's order
     if first is not None and int(first.shape[1]) != channels:
-        raise UserError(f"{source}'s first layer takes {int(first.shape[1])}-channel images but the images of {dataset} have "
-                        f"{channels}; pass the --dataset the model was trained on")
+        raise UserError(f"{source}'s first layer takes {int(first.shape[1])}-channel images but the images of "
+                        f"{dataset} have {channels}; pass the --dataset the model was trained on")
     model = backbones.create_for_data(backbone, embedding_dim=embedding_dim or 512, channels=channels)
     problem = _fit_problem(model.state_dict(), state)
     if problem:
