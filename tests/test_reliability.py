@@ -332,7 +332,11 @@ def _default_sigint() -> None:
 
 
 @pytest.mark.slow
-def test_sigint_stops_training_with_one_line_and_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("sig, code, line", [
+    ("SIGINT", 130, "dmlbench: interrupted"),
+    ("SIGTERM", 143, "dmlbench: terminated (SIGTERM); run the same command again to resume")])
+def test_a_signal_stops_training_with_one_line_and_resume_gives_the_same_weights(tmp_path, sig, code, line):
+    # SIGTERM is what a batch scheduler sends: it unwinds as Ctrl-C does
     import signal
     import time
 
@@ -345,10 +349,10 @@ def test_sigint_stops_training_with_one_line_and_resume_gives_the_same_weights(t
     deadline = time.time() + 300
     while not (history.exists() and history.read_text().count("\n") >= 1) and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
     lines = err.decode().strip().splitlines()
-    assert proc.returncode == 130 and lines == ["dmlbench: interrupted"], err.decode()[-500:]
+    assert proc.returncode == code and lines == [line], err.decode()[-500:]
     resumed = subprocess.run(base + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, timeout=600)
     assert resumed.returncode == 0
     assert read_meta(tmp_path / "cut" / "checkpoint")["weights_sha256"] == \

@@ -35,12 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a batch scheduler sends before it kills a job), raised where the process is so that it unwinds
+    as an interrupt does: state saved per epoch or attack, temporary files removed, nothing half-written."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     numerics.reproducible_cpu_blas()  # before any matrix product: MKL reads its mode once
     parser = build_parser()
     args = parser.parse_args(argv)
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
+    except Terminated:
+        print("dmlbench: terminated (SIGTERM); run the same command again to resume", file=sys.stderr)
+        return 143
     except UserError as e:
         print(f"dmlbench: error: {e}", file=sys.stderr)
         return 2
@@ -52,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dmlbench: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
