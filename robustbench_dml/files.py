@@ -3,6 +3,7 @@ half-written one, and a crash leaves no stray temp file behind a Python-level er
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -67,3 +68,30 @@ def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in blocks."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike, doing: str = "writing"):
+    """Hold an exclusive lock on ``folder`` (created when absent) while the block runs, so a second process that
+    wants to write the same run folder is refused in one line instead of mixing its files in. The lock is the
+    kernel's ``flock`` on the folder itself: no lock file is left behind, and a killed holder releases it. A folder
+    this call created and the block left empty is removed again."""
+    import fcntl
+
+    from robustbench_dml.errors import UserError
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another process is {doing} {folder}; wait for it to finish or choose another "
+                            "folder") from None
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

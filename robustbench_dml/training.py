@@ -14,6 +14,7 @@ choices come from generators derived from (seed, epoch) and (seed, step), never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -35,7 +36,7 @@ from robustbench_dml.config import PRESETS, TrainConfig
 from robustbench_dml.datasets.base import stratified_subset
 from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.errors import UserError
-from robustbench_dml.files import atomic_write_bytes, atomic_write_text
+from robustbench_dml.files import atomic_write_bytes, atomic_write_text, run_lock
 from robustbench_dml.progress import Progress
 from robustbench_dml.numerics import TRAINING, applied
 from robustbench_dml.runtime import (dist_info, generator, process_group, rank_device, resolve_device,
@@ -147,9 +148,16 @@ def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: 
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = Path(out) if out is not None else default_out(cfg)
-    state_path = out / STATE_FILE
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a run directory; choose another --out")
+    with run_lock(out, "training into") if rank == 0 else contextlib.nullcontext():  # one writer per run folder
+        return _train_locked(cfg, out, device, rank, world, distributed=distributed, resume=resume,
+                             progress=progress, on_epoch=on_epoch)
+
+
+def _train_locked(cfg: TrainConfig, out: Path, device: torch.device, rank: int, world: int, *, distributed: bool,
+                  resume: bool, progress: bool, on_epoch) -> TrainSummary:
+    state_path = out / STATE_FILE
     started = out.is_dir() and any(p.name != "config.json" for p in out.iterdir())  # a failed start leaves config.json
     if started and not resume and rank == 0:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")

@@ -433,3 +433,23 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_files(full_disk, tmp_path, c
     assert _leftovers(full_disk) == []
     if command == "submit":
         assert "not writable" in err and not (full_disk / "lb").exists()  # refused before any compute
+
+
+@pytest.mark.slow
+def test_a_second_process_training_into_the_same_folder_is_refused_in_one_line(tmp_path):
+    # two real processes started together into one --out (without the lock both exited 0, one run's weights beside
+    # both runs' mixed history): one trains, the other is refused in one line; the run is whole, and once it is
+    # done the folder is free again (for --resume)
+    base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "8", "--threads", "1",
+            "--out", str(tmp_path / "run")]
+    procs = [subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    refused = outs[codes.index(2)][1].strip().splitlines()
+    assert refused == [f"dmlbench: error: another process is training into {tmp_path / 'run'}; wait for it to "
+                       "finish or choose another folder"], refused
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 9))
+    again = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
