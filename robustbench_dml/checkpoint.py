@@ -20,7 +20,7 @@ from torch import nn
 
 from robustbench_dml import backbones
 from robustbench_dml.errors import UserError
-from robustbench_dml.files import sha256_file
+from robustbench_dml.files import read_bounded, sha256_file
 from robustbench_dml.runtime import versions
 
 SCHEMA_VERSION = 1
@@ -115,6 +115,9 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not directory.is_dir():
         raise UserError(f"checkpoint {directory} is not a directory; pass the folder holding {WEIGHTS} and {META}")
     weights = directory / WEIGHTS
+    if weights.exists() and not weights.is_file():
+        raise UserError(f"{weights} is not a regular file (a device, FIFO, socket or folder); a checkpoint holds "
+                        "its weights as a file")
     if not weights.is_file():
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
@@ -124,11 +127,13 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
             )
         raise UserError(f"{directory} has no {WEIGHTS}; a checkpoint is a folder with {WEIGHTS} and {META}")
     try:
-        meta = json.loads((directory / META).read_text())
+        meta = json.loads(read_bounded(directory / META, "meta"))
     except FileNotFoundError:
         raise UserError(f"{directory} has no {META}; a checkpoint is a folder with {WEIGHTS} and {META}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{directory / META} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{directory / META} is not UTF-8 JSON text") from None
     if not isinstance(meta, dict):
         raise UserError(f"{directory / META} must hold a JSON object")
     missing = [k for k in REQUIRED_META if k not in meta]

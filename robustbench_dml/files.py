@@ -95,3 +95,35 @@ def run_lock(folder: str | os.PathLike, doing: str = "writing"):
         os.close(fd)  # releases the lock
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+#: the most a command reads of each kind of file a user hands it (checked before the first byte is read)
+READ_LIMITS = {"meta": 1 << 20, "record": 4 << 20, "manifest": 16 << 20, "pointer": 64, "result": 1 << 30,
+               "index": 256 << 20, "idx": 1 << 30, "state": 1 << 30}
+
+
+def read_bounded(path: str | os.PathLike, kind: str, what: str | None = None) -> bytes:
+    """The bytes of the regular file ``path``, refused in one line when it is a device, FIFO, socket or folder
+    (``/dev/zero`` behind a symlink would be read until the machine runs out of memory; a FIFO would block) or
+    larger than ``READ_LIMITS[kind]``. Both are checked on the file itself before it is read, and the read stops one
+    byte past the limit in case the file grows meanwhile. ``what`` names the file in the message."""
+    import stat as st
+
+    from robustbench_dml.errors import UserError
+
+    path = Path(path)
+    limit = READ_LIMITS[kind]
+    name = what or str(path)
+    info = os.stat(path)  # FileNotFoundError is the caller's to word
+    if not st.S_ISREG(info.st_mode):
+        raise UserError(f"{name} is not a regular file (a device, FIFO, socket or folder); replace it with the file "
+                        "itself")
+    if info.st_size > limit:
+        raise UserError(f"{name} is {info.st_size:,} bytes, more than the {limit:,} a {kind} file may have; it is "
+                        "not the file this command expects")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{name} grew past {limit:,} bytes while it was read; it is not the file this command expects")
+    return data

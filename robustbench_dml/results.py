@@ -131,7 +131,16 @@ class EvaluationResult:
         where = "evaluation result"
         if not text.lstrip().startswith("{"):
             where = str(source)
-            text = Path(source).read_text()
+            from robustbench_dml.files import read_bounded
+
+            try:
+                text = read_bounded(source, "result").decode("utf-8")
+            except FileNotFoundError:
+                raise UserError(f"{source} does not exist; pass the file written by `dmlbench evaluate --json`") \
+                    from None
+            except UnicodeDecodeError:
+                raise UserError(f"{source} is not UTF-8 JSON text; pass the file written by `dmlbench evaluate "
+                                "--json`") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

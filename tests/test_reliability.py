@@ -453,3 +453,52 @@ def test_a_second_process_training_into_the_same_folder_is_refused_in_one_line(t
     assert epochs == list(range(1, 9))
     again = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
+
+
+def _cli(cwd, *argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "robustbench_dml.cli.main", *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_no_file_a_command_reads_can_exhaust_the_machine(tmp_path):
+    # what the probe did: meta.json, a result, a record and the weights as links to /dev/zero, a FIFO, a 2 MiB
+    # meta.json; each is refused in one line from its type or size, before it is read (a read would never end or
+    # would block)
+    import torch
+
+    torch.manual_seed(0)
+    good = save_checkpoint(tmp_path / "good", backbones.create("c2f2", embedding_dim=8, in_channels=1),
+                           {"dataset": "digits", "defense": "vanilla"})
+
+    def checkpoint(name: str, part: str, make) -> Path:
+        ck = tmp_path / name
+        ck.mkdir()
+        for f in ("meta.json", "model.safetensors"):
+            if f != part:
+                (ck / f).write_bytes((good / f).read_bytes())
+        make(ck / part)
+        return ck
+
+    zero = lambda p: p.symlink_to("/dev/zero")  # noqa: E731
+    cases = {
+        "meta as /dev/zero": (checkpoint("z", "meta.json", zero), "is not a regular file"),
+        "meta as a FIFO": (checkpoint("f", "meta.json", os.mkfifo), "is not a regular file"),
+        "meta of 2 MiB": (checkpoint("b", "meta.json", lambda p: os.truncate(p.touch() or p, 2 << 20)),
+                          "more than the 1,048,576 a meta file may have"),
+        "weights as /dev/zero": (checkpoint("w", "model.safetensors", zero), "is not a regular file"),
+    }
+    for case, (ck, match) in cases.items():
+        out = _cli(tmp_path, "evaluate", "--checkpoint", str(ck), "--benign-only")
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and match in lines[0], (case, out.stderr[-300:])
+    (tmp_path / "result.json").symlink_to("/dev/zero")
+    out = _cli(tmp_path, "compare", "result.json")
+    assert out.returncode == 2 and "is not a regular file" in out.stderr
+    store = LeaderboardStore(tmp_path / "lb")
+    rec = Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01")
+    store.add_record(rec)
+    path = store.record_path(rec)
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    out = _cli(tmp_path, "leaderboard", "rebuild", "--dataset", "digits", "--leaderboard-dir", "lb")
+    assert out.returncode == 2 and "is not a regular file" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -35,7 +35,7 @@ def find_result(path: Path, suite: str | None) -> Path:
     CHECKPOINT/../eval/SUITE[-overrides].json (``dmlbench evaluate``'s default names). The whole suite's file is
     preferred; of a suite evaluated only with overrides (``rankaa28-q64.json``), the one file; several are refused
     with their names."""
-    if path.is_file():
+    if path.exists() and not path.is_dir():  # a file (a special one is refused when read)
         return path
     for run_dir in (path, path.parent):
         eval_dir = run_dir / "eval"
@@ -59,13 +59,14 @@ def load_records(paths, suite: str | None, protocol: str | None = None, name: st
     result must hold that protocol (a one-line UserError)."""
     import getpass
 
+    from robustbench_dml.files import read_bounded
     from robustbench_dml.leaderboard import Record
 
     records = []
     for p in paths:
         source = find_result(Path(p), suite)
         try:
-            data = json.loads(source.read_text())
+            data = json.loads(read_bounded(source, "result"))
         except json.JSONDecodeError as e:
             raise UserError(f"{source} is not valid JSON ({e.msg}, line {e.lineno})") from None
         record = Record.from_evaluation(data, submitter=name or getpass.getuser(), note=str(p))

@@ -30,6 +30,7 @@ import torch
 from robustbench_dml.datasets.base import DATASETS, DatasetInfo, TensorDataset
 from robustbench_dml.datasets.images import check_split, malformed, require_root
 from robustbench_dml.errors import UserError
+from robustbench_dml.files import read_bounded
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -45,15 +46,24 @@ FILES = {
 def read_idx_bytes(path: Path, title: str, hint: str) -> bytes:
     """The decompressed content of ``path`` (gzip detected by its magic bytes)."""
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, "idx")
     except OSError as e:
         raise malformed(title, path, f"cannot read ({e.strerror or e})", hint) from None
     if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
+        from robustbench_dml.files import READ_LIMITS
+
+        limit = READ_LIMITS["idx"]
+        try:  # unpacked with a bound: a small file that unpacks to terabytes is refused, not unpacked
+            unpack = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data = unpack.decompress(raw, limit + 1)
+        except zlib.error as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise malformed(title, path, f"damaged gzip data ({reason})", hint) from None
+        if len(data) > limit or unpack.unconsumed_tail:
+            raise malformed(title, path, f"unpacks to more than {limit:,} bytes", hint)
+        if not unpack.eof:
+            raise malformed(title, path, "damaged gzip data (the stream ends early)", hint)
+        return data
     return raw
 
 

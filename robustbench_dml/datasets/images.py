@@ -31,6 +31,7 @@ from torchvision.transforms import functional as TF
 
 from robustbench_dml.datasets.base import DatasetInfo, RetrievalDataset
 from robustbench_dml.errors import UserError
+from robustbench_dml.files import read_bounded
 
 RESIZE = 256
 CROP = 224
@@ -60,7 +61,7 @@ def read_int_table(path: Path, ncols: int, title: str, hint: str, *, header: str
     file and line.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, "index").decode("utf-8")
     except UnicodeDecodeError:
         raise malformed(title, path, "not UTF-8 text", hint) from None
     except OSError as e:

@@ -32,7 +32,7 @@ from typing import Any
 from robustbench_dml import columns
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
-from robustbench_dml.files import atomic_write_bytes
+from robustbench_dml.files import atomic_write_bytes, read_bounded
 
 __all__ = ["RECORD_SCHEMA_VERSION", "BUDGETS", "Record", "ProtocolScores", "Field", "RECORD_FIELDS", "SCORE_FIELDS",
            "BENIGN_COLUMNS", "RAW_COLUMNS", "SCORE_COLUMNS", "WORST_COLUMNS", "make_record_id", "write_record",
@@ -370,7 +370,7 @@ def read_record(path: Path) -> Record:
     """Load and validate one record file; any damage is a UserError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, "record").decode("utf-8")
         data = json.loads(text, parse_constant=_reject_constant)
     except FileNotFoundError:
         raise UserError(f"record file {path} is missing") from None

@@ -36,7 +36,7 @@ from filelock import FileLock
 
 from robustbench_dml import __version__
 from robustbench_dml.errors import UserError
-from robustbench_dml.files import atomic_write_bytes, sha256_file
+from robustbench_dml.files import atomic_write_bytes, read_bounded, sha256_file
 from robustbench_dml.leaderboard.frames import (ARROW_SCHEMA, ARROW_SCHEMA_V1, ARROW_SCHEMA_V2, ARROW_SCHEMA_V3,
                                                 COLUMNS, coerce_frame, empty_frame, records_to_table, sort_frame,
                                                 upgrade_frame)
@@ -134,7 +134,7 @@ class LeaderboardStore:
                 raise UserError(f"leaderboard pointer {path} is missing but versions up to {present} exist; restore "
                                 f"it with `echo {present} > {path}` (nothing was written)")
             return 0
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        text = read_bounded(path, "pointer").decode("utf-8", errors="replace").strip()
         if not text.isdigit() or int(text) < 1:
             raise UserError(f"leaderboard pointer {path} is damaged ({text[:20]!r}); write the newest good version "
                             "number into it or run `dmlbench leaderboard rebuild --dataset ID`")
@@ -164,7 +164,7 @@ class LeaderboardStore:
         version = self._resolve(dataset, suite, version)
         path = self.manifest_path(dataset, suite, version)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_bounded(path, "manifest"))
         except FileNotFoundError:
             raise UserError(f"leaderboard manifest {path} is missing; the leaderboard directory is damaged") from None
         except (UnicodeDecodeError, ValueError):
