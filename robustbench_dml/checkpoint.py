@@ -327,6 +327,10 @@ def _fit_problem(expected: dict[str, torch.Tensor], state: dict[str, torch.Tenso
         return f"unexpected {extra[:3]}"
     if bad:
         return f"shape of {bad[0]} is {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
+    cast = sorted(k for k in set(expected) & set(state) if expected[k].dtype != state[k].dtype)
+    if cast:  # quantised or half weights are not evaluated as if they were the model's own (a silent cast)
+        return (f"dtype of {cast[0]} is {str(state[cast[0]].dtype).removeprefix('torch.')}, expected "
+                f"{str(expected[cast[0]].dtype).removeprefix('torch.')}")
     return None
 
 
@@ -400,6 +404,9 @@ def _save_converted(state: dict[str, torch.Tensor], out, *, backbone: str, datas
     if first is not None and int(first.shape[1]) != channels:
         raise UserError(f"{source}'s first layer takes {int(first.shape[1])}-channel images but the images of "
                         f"{dataset} have {channels}; pass the --dataset the model was trained on")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise UserError(f"{source}: {bad} holds NaN or infinite values (a diverged training); nothing was written")
     model = backbones.create_for_data(backbone, embedding_dim=embedding_dim or 512, channels=channels)
     problem = _fit_problem(model.state_dict(), state)
     if problem:

@@ -502,3 +502,39 @@ def test_no_file_a_command_reads_can_exhaust_the_machine(tmp_path):
     path.symlink_to("/dev/zero")
     out = _cli(tmp_path, "leaderboard", "rebuild", "--dataset", "digits", "--leaderboard-dir", "lb")
     assert out.returncode == 2 and "is not a regular file" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_successes_are_refused(tmp_path, capsys):
+    # int8 weights whose sha256 matches meta.json, --attacks naming nothing, NaN weights given to convert, an IDX
+    # header declaring an absurd shape: each was accepted (or misworded) and is now refused in one line
+    import torch
+    from safetensors.torch import save_file
+
+    from robustbench_dml.files import sha256_file
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
+                         {"dataset": "digits", "defense": "vanilla"})
+    state = {k: v.to(torch.int8) for k, v in backbones.create("c2f2", embedding_dim=8, in_channels=1)
+             .state_dict().items()}
+    save_file(state, str(ck / "model.safetensors"))
+    meta = json.loads((ck / "meta.json").read_text())
+    meta["weights_sha256"] = sha256_file(ck / "model.safetensors")
+    (ck / "meta.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "--checkpoint", str(ck), "--benign-only"]) == 2
+    assert "is int8, expected float32" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(ck), "--attacks", "", "--json", str(tmp_path / "e.json")]) == 2
+    assert "--attacks names no attack" in capsys.readouterr().err
+    assert main(["run", "--attacks", " , ", "--out", str(tmp_path / "r")]) == 2  # before any training
+    assert "--attacks names no attack" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    net = backbones.create("c2f2", embedding_dim=8, in_channels=1).state_dict()
+    net["head.weight"][0, 0] = float("nan")
+    torch.save(net, tmp_path / "nan.pt")
+    assert main(["convert", str(tmp_path / "nan.pt"), "--backbone", "c2f2", "--dataset", "digits",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "head.weight holds NaN or infinite values" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    from robustbench_dml.datasets.idx import parse_idx
+
+    huge = bytes([0, 0, 8, 3]) + (0xFFFFFFFF).to_bytes(4, "big") * 3 + b"\0" * 16
+    with pytest.raises(UserError, match=r"needs 79228162458924105385300197391;"):  # the declared size, not negative
+        parse_idx(huge, 0x00000803, tmp_path / "x", "MNIST", "")

@@ -97,6 +97,18 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def parse_attacks(text: str | None) -> list[str] | None:
+    """``--attacks`` as a list of attack ids (None: the whole suite). Given but naming no attack (``--attacks ""``)
+    is refused, never read as the whole suite."""
+    if text is None:
+        return None
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    if not names:
+        raise UserError("--attacks names no attack; give ids such as CA+,GTT (dmlbench list attacks), or leave it out "
+                        "for the whole suite")
+    return names
+
+
 def is_rank0() -> bool:
     """Not a non-zero rank of a torchrun launch (only rank 0 measures and prints plans)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -124,7 +136,7 @@ def print_plan(cfg, *, training: bool, evaluation: bool, max_queries: int | None
         print(cfg.to_json())
     if evaluation:
         plan_evaluation(result, model, dataset=cfg.dataset, data_root=cfg.data_root, device=resolve_device(cfg.device),
-                        max_queries=max_queries, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
+                        max_queries=max_queries, attacks=parse_attacks(attacks),
                         **eval_options)
     for line in result.lines(training=training, evaluation=evaluation):
         print(f"plan: {line}", flush=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robustbench_dml.cli.common import (add_device, add_plan, add_progress, check_output, is_rank0, print_plan,
-                                        progress_mode, show_progress)
+from robustbench_dml.cli.common import (add_device, add_plan, add_progress, check_output, is_rank0, parse_attacks,
+                                        print_plan, progress_mode, show_progress)
 from robustbench_dml.cli.report import attack_table, benign_table, console, protocol_lines
 from robustbench_dml.errors import UserError
 
@@ -95,7 +95,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     if meta["dataset"] not in datasets.DATASETS:
         raise UserError(f"{checkpoint}/meta.json names unknown dataset {meta['dataset']!r}")
     suite = suite_for(meta["dataset"], suite)
-    config = EvalConfig(suite, attacks=[a.strip() for a in attacks.split(",")] if attacks else None,
+    config = EvalConfig(suite, attacks=parse_attacks(attacks),
                         max_queries=max_queries, eps=eps, seed=seed, robrank_compat=robrank_compat,
                         numerics=numerics, eot=eot)
     if json_path is not None and plan != "only":

@@ -9,6 +9,7 @@ from robustbench_dml.cli.common import (
     add_progress,
     add_train_options,
     is_rank0,
+    parse_attacks,
     print_plan,
     progress_mode,
     show_progress,
@@ -51,6 +52,7 @@ def run(args) -> int:
 
     cfg = train_config(args)
     suite = suite_for(cfg.dataset, args.suite)
+    parse_attacks(args.attacks)  # refused before any training
     plan = dict(training=True, evaluation=True, max_queries=args.max_queries, attacks=args.attacks, suite=suite)
     if args.plan:
         print_plan(cfg, **plan)
@@ -84,8 +86,8 @@ def run(args) -> int:
     from robustbench_dml.evaluation import EvalConfig
     from robustbench_dml.leaderboard.recipes import Recipe
 
-    evaluated = EvalConfig(suite, attacks=[a.strip() for a in args.attacks.split(",")] if args.attacks else None,
-                           max_queries=args.max_queries, seed=args.eval_seed)
+    evaluated = EvalConfig(suite, attacks=parse_attacks(args.attacks), max_queries=args.max_queries,
+                           seed=args.eval_seed)
     recipe = Recipe.of(cfg, evaluated, result.checkpoint["sha256"])
     record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name,
                                      partial_ok=not result.eligible, recipe=recipe)

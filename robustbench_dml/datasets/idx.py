@@ -20,6 +20,7 @@ For full-size files (60,000 / 10,000 labels) the label counts tell them apart (F
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -80,7 +81,7 @@ def parse_idx(data: bytes, magic: int, where: Path, title: str, hint: str) -> np
     if len(data) < header:
         raise malformed(title, where, f"truncated IDX header ({len(data)} of {header} bytes)", hint)
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python integers: a huge declared shape cannot overflow
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "has trailing bytes"
         shape = "x".join(map(str, dims))
