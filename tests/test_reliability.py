@@ -538,3 +538,34 @@ def test_wrong_successes_are_refused(tmp_path, capsys):
     huge = bytes([0, 0, 8, 3]) + (0xFFFFFFFF).to_bytes(4, "big") * 3 + b"\0" * 16
     with pytest.raises(UserError, match=r"needs 79228162458924105385300197391;"):  # the declared size, not negative
         parse_idx(huge, 0x00000803, tmp_path / "x", "MNIST", "")
+
+
+def test_an_output_is_never_one_of_the_inputs_nor_inside_a_checkpoint_or_a_store(tmp_path, capsys):
+    # --overwrite replaced a checkpoint's meta.json, turned a store's immutable version into a CSV and let compare
+    # replace its own input; each is refused in one line and every file stays as it was
+    import torch
+
+    from test_leaderboard import make_eval
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
+                         {"dataset": "digits", "defense": "vanilla"})
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps(make_eval(1)))
+    store = LeaderboardStore(tmp_path / "lb")
+    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    parquet = tmp_path / "lb" / "digits" / "rob28" / "v1.parquet"
+    before = _tree(tmp_path)
+    cases = [
+        (["evaluate", "--checkpoint", str(ck), "--benign-only", "--json", str(ck / "meta.json"), "--overwrite"],
+         "inside the checkpoint folder"),
+        (["leaderboard", "export", "--dataset", "digits", "--leaderboard-dir", str(tmp_path / "lb"), "--format",
+          "csv", "--output", str(parquet), "--overwrite", "--no-official"], "inside the leaderboard store"),
+        (["compare", str(result), "--output", str(result), "--overwrite"], "is one of this command's inputs"),
+        (["plot", "resistance", str(result), "--output", str(ck / "x.png")], "inside the checkpoint folder"),
+    ]
+    for argv, match in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert match in err and len(err.splitlines()) == 1, err
+    assert _tree(tmp_path) == before

@@ -12,13 +12,35 @@ from robustbench_dml.config import TrainConfig
 from robustbench_dml.errors import UserError
 
 
-def check_output(output: str | None, overwrite: bool = False) -> None:
-    """An output file the user named: refused if it exists (unless ``overwrite``) or is a folder."""
+def protected_folder(folder: Path) -> str | None:
+    """What ``folder`` or a folder above it is that no output may be written into: a checkpoint folder
+    (``meta.json`` beside ``model.safetensors``) or a leaderboard store (a board's ``latest`` pointer beside its
+    manifests, or a store's ``records`` with boards beside it); None when neither."""
+    for d in (folder, *folder.parents):
+        if (d / "meta.json").is_file() and (d / "model.safetensors").exists():
+            return f"the checkpoint folder {d}"
+        if (d / "latest").is_file() and any(d.glob("v*.manifest.json")):
+            return f"the leaderboard store's board {d}"
+        if (d / "records").is_dir() and any(d.glob("*/*/latest")):
+            return f"the leaderboard store {d}"
+    return None
+
+
+def check_output(output: str | None, overwrite: bool = False, inputs: tuple = ()) -> None:
+    """An output file the user named: refused if it is a folder, one of the command's ``inputs``, inside a
+    checkpoint folder or a leaderboard store (:func:`protected_folder`; ``--overwrite`` never reaches those), or
+    if it exists (unless ``overwrite``)."""
     if output is None:
         return
     path = Path(output)
     if path.is_dir():
         raise UserError(f"output {path} is a folder; name a file")
+    target = path.resolve()
+    if any(target == Path(i).resolve() for i in inputs):
+        raise UserError(f"output {path} is one of this command's inputs; name a new file")
+    inside = protected_folder(target.parent)
+    if inside:
+        raise UserError(f"output {path} is inside {inside}, which commands only read; write it elsewhere")
     if path.exists() and not overwrite:
         raise UserError(f"output {path} already exists; pass --overwrite to replace it or name a new file")
 

@@ -54,6 +54,11 @@ def find_result(path: Path, suite: str | None) -> Path:
                     f"--checkpoint ...{' --suite ' + suite if suite else ''}` first or pass the evaluation JSON file")
 
 
+def inputs(paths, suites) -> tuple[Path, ...]:
+    """The files a comparison reads (an output may never be one of them)."""
+    return tuple(find_result(Path(p), s) for p in paths for s in suites)
+
+
 def load_records(paths, suite: str | None, protocol: str | None = None, name: str | None = None):
     """One record per result, by ``name`` (default: the user name, as ``run`` records it); with ``protocol``, every
     result must hold that protocol (a one-line UserError)."""
@@ -143,7 +148,8 @@ def run(args) -> int:
                         f"--protocol {P.ROBRANK} --reference")
     suites = [s.strip() for s in (args.suite or "").split(",") if s.strip()]
     if len(suites) == 2:
-        emit(suite_gap(args.results, suites, args.protocol, args.name, args.format), args.output, args.overwrite)
+        emit(suite_gap(args.results, suites, args.protocol, args.name, args.format), args.output, args.overwrite,
+             inputs(args.results, suites))
         return 0
     if len(suites) > 2:
         raise UserError("--suite takes one suite, or two to put side by side (e.g. rob28,rankaa28)")
@@ -151,5 +157,5 @@ def run(args) -> int:
     frame = protocol_frame(records, args.protocol)
     if args.reference:
         frame = frames_concat([frame, reference_frame(records[0].dataset)])
-    emit(render(frame, args.format, columns=columns), args.output, args.overwrite)
+    emit(render(frame, args.format, columns=columns), args.output, args.overwrite, inputs(args.results, [args.suite]))
     return 0

@@ -87,11 +87,11 @@ def board_with_reference(store, dataset: str, suite: str, version: int | None, r
     return frame
 
 
-def emit(text: str, output: str | None, overwrite: bool = False) -> None:
+def emit(text: str, output: str | None, overwrite: bool = False, inputs: tuple = ()) -> None:
     if output:
         from robustbench_dml.files import atomic_write_text
 
-        check_output(output, overwrite)
+        check_output(output, overwrite, inputs)
         path = Path(output)
         atomic_write_text(path, text)
         print(path)

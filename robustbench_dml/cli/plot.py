@@ -33,7 +33,7 @@ def run(args) -> int:
         figure_format(args.output)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite, tuple(Path(p) for p in args.results))
     if args.kind == "resistance":
         frame = protocol_frame(load_records(args.results, None, args.protocol), args.protocol)
         plot_resistance(frame, args.output, score=args.score)
