@@ -569,3 +569,27 @@ def test_an_output_is_never_one_of_the_inputs_nor_inside_a_checkpoint_or_a_store
         err = capsys.readouterr().err.strip()
         assert match in err and len(err.splitlines()) == 1, err
     assert _tree(tmp_path) == before
+
+
+def test_sibling_checkpoints_keep_their_own_results_and_none_is_replaced_silently(tmp_path, capsys):
+    import torch
+
+    from robustbench_dml.cli.compare import find_result
+
+    torch.manual_seed(0)
+    for name, dim in (("a", 8), ("b", 16)):
+        save_checkpoint(tmp_path / "pair" / name, backbones.create("c2f2", embedding_dim=dim, in_channels=1),
+                        {"dataset": "digits", "defense": "vanilla"})
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "pair" / name), "--benign-only"]) == 0
+    results = {n: json.loads((tmp_path / "pair" / "eval" / n / "benign.json").read_text()) for n in "ab"}
+    assert results["a"]["sha256"] != results["b"]["sha256"]  # each checkpoint's own file
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "pair" / "a"), "--benign-only"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and _tree(tmp_path) == before
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "pair" / "a"), "--benign-only", "--overwrite"]) == 0
+    # compare finds a checkpoint's own result, never its sibling's
+    (tmp_path / "pair" / "eval" / "b" / "rob28.json").write_text("{}")
+    assert find_result(tmp_path / "pair" / "b", None) == tmp_path / "pair" / "eval" / "b" / "rob28.json"
+    with pytest.raises(UserError, match="no rob28/rob224 evaluation found"):
+        find_result(tmp_path / "pair" / "a", None)

@@ -31,14 +31,16 @@ def add_parser(sub) -> None:
 
 
 def find_result(path: Path, suite: str | None) -> Path:
-    """The evaluation JSON for ``path``: the file itself, or RUN/eval/SUITE[-overrides].json, or
-    CHECKPOINT/../eval/SUITE[-overrides].json (``dmlbench evaluate``'s default names). The whole suite's file is
+    """The evaluation JSON for ``path``: the file itself, or RUN/eval/SUITE[-overrides].json, or the checkpoint's
+    own results (:func:`~robustbench_dml.cli.evaluate.eval_folder`; ``dmlbench evaluate``'s default names). The
+    whole suite's file is
     preferred; of a suite evaluated only with overrides (``rankaa28-q64.json``), the one file; several are refused
     with their names."""
     if path.exists() and not path.is_dir():  # a file (a special one is refused when read)
         return path
-    for run_dir in (path, path.parent):
-        eval_dir = run_dir / "eval"
+    from robustbench_dml.cli.evaluate import eval_folder
+
+    for eval_dir in (path / "eval", eval_folder(path)):  # a run folder, or a checkpoint's own results
         if not eval_dir.is_dir():
             continue
         for name in [suite] if suite else ["rob28", "rob224"]:

@@ -44,10 +44,19 @@ def add_eval_options(p) -> None:
                         "(recorded; not leaderboard-eligible; docs/protocol.md)")
 
 
+def eval_folder(checkpoint: Path) -> Path:
+    """Where a checkpoint's results go by default: ``RUN/eval`` for a run's ``RUN/checkpoint``, and
+    ``PARENT/eval/NAME`` for any other checkpoint folder, so sibling checkpoints (``pair/a``, ``pair/b``) never
+    share a result file."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / "eval" if checkpoint.name == "checkpoint" else \
+        checkpoint.parent / "eval" / checkpoint.name
+
+
 def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, max_queries: int | None = None,
                  eps: float | None = None, robrank_compat: bool = False, numerics: str = "exact",
                  eot: int | None = None) -> Path:
-    """``eval/SUITE[-overrides].json`` beside the checkpoint directory (in the run directory)."""
+    """``SUITE[-overrides].json`` in the checkpoint's :func:`eval_folder`."""
     parts = [suite]
     if attacks:
         parts.append("attacks-" + attacks.replace(",", "_").replace("+", "p").replace("-", "m").replace(":", ""))
@@ -61,7 +70,7 @@ def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, ma
         parts.append("compat")
     if numerics != "exact":
         parts.append(numerics)
-    return checkpoint.parent / "eval" / ("-".join(parts) + ".json")
+    return eval_folder(checkpoint) / ("-".join(parts) + ".json")
 
 
 def suite_for(dataset: str, suite: str | None) -> str:
@@ -98,8 +107,10 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     config = EvalConfig(suite, attacks=parse_attacks(attacks),
                         max_queries=max_queries, eps=eps, seed=seed, robrank_compat=robrank_compat,
                         numerics=numerics, eot=eot)
-    if json_path is not None and plan != "only":
-        check_output(json_path, overwrite)
+    default = default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries, eps=eps,
+                           robrank_compat=robrank_compat, numerics=numerics, eot=eot)
+    if plan != "only":  # an existing result is replaced only with --overwrite, the default file included
+        check_output(json_path or default, overwrite)
     if plan is not None and is_rank0():
         from types import SimpleNamespace
 
@@ -111,9 +122,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
                    checkpoint_model=model, suite=suite, robrank_compat=robrank_compat)
         if plan == "only":
             return None, None
-    out = Path(json_path) if json_path else default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries,
-                                                          eps=eps, robrank_compat=robrank_compat, numerics=numerics,
-                                                          eot=eot)
+    out = Path(json_path) if json_path else default
     from robustbench_dml.runtime import process_group, resolve_device
 
     with process_group(resolve_device(device)):  # under torchrun: the query batches are shared among the ranks
@@ -155,14 +164,13 @@ def _benign(checkpoint: Path, args, con) -> int:
     from robustbench_dml.runtime import resolve_device
 
     device = resolve_device(args.device)
-    if args.json is not None:
-        check_output(args.json, args.overwrite)
+    out = Path(args.json) if args.json else eval_folder(checkpoint) / "benign.json"
+    check_output(out, args.overwrite)
     model, meta = load_checkpoint(checkpoint, device)
     test = datasets.create(meta["dataset"], root=args.data_root or training_data_root(meta), split="test")
     gallery = embed(model, test, device=device, progress=show_progress(args))
     metrics = retrieval_metrics(gallery.embeddings, gallery.labels, seed=args.eval_seed, normalize=False)
     con.print(benign_table(metrics))
-    out = Path(args.json) if args.json else checkpoint.parent / "eval" / "benign.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"checkpoint": str(checkpoint), "sha256": meta["weights_sha256"], "dataset": meta["dataset"],
                "num_items": len(test), "benign": metrics}

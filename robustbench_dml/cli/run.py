@@ -72,7 +72,8 @@ def run(args) -> int:
         # every rank evaluates (the query batches are shared); rank 0 reports and publishes
         result, out = evaluate_checkpoint(summary.checkpoint, suite=suite, seed=args.eval_seed, device=args.device,
                                           data_root=cfg.data_root, progress=progress_mode(args),
-                                          attacks=args.attacks, max_queries=args.max_queries)
+                                          attacks=args.attacks, max_queries=args.max_queries,
+                                          overwrite=True)  # the run owns its folder: --resume finishes it
     if not is_rank0():
         return 0
     con = console()
