@@ -292,9 +292,9 @@ def main() -> None:
     todo = [(m, s, a) for i, m in enumerate(chosen) if i % shards == shard for s in SUITES for a in attack_ids
             if not args.attacks or a in args.attacks.split(",")]
 
-    def write() -> None:
+    def write() -> None:  # the report covers every model with results, whatever this process was asked to run
         found = {}
-        for data, model, _, _ in chosen:
+        for data, model, _, _ in models(list(SETS)):
             units = {}
             for s in SUITES:
                 for a in attack_ids:
