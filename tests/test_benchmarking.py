@@ -57,10 +57,10 @@ def test_benchmark_gives_what_evaluate_gives_for_the_same_weights_and_publishes(
 
     torch.manual_seed(3)
     model = create("c2f2", embedding_dim=32)
-    result = robustbench_dml.benchmark(model, "digits", n_queries=16, progress=None)
+    result = robustbench_dml.benchmark(model, "digits", n_queries=4, progress=None)
     save_checkpoint(tmp_path / "ck", model, {"dataset": "digits", "defense": "vanilla", "defense_config": {}})
     out = subprocess.run([sys.executable, "-m", "robustbench_dml.cli.main", "evaluate", "--checkpoint",
-                          str(tmp_path / "ck"), "--max-queries", "16", "--json", str(tmp_path / "e.json"), "--quiet"],
+                          str(tmp_path / "ck"), "--max-queries", "4", "--json", str(tmp_path / "e.json"), "--quiet"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     cli = json.loads((tmp_path / "e.json").read_text())
@@ -69,7 +69,7 @@ def test_benchmark_gives_what_evaluate_gives_for_the_same_weights_and_publishes(
         assert mine["scores"]["ERS"] == block["scores"]["ERS"] and mine["scores"]["ARS"] == block["scores"]["ARS"]
         assert mine["per_query"] == block["per_query"]
     assert result.ers == cli["protocols"]["corrected"]["scores"]["ERS"] and result.ars is not None
-    assert result.checkpoint["meta"]["backbone"] == "EmbeddingNet" and result.num_queries == 16
+    assert result.checkpoint["meta"]["backbone"] == "EmbeddingNet" and result.num_queries == 4
     record, version, added = result.publish(tmp_path / "store", name="ann", partial_ok=True)
     assert added and version == 1 and record.submitter == "ann" and record.defense == "external"
     with pytest.raises(UserError):  # a partial result is not published unless asked

@@ -440,7 +440,7 @@ def test_a_second_process_training_into_the_same_folder_is_refused_in_one_line(t
     # two real processes started together into one --out (without the lock both exited 0, one run's weights beside
     # both runs' mixed history): one trains, the other is refused in one line; the run is whole, and once it is
     # done the folder is free again (for --resume)
-    base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "8", "--threads", "1",
+    base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "4", "--threads", "1",
             "--out", str(tmp_path / "run")]
     procs = [subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]
@@ -450,7 +450,7 @@ def test_a_second_process_training_into_the_same_folder_is_refused_in_one_line(t
     assert refused == [f"dmlbench: error: another process is training into {tmp_path / 'run'}; wait for it to "
                        "finish or choose another folder"], refused
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 9))
+    assert epochs == list(range(1, 5))
     again = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
 
