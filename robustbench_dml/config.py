@@ -36,6 +36,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+#: the largest seed every consumer takes (faiss's k-means and sampling seeds are signed 32-bit integers)
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed, option: str) -> None:
+    """A seed is an integer in 0..MAX_SEED; anything else is a one-line UserError naming ``option``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{option} must be an integer from 0 to {MAX_SEED} (got {seed!r})")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. ``None`` fields take the dataset's preset value in :meth:`resolve`.
@@ -66,6 +76,7 @@ class TrainConfig:
     defense_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        check_seed(self.seed, "--seed")
         for name in ("embedding_dim", "epochs", "batch_size", "eval_every", "train_subset"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

@@ -149,6 +149,9 @@ class EvalConfig:
             if unknown:
                 raise UserError(f"attack(s) {', '.join(unknown)} are not in suite {suite.id}; "
                                 f"choose from {', '.join(suite.attack_ids)}")
+        from robustbench_dml.config import check_seed
+
+        check_seed(self.seed, "--eval-seed")
         if self.max_queries is not None and int(self.max_queries) < 1:
             raise UserError(f"--max-queries must be a positive integer (got {self.max_queries})")
         if self.eps is not None and not (0 <= float(self.eps) <= 1):

@@ -68,6 +68,9 @@ def world(tmp_path, monkeypatch):
 E = ["evaluate", "--checkpoint"]
 BAD = {
     # train / run: option values
+    "train seed 2**70": ["train", "--seed", str(2**70), "--out", "r"],
+    "train seed negative": ["train", "--seed", "-1", "--out", "r"],
+    "run eval seed 2**31": ["run", "--eval-seed", str(2**31), "--out", "r"],
     "train lr inf": ["train", "--lr", "inf", "--out", "r"],
     "train lr nan": ["train", "--lr", "nan", "--out", "r"],
     "train lr negative": ["train", "--lr", "-1", "--out", "r"],

@@ -52,7 +52,11 @@ def run(args) -> int:
 
     cfg = train_config(args)
     suite = suite_for(cfg.dataset, args.suite)
-    parse_attacks(args.attacks)  # refused before any training
+    from robustbench_dml.evaluation import EvalConfig
+
+    # the evaluation's settings are checked before any training (a bad --eval-seed or --attacks costs nothing)
+    evaluated = EvalConfig(suite, attacks=parse_attacks(args.attacks), max_queries=args.max_queries,
+                           seed=args.eval_seed)
     plan = dict(training=True, evaluation=True, max_queries=args.max_queries, attacks=args.attacks, suite=suite)
     if args.plan:
         print_plan(cfg, **plan)
@@ -84,11 +88,8 @@ def run(args) -> int:
     print(out)
     if not result.eligible:
         print("note: the suite was overridden (--attacks/--max-queries): the row is published as partial")
-    from robustbench_dml.evaluation import EvalConfig
     from robustbench_dml.leaderboard.recipes import Recipe
 
-    evaluated = EvalConfig(suite, attacks=parse_attacks(args.attacks), max_queries=args.max_queries,
-                           seed=args.eval_seed)
     recipe = Recipe.of(cfg, evaluated, result.checkpoint["sha256"])
     record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name,
                                      partial_ok=not result.eligible, recipe=recipe)
