@@ -463,6 +463,7 @@ def _cli(cwd, *argv) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_no_file_a_command_reads_can_exhaust_the_machine(tmp_path):
     # what the probe did: meta.json, a result, a record and the weights as links to /dev/zero, a FIFO, a 2 MiB
     # meta.json; each is refused in one line from its type or size, before it is read (a read would never end or
@@ -574,6 +575,7 @@ def test_an_output_is_never_one_of_the_inputs_nor_inside_a_checkpoint_or_a_store
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_sibling_checkpoints_keep_their_own_results_and_none_is_replaced_silently(tmp_path, capsys):
     import torch
 
