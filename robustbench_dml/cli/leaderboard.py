@@ -159,9 +159,7 @@ def site(args) -> int:
         raise UserError(f"{out} exists and is not an empty folder; choose a new one or pass --overwrite")
     store = LeaderboardStore(args.leaderboard_dir)
     records = [r for r in official_records() if args.dataset in (None, r.dataset)]
-    for folder in sorted(Path(args.leaderboard_dir, "records").glob("*/*")):
-        if folder.is_dir() and args.dataset in (None, folder.parent.name):
-            records += store.records(folder.parent.name, folder.name)
+    records += store.all_records(args.dataset)
     records += [r for r in reference_records() if args.dataset in (None, r.dataset)]
     pages = write_site(out, records)
     print(f"{out / 'index.html'} ({len(pages)} files)")

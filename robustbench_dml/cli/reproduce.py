@@ -37,14 +37,14 @@ def add_parser(sub) -> None:
 def find_record(row: str, leaderboard_dir: str):
     """The record whose id is ``row`` or starts with it, among the official rows and the local store's."""
     from robustbench_dml.leaderboard.official import official_records
-    from robustbench_dml.leaderboard.records import read_record
+    from robustbench_dml.leaderboard import LeaderboardStore
 
     if len(row) < MIN_PREFIX:
         raise UserError(f"give at least {MIN_PREFIX} characters of the record id (got {row!r})")
     found = {r.record_id: r for r in official_records() if r.record_id.startswith(row)}
-    for path in sorted(Path(leaderboard_dir, "records").glob("*/*/*.json")):
-        if path.stem.startswith(row) and path.stem not in found:
-            found[path.stem] = read_record(path)
+    for record in LeaderboardStore(leaderboard_dir).all_records():  # validated and checked as publishing does
+        if record.record_id.startswith(row):
+            found.setdefault(record.record_id, record)
     if not found:
         raise UserError(f"no row {row!r} among the official rows or in {leaderboard_dir}; list them with "
                         "`dmlbench leaderboard show --dataset ID --format csv`")

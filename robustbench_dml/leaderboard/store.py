@@ -232,6 +232,12 @@ class LeaderboardStore:
             out.append(rec)
         return out
 
+    def all_records(self, dataset: str | None = None) -> list[Record]:
+        """The validated records of every leaderboard in the store (of ``dataset`` when given), as :meth:`records`
+        reads them."""
+        folders = sorted(p for p in (self.root / "records").glob("*/*") if p.is_dir())
+        return [r for f in folders if dataset in (None, f.parent.name) for r in self.records(f.parent.name, f.name)]
+
     def verify(self, dataset: str, suite: str) -> list[int]:
         """Check every published version (parquet and manifest) and every record hash; returns the versions."""
         versions = self.versions(dataset, suite)
