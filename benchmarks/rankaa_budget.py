@@ -10,7 +10,8 @@ runs beside it on the same queries and targets. The knee is the smallest budget 
 (0.5) of the largest budget's on every finished model.
 
 Models: the digits models of ``benchmarks/digits_worst_cases.py`` (``dmlbench run --defense ID --dataset digits``
-defaults, seed 0) and the Fashion-MNIST models of ``benchmarks/defense_study.py`` (its ``cpu`` budget, seed 0);
+defaults, seed 0) and the Fashion-MNIST models of ``benchmarks/defense_study.py`` (its ``cpu`` budget, seed 0,
+in the run folders of ``benchmarks/official_boards.py``, whose recipe is the same, so each is trained once);
 a missing checkpoint is trained first (one thread: the same weights on any machine of the same build). The unit of
 work is one (model, suite, attack) on the first ``--max-queries`` test queries; its raw results (the mean over
 queries of every ladder step, the search against the gradient runs, the masking diagnosis, the seconds) are kept
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 DEFENSES = ("vanilla", "est", "act", "hm", "ca_tride", "mdprop")
 SETS = {  # set -> (runs folder, checkpoint pattern, dataset, data root)
     "digits": ("runs/digits_worst_cases", "{}", "digits", None),
-    "fashion": ("runs/defense_study", "{}/seed0", "fashion", str(HERE.parents[1] / "shared/data/fashion-mnist")),
+    "fashion": ("runs/official/fashion", "{}/seed0", "fashion", str(HERE.parents[1] / "shared/data/fashion-mnist")),
 }
 SUITES = ("rankaa28", "rankaa28plus")
 #: the extra models the study also measures: the issue's ACT check (3 epochs, 8-step training PGD)
@@ -241,11 +242,8 @@ def plot(found, path: Path) -> None:
     points = ladder_points()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (data, model), units in found.items():
-        if len({u["checkpoint_sha256"] for u in units.values()}) > 1:
-            lines.append(f"| {data} | {model} | units of several checkpoints: rerun to redo the stale ones |")
-            continue
         c = curves(units)
-        if c is None:
+        if c is None or len({u["checkpoint_sha256"] for u in units.values()}) > 1:
             continue
         ax.plot([g for _, _, g in points], [scoring.score(c[col], "ARS") for col, _, _ in points],
                 marker="o", ms=3, label=f"{data}/{model}", linestyle="-" if data == "digits" else "--")
@@ -266,7 +264,7 @@ def main() -> None:
     reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", default="digits,fashion")
-    p.add_argument("--models", help="comma-separated model names (default: all of each set)")
+    p.add_argument("--models", help="comma-separated model names, run in this order (default: all of each set)")
     p.add_argument("--attacks", help="comma-separated attack ids (default: the suite's nine)")
     p.add_argument("--max-queries", type=int, default=256)
     p.add_argument("--tolerance", type=float, default=0.5)
@@ -287,7 +285,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     shard, shards = (int(v) for v in args.shard.split("/"))
     raw = Path(args.raw)
-    chosen = [m for m in models(args.sets.split(",")) if not args.models or m[1] in args.models.split(",")]
+    chosen = models(args.sets.split(","))
+    if args.models:  # in the order asked for
+        names = args.models.split(",")
+        chosen = sorted((m for m in chosen if m[1] in names), key=lambda m: names.index(m[1]))
     attack_ids = get_suite("rankaa28plus").attack_ids
     todo = [(m, s, a) for i, m in enumerate(chosen) if i % shards == shard for s in SUITES for a in attack_ids
             if not args.attacks or a in args.attacks.split(",")]

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Metric", "BENIGN", "SPACE", "ATTACKS", "SCORES", "WORST", "ALL", "BY_KEY", "BENIGN_KEYS", "SPACE_KEYS",
-           "ATTACK_KEYS", "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "DEFENSE_TITLES", "defense_title",
-           "field_name"]
+           "ATTACK_KEYS", "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "DEFENSE_TITLES", "UNIT_BOUNDS",
+           "defense_title", "field_name", "out_of_range"]
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,22 @@ class Metric:
     higher_is_better: bool
     decimals: int = 1        # in tables and reports
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The closed range every value of this metric lies in (its unit's: :data:`UNIT_BOUNDS`)."""
+        return UNIT_BOUNDS[self.unit]
+
 
 def _m(key: str, field: str, unit: str, higher: bool = True, decimals: int = 1) -> Metric:
     return Metric(key, field, unit, higher, decimals)
 
 
 _PCT = "percent"
+#: the range of each unit; a value outside it (beyond rounding, :data:`BOUNDS_SLACK`) is a damaged or edited result
+UNIT_BOUNDS: dict[str, tuple[float, float]] = {
+    _PCT: (0.0, 100.0), "percent of the gallery": (0.0, 100.0), "score": (0.0, 100.0), "cosine": (-1.0, 1.0),
+    "distance (0-2)": (0.0, 2.0), "ratio": (0.0, float("inf"))}
+BOUNDS_SLACK = 1e-6
 #: benign retrieval over the whole test split
 BENIGN: tuple[Metric, ...] = (
     _m("R@1", "r1", _PCT), _m("R@2", "r2", _PCT), _m("mAP", "map", _PCT), _m("MAP@R", "map_at_r", _PCT),
@@ -69,6 +79,14 @@ DEFENSE_TITLES: dict[str, str] = {"vanilla": "Vanilla", "est": "EST", "act": "AC
 def defense_title(defense_id: str) -> str:
     """The name a table gives a measured row's defense (:data:`DEFENSE_TITLES`, else the id)."""
     return DEFENSE_TITLES.get(defense_id, defense_id)
+
+
+def out_of_range(key: str, value: float) -> str | None:
+    """None when ``value`` lies in metric ``key``'s range, else the range as text (``"[0, 100]"``)."""
+    lo, hi = BY_KEY[key].bounds
+    if lo - BOUNDS_SLACK <= value <= hi + BOUNDS_SLACK:
+        return None
+    return f"[{lo:g}, {hi:g}]"
 
 
 def field_name(key: str) -> str:

@@ -51,32 +51,13 @@ from robustbench_dml.files import atomic_write_text
 from robustbench_dml.numerics import EXACT, NumericPolicy, applied, get_policy
 from robustbench_dml.runtime import dist_info as _dist_info  # a module attribute, so tests can simulate ranks
 from robustbench_dml.results import SCHEMA_VERSION, EvaluationResult
+from robustbench_dml.scoring import aggregate, batch_ranges
 
 __all__ = ["EvalConfig", "EvalTarget", "EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges", "evaluate",
            "load_target", "model_target", "state_key"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def aggregate(values: Sequence[float], batch_sizes: Sequence[int], robrank_compat: bool = False) -> float:
-    """Mean over queries, or (``robrank_compat``, quirk Q4) the unweighted mean of the per-batch means."""
-    if sum(batch_sizes) != len(values):
-        raise ValueError(f"batch sizes sum to {sum(batch_sizes)} but there are {len(values)} values")
-    if not values:
-        return math.nan
-    if not robrank_compat:
-        return math.fsum(values) / len(values)
-    means, s = [], 0
-    for b in batch_sizes:
-        means.append(math.fsum(values[s:s + b]) / b)
-        s += b
-    return math.fsum(means) / len(means)
-
-
-def batch_ranges(num_queries: int, batch_size: int) -> list[tuple[int, int]]:
-    """Query index ranges [start, stop) of each batch, in loader order (the last one may be smaller)."""
-    return [(s, min(num_queries, s + batch_size)) for s in range(0, num_queries, batch_size)]
 
 
 def model_sha256(model: nn.Module) -> str:

@@ -99,7 +99,7 @@ def run_lock(folder: str | os.PathLike, doing: str = "writing"):
 
 #: the most a command reads of each kind of file a user hands it (checked before the first byte is read)
 READ_LIMITS = {"meta": 1 << 20, "record": 4 << 20, "manifest": 16 << 20, "pointer": 64, "result": 1 << 30,
-               "index": 256 << 20, "idx": 1 << 30, "state": 1 << 30}
+               "index": 256 << 20, "idx": 1 << 30, "state": 1 << 30, "evidence": 1 << 30}
 
 
 def read_bounded(path: str | os.PathLike, kind: str, what: str | None = None) -> bytes:
@@ -126,4 +126,21 @@ def read_bounded(path: str | os.PathLike, kind: str, what: str | None = None) ->
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise UserError(f"{name} grew past {limit:,} bytes while it was read; it is not the file this command expects")
+    return data
+
+
+def gunzip_bounded(raw: bytes, limit: int) -> bytes:
+    """The gzip stream ``raw`` unpacked, refused with a ValueError saying why when it would unpack to more than
+    ``limit`` bytes (a small file that unpacks to terabytes is refused, not unpacked), is damaged or ends early."""
+    import zlib
+
+    try:
+        unpack = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        data = unpack.decompress(raw, limit + 1)
+    except zlib.error as e:
+        raise ValueError(f"damaged gzip data ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if len(data) > limit or unpack.unconsumed_tail:
+        raise ValueError(f"unpacks to more than {limit:,} bytes")
+    if not unpack.eof:
+        raise ValueError("damaged gzip data (the stream ends early)")
     return data

@@ -8,6 +8,11 @@ protocol (:mod:`robustbench_dml.protocols`) a block with ``raw`` (aggregated res
 denominator of ARS), ``per_query``, ``success``, ``scores`` and ``clean`` (the same measurements on the unperturbed
 queries, aggregated).
 
+A file written by :meth:`EvaluationResult.to_json` ends with ``sha256``: the digest of the rest of its content
+(canonical JSON), checked whenever a result is read, so a result edited by hand (a dataset renamed, a number
+changed) is refused instead of compared or published. It detects edits, not forgery: the proof of a number is
+re-running the evaluation (``dmlbench reproduce``). Files without it (written before it existed) still load.
+
 Version 1 files (one protocol, at the top level) still load: their block is filed under ``robrank`` when they
 were measured with ``robrank_compat`` and under ``corrected`` otherwise. Nothing here imports torch, so the
 leaderboard reads results without it.
@@ -15,6 +20,7 @@ leaderboard reads results without it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,6 +33,8 @@ from robustbench_dml.errors import UserError
 
 SCHEMA_VERSION = 2
 BLOCK_KEYS = ("raw", "per_query", "success", "scores", "clean")
+#: the key of the content digest a written result carries
+DIGEST_KEY = "sha256"
 
 
 @dataclass
@@ -112,7 +120,9 @@ class EvaluationResult:
         """Strict JSON text (NaN/inf, e.g. a skipped NMI, become null), written atomically to ``path`` when given."""
         from robustbench_dml.files import atomic_write_text
 
-        text = json.dumps(_finite(self.to_dict()), indent=indent, allow_nan=False)
+        d = _finite(self.to_dict())
+        d[DIGEST_KEY] = content_sha256(d)
+        text = json.dumps(d, indent=indent, allow_nan=False)
         if path is not None:
             atomic_write_text(Path(path), text)
         return text
@@ -153,6 +163,9 @@ def upgrade(d: Any) -> dict[str, Any]:
     """A parsed result in the version 2 layout (a version 1 result is converted, nothing else is accepted)."""
     if not isinstance(d, dict):
         raise UserError("evaluation result is not a JSON object; pass the file written by `dmlbench evaluate --json`")
+    if DIGEST_KEY in d and d[DIGEST_KEY] != content_sha256(d):
+        raise UserError("evaluation result was edited after `dmlbench evaluate` wrote it (its sha256 does not match "
+                        "its content); re-run `dmlbench evaluate`")
     version = d.get("schema_version")
     if version == SCHEMA_VERSION:
         if not isinstance(d.get("protocols"), dict) or not d["protocols"]:
@@ -169,6 +182,18 @@ def upgrade(d: Any) -> dict[str, Any]:
         rest = {k: v for k, v in d.items() if k not in ("raw", "per_query", "success", "scores", "extra")}
         return {**rest, "schema_version": SCHEMA_VERSION, "protocols": {protocol: block}, "extra": extra}
     raise UserError(f"evaluation result has schema_version {version!r}; this version reads 1 and {SCHEMA_VERSION}")
+
+
+def content_sha256(d: dict[str, Any]) -> str:
+    """The digest a written result carries: sha256 of its canonical JSON (sorted keys, no spaces), the digest
+    itself left out."""
+    try:
+        text = json.dumps({k: v for k, v in d.items() if k != DIGEST_KEY}, sort_keys=True, separators=(",", ":"),
+                          allow_nan=False)
+    except (TypeError, ValueError):
+        raise UserError("evaluation result holds values JSON cannot write; pass the file written by `dmlbench "
+                        "evaluate --json`") from None
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def protocol_block(protocols: dict[str, dict[str, Any]], protocol: str) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ERS_KEYS", "ARS_KEYS", "ERS_TERMS", "ARS_TERMS", "SCORES", "THREATS", "ers", "ars", "score", "term",
-           "term_inputs", "raw_from_term", "resistance_terms", "bootstrap_ci", "worst_case", "worst_case_by_threat"]
+           "term_inputs", "raw_from_term", "resistance_terms", "bootstrap_ci", "worst_case", "worst_case_by_threat",
+           "aggregate", "batch_ranges"]
 
 # term name -> (formula on the raw values). The formulas work on floats and on numpy arrays alike, so the point
 # estimate and the bootstrap replicates use the very same code.
@@ -75,6 +76,26 @@ ARS_TERMS: tuple[str, ...] = tuple(_ARS_TERMS)
 ERS_KEYS: tuple[str, ...] = tuple(_ERS_TERMS)
 ARS_KEYS: tuple[str, ...] = ("CA+", "CA-", "QA+", "QA-", "ES:R", "LTM", "GTM", "GTT", "R@1")
 _KEYS = {"ERS": ERS_KEYS, "ARS": ARS_KEYS}
+
+
+def aggregate(values: Sequence[float], batch_sizes: Sequence[int], robrank_compat: bool = False) -> float:
+    """Mean over queries, or (``robrank_compat``, quirk Q4) the unweighted mean of the per-batch means."""
+    if sum(batch_sizes) != len(values):
+        raise ValueError(f"batch sizes sum to {sum(batch_sizes)} but there are {len(values)} values")
+    if not values:
+        return math.nan
+    if not robrank_compat:
+        return math.fsum(values) / len(values)
+    means, s = [], 0
+    for b in batch_sizes:
+        means.append(math.fsum(values[s:s + b]) / b)
+        s += b
+    return math.fsum(means) / len(means)
+
+
+def batch_ranges(num_queries: int, batch_size: int) -> list[tuple[int, int]]:
+    """Query index ranges [start, stop) of each batch, in loader order (the last one may be smaller)."""
+    return [(s, min(num_queries, s + batch_size)) for s in range(0, num_queries, batch_size)]
 
 
 def _score_name(score: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -22,6 +24,8 @@ from robustbench_dml.leaderboard import frames as frames_mod
 from robustbench_dml.leaderboard import (COLUMNS, DTYPES, LeaderboardStore, Record, empty_frame, frames_concat,
                                          plot_eps_curve, plot_resistance, read_record, reference_frame,
                                          reference_records, render)
+from robustbench_dml.leaderboard import records as records_mod
+from robustbench_dml.leaderboard.evidence import SUFFIX
 from robustbench_dml.leaderboard.records import RECORD_SCHEMA_VERSION, write_record
 from robustbench_dml.leaderboard.store import frame_to_parquet_bytes, parquet_bytes_to_frame
 from robustbench_dml.leaderboard.tables import best_marks, table_frame
@@ -40,8 +44,8 @@ def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits", protoco
     for p in protocols:
         r = dict(raw) if p == "corrected" else {**raw, "GTM": raw["GTM"] + 30, "LTM": raw["LTM"] + 10,
                                                  "ES:D": raw["ES:D"] / 2}
-        # per-query results whose means are the raw values (half the queries 1 below, half 1 above)
-        per_query = {k: [v - 1.0, v + 1.0] * 32 for k, v in r.items()}
+        # per-query results whose means are the raw values (half the queries a little below, half above)
+        per_query = {k: [v - d, v + d] * 32 for k, v in r.items() for d in [0.05 if k in ("TMA", "ES:D") else 1.0]}
         blocks[p] = {"raw": r, "per_query": per_query, "clean": {},
                      "success": {"CA+": [j % 8 == 0 for j in range(64)], "GTT": [bool(j % (i + 2)) for j in range(64)]},
                      "scores": {"ERS": scoring.ers(r), "ARS": scoring.ars(r),
@@ -52,7 +56,7 @@ def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits", protoco
         "checkpoint": {"sha256": hashlib.sha256(f"model-{i}".encode()).hexdigest(), "path": f"runs/m{i}",
                        "meta": {"dataset": dataset, "backbone": "c2f2", "defense": "ca_tride",
                                 "defense_config": {"lam": 10.0, "threat": {"eps": 0.3, "steps": 16}}}},
-        "suite": {"id": "rob28", "version": 1, "hash": SUITE_HASH, "params": {},
+        "suite": {"id": "rob28", "version": 1, "hash": SUITE_HASH, "params": {"batch_size": 32},
                   "overrides": {"eps": None, "attacks": None, "max_queries": None}, "eligible": eligible},
         "seed": 0, "device": "cpu", "versions": {"robustbench_dml": "0.1.0", "torch": "2"},
         "robrank_compat": protocols == ("robrank",), "num_queries": 64,
@@ -97,7 +101,7 @@ def test_per_threat_worst_cases_are_derived_from_the_successes():
                "ES": [F, F, F, F], "LTM": [T, F, F, F], "GTM": [F, F, F, T], "GTT": [T, T, T, T]}
     block["success"] = {k: v * 16 for k, v in pattern.items()}
     block["per_query"]["R@1"] = [100.0, 100.0, 0.0, 100.0] * 16     # query 2's clean top-1 is already wrong
-    block["scores"]["ERS_ci"] = block["scores"]["ARS_ci"] = None
+    block["raw"]["R@1"], block["scores"] = 75.0, {}
     s = Record.from_evaluation(ev, submitter="x").scores()
     assert s.worst_case == 100.0                                      # GTT breaks everything: ranks nothing
     assert (s.wc_candidate, s.wc_query) == (50.0, 25.0)               # queries {0, 3} and {1}
@@ -140,7 +144,7 @@ def test_version_1_records_and_results_read_as_their_one_protocol(tmp_path):
     old = read_record(path)
     assert list(old.protocols) == ["robrank"] and old.scores("robrank") == rec.scores("corrected")
     path.write_text(json.dumps({**v1, "robrank_compat": False}))
-    assert read_record(path) == rec
+    assert read_record(path) == dataclasses.replace(rec, evidence_sha256=None)  # written before evidence files
     # a version 1 evaluation result: one protocol at the top level
     ev = make_eval(1)
     block = ev.pop("protocols")["corrected"]
@@ -365,6 +369,69 @@ def test_damaged_record_blocks_publishing(tmp_path):
     assert store.versions("digits", "rob28") == [1, 2]
     with pytest.raises(UserError, match="does not match the manifest|damaged"):
         store.verify("digits", "rob28")
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_record_is_published_only_with_evidence_that_gives_every_number(tmp_path, capsys):
+    """What the issue's probe did: record files placed or edited in a store, then `leaderboard rebuild` and `show`."""
+    from robustbench_dml.cli.main import main
+
+    store = _store_with_two(tmp_path)
+    lb = ["--dataset", "digits", "--leaderboard-dir", str(tmp_path)]
+    good = make_record(2)
+    rdir = store.records_dir("digits", "rob28")
+    path, evidence = store.record_path(good), store.evidence_path(good)
+    shipped = good.to_json_dict()
+
+    def edited(**change) -> dict:
+        d = json.loads(json.dumps(shipped))
+        block = d["protocols"]["corrected"]
+        block.update(change)
+        raw = {f.column: block[f.name] for f in records_mod.SCORE_FIELDS[:11]}
+        block["ers"], block["ars"] = scoring.ers(raw), scoring.ars(raw)  # consistent with the edited raw value
+        return d
+
+    cases = {  # name -> (record JSON, evidence bytes or None, what the refusal names)
+        "R@1 150": ({**shipped, "r1": 150.0}, good.evidence, "R@1 = 150.0 lies outside its range"),
+        "CA+ 0.8 -> 99.9": (edited(ca_plus=99.9), good.evidence, "CA\\+ 99.9 is not what its evidence gives"),
+        "no evidence file": (shipped, None, "carries no per-query evidence"),
+        "schema 4, no evidence": ({**{k: v for k, v in shipped.items() if k != "evidence_sha256"},
+                                   "schema_version": 4}, good.evidence, "carries no per-query evidence"),
+        "evidence edited": (shipped, gzip.compress(gzip.decompress(good.evidence).replace(b'"seed":0', b'"seed":1'),
+                                                   mtime=0), "does not have the sha256"),
+    }
+    before = _tree(tmp_path)
+    for name, (record_json, evidence_bytes, message) in cases.items():
+        path.write_text(json.dumps(record_json))
+        if evidence_bytes is not None:
+            evidence.write_bytes(evidence_bytes)
+        assert main(["leaderboard", "rebuild", *lb]) == 2, name
+        assert re.search(message, capsys.readouterr().err), name
+        assert store.versions("digits", "rob28") == [1, 2], name           # nothing published
+        path.unlink()
+        evidence.unlink(missing_ok=True)
+        assert _tree(tmp_path) == before, name                            # nothing written or removed
+    # the same record with its evidence is published, and `show` checks every published record and evidence hash
+    store.add_record(good)
+    assert main(["leaderboard", "show", *lb]) == 0
+    capsys.readouterr()
+    published = store.evidence_path(make_record(0))
+    kept = published.read_bytes()
+    published.write_bytes(good.evidence)
+    assert main(["leaderboard", "show", *lb]) == 2
+    assert "does not have the sha256 its record names" in capsys.readouterr().err
+    published.unlink()
+    assert main(["leaderboard", "show", *lb]) == 2
+    published.write_bytes(kept)
+    assert main(["leaderboard", "show", *lb]) == 0
+    # a record that holds no evidence is not published by the library either
+    with pytest.raises(UserError, match="no per-query evidence"):
+        LeaderboardStore(tmp_path / "other").add_record(dataclasses.replace(good, evidence=None))
+    assert sorted(p.name for p in rdir.glob("*")) == sorted(
+        f"{r.record_id}{suffix}" for r in (make_record(0), make_record(1), good) for suffix in (".json", SUFFIX))
 
 
 def test_wrong_schema_parquet_refused(tmp_path):
@@ -618,20 +685,20 @@ def test_records_and_boards_of_schema_3_read_without_budget_or_recipe():
 
     rec = Record.from_evaluation(make_eval(2), submitter="bob", created="2025-01-02")
     old = json.loads(rec.to_json())
-    del old["budget"], old["recipe"]
+    del old["budget"], old["recipe"], old["evidence_sha256"]
     old["schema_version"] = 3
     back = Record.from_json_dict(old)
-    assert back == rec and back.budget is None and back.recipe is None
+    assert back == dataclasses.replace(rec, evidence_sha256=None) and back.budget is None and back.recipe is None
     for bad, match in (({"budget": "gpu"}, "budget"), ({"recipe": "[1]"}, "recipe")):
         with pytest.raises(UserError, match=match):
             Record.from_json_dict({**json.loads(rec.to_json()), **bad})
     frame = records_to_frame([rec])
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame.drop(columns=["budget", "recipe"]), schema=ARROW_SCHEMA_V3,
-                                        preserve_index=False), buf)
+    added = ["budget", "recipe", "evidence_sha256"]  # by schemas 4 and 5
+    pq.write_table(pa.Table.from_pandas(frame.drop(columns=added), schema=ARROW_SCHEMA_V3, preserve_index=False), buf)
     loaded = parquet_bytes_to_frame(buf.getvalue())
     assert list(loaded.columns) == list(COLUMNS) and loaded["budget"].isna().all()
-    assert loaded.drop(columns=["budget", "recipe"]).equals(frame.drop(columns=["budget", "recipe"]))
+    assert loaded.drop(columns=added).equals(frame.drop(columns=added))
 
 
 def test_resistance_plots_come_as_pdf_and_svg_with_intervals_and_readable_labels(tmp_path):

@@ -217,6 +217,33 @@ def test_a_falsified_score_is_never_published(tmp_path):
         store.rebuild("digits", "rob28")
 
 
+def test_compare_refuses_edited_and_out_of_range_results(tmp_path, capsys):
+    # the probe's R@1 150 and CA+ 250 were shown bold as the best, and a result's dataset could be renamed unseen
+    from robustbench_dml.results import EvaluationResult
+
+    good = tmp_path / "good.json"
+    EvaluationResult.from_dict(_eval(1)).to_json(good)
+    assert main(["compare", str(good)]) == 0
+    capsys.readouterr()
+    written = json.loads(good.read_text())
+    renamed = {**written, "checkpoint": {**written["checkpoint"],
+                                         "meta": {**written["checkpoint"]["meta"], "dataset": "fashion"}}}
+    legacy = {k: v for k, v in written.items() if k != "sha256"}  # as written before results carried a digest
+    r1 = {**legacy, "benign": {**legacy["benign"], "R@1": 150.0}}
+    ca = json.loads(json.dumps(legacy))
+    for block in ca["protocols"].values():
+        block["per_query"]["CA+"] = [250.0] * legacy["num_queries"]
+        block["raw"]["CA+"], block["scores"] = 250.0, {}
+    for name, data, message in (("renamed", renamed, "was edited after `dmlbench evaluate` wrote it"),
+                                ("r1", r1, "R@1 = 150.0 lies outside its range [0, 100]"),
+                                ("ca", ca, "a per-query CA+ lies outside its range [0, 100]")):
+        bad = tmp_path / f"{name}.json"
+        bad.write_text(json.dumps(data))
+        assert main(["compare", str(good), str(bad)]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, name
+
+
 def test_an_edited_interval_is_refused():
     ev = _eval(3)
     ev["protocols"]["robrank"]["scores"]["ERS_ci"] = [0.0, 99.0]

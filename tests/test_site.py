@@ -138,7 +138,7 @@ def _run_folder(root: Path, i: int, files: dict[str, str]) -> Path:
     run = root / f"run{i}"
     (run / "eval").mkdir(parents=True)
     for name, suite in files.items():
-        ev = make_eval(i if suite == "rob28" else i + 20)
+        ev = make_eval(i if suite == "rob28" else i + 10)
         ev["checkpoint"] = make_eval(i)["checkpoint"]
         ev["suite"] = {**ev["suite"], "id": suite, "hash": hashlib.sha256(suite.encode()).hexdigest()}
         (run / "eval" / name).write_text(json.dumps(ev))
@@ -155,7 +155,7 @@ def test_compare_puts_two_suites_side_by_side_and_finds_partial_evaluations(tmp_
                                        " ARS rob28 ", " ARS rankaa28 ", " ARS difference "]
     for i, run in enumerate(runs):
         a = Record.from_evaluation(make_eval(i), submitter="x").ars
-        b = Record.from_evaluation(make_eval(i + 20), submitter="x").ars
+        b = Record.from_evaluation(make_eval(i + 10), submitter="x").ars
         (row,) = [r for r in rows if f"| {run} |" in r]
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert cells[:2] == ["CA-TRIDE", "ann"] and cells[-1] == f"{a - b:.1f}" and cells[5] == f"{a:.1f}"

@@ -76,7 +76,10 @@ def load_records(paths, suite: str | None, protocol: str | None = None, name: st
             data = json.loads(read_bounded(source, "result"))
         except json.JSONDecodeError as e:
             raise UserError(f"{source} is not valid JSON ({e.msg}, line {e.lineno})") from None
-        record = Record.from_evaluation(data, submitter=name or getpass.getuser(), note=str(p))
+        try:
+            record = Record.from_evaluation(data, submitter=name or getpass.getuser(), note=str(p))
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
         if protocol is not None and protocol not in record.protocols:
             raise UserError(f"{source} holds the {', '.join(record.protocols)} protocol only; compare with "
                             f"--protocol {next(iter(record.protocols))}, or re-evaluate without --robrank-compat")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import math
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -51,20 +50,12 @@ def read_idx_bytes(path: Path, title: str, hint: str) -> bytes:
     except OSError as e:
         raise malformed(title, path, f"cannot read ({e.strerror or e})", hint) from None
     if raw[:2] == b"\x1f\x8b":
-        from robustbench_dml.files import READ_LIMITS
+        from robustbench_dml.files import READ_LIMITS, gunzip_bounded
 
-        limit = READ_LIMITS["idx"]
-        try:  # unpacked with a bound: a small file that unpacks to terabytes is refused, not unpacked
-            unpack = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            data = unpack.decompress(raw, limit + 1)
-        except zlib.error as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise malformed(title, path, f"damaged gzip data ({reason})", hint) from None
-        if len(data) > limit or unpack.unconsumed_tail:
-            raise malformed(title, path, f"unpacks to more than {limit:,} bytes", hint)
-        if not unpack.eof:
-            raise malformed(title, path, "damaged gzip data (the stream ends early)", hint)
-        return data
+        try:
+            return gunzip_bounded(raw, READ_LIMITS["idx"])
+        except ValueError as e:
+            raise malformed(title, path, str(e), hint) from None
     return raw
 
 

@@ -1,25 +1,32 @@
-"""A record from an evaluation result, every score re-derived from the raw results and never trusted.
+"""A record from an evaluation result, every number re-derived from the per-query results and never trusted.
 
-ERS and ARS come from each protocol's ``raw`` results, their bootstrap intervals from its ``per_query`` results,
-the worst cases from its per-query ``success`` flags; a stored value that disagrees with what it is derived from
-(an edited file) is refused with a message that says to re-run ``dmlbench evaluate``.
+Each protocol's raw results are the aggregate of its ``per_query`` results (:func:`robustbench_dml.scoring.aggregate`:
+the mean over queries, under ``robrank`` the mean of the per-batch means), ERS and ARS are computed from those, their
+bootstrap intervals from the per-query results, the worst cases from the per-query ``success`` flags. A stored value
+that disagrees with what it is derived from, a per-query list of the wrong length and a value outside its metric's
+range (:func:`robustbench_dml.columns.out_of_range`) are refused with a message that says to re-run ``dmlbench
+evaluate``. The record carries its evidence (:mod:`robustbench_dml.leaderboard.evidence`), so the store can derive it
+all again before it publishes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from robustbench_dml import scoring
+from robustbench_dml import columns, scoring
+from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
+from robustbench_dml.leaderboard.evidence import evidence_of
 from robustbench_dml.leaderboard.records import (BENIGN_COLUMNS, FIELD_OF_COLUMN, HEX64, RAW_COLUMNS,
                                                  RECORD_SCHEMA_VERSION, SCORE_FIELDS, ProtocolScores, Record,
                                                  check_protocols, check_record_values, check_values, make_record_id)
 
-__all__ = ["from_result"]
+__all__ = ["from_result", "derived_raw", "derived_scores"]
 
 
 def from_result(result: Mapping[str, Any], *, submitter: str, created: str | None = None,
@@ -49,8 +56,19 @@ def from_result(result: Mapping[str, Any], *, submitter: str, created: str | Non
     if not isinstance(submitter, str) or not submitter.strip() or "\n" in submitter or len(submitter) > 100:
         raise UserError("submitter name must be one non-empty line of at most 100 characters (--name)")
     seed = result.get("seed")
-    blocks = {p: _derive_scores(b, benign, seed if isinstance(seed, int) else 0, where=f"evaluation result "
-                                f"({p} protocol)") for p, b in result["protocols"].items()}
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+    num_queries = result.get("num_queries")
+    batch_size = (suite.get("params") or {}).get("batch_size") if isinstance(suite.get("params"), Mapping) else None
+    blocks = {}
+    for p, block in result["protocols"].items():
+        where = f"evaluation result ({p} protocol)"
+        if not isinstance(block, Mapping):
+            raise UserError(f"{where}: not a JSON object; pass the file written by `dmlbench evaluate --json`")
+        raw = derived_raw(block, num_queries=num_queries, batch_size=batch_size, protocol=p, where=where)
+        if "R@1" not in raw and "R@1" in benign:  # a result written before the per-query top-1 was kept
+            raw["R@1"] = benign["R@1"]
+        blocks[p] = derived_scores(raw, block.get("per_query"), block.get("success"), seed, where=where,
+                                   stored=block.get("scores"))
     defense_config = meta.get("defense_config")
     values: dict[str, Any] = {
         "record_id": make_record_id(sha, suite_hash),
@@ -83,31 +101,76 @@ def from_result(result: Mapping[str, Any], *, submitter: str, created: str | Non
                             "must name its dataset, backbone and defense")
     check_record_values(values, where="evaluation result")
     check_protocols(blocks, where="evaluation result")
-    return Record(**values, protocols=blocks)
+    evidence = evidence_of(result, values["record_id"], batch_size)
+    values["evidence_sha256"] = hashlib.sha256(evidence).hexdigest()
+    return Record(**values, protocols=blocks, evidence=evidence)
 
 
-def _derive_scores(block: Mapping[str, Any], benign: Mapping[str, Any], seed: int, *, where: str) -> ProtocolScores:
-    """One protocol's scores re-derived from its raw, per-query and success results (stored ones must agree)."""
-    if not isinstance(block, Mapping):
-        raise UserError(f"{where}: not a JSON object; pass the file written by `dmlbench evaluate --json`")
-    raw = dict(block.get("raw") or {})
-    scores = dict(block.get("scores") or {})
+def derived_raw(block: Mapping[str, Any], *, num_queries: Any, batch_size: Any, protocol: str,
+                where: str) -> dict[str, float]:
+    """One protocol's raw results (``R@1`` included) derived from its ``per_query`` results; a stored ``raw``
+    value must agree. ``batch_size``: the suite's query batch (the ``robrank`` protocol averages per-batch means)."""
+    import numpy as np
+
     per_query = block.get("per_query")
-    success = block.get("success")
-    if "R@1" not in raw and "R@1" in benign:
-        raw["R@1"] = benign["R@1"]
+    stored = block.get("raw") or {}
+    if not isinstance(per_query, Mapping) or not isinstance(stored, Mapping):
+        raise UserError(f"{where}: per_query and raw must be JSON objects; pass the file written by `dmlbench "
+                        "evaluate --json`")
+    if not isinstance(num_queries, int) or isinstance(num_queries, bool) or num_queries < 1:
+        raise UserError(f"{where}: num_queries {num_queries!r} is not a positive integer; the file is damaged")
+    if protocol == P.ROBRANK:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise UserError(f"{where}: the suite's batch_size is missing, so the robrank protocol's per-batch means "
+                            "cannot be derived; re-run `dmlbench evaluate`")
+        sizes = [e - s for s, e in scoring.batch_ranges(num_queries, batch_size)]
+    else:
+        sizes = [num_queries]
+    unknown = [k for k in list(per_query) + list(stored) if k not in ("R@1",) + RAW_COLUMNS]
+    if unknown:
+        raise UserError(f"{where}: unknown result key {unknown[0]!r}; the file is damaged")
+    no_evidence = [k for k in stored if k not in per_query]
+    if no_evidence:
+        raise UserError(f"{where}: raw {no_evidence[0]} has no per-query results to derive it from; re-run "
+                        "`dmlbench evaluate`")
+    raw = {}
+    for key, values in per_query.items():
+        try:
+            a = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or a.shape != (num_queries,) or not np.isfinite(a).all():
+            raise UserError(f"{where}: per_query[{key!r}] is not {num_queries} finite numbers (one per query); the "
+                            "file is damaged, re-run `dmlbench evaluate`")
+        bad = columns.out_of_range(key, float(a.min())) or columns.out_of_range(key, float(a.max()))
+        if bad:
+            raise UserError(f"{where}: a per-query {key} lies outside its range {bad}; the file was edited or "
+                            "damaged, re-run `dmlbench evaluate`")
+        raw[key] = scoring.aggregate(a.tolist(), sizes, protocol == P.ROBRANK)
+        if key in stored and not _close(stored[key], raw[key]):
+            raise UserError(f"{where}: stored raw {key} {stored[key]} is not what its per-query results give "
+                            f"({raw[key]:.6f}); the file was edited, re-run `dmlbench evaluate`")
+    return raw
+
+
+def derived_scores(raw: Mapping[str, float], per_query: Any, success: Any, seed: int, *, where: str,
+                   stored: Any = None) -> ProtocolScores:
+    """One protocol's :class:`ProtocolScores` from its derived ``raw`` results: ERS/ARS, their bootstrap intervals
+    (from ``per_query``) and the worst cases (from ``success``). Values in ``stored`` (a result's ``scores``) must
+    agree with them."""
+    stored = stored if isinstance(stored, Mapping) else {}
     values: dict[str, Any] = {f.name: raw.get(f.column) for f in SCORE_FIELDS[:1 + len(RAW_COLUMNS)]}
     for name in scoring.SCORES:
         try:
             derived = scoring.score(raw, name)
         except ValueError:
             derived = None
-        stored = scores.get(name)
-        if stored is not None and derived is not None and abs(float(stored) - derived) > 1e-6:
-            raise UserError(f"{where}: stored {name} {stored} does not match its raw results ({derived:.6f}); the "
+        kept = stored.get(name)
+        if kept is not None and derived is not None and not _close(kept, derived):
+            raise UserError(f"{where}: stored {name} {kept} does not match its raw results ({derived:.6f}); the "
                             "file was edited, re-run `dmlbench evaluate`")
         lo = hi = None
-        interval = scores.get(f"{name}_ci")
+        interval = stored.get(f"{name}_ci")
         if interval is not None and (not isinstance(interval, (list, tuple)) or len(interval) != 2):
             raise UserError(f"{where}: scores.{name}_ci must be [lo, hi], got {interval!r}")
         if isinstance(per_query, Mapping) and derived is not None:
@@ -120,16 +183,17 @@ def _derive_scores(block: Mapping[str, Any], benign: Mapping[str, Any], seed: in
                 raise UserError(f"{where}: stored {name} interval {interval} does not match its per-query "
                                 "results; the file was edited, re-run `dmlbench evaluate`")
         values.update({name.lower(): derived, f"{name.lower()}_lo": lo, f"{name.lower()}_hi": hi})
-    worst = scores.get("worst_case")
+    worst = stored.get("worst_case")
     by_threat: dict[str, float] = {}
     if isinstance(success, Mapping) and success:
         try:
             derived_worst = scoring.worst_case(success)
             r1 = per_query.get("R@1") if isinstance(per_query, Mapping) else None
             by_threat = scoring.worst_case_by_threat(success, None if r1 is None else [v > 0 for v in r1])
-        except (ValueError, TypeError):
-            derived_worst = None
-        if worst is not None and derived_worst is not None and abs(float(worst) - derived_worst) > 1e-6:
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{where}: the per-query success flags are damaged ({str(exc).splitlines()[0]}); re-run "
+                            "`dmlbench evaluate`") from None
+        if worst is not None and not _close(worst, derived_worst):
             raise UserError(f"{where}: stored worst_case {worst} does not match its per-query successes; the file "
                             "was edited, re-run `dmlbench evaluate`")
         worst = derived_worst
@@ -139,6 +203,13 @@ def _derive_scores(block: Mapping[str, Any], benign: Mapping[str, Any], seed: in
         values[f"wc_{threat}"] = v if v is not None and math.isfinite(v) else None
     check_values(SCORE_FIELDS, values, where=where)
     return ProtocolScores(**values)
+
+
+def _close(stored: Any, derived: float) -> bool:
+    """A stored number equals a derived one (to the last few bits a JSON round trip and float sums may change)."""
+    if not isinstance(stored, (int, float)) or isinstance(stored, bool):
+        return False
+    return abs(float(stored) - derived) <= 1e-6 * max(1.0, abs(derived))
 
 
 def _find_steps(cfg: Any) -> int | None:

@@ -25,9 +25,7 @@ if TYPE_CHECKING:  # pandas is imported where frames are built, so writers need 
     import pandas as pd
 
 __all__ = ["FIELDS", "COLUMNS", "DTYPES", "ARROW_SCHEMA", "ARROW_SCHEMA_V1", "ARROW_SCHEMA_V2", "ARROW_SCHEMA_V3",
-           "coerce_frame",
-           "empty_frame",
-           "upgrade_frame", "record_rows", "records_to_frame", "sort_frame", "records_to_table"]
+           "ARROW_SCHEMA_V4", "READABLE_SCHEMAS", "coerce_frame", "empty_frame", "upgrade_frame", "record_rows", "records_to_frame", "sort_frame", "records_to_table"]
 
 _BENIGN = [i for i, f in enumerate(RECORD_FIELDS) if f.column in BENIGN_COLUMNS]
 _PROTOCOL_FIELD = Field("protocol", "protocol", "str", False)
@@ -52,23 +50,28 @@ def _arrow_schema(fields: Sequence[Field], version: int) -> pa.Schema:
 ARROW_SCHEMA = _arrow_schema(FIELDS, RECORD_SCHEMA_VERSION)
 
 
-#: the columns schema 4 added (budget and recipe), absent from earlier files
+#: the columns schema 4 added (budget and recipe) and schema 5 (the evidence file's hash), absent from earlier files
 _V4_COLUMNS = ("budget", "recipe")
-# version 3 files: no budget or recipe; version 2 files: besides, no collapse diagnostic; version 1 files: besides,
-# no protocol column and no worst cases, a robrank_compat flag before checkpoint_sha256 (read by
-# :func:`upgrade_frame`)
-ARROW_SCHEMA_V3 = _arrow_schema(tuple(f for f in FIELDS if f.column not in _V4_COLUMNS), 3)
-ARROW_SCHEMA_V2 = _arrow_schema(tuple(f for f in FIELDS if f.column not in columns.SPACE_KEYS + _V4_COLUMNS), 2)
+_V5_COLUMNS = ("evidence_sha256",)
+# version 4 files: no evidence hash; version 3 files: besides, no budget or recipe; version 2 files: besides, no
+# collapse diagnostic; version 1 files: besides, no protocol column and no worst cases, a robrank_compat flag before
+# checkpoint_sha256 (read by :func:`upgrade_frame`)
+ARROW_SCHEMA_V4 = _arrow_schema(tuple(f for f in FIELDS if f.column not in _V5_COLUMNS), 4)
+ARROW_SCHEMA_V3 = _arrow_schema(tuple(f for f in FIELDS if f.column not in _V4_COLUMNS + _V5_COLUMNS), 3)
+ARROW_SCHEMA_V2 = _arrow_schema(tuple(f for f in FIELDS if f.column not in columns.SPACE_KEYS + _V4_COLUMNS
+                                      + _V5_COLUMNS), 2)
 
 
 def _v1_fields() -> tuple[Field, ...]:
     kept = [f for f in FIELDS if f is not _PROTOCOL_FIELD and f.column not in WORST_COLUMNS
-            and f.column not in columns.SPACE_KEYS + _V4_COLUMNS]
+            and f.column not in columns.SPACE_KEYS + _V4_COLUMNS + _V5_COLUMNS]
     at = [f.name for f in kept].index("checkpoint_sha256")
     return tuple(kept[:at]) + (Field("robrank_compat", "robrank_compat", "bool", False),) + tuple(kept[at:])
 
 
 ARROW_SCHEMA_V1 = _arrow_schema(_v1_fields(), 1)
+#: every parquet schema a leaderboard file may have, the current first
+READABLE_SCHEMAS = (ARROW_SCHEMA, ARROW_SCHEMA_V4, ARROW_SCHEMA_V3, ARROW_SCHEMA_V2, ARROW_SCHEMA_V1)
 
 
 def coerce_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -99,7 +102,7 @@ def empty_frame() -> pd.DataFrame:
 
 def upgrade_frame(df: pd.DataFrame) -> pd.DataFrame:
     """A version 1 frame (one protocol per record, named by ``robrank_compat``), a version 2 frame (no collapse
-    diagnostic) or a version 3 frame (no budget or recipe) in the current columns (what they did not measure or
+    diagnostic), a version 3 frame (no budget or recipe) or a version 4 frame (no evidence hash) in the current columns (what they did not measure or
     state is missing)."""
     if all(c in df.columns for c in COLUMNS):
         return df
@@ -112,7 +115,7 @@ def upgrade_frame(df: pd.DataFrame) -> pd.DataFrame:
     for c in columns.SPACE_KEYS:
         if c not in out.columns:
             out[c] = float("nan")
-    for c in _V4_COLUMNS:
+    for c in _V4_COLUMNS + _V5_COLUMNS:
         if c not in out.columns:
             out[c] = None
     out["schema_version"] = RECORD_SCHEMA_VERSION

@@ -1,11 +1,13 @@
 """The typed, append-only result record: one per (checkpoint sha256, suite hash).
 
-A :class:`Record` (schema version 2) holds the benign metrics, the provenance (dataset, backbone, defense and
+A :class:`Record` (schema version 5) holds the benign metrics, the provenance (dataset, backbone, defense and
 configuration, seed, device, versions, suite id/version/hash, submitter, date) and, for every measurement protocol
 it was measured under (:mod:`robustbench_dml.protocols`), a :class:`ProtocolScores`: every raw attack result (units
 of ``docs/protocol.md``), ERS, ARS, their bootstrap confidence intervals and the worst cases. Rows published by
 papers are records too, with ``reported=True``, a ``source`` citation and the ``robrank`` protocol only (no
-checkpoint; values the paper does not give are ``None``).
+checkpoint; values the paper does not give are ``None``). A measured record names its evidence file, the per-query
+results every number is derived from, by hash (:mod:`robustbench_dml.leaderboard.evidence`); every value is checked
+against its metric's range (:func:`robustbench_dml.columns.out_of_range`).
 
 The two dataclasses are the one declaration of the schema: :data:`RECORD_FIELDS` and :data:`SCORE_FIELDS` (name,
 leaderboard column, kind, nullability) are read off them, and the leaderboard frame
@@ -38,7 +40,7 @@ __all__ = ["RECORD_SCHEMA_VERSION", "BUDGETS", "Record", "ProtocolScores", "Fiel
            "BENIGN_COLUMNS", "RAW_COLUMNS", "SCORE_COLUMNS", "WORST_COLUMNS", "make_record_id", "write_record",
            "read_record", "safe_name"]
 
-RECORD_SCHEMA_VERSION = 4
+RECORD_SCHEMA_VERSION = 5
 #: the training budgets a measured row may name (``budget``): the cpu studies' subset and epochs, or the published
 #: schedule
 BUDGETS = ("cpu", "full")
@@ -173,7 +175,12 @@ class Record:
     #: how the row was made (JSON: the commands, the resolved configurations, the data files' and the weights'
     #: sha256; :mod:`robustbench_dml.leaderboard.recipes`); None: not recorded
     recipe: str | None = None
+    #: sha256 of the record's evidence file (:mod:`robustbench_dml.leaderboard.evidence`: the per-query results
+    #: every number here is derived from); None for a paper's row and for records written before schema 5
+    evidence_sha256: str | None = None
     schema_version: int = RECORD_SCHEMA_VERSION
+    #: the evidence file's bytes, held by a record built from an evaluation result until the store writes them
+    evidence: bytes | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_record_values({f.name: getattr(self, f.name) for f in RECORD_FIELDS}, where="record")
@@ -228,13 +235,15 @@ class Record:
         version = data.get("schema_version")
         if version == 1:
             data = _upgrade_v1(data, where)
-        elif version not in (2, 3, RECORD_SCHEMA_VERSION):
+        elif version not in (2, 3, 4, RECORD_SCHEMA_VERSION):
             raise UserError(f"{where}: record schema_version {version!r} is not 1 to {RECORD_SCHEMA_VERSION}; "
                             "it was written by another robustbench_dml version or is damaged")
         if version in (1, 2):  # before the collapse diagnostic: not measured
             data = {**{c: None for c in columns.SPACE_KEYS}, **data}
         if version in (1, 2, 3):  # before budgets and recipes: not stated
-            data = {**data, "budget": None, "recipe": None, "schema_version": RECORD_SCHEMA_VERSION}
+            data = {**data, "budget": None, "recipe": None}
+        if version in (1, 2, 3, 4):  # before evidence files: none
+            data = {**data, "evidence_sha256": None, "schema_version": RECORD_SCHEMA_VERSION}
         names = {f.name for f in RECORD_FIELDS} | {"protocols"}
         missing = sorted(n for n in names if n not in data and n not in ("note", "budget", "recipe"))
         if missing:
@@ -315,6 +324,10 @@ def check_values(fields: Sequence[Field], values: Mapping[str, Any], *, where: s
             ok = isinstance(v, (int, float)) and not isinstance(v, bool)
             if ok and not math.isfinite(float(v)):
                 raise UserError(f"{where}: field {f.name!r} = {v} is not a finite number")
+            bounds = columns.out_of_range(f.column, float(v)) if ok and f.column in columns.BY_KEY else None
+            if bounds:
+                raise UserError(f"{where}: {f.column} = {v} lies outside its range {bounds}; the file was edited or "
+                                "damaged")
         if not ok:
             raise UserError(f"{where}: field {f.name!r} = {v!r} has the wrong type (expected {f.kind})")
 
@@ -343,6 +356,9 @@ def check_record_values(values: Mapping[str, Any], *, where: str) -> None:
     sha = values.get("checkpoint_sha256")
     if not values.get("reported") and not (isinstance(sha, str) and HEX64.match(sha)):
         raise UserError(f"{where}: a measured (not reported) record needs a 64-hex checkpoint_sha256")
+    evidence = values.get("evidence_sha256")
+    if evidence is not None and not (isinstance(evidence, str) and HEX64.match(evidence)):
+        raise UserError(f"{where}: evidence_sha256 {evidence!r} is not 64 hex digits")
     for key in ("defense_config", "versions", "recipe"):
         v = values.get(key)
         if isinstance(v, str):

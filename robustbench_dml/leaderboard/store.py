@@ -3,6 +3,7 @@
 Layout under ``root`` (the ``--leaderboard-dir``)::
 
     records/<dataset>/<suite>/<record_id>.json      one per (checkpoint sha256, suite hash); never edited
+    records/<dataset>/<suite>/<record_id>.evidence.json.gz   its per-query results (:mod:`.evidence`)
     <dataset>/<suite>/v<N>.parquet                   leaderboard version N (explicit pyarrow schema)
     <dataset>/<suite>/v<N>.manifest.json             sha256 of the parquet and of every input record, rows, ...
     <dataset>/<suite>/latest                         pointer: the number of the newest published version
@@ -13,8 +14,11 @@ pointer, write the new record files, derive the frame from *all* record files of
 then the manifest (each to a temp name, fsync, ``os.replace``), and swap the pointer last. Concurrent writers are
 serialised, so no row is lost or duplicated; a crash before the pointer swap leaves the previous version and pointer
 intact (an unpublished ``v<N+1>`` file is invisible and is overwritten by the next writer). Versions are only ever
-added, never edited. Loading checks the parquet against its manifest (sha256, schema, row count): a damaged or
-changed file is a :class:`UserError`, never a silently wrong table.
+added, never edited. Loading checks the parquet against its manifest (sha256, schema, row count) and every record
+file (and the evidence file it names) against the hashes the manifest holds: a damaged or changed file is a
+:class:`UserError`, never a silently wrong table. Publishing goes further: every measured record is derived again
+from its evidence (:mod:`robustbench_dml.leaderboard.evidence`), so a record with a raw value changed, or without
+its per-query evidence, is never published.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ from filelock import FileLock
 from robustbench_dml import __version__
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_bytes, read_bounded, sha256_file
-from robustbench_dml.leaderboard.frames import (ARROW_SCHEMA, ARROW_SCHEMA_V1, ARROW_SCHEMA_V2, ARROW_SCHEMA_V3,
-                                                COLUMNS, coerce_frame, empty_frame, records_to_table, sort_frame,
-                                                upgrade_frame)
+from robustbench_dml.leaderboard.frames import (ARROW_SCHEMA, COLUMNS, READABLE_SCHEMAS, coerce_frame, empty_frame,
+                                                records_to_table, sort_frame, upgrade_frame)
+from robustbench_dml.leaderboard.evidence import SUFFIX, check_evidence
 from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, Record, read_record, safe_name,
                                                  write_record)
 
@@ -79,8 +83,7 @@ def parquet_bytes_to_frame(data: bytes, *, where: str = "leaderboard file") -> p
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise UserError(f"{where} is not a readable parquet file ({str(exc).splitlines()[0]}); it is damaged, "
                         "rebuild it with `dmlbench leaderboard rebuild --dataset ID` or restore it") from None
-    if not any(table.schema.equals(schema, check_metadata=False)
-               for schema in (ARROW_SCHEMA, ARROW_SCHEMA_V3, ARROW_SCHEMA_V2, ARROW_SCHEMA_V1)):
+    if not any(table.schema.equals(schema, check_metadata=False) for schema in READABLE_SCHEMAS):
         raise UserError(f"{where} does not have the leaderboard schema (version 1 to {RECORD_SCHEMA_VERSION}); "
                         "it is damaged or from another robustbench_dml version")
     df = table.to_pandas(types_mapper=_types_mapper)
@@ -106,6 +109,9 @@ class LeaderboardStore:
 
     def records_dir(self, dataset: str, suite: str) -> Path:
         return self.root / "records" / safe_name(dataset, "dataset") / safe_name(suite, "suite")
+
+    def evidence_path(self, record: Record) -> Path:
+        return self.records_dir(record.dataset, record.suite_id) / f"{record.record_id}{SUFFIX}"
 
     def record_path(self, record: Record) -> Path:
         return self.records_dir(record.dataset, record.suite_id) / f"{record.record_id}.json"
@@ -216,6 +222,7 @@ class LeaderboardStore:
         if len(df) != manifest["rows"] or sorted(set(df["record_id"].tolist())) != sorted(manifest["records"]):
             raise UserError(f"leaderboard file {path} has {len(df)} rows, its manifest lists {manifest['rows']}; "
                             "the leaderboard is damaged")
+        self.check_published_records(dataset, suite, version)
         return df
 
     def records(self, dataset: str, suite: str) -> list[Record]:
@@ -229,6 +236,8 @@ class LeaderboardStore:
             if rec.dataset != dataset or rec.suite_id != suite:
                 raise UserError(f"record file {path} belongs to {rec.dataset}/{rec.suite_id}, not {dataset}/{suite}")
             _check_derived(rec, path)
+            if not rec.reported:
+                check_evidence(rec, self._evidence_bytes(rec), where=f"record file {path}")
             out.append(rec)
         return out
 
@@ -239,22 +248,35 @@ class LeaderboardStore:
         return [r for f in folders if dataset in (None, f.parent.name) for r in self.records(f.parent.name, f.name)]
 
     def verify(self, dataset: str, suite: str) -> list[int]:
-        """Check every published version (parquet and manifest) and every record hash; returns the versions."""
+        """Check every published version (parquet, manifest, the hashes of its records and their evidence); returns
+        the versions."""
         versions = self.versions(dataset, suite)
         for v in versions:
             self.load(dataset, suite, v)
-        if versions:
-            self._check_published_records(dataset, suite, versions[-1])
         return versions
 
-    def _check_published_records(self, dataset: str, suite: str, version: int) -> None:
-        """Every record listed in ``version``'s manifest still exists with the sha256 recorded there."""
+    def _evidence_bytes(self, record: Record) -> bytes | None:
+        path = self.evidence_path(record)
+        try:
+            return read_bounded(path, "evidence")
+        except FileNotFoundError:
+            return None
+
+    def check_published_records(self, dataset: str, suite: str, version: int) -> None:
+        """Every record listed in ``version``'s manifest still exists with the sha256 recorded there, and so does
+        the evidence file it names."""
         rdir = self.records_dir(dataset, suite)
         for rid, digest in self.manifest(dataset, suite, version)["records"].items():
             path = rdir / f"{rid}.json"
             if not path.exists() or sha256_file(path) != digest:
                 raise UserError(f"record file {path} does not match the manifest of version {version}; it was "
                                 "changed, deleted or damaged after publication (restore it; nothing was published)")
+            record = read_record(path)
+            evidence = self.evidence_path(record)
+            if record.evidence_sha256 is not None and (not evidence.exists() or
+                                                        sha256_file(evidence) != record.evidence_sha256):
+                raise UserError(f"evidence file {evidence} does not have the sha256 its record names; it was "
+                                "changed, deleted or damaged after publication (restore it)")
 
     def diff(self, dataset: str, suite: str, a: int, b: int) -> pd.DataFrame:
         """Rows (record and protocol) added, removed or changed from version ``a`` to version ``b``.
@@ -351,7 +373,9 @@ class LeaderboardStore:
                 path = self.record_path(r)
                 if path.exists():
                     read_record(path)  # a damaged existing record is an error, never silently kept
-                else:
+                else:  # the evidence first: a record file never names evidence that is not there
+                    if r.evidence is not None:
+                        atomic_write_bytes(self.evidence_path(r), r.evidence)
                     write_record(r, path)
                 if r.record_id not in published and r.record_id not in {x.record_id for x in new}:
                     new.append(r)
@@ -374,7 +398,7 @@ class LeaderboardStore:
         holds, or when any record's stored ERS/ARS differ from those re-derived from its raw results."""
         self._remove_orphans(dataset, suite)
         if latest:
-            self._check_published_records(dataset, suite, latest)
+            self.check_published_records(dataset, suite, latest)
         records = self.records(dataset, suite)
         version = latest + 1
         table = records_to_table(records)
@@ -402,7 +426,8 @@ class LeaderboardStore:
         return version
 
 
-    _ORPHAN = re.compile(r"^\.(latest|v\d+\.parquet|v\d+\.manifest\.json|[0-9a-f]{16}-[0-9a-f]{12}\.json)"
+    _ORPHAN = re.compile(r"^\.(latest|v\d+\.parquet|v\d+\.manifest\.json|[0-9a-f]{16}-[0-9a-f]{12}\.json"
+                         r"|[0-9a-f]{16}-[0-9a-f]{12}\.evidence\.json\.gz)"
                          r"\.[A-Za-z0-9_]+\.tmp$")
 
     def _remove_orphans(self, dataset: str, suite: str) -> None:
@@ -453,7 +478,12 @@ def _same(x: Any, y: Any) -> bool:
 def _check_publishable(record: Record, allow_ineligible: bool) -> None:
     if not isinstance(record, Record):
         raise UserError(f"expected a Record, got {type(record).__name__}")
-    if record.reported or allow_ineligible:
+    if record.reported:
+        return
+    if record.evidence is None or record.evidence_sha256 is None:
+        raise UserError(f"record {record.record_id} carries no per-query evidence, so it cannot be published; build "
+                        "it from its evaluation result (`dmlbench submit RESULT`)")
+    if allow_ineligible:
         return
     if not record.eligible:
         raise UserError(f"result {record.record_id} is not eligible for a leaderboard (the suite was overridden "
