@@ -47,14 +47,14 @@ from torch import nn
 from attacks.suites import Suite, get_suite
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
-from robustbench_dml.files import atomic_write_text
+from robustbench_dml.files import atomic_write_text, read_bounded
 from robustbench_dml.numerics import EXACT, NumericPolicy, applied, get_policy
 from robustbench_dml.runtime import dist_info as _dist_info  # a module attribute, so tests can simulate ranks
 from robustbench_dml.results import SCHEMA_VERSION, EvaluationResult
 from robustbench_dml.scoring import aggregate, batch_ranges
 
-__all__ = ["EvalConfig", "EvalTarget", "EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges", "evaluate",
-           "load_target", "model_target", "state_key"]
+__all__ = ["EvalConfig", "EvalTarget", "EvaluationResult", "SCHEMA_VERSION", "aggregate", "batch_ranges",
+           "discard_state", "evaluate", "load_target", "model_target", "state_key"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -75,6 +75,21 @@ def state_key(checkpoint_sha: str, suite_hash: str, seed: int, overrides: Mappin
     blob = json.dumps({"checkpoint": checkpoint_sha, "suite": suite_hash, "seed": seed, "overrides": dict(overrides),
                        "protocols": list(protocols), "state": 3}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def discard_state(state_dir: str | os.PathLike, result: EvaluationResult) -> None:
+    """Remove what :func:`evaluate` kept in ``state_dir`` to resume ``result``'s evaluation, once the result is
+    written: its attack files, then its folder and ``state_dir`` when they are empty (nothing else is touched)."""
+    folder = Path(state_dir) / state_key(result.checkpoint["sha256"], result.suite["hash"], result.seed,
+                                         result.suite["overrides"], list(result.protocols))
+    attacks = {a for block in result.protocols.values() for a in block.get("success") or {}}
+    for attack_id in attacks:
+        (folder / _attack_file(attack_id)).unlink(missing_ok=True)
+    for d in (folder, Path(state_dir)):
+        try:
+            d.rmdir()
+        except OSError:  # absent, or holding something else: left as it is
+            return
 
 
 def _attack_file(attack_id: str) -> str:
@@ -491,8 +506,8 @@ def _load_state(path: Path, attack_id: str, num_queries: int, measured: Sequence
     if not f.is_file():
         return None
     try:
-        d = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError):
+        d = json.loads(read_bounded(f, "state"))
+    except (OSError, ValueError, UserError):
         return None  # a damaged state file is recomputed
     if d.get("attack") != attack_id or d.get("num_queries") != num_queries or \
             not isinstance(d.get("protocols"), dict) or sorted(d["protocols"]) != sorted(measured) or \

@@ -142,6 +142,7 @@ def test_one_evaluation_writes_both_protocols_and_tables_never_mix_them(tmp_path
     assert "corrected: ERS" in printed and "robrank: ERS" in printed
     data = json.loads(out.read_text())
     assert data["schema_version"] == 2 and sorted(data["protocols"]) == ["corrected", "robrank"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "r.json"]  # the resume state went with completion
     c, r = data["protocols"]["corrected"], data["protocols"]["robrank"]
     assert c["per_query"]["CA+"] == r["per_query"]["CA+"] and c["per_query"]["ES:D"] != r["per_query"]["ES:D"]
 

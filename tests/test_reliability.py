@@ -100,6 +100,7 @@ BAD = {
     "train backbone mismatch": ["train", "--backbone", "resnet18", "--no-pretrained", "--out", "r"],
     "train out is a file": ["train", "--out", "afile"],
     "run lr inf": ["run", "--lr", "inf", "--out", "r"],
+    "run name with a newline": ["run", "--name", "a\nb", "--out", "r"],
     "run unknown suite": ["run", "--suite", "rankaa", "--out", "r"],
     "run rankaa224 on digits": ["run", "--suite", "rankaa224", "--out", "r"],
     # evaluate: damaged checkpoints and options
@@ -120,10 +121,12 @@ BAD = {
     "evaluate eot 0": E + ["good", "--suite", "rankaa28", "--eot", "0"],
     "evaluate json into a folder": E + ["good", "--json", "thesis"],
     "evaluate json exists": E + ["good", "--json", "notes.md"],
+    "evaluate json into a missing folder": E + ["good", "--json", "nowhere/e.json"],
     # submit
     "submit missing checkpoint": ["submit", "missing"],
     "submit nan weights": ["submit", "nan"],
     "submit unknown suite": ["submit", "good", "--suite", "nope"],
+    "submit name with a newline": ["submit", "good", "--name", "a\nb"],
     # convert
     "convert onto a user folder": ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits",
                                    "--embedding-dim", "8", "--out", "thesis"],
@@ -167,6 +170,58 @@ def test_bad_input_is_one_line_exit_2_and_leaves_everything_as_it_was(world, cap
     assert err.count("\n") == 0 and "Traceback" not in err and err.startswith("dmlbench"), err
     assert _tree(world) == before, f"{case} changed files"
     assert not (world / "CANARY_RAN").exists()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """The header of a PNG that declares ``width`` x ``height`` pixels (no pixel data: nothing is allocated)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+DAMAGED_CUB = {  # damage -> what the one line says
+    "an empty jpg": "cannot decode image",
+    "a text file named .jpg": "cannot decode image",
+    "an entry leaving the dataset folder": "points outside the dataset folder",
+    "a png declaring 40000x40000 pixels": "declares more than",
+    "a png declaring 10000x10000 pixels": "declares more than",
+    "pretrained weights that are a text file": "is not a torch weights file",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_CUB))
+def test_a_damaged_image_dataset_is_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys,
+                                                                                   damage):
+    from fixtures_datasets import make_cub
+
+    monkeypatch.chdir(tmp_path)
+    cub = make_cub(tmp_path / "cub")
+    victim = cub["train"][1][0]  # an image of the training split
+    extra = ["--no-pretrained"]
+    if damage == "an empty jpg":
+        victim.write_bytes(b"")
+    elif damage == "a text file named .jpg":
+        victim.write_text("these are my notes, not a photo\n")
+    elif damage == "an entry leaving the dataset folder":
+        index = cub["folder"] / "images.txt"
+        rel = victim.relative_to(cub["folder"] / "images").as_posix()
+        index.write_text(index.read_text().replace(rel, "../../../../../../etc/hostname"))
+    elif damage.startswith("a png declaring"):
+        side = int(damage.split()[3].split("x")[0])
+        victim.write_bytes(_png_declaring(side, side))
+    else:
+        (tmp_path / "weights.pth").write_text("not weights\n")
+        extra = ["--pretrained-weights", "weights.pth"]
+    before = _tree(tmp_path)
+    rc = main(["train", "--dataset", "cub", "--data-root", "cub", "--epochs", "1", "--out", "run", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and DAMAGED_CUB[damage] in err and err.count("\n") == 0, err
+    assert _tree(tmp_path) == before and not (tmp_path / "run").exists()
 
 
 def test_convert_never_deletes_a_user_folder_and_overwrites_only_its_own_checkpoint(world, capsys):

@@ -42,7 +42,14 @@ def _imagenet_state(arch: str, pretrained: bool | str | os.PathLike) -> tuple[di
         path = Path(pretrained)
         if not path.is_file():
             raise UserError(f"--pretrained-weights {path} does not exist; pass torchvision's {arch} ImageNet file")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch's unpickler raises what the bytes make it raise
+            raise UserError(f"--pretrained-weights {path} is not a torch weights file ({type(e).__name__}); pass "
+                            f"torchvision's {arch} ImageNet file") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UserError(f"--pretrained-weights {path} holds no state dict of tensors; pass torchvision's {arch} "
+                            "ImageNet file")
         return state, {"file": str(path), "sha256": sha256_file(path)}
     weights = getattr(torchvision.models, WEIGHTS[arch]).IMAGENET1K_V1
     name = os.path.basename(weights.url)

@@ -26,8 +26,10 @@ def protected_folder(folder: Path) -> str | None:
     return None
 
 
-def check_output(output: str | None, overwrite: bool = False, inputs: tuple = ()) -> None:
-    """An output file the user named: refused if it is a folder, one of the command's ``inputs``, inside a
+def check_output(output: str | None, overwrite: bool = False, inputs: tuple = (), *,
+                 make_folder: bool = False) -> None:
+    """An output file the user named: refused if it is a folder, its folder does not exist (a mistyped path is not
+    created; ``make_folder`` for a command's own default location), it is one of the command's ``inputs``, inside a
     checkpoint folder or a leaderboard store (:func:`protected_folder`; ``--overwrite`` never reaches those), or
     if it exists (unless ``overwrite``)."""
     if output is None:
@@ -35,6 +37,9 @@ def check_output(output: str | None, overwrite: bool = False, inputs: tuple = ()
     path = Path(output)
     if path.is_dir():
         raise UserError(f"output {path} is a folder; name a file")
+    if not make_folder and not path.parent.is_dir():
+        raise UserError(f"the folder of output {path} does not exist; create it first or name a file in an "
+                        "existing folder")
     target = path.resolve()
     if any(target == Path(i).resolve() for i in inputs):
         raise UserError(f"output {path} is one of this command's inputs; name a new file")

@@ -98,7 +98,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     ``plan``: ``"only"`` prints the measured plan and returns (None, None); ``"first"`` prints it, then evaluates."""
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import read_meta
-    from robustbench_dml.evaluation import EvalConfig, evaluate
+    from robustbench_dml.evaluation import EvalConfig, discard_state, evaluate
 
     meta = read_meta(checkpoint)
     if meta["dataset"] not in datasets.DATASETS:
@@ -110,7 +110,7 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     default = default_json(checkpoint, suite, attacks=attacks, max_queries=max_queries, eps=eps,
                            robrank_compat=robrank_compat, numerics=numerics, eot=eot)
     if plan != "only":  # an existing result is replaced only with --overwrite, the default file included
-        check_output(json_path or default, overwrite)
+        check_output(json_path or default, overwrite, make_folder=json_path is None)
     if plan is not None and is_rank0():
         from types import SimpleNamespace
 
@@ -125,11 +125,12 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
     out = Path(json_path) if json_path else default
     from robustbench_dml.runtime import process_group, resolve_device
 
+    state = out.parent / "state"  # what an interrupted evaluation resumes from, removed once the result is written
     with process_group(resolve_device(device)):  # under torchrun: the query batches are shared among the ranks
-        result = evaluate(checkpoint, config, device=device, state_dir=out.parent / "state", progress=progress,
-                          data_root=data_root)
+        result = evaluate(checkpoint, config, device=device, state_dir=state, progress=progress, data_root=data_root)
     if is_rank0():
         result.to_json(out)
+        discard_state(state, result)
     return result, out
 
 

@@ -61,14 +61,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # unwritable, full or missing paths the user named
         where = f" {e.filename}" if e.filename else ""
-        print(f"dmlbench: error: cannot access{where}: {e.strerror or e}; choose another path or free space",
-              file=sys.stderr)
+        print(f"dmlbench: error: cannot access{where}: {e.strerror or e}; {_remedy(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dmlbench: interrupted", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _remedy(e: OSError) -> str:
+    """What to do about an operating-system error on a path the user named, by its cause."""
+    import errno
+
+    return {errno.ENOSPC: "free space or choose another path", errno.EDQUOT: "free space or choose another path",
+            errno.EACCES: "choose a path you may write to", errno.EPERM: "choose a path you may write to",
+            errno.EROFS: "choose a path on a writable file system",
+            errno.EISDIR: "a folder is where a file is expected; rename that folder or choose another path",
+            errno.ENOTDIR: "a file is where a folder is expected; rename that file or choose another path",
+            errno.ENOENT: "create the missing folder or choose another path"}.get(e.errno, "choose another path")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def run(args) -> int:
     from robustbench_dml.cli.submit import publish, show_board
     from robustbench_dml.cli.train import _log_epoch
     from robustbench_dml.leaderboard import LeaderboardStore
+    from robustbench_dml.leaderboard.records import check_submitter
     from robustbench_dml.runtime import process_group, resolve_device
     from robustbench_dml.training import train
 
@@ -54,9 +55,12 @@ def run(args) -> int:
     suite = suite_for(cfg.dataset, args.suite)
     from robustbench_dml.evaluation import EvalConfig
 
-    # the evaluation's settings are checked before any training (a bad --eval-seed or --attacks costs nothing)
+    # the evaluation's and the record's settings are checked before any training (a bad --eval-seed, --attacks or
+    # --name costs nothing)
     evaluated = EvalConfig(suite, attacks=parse_attacks(args.attacks), max_queries=args.max_queries,
                            seed=args.eval_seed)
+    if args.name is not None:
+        check_submitter(args.name)
     plan = dict(training=True, evaluation=True, max_queries=args.max_queries, attacks=args.attacks, suite=suite)
     if args.plan:
         print_plan(cfg, **plan)

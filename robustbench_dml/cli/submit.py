@@ -66,7 +66,11 @@ def run(args) -> int:
     from robustbench_dml import datasets
     from robustbench_dml.evaluation import EvalConfig, evaluate
 
+    from robustbench_dml.leaderboard.records import check_submitter
+
     checkpoint = Path(args.checkpoint)
+    if args.name is not None:
+        check_submitter(args.name)
     meta = validate(checkpoint)
     suite = args.suite or datasets.info(meta["dataset"]).suite
     from attacks.suites import SUITES

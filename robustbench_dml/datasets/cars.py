@@ -20,7 +20,7 @@ import torch
 
 from robustbench_dml.datasets.base import DATASETS, DatasetInfo
 from robustbench_dml.datasets.images import (
-    ImageListDataset, check_files, check_split, malformed, not_found, require_root,
+    ImageListDataset, check_images, check_split, malformed, not_found, require_root,
 )
 
 TITLE = "Cars196"
@@ -93,6 +93,6 @@ class Cars196(ImageListDataset):
             span = "1-98" if want_train else "99-196"
             raise malformed(TITLE, mat_path, f"no image of classes {span} (the {split} split)", HINT)
         paths = [folder / rels[i] for i in keep]
-        check_files(paths, mat_path, TITLE, HINT)
+        check_images(paths, folder, mat_path, TITLE, HINT)
         super().__init__(paths, [classes[i] for i in keep], INFO,
                          augment=want_train if augment is None else augment, generator=generator)

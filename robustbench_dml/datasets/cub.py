@@ -17,7 +17,7 @@ import torch
 
 from robustbench_dml.datasets.base import DATASETS, DatasetInfo
 from robustbench_dml.datasets.images import (
-    ImageListDataset, check_files, check_split, malformed, not_found, read_int_table, require_root,
+    ImageListDataset, check_images, check_split, malformed, not_found, read_int_table, require_root,
 )
 
 TITLE = "CUB-200-2011"
@@ -86,6 +86,6 @@ class CUB200(ImageListDataset):
             raise malformed(TITLE, folder / "image_class_labels.txt", f"no image of classes {span} "
                                                                       f"(the {split} split)", HINT)
         paths = [paths[i] for i in keep]
-        check_files(paths, folder / "images.txt", TITLE, HINT)
+        check_images(paths, folder, folder / "images.txt", TITLE, HINT)
         super().__init__(paths, [classes[i] for i in keep], INFO,
                          augment=want_train if augment is None else augment, generator=generator)

@@ -13,9 +13,12 @@ Random augmentation draws from ``generator`` when one is given, else from torch'
 DataLoader workers the default generator is seeded per worker from the loader's own generator, so passing a
 seeded ``torch.Generator`` to the DataLoader makes the augmentation reproducible.
 
-Every listed image file is checked at construction with one directory listing per folder (SOP's 120k files
-cost a dozen ``listdir`` calls, not 120k ``stat`` calls), so a missing file fails immediately with one line
-instead of in the middle of training. A file that exists but cannot be decoded fails when it is read.
+Every listed image is checked at construction, before a command writes anything: its path must stay inside the
+dataset folder (an index entry such as ``../../etc/hostname`` is refused, never opened), it must exist (one
+directory listing per folder: SOP's 120k files cost a dozen ``listdir`` calls), and its header must be an image PIL
+identifies of at most ``Image.MAX_IMAGE_PIXELS`` pixels (an empty file, a text file named ``.jpg`` and a
+"decompression bomb" declaring 40000x40000 pixels are refused in one line; reading the headers costs about 0.1 ms
+per image). A file whose pixel data is damaged past its header fails when it is decoded.
 """
 
 from __future__ import annotations
@@ -114,24 +117,63 @@ def find_missing(paths: Sequence[Path]) -> list[Path]:
     return missing
 
 
-def check_files(paths: Sequence[Path], index: Path, title: str, hint: str) -> None:
-    """A one-line UserError when any file listed in ``index`` is absent."""
+def check_images(paths: Sequence[Path], root: Path, index: Path, title: str, hint: str) -> None:
+    """A one-line UserError when an image listed in ``index`` lies outside ``root`` (the dataset folder), is absent,
+    or has a header that is not a readable image of an acceptable size (module docstring). Nothing is opened before
+    every path is known to stay inside ``root``."""
+    inside = os.path.normpath(os.path.abspath(root)) + os.sep
+    for p in paths:
+        if not os.path.normpath(os.path.abspath(p)).startswith(inside):
+            raise malformed(title, index, f"the entry {os.path.relpath(p, root)!r} points outside the dataset "
+                                          f"folder {root}", hint)
     missing = find_missing(paths)
     if missing:
         raise UserError(f"{title} is incomplete: {len(missing)} of {len(paths)} images listed in {index} "
                         f"are missing, the first is {missing[0]}; {hint}")
+    for p in paths:
+        with _opened(p, title, hint) as im:
+            if im.width * im.height == 0:
+                raise UserError(f"{title}: image {p} has no pixels ({im.width}x{im.height}); {hint}")
 
 
 def load_rgb(path: Path, title: str, hint: str) -> Image.Image:
     """Decode ``path`` as a 3-channel 8-bit RGB PIL image; a one-line UserError when it cannot be read."""
-    try:
-        with Image.open(path) as im:
+    with _opened(path, title, hint) as im:
+        try:
             return im.convert("RGB")
-    except FileNotFoundError:
-        raise UserError(f"{title} is incomplete: image {path} is missing; {hint}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{title}: cannot decode image {path} ({reason}); {hint}") from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{title}: cannot decode image {path} ({_reason(e)}); {hint}") from None
+
+
+class _opened:
+    """``Image.open(path)`` (the header only) as a context, every failure one line: a missing or unreadable file, no
+    image PIL knows, or more pixels than ``Image.MAX_IMAGE_PIXELS`` (PIL's decompression-bomb warning and error)."""
+
+    def __init__(self, path: Path, title: str, hint: str) -> None:
+        self.path, self.title, self.hint = path, title, hint
+
+    def __enter__(self) -> Image.Image:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                self.image = Image.open(self.path)
+        except FileNotFoundError:
+            raise UserError(f"{self.title} is incomplete: image {self.path} is missing; {self.hint}") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise UserError(f"{self.title}: image {self.path} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels, "
+                            f"too many for a dataset image; {self.hint}") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise UserError(f"{self.title}: cannot decode image {self.path} ({_reason(e)}); {self.hint}") from None
+        return self.image
+
+    def __exit__(self, *exc) -> None:
+        self.image.close()
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from robustbench_dml.datasets.base import DATASETS, DatasetInfo
 from robustbench_dml.datasets.images import (
-    ImageListDataset, check_files, check_split, malformed, not_found, read_int_table, require_root,
+    ImageListDataset, check_images, check_split, malformed, not_found, read_int_table, require_root,
 )
 
 TITLE = "Stanford Online Products"
@@ -59,6 +59,6 @@ class StanfordOnlineProducts(ImageListDataset):
             if class_id < 1:
                 raise malformed(TITLE, index, f"image {image_id} has class {class_id}, expected >= 1", HINT)
         paths = [folder / rel for *_, rel in rows]
-        check_files(paths, index, TITLE, HINT)
+        check_images(paths, folder, index, TITLE, HINT)
         super().__init__(paths, [row[1] for row in rows], INFO,
                          augment=(split == "train") if augment is None else augment, generator=generator)

@@ -24,7 +24,8 @@ from robustbench_dml.errors import UserError
 from robustbench_dml.leaderboard.evidence import evidence_of
 from robustbench_dml.leaderboard.records import (BENIGN_COLUMNS, FIELD_OF_COLUMN, HEX64, RAW_COLUMNS,
                                                  RECORD_SCHEMA_VERSION, SCORE_FIELDS, ProtocolScores, Record,
-                                                 check_protocols, check_record_values, check_values, make_record_id)
+                                                 check_protocols, check_record_values, check_submitter, check_values,
+                                                 make_record_id)
 
 __all__ = ["from_result", "derived_raw", "derived_scores"]
 
@@ -53,8 +54,7 @@ def from_result(result: Mapping[str, Any], *, submitter: str, created: str | Non
         raise UserError(f"evaluation result: checkpoint sha256 {sha!r} is not 64 hex digits")
     if not suite_hash:
         raise UserError("evaluation result: the suite hash is empty")
-    if not isinstance(submitter, str) or not submitter.strip() or "\n" in submitter or len(submitter) > 100:
-        raise UserError("submitter name must be one non-empty line of at most 100 characters (--name)")
+    check_submitter(submitter)
     seed = result.get("seed")
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
     num_queries = result.get("num_queries")

@@ -38,7 +38,7 @@ from robustbench_dml.files import atomic_write_bytes, read_bounded
 
 __all__ = ["RECORD_SCHEMA_VERSION", "BUDGETS", "Record", "ProtocolScores", "Field", "RECORD_FIELDS", "SCORE_FIELDS",
            "BENIGN_COLUMNS", "RAW_COLUMNS", "SCORE_COLUMNS", "WORST_COLUMNS", "make_record_id", "write_record",
-           "read_record", "safe_name"]
+           "read_record", "safe_name", "check_submitter"]
 
 RECORD_SCHEMA_VERSION = 5
 #: the training budgets a measured row may name (``budget``): the cpu studies' subset and epochs, or the published
@@ -73,6 +73,14 @@ def safe_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not _SAFE.match(value) or value in ("records",):
         raise UserError(f"invalid {what} {value!r}: use letters, digits and _ . + - (at most 64 characters)")
     return value
+
+
+def check_submitter(name: str) -> str:
+    """A submitter name a record can hold (one non-empty line of at most 100 characters), checked by the commands
+    that publish before they compute anything."""
+    if not isinstance(name, str) or not name.strip() or "\n" in name or "\r" in name or len(name) > 100:
+        raise UserError("submitter name must be one non-empty line of at most 100 characters (--name)")
+    return name
 
 
 def make_record_id(checkpoint_sha256: str, suite_hash: str) -> str:
