@@ -410,9 +410,7 @@ class RankingAttack:
                 clean = self.measure(z0, state, gallery, clean=True)
             extra: dict[str, Any] = {}
             if self.engine is not None:
-                from attacks.engine import run_engine
-
-                x_adv, adv, success, iterations, extra = run_engine(self, x0, state, clean, gallery, generator)
+                x_adv, adv, success, iterations, extra = self.engine.run(self, x0, state, clean, gallery, generator)
                 adv_robrank = None
             else:
                 x_adv, z_last, iterations = self._run_pgd(x0, state, gallery)

@@ -145,6 +145,11 @@ class Engine:
             out.append(f"g{n}+s{self.search_steps}")
         return out
 
+    def run(self, attack: RankingAttack, x0: torch.Tensor, state: dict[str, torch.Tensor], clean, gallery,
+            generator: torch.Generator):
+        """Attack ``x0`` with ``attack`` (whose engine this is) under this budget: :func:`run_engine`."""
+        return run_engine(attack, x0, state, clean, gallery, generator)
+
 
 def resistance(key: str, values: torch.Tensor) -> torch.Tensor:
     """The ERS term of raw per-query values (lower: the attacker did better)."""

@@ -28,7 +28,7 @@ def run_one(defense: str, out_root: Path) -> dict:
     import attacks
     from robustbench_dml.config import TrainConfig
     from robustbench_dml.evaluation import EvalConfig, evaluate
-    from robustbench_dml.leaderboard import Record
+    from robustbench_dml.leaderboard import record_from_result
     from robustbench_dml.training import train
 
     out = out_root / defense
@@ -45,7 +45,7 @@ def run_one(defense: str, out_root: Path) -> dict:
     t0 = time.perf_counter()
     result = evaluate(summary.checkpoint, EvalConfig("rob28"), state_dir=out / "eval_state")
     t_eval = time.perf_counter() - t0
-    record = Record.from_evaluation(result.to_dict(), submitter="benchmark")  # scores re-derived, as published
+    record = record_from_result(result.to_dict(), submitter="benchmark")  # scores re-derived, as published
     row = {"defense": defense, "R@1": record.r1, "train_s": t_train, "eval_s": t_eval, "revisions": revisions,
            "protocols": {}}
     for protocol, s in record.protocols.items():

@@ -9,14 +9,18 @@ How every backend gives the same answer:
 1. A *coarse* search (faiss ``IndexFlatL2`` or chunked torch ``|q|^2 + |g|^2 - 2 q.g``) proposes the
    ``m = k + extra`` nearest candidates. Coarse squared distances carry float32 rounding that depends on the
    backend (and faiss/topk return tied items in backend-specific orders: ascending, descending, scrambled).
-2. The candidates' *canonical* distances are recomputed pairwise with ``torch.cdist`` in direct mode
+2. The order is (canonical distance, index), the *canonical* distance being ``torch.cdist`` in direct mode
    (``sqrt(sum((q - g)^2))``, no matrix product): a function of the two vectors alone, bitwise the same
-   whichever backend proposed them, and exactly 0 for duplicates. Candidates are sorted by
-   (canonical distance, index) with stable sorts.
+   whichever backend proposed them, and exactly 0 for duplicates. Two candidates whose coarse squared distances
+   differ by more than twice the slack (:data:`TIE_TOL`) are in the same order under both distances, so the
+   candidates, sorted by coarse distance, fall into runs of near-ties (neighbours closer than that); only the
+   members of a run get their canonical distance computed, and each run is ordered by (canonical distance,
+   index). Runs are rare on a trained model, so a search costs its coarse pass, not ``m x D`` per query of
+   gathered vectors; the k results' distances are canonical ones (``distances=False`` skips them).
 3. Boundary check: an item left out by the coarse search has coarse squared distance >= the largest proposed
-   one, ``c_m``, hence canonical squared distance >= ``c_m - tol``. When the k-th canonical distance is not
-   clearly below that (near-ties at the k boundary, e.g. collapsed embeddings) the query is searched again
-   with twice as many candidates, up to the whole gallery, where the answer is exact by construction.
+   one, ``c_m``. When the run holding the k-th result is not clearly below that (near-ties at the k boundary,
+   e.g. collapsed embeddings) the query is searched again with twice as many candidates, up to the whole
+   gallery, where the answer is exact by construction.
 
 So with all-equal embeddings every backend returns indices ``0..k-1`` (skipping the excluded one).
 Memory: O(B * m) per query chunk plus O(chunk * D) scratch; never O(N^2).
@@ -192,8 +196,9 @@ class FlatIndex:
 
     # -- public search ---------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-               extra: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """k nearest gallery rows per query, ordered by (distance, index); see the module docstring."""
+               extra: int | None = None, *, distances: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """k nearest gallery rows per query, ordered by (distance, index); see the module docstring. Returns the
+        canonical distances (B, k) (None with ``distances=False``) and the indices (B, k)."""
         n = len(self)
         if queries.ndim != 2 or queries.shape[1] != self.emb.shape[1]:
             raise ValueError(f"queries must be (B, {self.emb.shape[1]}), got {tuple(queries.shape)}")
@@ -210,39 +215,57 @@ class FlatIndex:
             raise ValueError(f"k={k} must be between 1 and the number of searchable gallery items ({available})")
         dev = self.emb.device
         q, ex = q.to(dev), ex.to(dev)
-        out_d = torch.empty(b, k, dtype=torch.float32, device=dev)
         out_i = torch.empty(b, k, dtype=torch.int64, device=dev)
         slack = self.tie_slack(q)
         m = min(n, k + 1 + (extra if extra is not None else max(8, k // 8)))
         pending = torch.arange(b, device=dev)
         while pending.numel():
             rows = max(1, min(65536, BLOCK_ELEMENTS // m))
-            oks = [self._search_block(q[sel], sel, k, ex[sel], m, slack[sel], out_d, out_i)
-                   for sel in pending.split(rows)]
+            oks = [self._search_block(q[sel], sel, k, ex[sel], m, slack[sel], out_i) for sel in pending.split(rows)]
             pending = pending[~torch.cat(oks)]
             m = min(n, 2 * m)
-        return out_d.to(queries.device), out_i.to(queries.device)
+        out_d = self.exact_distances(q, out_i).to(queries.device) if distances else None
+        return out_d, out_i.to(queries.device)
 
-    def _search_block(self, q, sel, k, ex, m, slack, out_d, out_i) -> torch.Tensor:
+    def _search_block(self, q, sel, k, ex, m, slack, out_i) -> torch.Tensor:
+        """Search the rows ``sel`` with ``m`` candidates each; writes the accepted rows' results, returns which."""
         n = len(self)
         if m >= n:
             idx = torch.arange(n, device=q.device).expand(q.shape[0], n)
-            c_last = None
+            c2, c_last = self.sq_distances(q), None
         else:
             c2, idx = self.coarse(q, m)
             c_last = c2[:, -1].to(torch.float64)
-        d = self.exact_distances(q, idx)
-        d = d.masked_fill(idx == ex[:, None], math.inf)
-        # (distance, index) order: stable sort by index, then stable sort by distance.
-        o1 = torch.argsort(idx, dim=1, stable=True)
-        idx, d = idx.gather(1, o1), d.gather(1, o1)
-        o2 = torch.argsort(d, dim=1, stable=True)
-        idx, d = idx.gather(1, o2)[:, :k], d.gather(1, o2)[:, :k]
+        key = c2.to(torch.float64).masked_fill(idx == ex[:, None], math.inf)
+        key, order = torch.sort(key, dim=1)
+        idx = idx.gather(1, order)
+        # runs of near-ties: neighbours in coarse order closer than the two distances' combined error
+        near = (key[:, 1:] - key[:, :-1]) <= 2 * slack[:, None]
+        run = torch.cat([torch.zeros_like(key[:, :1], dtype=torch.int64), (~near).long().cumsum(1)], 1)
+        tied = torch.nonzero(near.any(1)).reshape(-1)
+        if tied.numel():
+            idx[tied], key[tied], run[tied] = self._order_runs(q[tied], idx[tied], key[tied], run[tied], near[tied])
         if c_last is None:
             ok = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
-        else:
-            dk = d[:, -1].to(torch.float64)
-            ok = (dk * dk) < (c_last - 2 * slack)
-        out_d[sel[ok]] = d[ok]
-        out_i[sel[ok]] = idx[ok]
+        else:  # the k-th result's run ends clearly before anything the coarse search left out
+            run_end = torch.where(run == run[:, k - 1:k], key, -math.inf).max(1).values
+            ok = run_end < c_last - 2 * slack
+        out_i[sel[ok]] = idx[ok, :k]
         return ok
+
+    def _order_runs(self, q, idx, key, run, near):
+        """Rows whose coarse order has near-ties: every member of a run gets its canonical distance, and the row is
+        ordered by (run, canonical distance, index), i.e. by (canonical distance, index) (module docstring)."""
+        member = torch.zeros_like(idx, dtype=torch.bool)
+        member[:, 1:] |= near
+        member[:, :-1] |= near
+        rows, cols = torch.nonzero(member, as_tuple=True)
+        canon = torch.zeros(idx.shape, dtype=torch.float32, device=idx.device)
+        step = max(1, BLOCK_ELEMENTS // q.shape[1])
+        for s in range(0, rows.numel(), step):
+            r, c = rows[s:s + step], cols[s:s + step]
+            canon[r, c] = canonical_distances(q[r], self.emb[idx[r, c]][:, None, :])[:, 0]
+        for by in range(3):  # stable sorts by index, canonical distance, run: the primary key last
+            order = torch.argsort((idx, canon, run)[by], dim=1, stable=True)
+            idx, canon, key, run = (t.gather(1, order) for t in (idx, canon, key, run))
+        return idx, key, run

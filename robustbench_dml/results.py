@@ -90,9 +90,9 @@ class EvaluationResult:
         import dataclasses
         import getpass
 
-        from robustbench_dml.leaderboard import LeaderboardStore, Record
+        from robustbench_dml.leaderboard import LeaderboardStore, record_from_result
 
-        record = Record.from_evaluation(self.to_dict(), submitter=name or getpass.getuser())
+        record = record_from_result(self.to_dict(), submitter=name or getpass.getuser())
         if recipe is not None:
             record = dataclasses.replace(record, recipe=recipe.to_json(), budget=recipe.budget)
         version, added = LeaderboardStore(leaderboard_dir).add_record(record, allow_ineligible=partial_ok)

@@ -195,3 +195,23 @@ def test_squared_norms_equal_the_plain_expression_bit_for_bit(n):
 
     x = torch.randn(n, 33, generator=torch.Generator().manual_seed(n))
     assert torch.equal(squared_norms(x), (x * x).sum(1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_lists_with_many_near_ties_keep_the_canonical_order(backend):
+    """The search computes canonical distances only inside runs of near-ties (here about half of all neighbours,
+    as on a trained 512-d model); its lists must equal sorting every item by (canonical distance, index)."""
+    from robustbench_dml.knn import FlatIndex, canonical_distances
+
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.nn.functional.normalize(torch.randn(10, 64, generator=gen), dim=1)
+    emb = torch.nn.functional.normalize(centres.repeat(60, 1) + 0.3 * torch.randn(600, 64, generator=gen), dim=1)
+    emb[100:110] = emb[5]  # exact duplicates too
+    q = torch.arange(0, 600, 9)
+    d, i = FlatIndex(emb, backend).search(emb[q], 250, exclude=q)
+    full = canonical_distances(emb[q], emb.expand(len(q), -1, -1))
+    full[torch.arange(len(q)), q] = float("inf")
+    order = torch.argsort(full, dim=1, stable=True)[:, :250]  # stable: equal distances by index
+    assert torch.equal(i, order) and torch.equal(d, full.gather(1, order))
+    none, again = FlatIndex(emb, backend).search(emb[q], 250, exclude=q, distances=False)
+    assert none is None and torch.equal(again, i)

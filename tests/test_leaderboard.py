@@ -22,6 +22,7 @@ from robustbench_dml.errors import UserError
 from robustbench_dml import files as files_mod
 from robustbench_dml.leaderboard import frames as frames_mod
 from robustbench_dml.leaderboard import (COLUMNS, DTYPES, LeaderboardStore, Record, empty_frame, frames_concat,
+                                         record_from_result,
                                          plot_eps_curve, plot_resistance, read_record, reference_frame,
                                          reference_records, render)
 from robustbench_dml.leaderboard import records as records_mod
@@ -66,13 +67,13 @@ def make_eval(i: int, *, eligible: bool = True, dataset: str = "digits", protoco
 
 
 def make_record(i: int, **kw) -> Record:
-    return Record.from_evaluation(make_eval(i, **kw), submitter=f"user{i}", created="2025-01-01")
+    return record_from_result(make_eval(i, **kw), submitter=f"user{i}", created="2025-01-01")
 
 
 # ---- records -----------------------------------------------------------------------------------------------------
 def test_record_from_evaluation_fields():
     ev = make_eval(2)
-    rec = Record.from_evaluation(ev, submitter="alice", created="2025-01-02")
+    rec = record_from_result(ev, submitter="alice", created="2025-01-02")
     sha = ev["checkpoint"]["sha256"]
     assert rec.record_id == f"{sha[:16]}-{SUITE_HASH[:12]}"
     assert (rec.dataset, rec.suite_id, rec.suite_version, rec.backbone, rec.defense) == \
@@ -102,26 +103,26 @@ def test_per_threat_worst_cases_are_derived_from_the_successes():
     block["success"] = {k: v * 16 for k, v in pattern.items()}
     block["per_query"]["R@1"] = [100.0, 100.0, 0.0, 100.0] * 16     # query 2's clean top-1 is already wrong
     block["raw"]["R@1"], block["scores"] = 75.0, {}
-    s = Record.from_evaluation(ev, submitter="x").scores()
+    s = record_from_result(ev, submitter="x").scores()
     assert s.worst_case == 100.0                                      # GTT breaks everything: ranks nothing
     assert (s.wc_candidate, s.wc_query) == (50.0, 25.0)               # queries {0, 3} and {1}
     assert s.wc_recall == pytest.approx(100 * 0.5 / 0.75)             # {0, 3} of the 3 correct ones
-    row = Record.from_evaluation(ev, submitter="x").rows()[0]
+    row = frames_mod.rows_of(record_from_result(ev, submitter="x"))[0]
     assert (row["WC:candidate"], row["WC:query"]) == (50.0, 25.0)
     block["scores"]["worst_case"] = 80.0                              # an edited worst case is refused
     with pytest.raises(UserError, match="worst_case"):
-        Record.from_evaluation(ev, submitter="x")
+        record_from_result(ev, submitter="x")
 
 
 def test_record_carries_both_protocols_and_rows_name_them():
     ev = make_eval(2, protocols=("corrected", "robrank"))
-    rec = Record.from_evaluation(ev, submitter="alice", created="2025-01-02")
+    rec = record_from_result(ev, submitter="alice", created="2025-01-02")
     assert list(rec.protocols) == ["corrected", "robrank"] and rec.protocol == "corrected"
     for p in ("corrected", "robrank"):
         raw = ev["protocols"][p]["raw"]
         assert rec.scores(p).ars == pytest.approx(scoring.ars(raw)) and rec.scores(p).gtm == raw["GTM"]
     assert rec.scores("robrank").ars > rec.scores("corrected").ars   # the quirks flatter GTM and LTM
-    rows = rec.rows()
+    rows = frames_mod.rows_of(rec)
     assert [r["protocol"] for r in rows] == ["corrected", "robrank"]
     assert rows[0]["GTM"] == ev["protocols"]["corrected"]["raw"]["GTM"]
     assert rows[1]["GTM"] == ev["protocols"]["robrank"]["raw"]["GTM"]
@@ -132,7 +133,7 @@ def test_record_carries_both_protocols_and_rows_name_them():
     edited = make_eval(2, protocols=("corrected", "robrank"))
     edited["protocols"]["robrank"]["scores"]["ARS"] += 1                   # an edit in either block is refused
     with pytest.raises(UserError, match="robrank protocol"):
-        Record.from_evaluation(edited, submitter="x")
+        record_from_result(edited, submitter="x")
 
 
 def test_version_1_records_and_results_read_as_their_one_protocol(tmp_path):
@@ -150,24 +151,24 @@ def test_version_1_records_and_results_read_as_their_one_protocol(tmp_path):
     block = ev.pop("protocols")["corrected"]
     ev.update(schema_version=1, raw=block["raw"], per_query=block["per_query"], success=block["success"],
               scores=block["scores"])
-    assert Record.from_evaluation(ev, submitter="user1", created="2025-01-01") == rec
+    assert record_from_result(ev, submitter="user1", created="2025-01-01") == rec
 
 
 def test_record_refuses_edited_scores_and_bad_input():
     ev = make_eval(1)
     ev["protocols"]["corrected"]["scores"]["ERS"] += 0.5
     with pytest.raises(UserError, match="does not match its raw results"):
-        Record.from_evaluation(ev, submitter="x")
+        record_from_result(ev, submitter="x")
     ev = make_eval(1)
     ev["checkpoint"]["sha256"] = "abc"
     with pytest.raises(UserError, match="64 hex"):
-        Record.from_evaluation(ev, submitter="x")
+        record_from_result(ev, submitter="x")
     with pytest.raises(UserError, match="submitter"):
-        Record.from_evaluation(make_eval(1), submitter=" \n")
+        record_from_result(make_eval(1), submitter=" \n")
     ev = make_eval(1)
     del ev["suite"]
     with pytest.raises(UserError, match="suite"):
-        Record.from_evaluation(ev, submitter="x")
+        record_from_result(ev, submitter="x")
 
 
 def test_damaged_record_file_names_the_file(tmp_path):
@@ -200,7 +201,7 @@ def test_add_load_resubmit_and_diff(tmp_path):
     r0, r1 = make_record(0), make_record(3)
     assert store.add_record(r0) == (1, True)
     assert store.add_record(r0) == (1, False)                        # resubmission: nothing new
-    again = Record.from_evaluation(make_eval(0), submitter="someone else", created="2030-01-01")
+    again = record_from_result(make_eval(0), submitter="someone else", created="2030-01-01")
     assert store.add_record(again) == (1, False)                     # same checkpoint + suite -> same record id
     assert store.add_record(r1) == (2, True)
     assert store.versions("digits", "rob28") == [1, 2]
@@ -651,7 +652,7 @@ def test_the_collapse_diagnostic_is_a_leaderboard_column_and_older_files_read_as
 
     ev = make_eval(1)
     ev["benign"].update(intra_class_distance=0.07, inter_class_distance=0.22, entanglement=0.07 / 0.22)
-    rec = Record.from_evaluation(ev, submitter="alice", created="2025-01-02")
+    rec = record_from_result(ev, submitter="alice", created="2025-01-02")
     assert (rec.intra_class_distance, rec.inter_class_distance) == (0.07, 0.22)
     assert rec.benign()["inter_class_distance"] == 0.22
     frame = records_to_frame([rec])
@@ -683,7 +684,7 @@ def test_records_and_boards_of_schema_3_read_without_budget_or_recipe():
 
     from robustbench_dml.leaderboard.frames import ARROW_SCHEMA_V3, records_to_frame
 
-    rec = Record.from_evaluation(make_eval(2), submitter="bob", created="2025-01-02")
+    rec = record_from_result(make_eval(2), submitter="bob", created="2025-01-02")
     old = json.loads(rec.to_json())
     del old["budget"], old["recipe"], old["evidence_sha256"]
     old["schema_version"] = 3

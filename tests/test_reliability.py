@@ -18,7 +18,7 @@ from robustbench_dml import backbones
 from robustbench_dml.checkpoint import read_meta, save_checkpoint
 from robustbench_dml.cli.main import main
 from robustbench_dml.errors import UserError
-from robustbench_dml.leaderboard import LeaderboardStore, Record
+from robustbench_dml.leaderboard import LeaderboardStore, Record, record_from_result
 
 
 class _Payload:
@@ -244,13 +244,13 @@ def _eval(i: int) -> dict:
 
 def test_a_falsified_score_is_never_published(tmp_path):
     store = LeaderboardStore(tmp_path)
-    a = Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01")
+    a = record_from_result(_eval(1), submitter="a", created="2025-01-01")
     store.add_record(a)
     path = store.record_path(a)
     data = json.loads(path.read_text())
     data["protocols"]["robrank"]["ers"] = 50.0  # the true value is about 30
     path.write_text(json.dumps(data))
-    b = Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01")
+    b = record_from_result(_eval(2), submitter="b", created="2025-01-01")
     with pytest.raises(UserError, match="does not match the manifest|not what its raw"):
         store.add_record(b)
     assert store.latest_version("digits", "rob28") == 1
@@ -303,29 +303,29 @@ def test_an_edited_interval_is_refused():
     ev = _eval(3)
     ev["protocols"]["robrank"]["scores"]["ERS_ci"] = [0.0, 99.0]
     with pytest.raises(UserError, match="interval"):
-        Record.from_evaluation(ev, submitter="x")
+        record_from_result(ev, submitter="x")
 
 
 def test_a_lost_pointer_never_reuses_a_published_version(tmp_path):
     store = LeaderboardStore(tmp_path)
-    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    store.add_record(record_from_result(_eval(1), submitter="a", created="2025-01-01"))
     v1 = store.parquet_path("digits", "rob28", 1).read_bytes()
     (tmp_path / "digits" / "rob28" / "latest").unlink()
     with pytest.raises(UserError, match="echo 1 >"):
-        store.add_record(Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01"))
+        store.add_record(record_from_result(_eval(2), submitter="b", created="2025-01-01"))
     assert store.parquet_path("digits", "rob28", 1).read_bytes() == v1
     assert not store.parquet_path("digits", "rob28", 2).exists()
 
 
 def test_orphan_temp_files_of_killed_writers_are_removed_and_only_those(tmp_path):
     store = LeaderboardStore(tmp_path)
-    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    store.add_record(record_from_result(_eval(1), submitter="a", created="2025-01-01"))
     board = tmp_path / "digits" / "rob28"
     orphans = [board / ".v2.parquet.abc123.tmp", board / ".latest.x_9.tmp"]
     foreign = board / ".my-notes.tmp"
     for p in orphans + [foreign]:
         p.write_bytes(b"partial")
-    store.add_record(Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01"))
+    store.add_record(record_from_result(_eval(2), submitter="b", created="2025-01-01"))
     assert not any(p.exists() for p in orphans) and foreign.exists()
 
 
@@ -378,7 +378,7 @@ _KILLER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from test_leaderboard import make_eval
-from robustbench_dml.leaderboard import LeaderboardStore, Record
+from robustbench_dml.leaderboard import LeaderboardStore, Record, record_from_result
 import robustbench_dml.files as files
 calls = [0]
 real = files._replace
@@ -388,14 +388,14 @@ def replace(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)  # die at this write point, temp file written, not yet renamed
     real(src, dst)
 files._replace = replace
-LeaderboardStore({root!r}).add_record(Record.from_evaluation(make_eval(2), submitter="b", created="2025-01-01"))
+LeaderboardStore({root!r}).add_record(record_from_result(make_eval(2), submitter="b", created="2025-01-01"))
 """
 
 
 @pytest.mark.parametrize("write_point", [1, 2, 3, 4])  # record, parquet, manifest, pointer
 def test_a_publisher_killed_at_each_write_point_leaves_the_previous_version_intact(tmp_path, write_point):
     store = LeaderboardStore(tmp_path)
-    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    store.add_record(record_from_result(_eval(1), submitter="a", created="2025-01-01"))
     v1 = store.load("digits", "rob28")
     code = _KILLER.format(tests=str(Path(__file__).parent), n=write_point, root=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
@@ -403,7 +403,7 @@ def test_a_publisher_killed_at_each_write_point_leaves_the_previous_version_inta
     assert store.verify("digits", "rob28") == [1]
     assert store.load("digits", "rob28").equals(v1)
     assert list(tmp_path.rglob("*.tmp"))  # the killed writer's temp file is there ...
-    version, added = store.add_record(Record.from_evaluation(_eval(2), submitter="b", created="2025-01-01"))
+    version, added = store.add_record(record_from_result(_eval(2), submitter="b", created="2025-01-01"))
     assert (version, added) == (2, True) and store.verify("digits", "rob28") == [1, 2]
     assert not list(tmp_path.rglob("*.tmp"))  # ... and the next publish removed it
 
@@ -581,7 +581,7 @@ def test_no_file_a_command_reads_can_exhaust_the_machine(tmp_path):
     out = _cli(tmp_path, "compare", "result.json")
     assert out.returncode == 2 and "is not a regular file" in out.stderr
     store = LeaderboardStore(tmp_path / "lb")
-    rec = Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01")
+    rec = record_from_result(_eval(1), submitter="a", created="2025-01-01")
     store.add_record(rec)
     path = store.record_path(rec)
     path.unlink()
@@ -639,7 +639,7 @@ def test_an_output_is_never_one_of_the_inputs_nor_inside_a_checkpoint_or_a_store
     result = tmp_path / "r.json"
     result.write_text(json.dumps(make_eval(1)))
     store = LeaderboardStore(tmp_path / "lb")
-    store.add_record(Record.from_evaluation(_eval(1), submitter="a", created="2025-01-01"))
+    store.add_record(record_from_result(_eval(1), submitter="a", created="2025-01-01"))
     parquet = tmp_path / "lb" / "digits" / "rob28" / "v1.parquet"
     before = _tree(tmp_path)
     cases = [

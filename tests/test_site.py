@@ -13,7 +13,7 @@ from test_leaderboard import make_eval
 
 from robustbench_dml import protocols as P
 from robustbench_dml.cli.main import main
-from robustbench_dml.leaderboard import Record, reference_records
+from robustbench_dml.leaderboard import Record, record_from_result, reference_records
 from robustbench_dml.leaderboard.site import board_key, write_site
 
 
@@ -58,11 +58,11 @@ def _records() -> list[Record]:
     out = []
     for i in range(3):
         ev = make_eval(i, protocols=("corrected", "robrank"))
-        out.append(Record.from_evaluation(ev, submitter=f"user{i}", created="2026-01-01"))
+        out.append(record_from_result(ev, submitter=f"user{i}", created="2026-01-01"))
         strong = copy.deepcopy(make_eval(i + 10, protocols=("corrected",)))
         strong["checkpoint"] = ev["checkpoint"]  # the same weights under the strong suite
         strong["suite"] = {**ev["suite"], "id": "rankaa28", "hash": hashlib.sha256(b"rankaa28").hexdigest()}
-        out.append(Record.from_evaluation(strong, submitter=f"user{i}", created="2026-01-01"))
+        out.append(record_from_result(strong, submitter=f"user{i}", created="2026-01-01"))
     return out
 
 
@@ -154,8 +154,8 @@ def test_compare_puts_two_suites_side_by_side_and_finds_partial_evaluations(tmp_
     assert header.split("|")[1:-1] == [" Defense ", " By ", " Run ", " ERS rob28 ", " ERS rankaa28 ",
                                        " ARS rob28 ", " ARS rankaa28 ", " ARS difference "]
     for i, run in enumerate(runs):
-        a = Record.from_evaluation(make_eval(i), submitter="x").ars
-        b = Record.from_evaluation(make_eval(i + 10), submitter="x").ars
+        a = record_from_result(make_eval(i), submitter="x").ars
+        b = record_from_result(make_eval(i + 10), submitter="x").ars
         (row,) = [r for r in rows if f"| {run} |" in r]
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert cells[:2] == ["CA-TRIDE", "ann"] and cells[-1] == f"{a - b:.1f}" and cells[5] == f"{a:.1f}"

@@ -67,7 +67,7 @@ def load_records(paths, suite: str | None, protocol: str | None = None, name: st
     import getpass
 
     from robustbench_dml.files import read_bounded
-    from robustbench_dml.leaderboard import Record
+    from robustbench_dml.leaderboard import record_from_result
 
     records = []
     for p in paths:
@@ -77,7 +77,7 @@ def load_records(paths, suite: str | None, protocol: str | None = None, name: st
         except json.JSONDecodeError as e:
             raise UserError(f"{source} is not valid JSON ({e.msg}, line {e.lineno})") from None
         try:
-            record = Record.from_evaluation(data, submitter=name or getpass.getuser(), note=str(p))
+            record = record_from_result(data, submitter=name or getpass.getuser(), note=str(p))
         except UserError as e:
             raise UserError(f"{source}: {e}") from None
         if protocol is not None and protocol not in record.protocols:

@@ -166,7 +166,7 @@ def _benign(checkpoint: Path, args, con) -> int:
 
     device = resolve_device(args.device)
     out = Path(args.json) if args.json else eval_folder(checkpoint) / "benign.json"
-    check_output(out, args.overwrite)
+    check_output(out, args.overwrite, make_folder=not args.json)
     model, meta = load_checkpoint(checkpoint, device)
     test = datasets.create(meta["dataset"], root=args.data_root or training_data_root(meta), split="test")
     gallery = embed(model, test, device=device, progress=show_progress(args))

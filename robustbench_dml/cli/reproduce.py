@@ -86,7 +86,7 @@ def _num(v) -> str:
 def run(args) -> int:
     from robustbench_dml.evaluation import evaluate
     from robustbench_dml.leaderboard.recipes import Recipe, data_sha256, environment
-    from robustbench_dml.leaderboard.records import Record
+    from robustbench_dml.leaderboard.derive import record_from_result
     from robustbench_dml.training import train
 
     record = find_record(args.row, args.leaderboard_dir)
@@ -110,7 +110,7 @@ def run(args) -> int:
     result = evaluate(summary.checkpoint, recipe.eval_config(), device=args.device, state_dir=out / "state",
                       progress=progress_mode(args), data_root=cfg.data_root)
     result.to_json(out / "eval.json")
-    rebuilt = Record.from_evaluation(result.to_dict(), submitter=record.submitter, created=record.created)
+    rebuilt = record_from_result(result.to_dict(), submitter=record.submitter, created=record.created)
     here = environment()
     differences = compare(record, rebuilt)
     if not differences:

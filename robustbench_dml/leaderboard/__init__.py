@@ -2,9 +2,9 @@
 
 Typical use (what ``dmlbench run`` / ``submit`` / ``leaderboard`` / ``compare`` / ``plot`` do)::
 
-    from robustbench_dml.leaderboard import LeaderboardStore, Record, reference_frame, render, frames_concat
+    from robustbench_dml.leaderboard import LeaderboardStore, record_from_result, reference_frame, render, frames_concat
 
-    record = Record.from_evaluation(json.load(open("eval.json")), submitter="alice")
+    record = record_from_result(json.load(open("eval.json")), submitter="alice")
     store = LeaderboardStore("leaderboards")
     version, added = store.add_record(record)               # new immutable version unless already present
     board = store.load(record.dataset, record.suite_id)     # validated against its manifest; one row per protocol
@@ -23,9 +23,10 @@ from typing import Any
 
 _EXPORTS = {
     "records": ("RECORD_SCHEMA_VERSION", "Record", "read_record"),
+    "derive": ("record_from_result",),
     "frames": ("ARROW_SCHEMA", "COLUMNS", "DTYPES", "coerce_frame", "empty_frame", "records_to_frame", "sort_frame"),
-    "reference": ("REFERENCE_SUITE", "build_reference_store", "reference_frame", "reference_records"),
-    "store": ("LeaderboardStore", "frames_concat"),
+    "reference": ("REFERENCE_SUITE", "reference_frame", "reference_records"),
+    "store": ("LeaderboardStore", "build_reference_store", "frames_concat"),
     "tables": ("TABLE_COLUMNS", "protocol_of", "render", "write"),
     "plots": ("plot_eps_curve", "plot_resistance"),
 }

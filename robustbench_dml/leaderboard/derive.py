@@ -21,18 +21,18 @@ from typing import Any
 from robustbench_dml import columns, scoring
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
-from robustbench_dml.leaderboard.evidence import evidence_of
+from robustbench_dml.leaderboard.evidence import evidence_of, read_evidence
 from robustbench_dml.leaderboard.records import (BENIGN_COLUMNS, FIELD_OF_COLUMN, HEX64, RAW_COLUMNS,
                                                  RECORD_SCHEMA_VERSION, SCORE_FIELDS, ProtocolScores, Record,
                                                  check_protocols, check_record_values, check_submitter, check_values,
                                                  make_record_id)
 
-__all__ = ["from_result", "derived_raw", "derived_scores"]
+__all__ = ["record_from_result", "check_evidence", "derived_raw", "derived_scores"]
 
 
-def from_result(result: Mapping[str, Any], *, submitter: str, created: str | None = None,
-                note: str | None = None) -> Record:
-    """:meth:`Record.from_evaluation`: the record of an evaluation result (schema 1 or 2), every measured protocol's
+def record_from_result(result: Mapping[str, Any], *, submitter: str, created: str | None = None,
+                       note: str | None = None) -> Record:
+    """:func:`record_from_result`: the record of an evaluation result (schema 1 or 2), every measured protocol's
     block included. ``created`` defaults to today's UTC date."""
     from robustbench_dml.results import upgrade
 
@@ -203,6 +203,27 @@ def derived_scores(raw: Mapping[str, float], per_query: Any, success: Any, seed:
         values[f"wc_{threat}"] = v if v is not None and math.isfinite(v) else None
     check_values(SCORE_FIELDS, values, where=where)
     return ProtocolScores(**values)
+
+
+def check_evidence(record: Record, data: bytes | None, *, where: str) -> None:
+    """Refuse ``record`` (a UserError naming ``where``) unless ``data``, its evidence file's bytes
+    (:func:`~robustbench_dml.leaderboard.evidence.read_evidence`), gives every one of its numbers."""
+    ev = read_evidence(record, data, where=where)
+    seed = ev.get("seed") if isinstance(ev.get("seed"), int) else 0
+    for protocol, block in record.protocols.items():
+        pw = f"{where} ({protocol} protocol)"
+        e = ev["protocols"][protocol]
+        raw = derived_raw({"per_query": e.get("per_query")}, num_queries=ev["num_queries"],
+                          batch_size=ev.get("batch_size"), protocol=protocol, where=pw)
+        if "R@1" not in raw and isinstance(ev.get("benign_r1"), (int, float)):
+            raw["R@1"] = float(ev["benign_r1"])
+        derived = derived_scores(raw, e.get("per_query"), e.get("success"), seed, where=pw)
+        for f in SCORE_FIELDS:
+            stored, value = getattr(block, f.name), getattr(derived, f.name)
+            if (stored is None) != (value is None) or (value is not None and not _close(stored, value)):
+                shown = "not measured" if value is None else f"{value:.6g}"
+                raise UserError(f"{pw}: {f.column} {stored} is not what its evidence gives ({shown}); the record was "
+                                "edited, restore it")
 
 
 def _close(stored: Any, derived: float) -> bool:

@@ -4,9 +4,10 @@ A record holds aggregates (raw attack results, ERS, ARS, intervals, worst cases)
 (``records/<dataset>/<suite>/<record_id>.json``) the store keeps ``<record_id>.evidence.json.gz``: per measured
 protocol the per-query results and success flags of the evaluation, and what the derivation needs besides (number
 of queries, the suite's query batch for the ``robrank`` protocol's per-batch means, the bootstrap seed). The record
-names that file by its sha256 (``evidence_sha256``). Before a store publishes a version, and whenever it reads its
-records, every measured record is derived again from its evidence (:mod:`robustbench_dml.leaderboard.derive`) and
-refused when the evidence is missing, does not hash, or gives any other number; a paper's row has no evidence and is
+names that file by its sha256 (``evidence_sha256``). This module is the file's format; before a store publishes a
+version, and whenever it reads its records, every measured record is derived again from its evidence
+(:func:`robustbench_dml.leaderboard.derive.check_evidence`) and refused when the evidence is missing, does not hash,
+or gives any other number; a paper's row has no evidence and is
 checked against the rows shipped in code instead.
 
 The file is gzip-compressed JSON with sorted keys and no timestamp, so the same evaluation gives the same bytes.
@@ -25,7 +26,7 @@ from robustbench_dml.errors import UserError
 if TYPE_CHECKING:
     from robustbench_dml.leaderboard.records import Record
 
-__all__ = ["EVIDENCE_SCHEMA", "SUFFIX", "evidence_of", "check_evidence"]
+__all__ = ["EVIDENCE_SCHEMA", "SUFFIX", "evidence_of", "read_evidence"]
 
 EVIDENCE_SCHEMA = 1
 #: the evidence file's name is the record id plus this
@@ -44,12 +45,10 @@ def evidence_of(result: Mapping[str, Any], record_id: str, batch_size: Any) -> b
     return gzip.compress(text.encode(), mtime=0)
 
 
-def check_evidence(record: Record, data: bytes | None, *, where: str) -> None:
-    """Refuse ``record`` (a UserError naming ``where``) unless ``data``, its evidence file's bytes, hashes to
-    ``record.evidence_sha256`` and gives every one of its numbers."""
+def read_evidence(record: Record, data: bytes | None, *, where: str) -> dict[str, Any]:
+    """The parsed evidence of ``record`` from its file's bytes ``data`` (None: no file); a UserError naming
+    ``where`` when there is none, it does not hash to ``record.evidence_sha256``, or it is not this record's."""
     from robustbench_dml.files import READ_LIMITS, gunzip_bounded
-    from robustbench_dml.leaderboard.derive import derived_raw, derived_scores
-    from robustbench_dml.leaderboard.records import SCORE_FIELDS
 
     if record.evidence_sha256 is None or data is None:
         raise UserError(f"{where} carries no per-query evidence ({record.record_id}{SUFFIX}), so its numbers cannot "
@@ -68,28 +67,7 @@ def check_evidence(record: Record, data: bytes | None, *, where: str) -> None:
     if ev.get("num_queries") != record.num_queries:
         raise UserError(f"{where}: the record says {record.num_queries} queries, its evidence "
                         f"{ev.get('num_queries')!r}; the record was edited")
-    seed = ev.get("seed") if isinstance(ev.get("seed"), int) else 0
-    for protocol, block in record.protocols.items():
-        pw = f"{where} ({protocol} protocol)"
-        if not isinstance(ev["protocols"].get(protocol), dict):
-            raise UserError(f"{pw}: its evidence has no {protocol} results; the record was edited")
-        e = ev["protocols"][protocol]
-        raw = derived_raw({"per_query": e.get("per_query")}, num_queries=ev["num_queries"],
-                          batch_size=ev.get("batch_size"), protocol=protocol, where=pw)
-        if "R@1" not in raw and isinstance(ev.get("benign_r1"), (int, float)):
-            raw["R@1"] = float(ev["benign_r1"])
-        derived = derived_scores(raw, e.get("per_query"), e.get("success"), seed, where=pw)
-        for f in SCORE_FIELDS:
-            if not _same(getattr(block, f.name), getattr(derived, f.name)):
-                raise UserError(f"{pw}: {f.column} {getattr(block, f.name)} is not what its evidence gives "
-                                f"({_shown(getattr(derived, f.name))}); the record was edited, restore it")
-
-
-def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
-
-
-def _shown(v: float | None) -> str:
-    return "not measured" if v is None else f"{v:.6g}"
+    missing = [p for p in record.protocols if not isinstance(ev["protocols"].get(p), dict)]
+    if missing:
+        raise UserError(f"{where}: its evidence has no {missing[0]} results; the record was edited")
+    return ev

@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pandas is imported where frames are built, so writers need 
     import pandas as pd
 
 __all__ = ["FIELDS", "COLUMNS", "DTYPES", "ARROW_SCHEMA", "ARROW_SCHEMA_V1", "ARROW_SCHEMA_V2", "ARROW_SCHEMA_V3",
-           "ARROW_SCHEMA_V4", "READABLE_SCHEMAS", "coerce_frame", "empty_frame", "upgrade_frame", "record_rows", "records_to_frame", "sort_frame", "records_to_table"]
+           "ARROW_SCHEMA_V4", "READABLE_SCHEMAS", "coerce_frame", "empty_frame", "upgrade_frame", "rows_of",
+           "record_rows", "records_to_frame", "sort_frame", "records_to_table"]
 
 _BENIGN = [i for i, f in enumerate(RECORD_FIELDS) if f.column in BENIGN_COLUMNS]
 _PROTOCOL_FIELD = Field("protocol", "protocol", "str", False)
@@ -127,9 +128,16 @@ def _row_key(row: Mapping[str, Any]) -> tuple:
     return (ars is None, -(ars or 0.0), ers is None, -(ers or 0.0), row["record_id"], row["protocol"])
 
 
+def rows_of(record: Record) -> list[dict[str, Any]]:
+    """A record as leaderboard rows, one per measured protocol (column -> value; None where not measured)."""
+    own = {f.column: getattr(record, f.name) for f in RECORD_FIELDS}
+    return [{c: {**own, "protocol": p, **record.protocols[p].columns()}[c] for c in COLUMNS}
+            for p in P.PROTOCOLS if p in record.protocols]
+
+
 def record_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
     """Every record's rows (one per protocol) in leaderboard order (the order of :func:`sort_frame`)."""
-    return sorted((row for r in records for row in r.rows()), key=_row_key)
+    return sorted((row for r in records for row in rows_of(r)), key=_row_key)
 
 
 def records_to_frame(records: Iterable[Record]) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 An official row is not a stored score. The package holds, per model, one entry file
 (``robustbench_dml/boards/<dataset>/<model>.json.gz``): the model's training recipe and every evaluation result
 made of it (the complete ``dmlbench evaluate --json`` output, per-query results and success flags included). Each
-load derives the records from those results as ``dmlbench submit`` would (:meth:`Record.from_evaluation`: every
+load derives the records from those results as ``dmlbench submit`` would (:func:`record_from_result`: every
 score, interval and worst case re-derived, an edited value refused), so what a board shows is always what its
 evidence gives. Each record carries its :class:`~robustbench_dml.leaderboard.recipes.Recipe` (``dmlbench
 reproduce`` rebuilds the row) and its budget label (``cpu``: the project's CPU studies' subset and epochs;
@@ -77,7 +77,7 @@ def _read_entry(path: Path) -> dict[str, Any]:
 
 
 def _records_of(entry: Mapping[str, Any], *, where: str, suite: str | None = None) -> list[Record]:
-    from robustbench_dml.leaderboard.records import Record
+    from robustbench_dml.leaderboard.derive import record_from_result
 
     out = []
     evaluations = entry.get("evaluations")
@@ -90,7 +90,7 @@ def _records_of(entry: Mapping[str, Any], *, where: str, suite: str | None = Non
         recipe = Recipe.from_json(json.dumps(item.get("recipe")), where=f"{here}, recipe")
         if suite is not None and recipe.evaluate["suite"] != suite:
             continue  # only the board asked for is derived
-        record = Record.from_evaluation(item.get("result"), submitter=OFFICIAL_SUBMITTER, created=entry["created"])
+        record = record_from_result(item.get("result"), submitter=OFFICIAL_SUBMITTER, created=entry["created"])
         if record.checkpoint_sha256 != recipe.weights_sha256:
             raise UserError(f"{here}: the result is of weights {record.checkpoint_sha256[:12]}..., the recipe's are "
                             f"{recipe.weights_sha256[:12]}...; reinstall the package")

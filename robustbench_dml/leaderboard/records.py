@@ -218,14 +218,6 @@ class Record:
         return {c: getattr(self, FIELD_OF_COLUMN[c]) for c in BENIGN_COLUMNS
                 if getattr(self, FIELD_OF_COLUMN[c]) is not None}
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The record as leaderboard rows, one per measured protocol (column name -> value; None for missing)."""
-        from robustbench_dml.leaderboard.frames import COLUMNS
-
-        own = {f.column: getattr(self, f.name) for f in RECORD_FIELDS}
-        return [{c: {**own, "protocol": p, **self.protocols[p].columns()}[c] for c in COLUMNS}
-                for p in P.PROTOCOLS if p in self.protocols]
-
     def to_json_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in RECORD_FIELDS}
         d["protocols"] = {p: s.to_json_dict() for p, s in self.protocols.items()}
@@ -268,15 +260,6 @@ class Record:
                                for p, b in blocks.items()}
         check_protocols(kwargs["protocols"], where=where)
         return cls(**kwargs)
-
-    @classmethod
-    def from_evaluation(cls, result: Mapping[str, Any], *, submitter: str, created: str | None = None,
-                        note: str | None = None) -> Record:
-        """Build a record from an evaluation result (``EvaluationResult.to_json()``, schema 1 or 2), every measured
-        protocol's block included, every score re-derived (:func:`robustbench_dml.leaderboard.derive.from_result`)."""
-        from robustbench_dml.leaderboard.derive import from_result
-
-        return from_result(result, submitter=submitter, created=created, note=note)
 
 
 def _fields_of(cls: type) -> tuple[Field, ...]:

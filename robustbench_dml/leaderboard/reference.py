@@ -30,8 +30,7 @@ from robustbench_dml.protocols import ROBRANK
 from robustbench_dml.leaderboard.frames import empty_frame, records_to_frame
 from robustbench_dml.leaderboard.records import RAW_COLUMNS, RECORD_SCHEMA_VERSION, ProtocolScores, Record
 
-__all__ = ["REFERENCE_SUITE", "SOURCES", "REFERENCE_ROWS", "reference_records", "reference_frame",
-           "build_reference_store", "terms_to_raw"]
+__all__ = ["REFERENCE_SUITE", "SOURCES", "REFERENCE_ROWS", "reference_records", "reference_frame", "terms_to_raw"]
 
 #: suite id of the reference leaderboards (``<dataset>/reference``)
 REFERENCE_SUITE = "reference"
@@ -175,18 +174,3 @@ def reference_frame(dataset: str | None = None) -> pd.DataFrame:
     """
     recs = reference_records(dataset)
     return records_to_frame(recs) if recs else empty_frame()
-
-
-def build_reference_store(root: str | Path) -> list[tuple[str, int]]:
-    """Write the reference leaderboards (``<root>/<dataset>/reference/v<N>.parquet`` + records) with the store.
-
-    Idempotent: rows already present add nothing. Returns ``[(dataset, latest version), ...]``.
-    """
-    from robustbench_dml.leaderboard.store import LeaderboardStore
-
-    store = LeaderboardStore(root)
-    out = []
-    for ds in sorted({r["dataset"] for r in REFERENCE_ROWS}):
-        version, _ = store.add_records(reference_records(ds))
-        out.append((ds, version))
-    return out

@@ -43,12 +43,13 @@ from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_bytes, read_bounded, sha256_file
 from robustbench_dml.leaderboard.frames import (ARROW_SCHEMA, COLUMNS, READABLE_SCHEMAS, coerce_frame, empty_frame,
                                                 records_to_table, sort_frame, upgrade_frame)
-from robustbench_dml.leaderboard.evidence import SUFFIX, check_evidence
+from robustbench_dml.leaderboard.derive import check_evidence
+from robustbench_dml.leaderboard.evidence import SUFFIX
 from robustbench_dml.leaderboard.records import (RAW_COLUMNS, RECORD_SCHEMA_VERSION, Record, read_record, safe_name,
                                                  write_record)
 
-__all__ = ["LeaderboardStore", "MANIFEST_SCHEMA_VERSION", "frames_concat", "frame_to_parquet_bytes",
-           "parquet_bytes_to_frame"]
+__all__ = ["LeaderboardStore", "MANIFEST_SCHEMA_VERSION", "build_reference_store", "frames_concat",
+           "frame_to_parquet_bytes", "parquet_bytes_to_frame"]
 
 if TYPE_CHECKING:  # pandas only where frames are read; publishing needs pyarrow alone
     import pandas as pd
@@ -503,3 +504,18 @@ def frames_concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         return empty_frame()
     return sort_frame(coerce_frame(pd.concat(frames, ignore_index=True)))
+
+
+def build_reference_store(root: str | Path) -> list[tuple[str, int]]:
+    """Write the reference leaderboards (``<root>/<dataset>/reference/v<N>.parquet`` + records) with the store.
+
+    Idempotent: rows already present add nothing. Returns ``[(dataset, latest version), ...]``.
+    """
+    from robustbench_dml.leaderboard.reference import REFERENCE_ROWS, reference_records
+
+    store = LeaderboardStore(root)
+    out = []
+    for ds in sorted({r["dataset"] for r in REFERENCE_ROWS}):
+        version, _ = store.add_records(reference_records(ds))
+        out.append((ds, version))
+    return out
