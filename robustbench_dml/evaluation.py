@@ -248,7 +248,8 @@ def _query_batch(dataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Te
 
 def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None = None, *, device: str = "auto",
              state_dir: str | os.PathLike | None = None, progress: bool | str | None = False,
-             data_root: str | None = None, benign_nmi: bool = True) -> EvaluationResult:
+             data_root: str | None = None, benign_nmi: bool = True,
+             probe: Sequence[float] | None = None) -> EvaluationResult:
     """Evaluate ``target`` (a checkpoint directory, or an :class:`EvalTarget` from :func:`load_target` /
     :func:`model_target`) as ``config`` says (default: the full ``rob28``); see the module docstring for the protocol.
 
@@ -258,20 +259,22 @@ def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None =
     folder for a checkpoint directory (default: the checkpoint's training one). The float settings, the gallery's kNN
     backend among them, are ``config.numerics``'s (:mod:`robustbench_dml.numerics`; every kNN backend returns the
     same neighbours, and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores)
-    and the result records them.
+    and the result records them. ``probe``: seconds of forward+backward calls on a full query batch already measured
+    (the plan's), used as the first measurement of the attacks' lower bound instead of timing again.
     """
     config = config or EvalConfig()
     from robustbench_dml.runtime import rank_device, resolve_device
 
     dev = rank_device(resolve_device(device) if isinstance(device, str) else torch.device(device))
     with applied(config.numerics, dev) as numerics:
-        result = _evaluate(target, config, dev, state_dir, progress, data_root, benign_nmi, numerics["knn_backend"])
+        result = _evaluate(target, config, dev, state_dir, progress, data_root, benign_nmi, numerics["knn_backend"],
+                           probe)
     result.numerics = numerics
     return result
 
 
 def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress, data_root, benign_nmi,
-              knn_backend: str) -> EvaluationResult:
+              knn_backend: str, probe: Sequence[float] | None) -> EvaluationResult:
     from robustbench_dml import metrics
     from robustbench_dml.gallery import embed
     from robustbench_dml.progress import Progress
@@ -302,6 +305,8 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     r1 = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
     blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in config.protocols}
     runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world)
+    # the lower bound's unit, measured before the first attack (or taken from the plan's probe) and after the last
+    bound_before = min(probe) if probe else runner.forward_backward()
     engine_parts: dict[str, dict] = {}
     timing: dict[str, dict] = {}
     with Progress(show, sum(map(config.runs, config.attack_ids)) * len(ranges), f"{suite.id}") as bar:
@@ -325,6 +330,12 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
             if "timing" in done[config.protocols[0]]:
                 timing[attack_id] = done[config.protocols[0]]["timing"]
 
+    bound_after = runner.forward_backward()
+    fb = min(bound_before, bound_after)
+    timed = {}
+    for a, t in timing.items():
+        bound = t["batch_iterations"] * fb if "batch_iterations" in t else None  # None: resumed from an older state
+        timed[a] = {"wall_s": t["wall_s"], "bound_s": bound, "ratio": t["wall_s"] / bound if bound else None}
     batch_sizes = [e - s for s, e in ranges]
     for p, block in blocks.items():
         compat = p == P.ROBRANK
@@ -339,10 +350,13 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
         num_queries=num_queries, benign=dict(benign), protocols=blocks,
         extra={"world_size": world,  # processes that shared the query batches (torchrun)
                # per attack: seconds spent (all processes, both protocols' runs) and the lower bound, PGD iterations
-               # x one forward+backward of the model on the query batch measured before the first attack
-               "timing": {"forward_backward_s": runner.fb_seconds, "batch_size": suite.batch_size,
-                          "attacks": {a: {**t, "ratio": t["wall_s"] / t["bound_s"] if t["bound_s"] else None}
-                                      for a, t in timing.items()}},
+               # x one forward+backward of the model on a query batch, the smaller of the measurements before the
+               # first attack and after the last; a ratio below SUSPECT_RATIO is a measurement to distrust
+               "timing": {"forward_backward_s": fb, "forward_backward_before_s": bound_before,
+                          "forward_backward_after_s": bound_after, "probe": "plan" if probe else "evaluation",
+                          "repeats": BOUND_REPEATS, "batch_size": suite.batch_size, "attacks": timed,
+                          "suspect": [a for a, t in timed.items() if t["ratio"] is not None
+                                      and t["ratio"] < SUSPECT_RATIO]},
                **({"engine": engine_summary(suite.engine, engine_parts, num_queries)} if suite.engine else {})},
     )
 
@@ -386,25 +400,31 @@ def engine_summary(engine, by_attack: Mapping[str, dict], num_queries: int) -> d
 NO_GRADIENT_SHARE = 0.1
 
 
+#: timed calls per measurement of the attacks' lower bound (after a warm-up); the minimum is kept, the one figure
+#: that load on the machine can only raise, and five calls measured within 2% of fifty on an idle 2-core machine
+BOUND_REPEATS = 5
+#: an attack whose time is below this share of its lower bound is reported as a suspect measurement
+SUSPECT_RATIO = 0.95
+
+
 class _AttackRunner:
     """Runs one attack of ``config``'s suite over this rank's query batches and merges every rank's results."""
 
     def __init__(self, config: EvalConfig, model, gallery, dataset, ranges, rank: int, world: int):
         self.config, self.model, self.gallery, self.dataset = config, model, gallery, dataset
         self.ranges, self.rank, self.world = ranges, rank, world
-        self.fb_seconds: float | None = None  # one forward+backward on a full query batch, once measured
 
-    def forward_backward(self, images: torch.Tensor) -> float:
+    def forward_backward(self) -> float:
         """Seconds of one forward + input-backward of the model on a full query batch (the unit of an attack's
-        lower bound): the median of three after a warm-up, measured on the first batch this process attacks and
-        scaled to the suite's batch size."""
-        if self.fb_seconds is None:
-            from attacks.pgd import iteration_seconds
+        lower bound, :func:`attacks.pgd.iteration_seconds`): the fastest of :data:`BOUND_REPEATS` calls after a
+        warm-up, on this process's first query batch, scaled to the suite's batch size."""
+        from attacks.pgd import iteration_seconds
 
-            x = images.to(device=self.gallery.embeddings.device, dtype=torch.float32)
-            times = iteration_seconds(self.model, x, repeats=3)
-            self.fb_seconds = statistics.median(times) * self.config.suite_obj.batch_size / x.shape[0]
-        return self.fb_seconds
+        start, stop = self.ranges[self.rank % len(self.ranges)]
+        images, _ = _query_batch(self.dataset, start, stop)
+        x = images.to(device=self.gallery.embeddings.device, dtype=torch.float32)
+        return min(iteration_seconds(self.model, x, repeats=BOUND_REPEATS)) * self.config.suite_obj.batch_size / (
+            stop - start)
 
     @staticmethod
     def revision(attack_id: str) -> int:
@@ -441,7 +461,6 @@ class _AttackRunner:
             if b % self.world != self.rank:
                 continue
             images, labels = _query_batch(self.dataset, start, stop)
-            fb = self.forward_backward(images)
             t0 = time.perf_counter()
             out = atk(images, labels, self.gallery, generator=generator(config.seed, attack_id, b),
                       query_index=torch.arange(start, stop))
@@ -450,7 +469,7 @@ class _AttackRunner:
                         "success": out.success.tolist(), "clean": {k: out.clean[k].tolist() for k in atk.keys},
                         "per_query_robrank": None if out.per_query_robrank is None else
                         {k: out.per_query_robrank[k].tolist() for k in atk.keys},
-                        "timing": [wall, out.iterations * fb * (stop - start) / suite.batch_size]}
+                        "timing": [wall, out.iterations * (stop - start) / suite.batch_size]}
             if out.extra:  # a strong suite: per-part sums over the batch, the checked queries' results
                 local[b]["engine"] = {
                     "parts_sum": {k: {part: math.fsum(v.tolist()) for part, v in d.items()}
@@ -469,8 +488,8 @@ class _AttackRunner:
                  "clean": {k: flat("clean", k) for k in atk.keys}}
         if merged and merged[0]["per_query_robrank"] is not None:
             block["per_query_robrank"] = {k: flat("per_query_robrank", k) for k in atk.keys}
-        block["timing"] = {"wall_s": math.fsum(merged[b]["timing"][0] for b in order),
-                           "bound_s": math.fsum(merged[b]["timing"][1] for b in order)}
+        block["timing"] = {"wall_s": math.fsum(merged[b]["timing"][0] for b in order),  # every process's seconds
+                           "batch_iterations": math.fsum(merged[b]["timing"][1] for b in order)}
         if merged and "engine" in merged[0]:
             engines = [merged[b]["engine"] for b in order]
             block["engine"] = {

@@ -46,6 +46,10 @@ class Plan:
     method: str = "steps"                    # how seconds_per_step was measured (module docstring)
     train_images: tuple[int, int] = (0, 0)   # images through the model's forward / backward, whole training
     seconds_per_image: float = 0.0           # one image's forward+backward (in training when planned; 0: not yet)
+    #: the evaluation probe's timed forward+backward calls, in seconds per full query batch (empty: priced from
+    #: training), and the seconds the probe took, warm-up included
+    probe_seconds: tuple[float, ...] = ()
+    probe_wall: float = 0.0
 
     @property
     def train_seconds(self) -> float:
@@ -67,9 +71,10 @@ class Plan:
                        f"{self.device}: about {clock(self.train_seconds)}")
         if evaluation:
             per = ", ".join(f"{a} {clock(self.attack_seconds(a))}" for a in self.attacks)
+            probe = f" (the probe took {self.probe_wall:.1f} s)" if self.probe_seconds else ""
             out.append(f"evaluation: {len(self.attacks)} attacks over {self.eval_batches} query batches, "
                        f"{sum(self.attacks.values())} PGD iterations; {self.seconds_per_iteration:.3f} s/iteration "
-                       f"measured: about {clock(self.eval_seconds)} ({per})")
+                       f"measured{probe}: about {clock(self.eval_seconds)} ({per})")
         total = (self.train_seconds if training else 0) + (self.eval_seconds if evaluation else 0)
         out.append(f"total: about {clock(total)} on {self.device}")
         return out
@@ -193,8 +198,11 @@ def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_
     if result.seconds_per_image <= 0:  # no training measurement to price the iteration from
         x = torch.rand(q, info.channels, info.image_size, info.image_size,
                        generator=torch.Generator().manual_seed(0)).to(device)
+        t0 = time.perf_counter()
         times = iteration_seconds(model, x, repeats=3, slow=SLOW_CALL)
+        result.probe_wall = time.perf_counter() - t0
         result.seconds_per_image = statistics.median(times) / q
+        result.probe_seconds = tuple(t * suite_obj.batch_size / q for t in times)
     result.seconds_per_iteration = q * result.seconds_per_image
     result.eval_batches = batches
     result.attacks = {a: round(config.runs(a) * batches * suite_obj.iterations) for a in config.attack_ids}

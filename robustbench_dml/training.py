@@ -148,19 +148,29 @@ def _train(cfg: TrainConfig, out, *, distributed: bool, resume: bool, progress: 
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = Path(out) if out is not None else default_out(cfg)
-    if out.exists() and not out.is_dir():
+    if out.exists() and not out.is_dir():  # before the lock, which would make a folder there
         raise UserError(f"{out} is a file, not a run directory; choose another --out")
     with run_lock(out, "training into") if rank == 0 else contextlib.nullcontext():  # one writer per run folder
         return _train_locked(cfg, out, device, rank, world, distributed=distributed, resume=resume,
                              progress=progress, on_epoch=on_epoch)
 
 
+def check_run_folder(out: str | os.PathLike | None, cfg: TrainConfig, resume: bool) -> None:
+    """Refuse, before anything is measured or computed, a run folder that is a file, or one that already holds a
+    run when ``resume`` is not asked for."""
+    out = Path(out) if out is not None else default_out(cfg)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a run directory; choose another --out")
+    started = out.is_dir() and any(p.name != "config.json" for p in out.iterdir())  # a failed start leaves config.json
+    if started and not resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
+
+
 def _train_locked(cfg: TrainConfig, out: Path, device: torch.device, rank: int, world: int, *, distributed: bool,
                   resume: bool, progress: bool, on_epoch) -> TrainSummary:
     state_path = out / STATE_FILE
-    started = out.is_dir() and any(p.name != "config.json" for p in out.iterdir())  # a failed start leaves config.json
-    if started and not resume and rank == 0:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or --out to start elsewhere")
+    if rank == 0:
+        check_run_folder(out, cfg, resume)
     setup = prepare(cfg, rank=rank, world=world)
     cfg, info, defense, train_set, sampler = setup.cfg, setup.info, setup.defense, setup.train_set, setup.sampler
     test_set = datasets.create(cfg.dataset, root=cfg.data_root, split="test") if rank == 0 else None

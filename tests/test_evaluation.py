@@ -202,6 +202,25 @@ def test_each_attack_records_its_time_and_its_lower_bound(base):
         # the bound: PGD iterations (2 per image) x one forward+backward per full batch, batches of 16, 16 and 8
         assert t["bound_s"] == pytest.approx(runs * SMALL.steps * fb * NQ / SMALL.batch_size)
         assert t["wall_s"] > 0 and t["ratio"] == pytest.approx(t["wall_s"] / t["bound_s"])
+    # the unit is the smaller of two measurements, before the first attack and after the last
+    assert fb == min(timing["forward_backward_before_s"], timing["forward_backward_after_s"]) and timing["repeats"] >= 5
+    assert timing["probe"] == "evaluation"
+    assert timing["suspect"] == [a for a, t in timing["attacks"].items() if t["ratio"] < 0.95]
+
+
+def test_the_plans_probe_is_the_bounds_first_measurement_and_a_suspect_bound_is_said(model, digits):
+    from robustbench_dml.cli.report import protocol_lines
+
+    r = run(model_target(model, {"dataset": "digits"}, digits), attacks=["TMA"], max_queries=8, device="cpu",
+            benign_nmi=False, probe=[1e-9, 2e-9])
+    timing = r.extra["timing"]
+    assert timing["probe"] == "plan" and timing["forward_backward_before_s"] == 1e-9   # not timed again
+    assert timing["forward_backward_s"] == 1e-9                                          # the smaller one
+    # a bound of a nanosecond per batch: the attack's time is far above it, nothing suspect
+    assert timing["suspect"] == [] and timing["attacks"]["TMA"]["ratio"] > 1
+    # a time below its own bound (a measurement under changing load) is reported, in the result and by evaluate
+    r.extra["timing"] = {**timing, "suspect": ["TMA"]}
+    assert any("the time of TMA is below its lower bound" in line for line in protocol_lines(r))
 
 
 def test_q4_aggregation_mean_of_batch_means():

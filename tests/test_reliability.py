@@ -224,6 +224,15 @@ def test_a_damaged_image_dataset_is_refused_in_one_line_before_anything_is_writt
     assert _tree(tmp_path) == before and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_run_folder_that_holds_a_run_is_refused_before_the_plan_measures_anything(tmp_path, capsys, command):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "history.jsonl").write_text("{}\n")
+    assert main([command, "--out", str(tmp_path / "r")]) == 2
+    out = capsys.readouterr()
+    assert "already holds a run; pass --resume" in out.err and "plan:" not in out.out
+
+
 def test_convert_never_deletes_a_user_folder_and_overwrites_only_its_own_checkpoint(world, capsys):
     args = ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits", "--embedding-dim", "8"]
     assert main(args + ["--out", "new"]) == 0

@@ -148,8 +148,8 @@ def add_plan(p: argparse.ArgumentParser) -> None:
 
 
 def print_plan(cfg, *, training: bool, evaluation: bool, max_queries: int | None = None,
-               attacks: str | None = None, checkpoint_model=None, show_config: bool = True, **eval_options) -> None:
-    """Measure and print the plan of a job (:mod:`robustbench_dml.plan`)."""
+               attacks: str | None = None, checkpoint_model=None, show_config: bool = True, **eval_options):
+    """Measure and print the plan of a job (:mod:`robustbench_dml.plan`); returns it."""
     from robustbench_dml.plan import Plan, gpu_note, plan_evaluation, plan_training
     from robustbench_dml.runtime import resolve_device
 
@@ -170,3 +170,4 @@ def print_plan(cfg, *, training: bool, evaluation: bool, max_queries: int | None
     note = gpu_note(result, cfg.dataset)
     if note:
         print(note, flush=True)
+    return result

@@ -118,16 +118,19 @@ def evaluate_checkpoint(checkpoint: Path, *, suite: str | None = None, attacks: 
 
         model, _ = load_checkpoint(checkpoint)
         job = SimpleNamespace(dataset=meta["dataset"], data_root=data_root or training_data_root(meta), device=device)
-        print_plan(job, training=False, evaluation=True, max_queries=max_queries, attacks=attacks,
-                   checkpoint_model=model, suite=suite, robrank_compat=robrank_compat)
+        probe = print_plan(job, training=False, evaluation=True, max_queries=max_queries, attacks=attacks,
+                           checkpoint_model=model, suite=suite, robrank_compat=robrank_compat).probe_seconds
         if plan == "only":
             return None, None
+    else:
+        probe = ()
     out = Path(json_path) if json_path else default
     from robustbench_dml.runtime import process_group, resolve_device
 
     state = out.parent / "state"  # what an interrupted evaluation resumes from, removed once the result is written
     with process_group(resolve_device(device)):  # under torchrun: the query batches are shared among the ranks
-        result = evaluate(checkpoint, config, device=device, state_dir=state, progress=progress, data_root=data_root)
+        result = evaluate(checkpoint, config, device=device, state_dir=state, progress=progress, data_root=data_root,
+                          probe=probe)
     if is_rank0():
         result.to_json(out)
         discard_state(state, result)

@@ -89,6 +89,10 @@ def protocol_lines(result) -> list[str]:
         if result.extra["engine"].get("randomised"):
             out.append("   note: the model is randomised (two forward passes of the same images differ): its "
                        "gradients need expectation over transformation, evaluate with an engine whose eot is > 1")
+    suspect = (result.extra.get("timing") or {}).get("suspect") or []
+    if suspect:
+        out.append(f"   note: the time of {', '.join(suspect)} is below its lower bound (forward+backward x iterations): "
+                   "the machine's load changed while the bound was measured; treat those timings as suspect")
     return out
 
 

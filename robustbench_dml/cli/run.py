@@ -49,7 +49,7 @@ def run(args) -> int:
     from robustbench_dml.leaderboard import LeaderboardStore
     from robustbench_dml.leaderboard.records import check_submitter
     from robustbench_dml.runtime import process_group, resolve_device
-    from robustbench_dml.training import train
+    from robustbench_dml.training import check_run_folder, train
 
     cfg = train_config(args)
     suite = suite_for(cfg.dataset, args.suite)
@@ -66,6 +66,7 @@ def run(args) -> int:
         print_plan(cfg, **plan)
         return 0
     if is_rank0():  # the rank that publishes; under torchrun a refusal there stops every rank
+        check_run_folder(args.out, cfg, args.resume)  # before the plan measures anything
         LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, suite)
     if not args.quiet and is_rank0():  # the estimate comes before the compute
         print_plan(cfg, **plan, show_config=False)

@@ -17,12 +17,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from robustbench_dml.training import train
+    from robustbench_dml.training import check_run_folder, train
 
     cfg = train_config(args)
     if args.plan:
         print_plan(cfg, training=True, evaluation=False)
         return 0
+    if is_rank0():  # refused before the plan measures anything
+        check_run_folder(args.out, cfg, args.resume)
     if not args.quiet and is_rank0():  # the estimate comes before the compute
         print_plan(cfg, training=True, evaluation=False, show_config=False)
     summary = train(cfg, args.out, resume=args.resume, progress=show_progress(args),
