@@ -282,19 +282,23 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
 
     suite = config.suite_obj
     rank, world = _dist_info()
+    phases = _Phases()  # where the evaluation's seconds go (result.extra["timing"]["phases"])
     if not isinstance(target, EvalTarget):
         target = load_target(target, dev, data_root)
     model = target.model.to(dev)
     show = progress if rank == 0 else None
+    phases.done("load")
 
     gallery = embed(model, target.dataset, batch_size=256, device=dev, progress=show in (True, "bar"),
                     backend=knn_backend)
+    phases.done("embed")
     n = len(gallery)
     num_queries = n if config.max_queries is None else min(n, int(config.max_queries))
     benign = metrics.retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1, 2), nmi=benign_nmi,
                                        seed=config.seed, normalize=False)  # the gallery is L2-normalised already
     # the collapse diagnostic (docs/protocol.md, The result file)
     benign.update(metrics.collapse_diagnostic(gallery.embeddings, gallery.labels, seed=config.seed))
+    phases.done("benign")
     ranges = batch_ranges(num_queries, suite.batch_size)
     key = state_key(target.checkpoint["sha256"], suite.hash, config.seed, config.overrides, config.protocols)
     state_path = Path(state_dir) / key if state_dir is not None else None
@@ -304,9 +308,11 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     _, top = gallery.knn(gallery.embeddings[:num_queries], 1, exclude=q_idx)
     r1 = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
     blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in config.protocols}
+    phases.done("benign")
     runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world)
     # the lower bound's unit, measured before the first attack (or taken from the plan's probe) and after the last
     bound_before = min(probe) if probe else runner.forward_backward()
+    phases.done("bound")
     engine_parts: dict[str, dict] = {}
     timing: dict[str, dict] = {}
     with Progress(show, sum(map(config.runs, config.attack_ids)) * len(ranges), f"{suite.id}") as bar:
@@ -330,7 +336,9 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
             if "timing" in done[config.protocols[0]]:
                 timing[attack_id] = done[config.protocols[0]]["timing"]
 
+    phases.done("attacks")
     bound_after = runner.forward_backward()
+    phases.done("bound")
     fb = min(bound_before, bound_after)
     timed = {}
     for a, t in timing.items():
@@ -342,6 +350,7 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
         block["raw"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["per_query"].items()}
         block["clean"] = {k: aggregate(v, batch_sizes, compat) for k, v in block["clean"].items()}
         block["scores"] = _scores(block["raw"], block["per_query"], block["success"], config.seed)
+    phases.done("scores")
     return EvaluationResult(
         checkpoint=target.checkpoint,
         suite={"id": suite.id, "version": suite.version, "hash": suite.hash, "params": suite.params,
@@ -355,6 +364,7 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
                "timing": {"forward_backward_s": fb, "forward_backward_before_s": bound_before,
                           "forward_backward_after_s": bound_after, "probe": "plan" if probe else "evaluation",
                           "repeats": BOUND_REPEATS, "batch_size": suite.batch_size, "attacks": timed,
+                          "phases": phases.seconds,
                           "suspect": [a for a, t in timed.items() if t["ratio"] is not None
                                       and t["ratio"] < SUSPECT_RATIO]},
                **({"engine": engine_summary(suite.engine, engine_parts, num_queries)} if suite.engine else {})},
@@ -405,6 +415,19 @@ NO_GRADIENT_SHARE = 0.1
 BOUND_REPEATS = 5
 #: an attack whose time is below this share of its lower bound is reported as a suspect measurement
 SUSPECT_RATIO = 0.95
+
+
+class _Phases:
+    """Seconds per phase of one evaluation, by name (a name met twice adds up)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._t
+        self._t = now
 
 
 class _AttackRunner:
