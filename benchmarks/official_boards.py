@@ -84,18 +84,14 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
     for suite in suites:
         ev = EvalConfig(suite, max_queries=max_queries)
         if suite in kept and kept[suite]["recipe"]["evaluate"]["max_queries"] == max_queries:
-            evaluations.append((ev, kept[suite]["result"]))
+            evaluations.append(kept[suite]["result"])
             continue
         t0 = time.perf_counter()
         result = evaluate(summary.checkpoint, ev, device=device, state_dir=out / "eval_state",
                           data_root=cfg.data_root)
-        evaluations.append((ev, result.to_dict()))
+        evaluations.append(result.to_dict())
         print(f"{data}/{name}/seed{seed}: {suite} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    for suite, e in kept.items():  # suites evaluated before and not asked for now stay in the entry
-        if suite not in suites:
-            from robustbench_dml.leaderboard.recipes import Recipe
-
-            evaluations.append((Recipe.from_json(json.dumps(e["recipe"])).eval_config(), e["result"]))
+    evaluations += [e["result"] for suite, e in kept.items() if suite not in suites]  # earlier suites stay
     entry_path.parent.mkdir(parents=True, exist_ok=True)
     return write_entry(entry_path, model=f"{name}-seed{seed}", recipe_train=cfg, weights_sha256=sha, budget=budget,
                        evaluations=evaluations, created=dt.date.today().isoformat())

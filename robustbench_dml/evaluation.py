@@ -160,6 +160,21 @@ class EvalConfig:
         if self.robrank_compat and P.ROBRANK not in suite.protocols:
             raise UserError(f"suite {suite.id} measures the corrected protocol only; drop --robrank-compat")
 
+    @classmethod
+    def from_result(cls, result: EvaluationResult | Mapping[str, Any]) -> EvalConfig:
+        """The configuration an evaluation result was measured with (its suite, overrides, seed, protocols and
+        float settings), so what a result records about its making is read from the result itself."""
+        d = result.to_dict() if isinstance(result, EvaluationResult) else dict(result)
+        try:
+            suite, over = d["suite"], d["suite"].get("overrides") or {}
+            return cls(suite["id"], attacks=None if over.get("attacks") is None else tuple(over["attacks"]),
+                       max_queries=over.get("max_queries"), eps=over.get("eps"), seed=int(d["seed"]),
+                       robrank_compat=bool(d.get("robrank_compat")), numerics=over.get("numerics", "exact"),
+                       eot=over.get("eot"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"evaluation result lacks {exc}; pass the file written by `dmlbench evaluate --json`") \
+                from None
+
     @property
     def suite_obj(self) -> Suite:
         """The suite that runs: the registered one, with the engine's ``eot`` replaced when overridden (a suite of

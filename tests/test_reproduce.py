@@ -118,14 +118,13 @@ def test_reproduce_names_every_difference_and_the_environment(tiny_run, tmp_path
 
 @pytest.mark.slow
 def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_run, tmp_path):
-    from robustbench_dml.evaluation import EvalConfig as E
-
     result = json.loads(next((tiny_run / "run" / "eval").glob("*.json")).read_text())
     cfg = TrainConfig(dataset="digits", epochs=1, train_subset=300, threads=1)
     sha = result["checkpoint"]["sha256"]
-    ev = E("rob28", attacks=("GTT", "ES"), max_queries=16)
+    # the evaluation settings an entry records are read from the result itself (what `run` was asked for)
+    assert EvalConfig.from_result(result) == EvalConfig("rob28", attacks=("GTT", "ES"), max_queries=16)
     path = write_entry(tmp_path / "digits" / "vanilla-seed0.json.gz", model="vanilla-seed0", recipe_train=cfg,
-                       weights_sha256=sha, budget="cpu", evaluations=[(ev, result)], created="2026-12-06")
+                       weights_sha256=sha, budget="cpu", evaluations=[result], created="2026-12-06")
     (rec,) = official_records("digits", "rob28", root=tmp_path)
     assert rec.source == OFFICIAL_SOURCE and rec.budget == "cpu" and rec.submitter == "robustbench-dml"
     assert Recipe.from_json(rec.recipe).train_config() == cfg

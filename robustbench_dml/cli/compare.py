@@ -56,22 +56,19 @@ def find_result(path: Path, suite: str | None) -> Path:
                     f"--checkpoint ...{' --suite ' + suite if suite else ''}` first or pass the evaluation JSON file")
 
 
-def inputs(paths, suites) -> tuple[Path, ...]:
-    """The files a comparison reads (an output may never be one of them)."""
-    return tuple(find_result(Path(p), s) for p in paths for s in suites)
-
-
 def load_records(paths, suite: str | None, protocol: str | None = None, name: str | None = None):
-    """One record per result, by ``name`` (default: the user name, as ``run`` records it); with ``protocol``, every
-    result must hold that protocol (a one-line UserError)."""
+    """One record per result, by ``name`` (default: the user name, as ``run`` records it), and the result files
+    read (an output may never be one of them); with ``protocol``, every result must hold that protocol (a one-line
+    UserError)."""
     import getpass
 
     from robustbench_dml.files import read_bounded
     from robustbench_dml.leaderboard import record_from_result
 
-    records = []
+    records, sources = [], []
     for p in paths:
         source = find_result(Path(p), suite)
+        sources.append(source)
         try:
             data = json.loads(read_bounded(source, "result"))
         except json.JSONDecodeError as e:
@@ -88,7 +85,7 @@ def load_records(paths, suite: str | None, protocol: str | None = None, name: st
     if len(suites) > 1:
         raise UserError(f"these results come from different suites ({', '.join(suites)}), whose numbers are not "
                         f"comparable; compare one suite at a time (--suite ID picks it in each run folder)")
-    return records
+    return records, tuple(sources)
 
 
 def protocol_frame(records, protocol: str):
@@ -99,15 +96,15 @@ def protocol_frame(records, protocol: str):
     return frame[frame["protocol"] == protocol].reset_index(drop=True)
 
 
-def suite_gap(paths, suites: list[str], protocol: str, name: str | None, fmt: str) -> str:
+def suite_gap(paths, suites: list[str], protocol: str, name: str | None, fmt: str) -> tuple[str, tuple[Path, ...]]:
     """Each run's ERS and ARS under two suites side by side, and the ARS difference (first minus second), rows by
-    ARS under the second suite."""
+    ARS under the second suite; and the result files read."""
     import math
 
     from robustbench_dml.columns import defense_title
-    from robustbench_dml.leaderboard.tables import _html, _latex, _md
+    from robustbench_dml.leaderboard.tables import render_rows
 
-    first, second = (load_records(paths, s, protocol, name) for s in suites)
+    (first, read_first), (second, read_second) = (load_records(paths, s, protocol, name) for s in suites)
     rows = []
     for a, b in zip(first, second):
         if a.checkpoint_sha256 != b.checkpoint_sha256:
@@ -126,22 +123,8 @@ def suite_gap(paths, suites: list[str], protocol: str, name: str | None, fmt: st
             return f"{v:.1f}" if math.isfinite(v) else None
         return None if v is None else str(v)
 
-    if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["dataset", "protocol", *headers])
-        w.writerows([first[0].dataset, protocol, *[cell(v) or "" for v in r]] for r in rows)
-        return buf.getvalue()
-    cells = [[(cell(v), False) for v in r] for r in rows]
-    flags = [False] * len(rows)
-    if fmt == "md":
-        return f"{title}\n\n" + _md(headers, cells, flags)
-    if fmt == "latex":
-        return f"% {title}\n" + _latex(headers, cells, flags, False, None)
-    return _html(headers, cells, flags, title)
+    return render_rows(headers, [[cell(v) for v in r] for r in rows], fmt, title,
+                       leading=(("dataset", first[0].dataset), ("protocol", protocol))), read_first + read_second
 
 
 def run(args) -> int:
@@ -153,14 +136,14 @@ def run(args) -> int:
                         f"--protocol {P.ROBRANK} --reference")
     suites = [s.strip() for s in (args.suite or "").split(",") if s.strip()]
     if len(suites) == 2:
-        emit(suite_gap(args.results, suites, args.protocol, args.name, args.format), args.output, args.overwrite,
-             inputs(args.results, suites))
+        text, read = suite_gap(args.results, suites, args.protocol, args.name, args.format)
+        emit(text, args.output, args.overwrite, read)
         return 0
     if len(suites) > 2:
         raise UserError("--suite takes one suite, or two to put side by side (e.g. rob28,rankaa28)")
-    records = load_records(args.results, args.suite, args.protocol, args.name)
+    records, read = load_records(args.results, args.suite, args.protocol, args.name)
     frame = protocol_frame(records, args.protocol)
     if args.reference:
         frame = frames_concat([frame, reference_frame(records[0].dataset)])
-    emit(render(frame, args.format, columns=columns), args.output, args.overwrite, inputs(args.results, [args.suite]))
+    emit(render(frame, args.format, columns=columns), args.output, args.overwrite, read)
     return 0

@@ -35,7 +35,7 @@ def run(args) -> int:
         raise UserError(str(exc)) from None
     check_output(args.output, args.overwrite, tuple(Path(p) for p in args.results))
     if args.kind == "resistance":
-        frame = protocol_frame(load_records(args.results, None, args.protocol), args.protocol)
+        frame = protocol_frame(load_records(args.results, None, args.protocol)[0], args.protocol)
         plot_resistance(frame, args.output, score=args.score)
     else:
         from robustbench_dml.results import EvaluationResult

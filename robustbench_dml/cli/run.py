@@ -56,9 +56,8 @@ def run(args) -> int:
     from robustbench_dml.evaluation import EvalConfig
 
     # the evaluation's and the record's settings are checked before any training (a bad --eval-seed, --attacks or
-    # --name costs nothing)
-    evaluated = EvalConfig(suite, attacks=parse_attacks(args.attacks), max_queries=args.max_queries,
-                           seed=args.eval_seed)
+    # --name costs nothing); the evaluation builds its own from the same options
+    EvalConfig(suite, attacks=parse_attacks(args.attacks), max_queries=args.max_queries, seed=args.eval_seed)
     if args.name is not None:
         check_submitter(args.name)
     plan = dict(training=True, evaluation=True, max_queries=args.max_queries, attacks=args.attacks, suite=suite)
@@ -95,7 +94,7 @@ def run(args) -> int:
         print("note: the suite was overridden (--attacks/--max-queries): the row is published as partial")
     from robustbench_dml.leaderboard.recipes import Recipe
 
-    recipe = Recipe.of(cfg, evaluated, result.checkpoint["sha256"])
+    recipe = Recipe.of(cfg, EvalConfig.from_result(result), result.checkpoint["sha256"])
     record, version, added = publish(result, leaderboard_dir=args.leaderboard_dir, name=args.name,
                                      partial_ok=not result.eligible, recipe=recipe)
     show_board(record, version, added, args.leaderboard_dir)

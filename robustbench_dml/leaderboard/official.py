@@ -44,12 +44,15 @@ MAX_ENTRY_BYTES = 64 * 2**20
 
 
 def write_entry(path: str | Path, *, model: str, recipe_train: Any, weights_sha256: str, budget: str | None,
-                evaluations: Sequence[tuple[Any, Mapping[str, Any]]], created: str) -> Path:
-    """Write one model's entry: ``recipe_train`` (its ``TrainConfig``), and per evaluation its ``EvalConfig`` and
-    result dict (``EvaluationResult.to_dict()``). Every result must be of the weights ``weights_sha256``."""
+                evaluations: Sequence[Mapping[str, Any]], created: str) -> Path:
+    """Write one model's entry: ``recipe_train`` (its ``TrainConfig``) and its evaluation results
+    (``EvaluationResult.to_dict()``), each recorded with the evaluation settings it holds. Every result must be of
+    the weights ``weights_sha256``."""
+    from robustbench_dml.evaluation import EvalConfig
+
     entry = {"schema": ENTRY_SCHEMA, "model": model, "created": created, "evaluations": []}
-    for eval_cfg, result in evaluations:
-        recipe = Recipe.of(recipe_train, eval_cfg, weights_sha256, budget)
+    for result in evaluations:
+        recipe = Recipe.of(recipe_train, EvalConfig.from_result(result), weights_sha256, budget)
         entry["evaluations"].append({"recipe": json.loads(recipe.to_json()), "result": result})
     _records_of(entry, where=str(path))  # what cannot be loaded is not written
     data = json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

@@ -37,6 +37,7 @@ from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 
 __all__ = ["TABLE_COLUMNS", "LOWER_IS_BETTER", "FORMATS", "protocol_of", "table_frame", "best_marks", "render",
+           "render_rows",
            "write"]
 
 #: the papers' metric columns, in order
@@ -342,6 +343,30 @@ def render(df: pd.DataFrame, fmt: str = "md", *, highlight_record_id: str | None
         return (f"% {named}\n" if named and not standalone else "") + _latex(headers, rows, flags, standalone,
                                                                             full_title)
     return _html(headers, rows, flags, full_title)
+
+
+def render_rows(headers: Sequence[str], rows: Sequence[Sequence[str | None]], fmt: str, title: str,
+                leading: Sequence[tuple[str, str]] = ()) -> str:
+    """A table of ready-made cells (text, None for missing) in ``fmt``, named by ``title`` as :func:`render` names
+    its tables (the line above, the comment, the caption); CSV gets the ``leading`` (column, value) pairs first on
+    every row instead of the title."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        import csv
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([k for k, _ in leading] + list(headers))
+        w.writerows([v for _, v in leading] + [c or "" for c in r] for r in rows)
+        return buf.getvalue()
+    cells = [[(c, False) for c in r] for r in rows]
+    flags = [False] * len(rows)
+    if fmt == "md":
+        return f"{title}\n\n" + _md(headers, cells, flags)
+    if fmt == "latex":
+        return f"% {title}\n" + _latex(headers, cells, flags, False, None)
+    return _html(headers, cells, flags, title)
 
 
 def write(df: pd.DataFrame, path: str | Path, fmt: str | None = None, **kwargs) -> Path:
