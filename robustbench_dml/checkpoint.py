@@ -51,7 +51,8 @@ def check_target(directory: str | os.PathLike, replace: bool = False) -> Path:
         raise UserError(f"{directory} exists and is not a folder; choose another output folder")
     if directory.is_dir():
         contents = sorted(p.name for p in directory.iterdir())
-        foreign = [n for n in contents if n not in (WEIGHTS, META)]
+        # a checkpoint's two names hold regular files; anything else under them (a folder named meta.json) is not ours
+        foreign = [n for n in contents if n not in (WEIGHTS, META) or not (directory / n).is_file()]
         if foreign:
             raise UserError(f"{directory} already holds {foreign[0]}, which is not ours; choose another output "
                             "folder (nothing was written)")

@@ -233,6 +233,22 @@ def test_a_run_folder_that_holds_a_run_is_refused_before_the_plan_measures_anyth
     assert "already holds a run; pass --resume" in out.err and "plan:" not in out.out
 
 
+def test_a_folder_named_like_a_checkpoint_file_is_not_a_checkpoint_and_os_errors_name_their_cause(world, capsys):
+    # convert took a folder holding a directory called meta.json for a checkpoint (and --overwrite replaced it)
+    (world / "odd" / "meta.json").mkdir(parents=True)
+    before = _tree(world)
+    for extra in ([], ["--overwrite"]):
+        assert main(["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits", "--embedding-dim", "8",
+                     "--out", "odd", *extra]) == 2
+        assert "already holds meta.json, which is not ours" in capsys.readouterr().err
+    assert _tree(world) == before
+    # an operating-system error is worded by its cause, not as "free space" whatever it was
+    from robustbench_dml.cli import main as main_mod
+
+    assert "a folder is where a file is expected" in main_mod._remedy(IsADirectoryError(21, "Is a directory"))
+    assert "free space" in main_mod._remedy(OSError(28, "No space left on device"))
+
+
 def test_convert_never_deletes_a_user_folder_and_overwrites_only_its_own_checkpoint(world, capsys):
     args = ["convert", "state.pt", "--backbone", "c2f2", "--dataset", "digits", "--embedding-dim", "8"]
     assert main(args + ["--out", "new"]) == 0
