@@ -97,6 +97,22 @@ def test_the_site_links_every_row_and_names_every_tables_protocol(tmp_path):
                    parsed[tmp_path / "boards" / f"{board_key('digits', 'rob28', P.CORRECTED)}.html"].rows)
 
 
+def test_rows_of_two_training_seeds_are_told_apart_by_their_recipes_seed(tmp_path):
+    # two seeds of one defense were two identical-looking rows, and the card's "seed" was the evaluation's
+    import dataclasses
+    import json
+
+    a, b = (dataclasses.replace(r, recipe=json.dumps({"train": {"seed": s}, "evaluate": {"seed": 0}}))
+            for r, s in zip([r for r in _records() if r.suite_id == "rob28"][:2], (0, 1)))
+    write_site(tmp_path, [a, b])
+    board = (tmp_path / "boards" / f"{board_key('digits', 'rob28', P.CORRECTED)}.html").read_text()
+    assert "<th class=\"\">Seed</th>" in board
+    for seed in (0, 1):  # the cell after the budget's
+        assert f'<td class="t">–</td><td data-v="{seed}">{seed}</td>' in board
+    card = (tmp_path / "models" / f"{b.record_id}.html").read_text()
+    assert "<dt>training seed</dt><dd>1</dd>" in card and "<dt>evaluation seed</dt><dd>0</dd>" in card
+
+
 def test_the_gap_page_subtracts_the_strong_suites_ars(tmp_path):
     records = _records()
     write_site(tmp_path, records)
