@@ -15,7 +15,7 @@ board's vanilla seed 0, ``benchmarks/official_boards.py``; any 28x28 checkpoint 
 
 Timings are noisy on a shared machine: the script prints the load average beside them; compare ratios from one run.
 
-    python benchmarks/bench_evaluate.py [--checkpoint DIR] [--queries 256,2560] [--output FILE.md]
+    python benchmarks/bench_evaluate.py [--checkpoint DIR] [--queries 256,2560] [--output REPORT]
 """
 
 from __future__ import annotations
