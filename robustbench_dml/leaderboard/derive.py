@@ -32,8 +32,9 @@ __all__ = ["record_from_result", "check_evidence", "derived_raw", "derived_score
 
 def record_from_result(result: Mapping[str, Any], *, submitter: str, created: str | None = None,
                        note: str | None = None) -> Record:
-    """:func:`record_from_result`: the record of an evaluation result (schema 1 or 2), every measured protocol's
-    block included. ``created`` defaults to today's UTC date."""
+    """The record of an evaluation result (schema 1 or 2; a dict, e.g. ``EvaluationResult.to_dict()`` or a parsed
+    ``dmlbench evaluate --json`` file), every measured protocol's block included, every number derived again and
+    its evidence attached. ``created`` defaults to today's UTC date."""
     from robustbench_dml.results import upgrade
 
     if isinstance(result, Mapping) and not isinstance(result, dict):
