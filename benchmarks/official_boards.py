@@ -78,8 +78,10 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
     kept = {}
     if entry_path.exists():  # keep what an earlier build evaluated of the same weights
         old = json.loads(gzip.decompress(entry_path.read_bytes()))
-        kept = {e["recipe"]["evaluate"]["suite"]: e for e in old["evaluations"]
-                if e["recipe"]["weights_sha256"] == sha}
+        from robustbench_dml.numerics import cpu_blas_mode
+
+        kept = {e["recipe"]["evaluate"]["suite"]: e for e in old["evaluations"]  # same weights, same MKL mode
+                if e["recipe"]["weights_sha256"] == sha and e["result"]["numerics"].get("cpu_blas") == cpu_blas_mode()}
     evaluations = []
     for suite in suites:
         ev = EvalConfig(suite, max_queries=max_queries)
@@ -98,6 +100,9 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
 
 
 def main() -> None:
+    from robustbench_dml.numerics import reproducible_cpu_blas
+
+    reproducible_cpu_blas()  # before the first matrix product, as dmlbench does (the rows reproduce through it)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", default="digits")
     p.add_argument("--suites", default="rob28,rankaa28")

@@ -119,11 +119,11 @@ def run(args) -> int:
     print(f"not identical: {record.record_id} rebuilt in {out}")
     for line in differences:
         print(f"  {line}")
-    changed = {k: (v, here.get(k)) for k, v in recipe.environment.items() if here.get(k) != v}
+    changed = {k: (recipe.environment.get(k), v) for k, v in here.items() if recipe.environment.get(k) != v}
     if changed:
-        print("  the environment differs, so bit-identical weights are not expected: " + "; ".join(
-            f"{k} recorded {a!r}, here {b!r}" for k, (a, b) in changed.items()))
+        print("  the environment differs, so bit-identical numbers are not expected: " + "; ".join(
+            f"{k} recorded {'nothing' if a is None else repr(a)}, here {b!r}" for k, (a, b) in changed.items()))
     else:
-        print("  same torch, Python and CPU kind as the record: a difference here is a defect, please report it "
-              "with " + json.dumps({"row": record.record_id, "out": str(out)}))
+        print("  same torch, Python, CPU kind and MKL mode as the record: a difference here is a defect, please "
+              "report it with " + json.dumps({"row": record.record_id, "out": str(out)}))
     return 1

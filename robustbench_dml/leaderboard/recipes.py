@@ -32,11 +32,15 @@ _EVAL_FIELDS = ("suite", "attacks", "max_queries", "eps", "seed", "robrank_compa
 
 
 def environment() -> dict[str, str]:
-    """What decides whether a rebuild can be bit-identical: the torch and Python versions and the CPU kind."""
+    """What decides whether a rebuild can be bit-identical: the torch and Python versions, the CPU kind and MKL's
+    reproducibility mode (:func:`robustbench_dml.numerics.reproducible_cpu_blas`: without it MKL's products, and
+    so a few attack outcomes, depend on the machine's threads)."""
     import torch
 
+    from robustbench_dml.numerics import cpu_blas_mode
+
     return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu": _cpu_model()}
+            "cpu": _cpu_model(), "cpu_blas": cpu_blas_mode() or "none"}
 
 
 def _cpu_model() -> str:
