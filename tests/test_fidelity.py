@@ -20,6 +20,7 @@ from robustbench_dml.training import train
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a guard against a hang, not a speed requirement: on a loaded 2-core machine it took > 600 s
 def test_undefended_fashion_row_matches_robrank(tmp_path, shared_data):
     root = str(shared_data / "fashion-mnist")
     summary = train(TrainConfig(defense="vanilla", dataset="fashion", data_root=root, epochs=1, seed=0,

@@ -479,6 +479,8 @@ def test_sigint_stops_an_evaluation_with_one_line_and_rerunning_resumes_to_the_s
                          {"dataset": "digits", "defense": "vanilla"})
     base = [sys.executable, "-m", "robustbench_dml.cli.main", "evaluate", "--checkpoint", str(ck), "--max-queries",
             "48", "--attacks", "CA+,QA+,TMA,GTT", "--device", "cpu"]
+    for folder in ("a", "b"):  # --json goes into an existing folder
+        (tmp_path / folder).mkdir()
     full = subprocess.run(base + ["--json", str(tmp_path / "a" / "r.json")], capture_output=True, timeout=600)
     assert full.returncode == 0, full.stderr.decode()[-500:]
     out = tmp_path / "b" / "r.json"
@@ -499,6 +501,7 @@ def test_sigint_stops_an_evaluation_with_one_line_and_rerunning_resumes_to_the_s
     assert again.returncode == 0, again.stderr.decode()[-500:]
     a, b = (json.loads(p.read_text()) for p in (tmp_path / "a" / "r.json", out))
     assert a["protocols"] == b["protocols"] and a["benign"] == b["benign"]
+    assert not state.exists()                                         # the finished evaluation's state went
 
 
 @pytest.fixture

@@ -136,14 +136,19 @@ def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_ru
     frame = records_to_frame([rec])
     table = render(frame[frame["protocol"] == "corrected"], "md")
     assert "robustbench-dml (official, 16 queries)" in table and "| cpu |" in table and "Budget" in table
-    # an edited score in the shipped evidence is refused, not shown
+    # an edited score in the shipped evidence is refused, not shown: by the result's digest, and by the derivation
+    # when the digest is dropped too
     entry = json.loads(gzip.decompress(path.read_bytes()))
     entry["evaluations"][0]["result"]["protocols"]["corrected"]["scores"]["worst_case"] -= 5
+    path.write_bytes(gzip.compress(json.dumps(entry).encode()))
+    with pytest.raises(UserError, match="was edited after `dmlbench evaluate` wrote it"):
+        official_records("digits", root=tmp_path)
+    del entry["evaluations"][0]["result"]["sha256"]
     path.write_bytes(gzip.compress(json.dumps(entry).encode()))
     with pytest.raises(UserError, match="does not match its per-query successes"):
         official_records("digits", root=tmp_path)
     # so is a result of other weights than the recipe's
     with pytest.raises(UserError, match="recipe's are"):
         write_entry(tmp_path / "x.json.gz", model="x", recipe_train=cfg, weights_sha256=SHA, budget="cpu",
-                    evaluations=[(ev, result)], created="2026-12-06")
+                    evaluations=[result], created="2026-12-06")
     assert not (tmp_path / "x.json.gz").exists()
