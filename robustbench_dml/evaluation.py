@@ -72,8 +72,12 @@ def model_sha256(model: nn.Module) -> str:
 
 def state_key(checkpoint_sha: str, suite_hash: str, seed: int, overrides: Mapping[str, Any],
               protocols: Sequence[str]) -> str:
+    """The resume state's folder name: everything that decides an attack's results, MKL's mode included (an
+    evaluation resumed under another mode would mix results of two numerics under one label)."""
+    from robustbench_dml.numerics import cpu_blas_mode
+
     blob = json.dumps({"checkpoint": checkpoint_sha, "suite": suite_hash, "seed": seed, "overrides": dict(overrides),
-                       "protocols": list(protocols), "state": 3}, sort_keys=True)
+                       "protocols": list(protocols), "cpu_blas": cpu_blas_mode(), "state": 4}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
