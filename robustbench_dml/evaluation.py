@@ -429,8 +429,10 @@ def engine_summary(engine, by_attack: Mapping[str, dict], num_queries: int) -> d
 NO_GRADIENT_SHARE = 0.1
 
 
-#: timed calls per measurement of the attacks' lower bound (after a warm-up); the minimum is kept, the one figure
-#: that load on the machine can only raise, and five calls measured within 2% of fifty on an idle 2-core machine
+#: timed calls per measurement of the attacks' lower bound (after a warm-up). The minimum is kept: noise (other
+#: processes, frequency changes) can only add time, so the fastest call is the closest to the model's own cost;
+#: five calls give a passing burst of load several chances to miss one, at the cost of five PGD iterations on one
+#: batch, and the two measurements (before and after) bracket the whole evaluation
 BOUND_REPEATS = 5
 #: an attack whose time is below this share of its lower bound is reported as a suspect measurement
 SUSPECT_RATIO = 0.95
