@@ -71,7 +71,7 @@ def make_record(i: int, **kw) -> Record:
 
 
 # ---- records -----------------------------------------------------------------------------------------------------
-def test_record_from_evaluation_fields():
+def test_record_from_result_fields():
     ev = make_eval(2)
     rec = record_from_result(ev, submitter="alice", created="2025-01-02")
     sha = ev["checkpoint"]["sha256"]
