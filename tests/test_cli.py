@@ -113,7 +113,9 @@ def test_leaderboard_show_without_board_is_one_line(tmp_path, capsys):
     # the package's official digits rows are shown from any folder, marked, with their budget, never stored
     assert main(["leaderboard", "show", "--dataset", "digits", "--leaderboard-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "robustbench-dml (official)" in out and "| Budget |" in out and "| full |" in out
+    assert "| Budget |" in out and "| full |" in out
+    # two training seeds of one defense are told apart by the seed their recipes record
+    assert "robustbench-dml (official, seed 0)" in out and "robustbench-dml (official, seed 1)" in out
     assert not any(tmp_path.iterdir())
 
 

@@ -135,7 +135,7 @@ def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_ru
     assert Recipe.from_json(rec.recipe).train_config() == cfg
     frame = records_to_frame([rec])
     table = render(frame[frame["protocol"] == "corrected"], "md")
-    assert "robustbench-dml (official, 16 queries)" in table and "| cpu |" in table and "Budget" in table
+    assert "robustbench-dml (official, seed 0, 16 queries)" in table and "| cpu |" in table and "Budget" in table
     # an edited score in the shipped evidence is refused, not shown: by the result's digest, and by the derivation
     # when the digest is dropped too
     entry = json.loads(gzip.decompress(path.read_bytes()))

@@ -43,6 +43,16 @@ def environment() -> dict[str, str]:
             "cpu": _cpu_model(), "cpu_blas": cpu_blas_mode() or "none"}
 
 
+def training_seed(recipe: str | None) -> int | None:
+    """The seed a row's weights were trained with, read off its recipe (JSON text; None when not recorded). A
+    record's own ``seed`` is the evaluation's."""
+    try:
+        seed = json.loads(recipe).get("train", {}).get("seed") if recipe else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

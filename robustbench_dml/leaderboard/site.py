@@ -29,6 +29,7 @@ from robustbench_dml import columns, scoring
 from robustbench_dml import protocols as P
 from robustbench_dml.files import atomic_write_text
 from robustbench_dml.leaderboard.official import is_official
+from robustbench_dml.leaderboard.recipes import training_seed
 from robustbench_dml.leaderboard.records import Record
 from robustbench_dml.leaderboard.tables import RANKING as TABLE_RANKING
 
@@ -103,15 +104,6 @@ def _by(rec: Record) -> str:
     return rec.submitter
 
 
-def _training_seed(rec: Record) -> int | None:
-    """The seed the row's weights were trained with (its recipe's), None when not recorded; a record's own
-    ``seed`` is the evaluation's."""
-    import json
-
-    seed = json.loads(rec.recipe).get("train", {}).get("seed") if rec.recipe else None
-    return seed if isinstance(seed, int) else None
-
-
 def _row_order(item: tuple[Record, str]) -> tuple:
     s = item[0].protocols[item[1]]
     return (s.ars is None, -(s.ars or 0.0), s.ers is None, -(s.ers or 0.0), item[0].record_id)
@@ -132,7 +124,7 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
                  f'<td class="t">{_e(rec.backbone)}</td>', f'<td data-v="{rec.steps if rec.steps is not None else ""}">'
                  f'{"–" if rec.steps is None else rec.steps}</td>', f'<td class="t">{_e(_by(rec))}</td>',
                  f'<td class="t">{_e(rec.budget or "–")}</td>']
-        seed = _training_seed(rec)
+        seed = training_seed(rec.recipe)
         cells.append(f'<td data-v="{"" if seed is None else seed}">{"–" if seed is None else seed}</td>')
         for k in _RAW:
             v = raw[k]
@@ -183,7 +175,7 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
     facts = [("record", rec.record_id), ("dataset", rec.dataset), ("suite", _suite_line(rec.suite_id)),
              ("defense", rec.defense), ("backbone", rec.backbone), ("training PGD steps", rec.steps),
              ("by", rec.submitter + (" (official)" if is_official(rec.source, rec.reported) else "")),
-             ("budget", rec.budget or "not stated"), ("training seed", _training_seed(rec)),
+             ("budget", rec.budget or "not stated"), ("training seed", training_seed(rec.recipe)),
              ("evaluation seed", rec.seed), ("queries attacked", rec.num_queries),
              ("eligible (whole suite)", rec.eligible), ("device", rec.device), ("created", rec.created),
              ("weights sha256", rec.checkpoint_sha256), ("suite hash", rec.suite_hash),

@@ -59,17 +59,21 @@ def _decimals(col: str, values: str = "raw") -> int:
 
 def _by(df: pd.DataFrame) -> pd.Series:
     """Who the row comes from: the submitter, ``<paper> (paper)`` for published rows, ``robustbench-dml
-    (official)`` for the package's official rows; a row measured with an overridden suite (``eligible`` false) says
-    so (an official one how many queries it attacked)."""
+    (official, seed S)`` for the package's official rows (S: the training seed, which tells two seeds of one defense
+    apart); a row measured with an overridden suite (``eligible`` false) says so (an official one how many queries
+    it attacked)."""
     from robustbench_dml.leaderboard.official import is_official
+    from robustbench_dml.leaderboard.recipes import training_seed
 
     out = []
-    for reported, submitter, source, eligible, queries in zip(df["reported"], df["submitter"], df["source"],
-                                                              df["eligible"], df["num_queries"]):
+    for reported, submitter, source, eligible, queries, recipe in zip(
+            df["reported"], df["submitter"], df["source"], df["eligible"], df["num_queries"], df["recipe"]):
         if bool(reported) and isinstance(source, str):
             out.append(source.split(" (")[0] + " (paper)")
         elif is_official(source, reported):
-            out.append(f"{submitter} (official" + ("" if bool(eligible) else f", {queries} queries") + ")")
+            seed = training_seed(recipe if isinstance(recipe, str) else None)
+            out.append(f"{submitter} (official" + ("" if seed is None else f", seed {seed}") +
+                       ("" if bool(eligible) else f", {queries} queries") + ")")
         else:
             out.append(str(submitter) + ("" if bool(eligible) else " (partial suite)"))
     return pd.Series(out, index=df.index, dtype=pd.StringDtype())
