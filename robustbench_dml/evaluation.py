@@ -34,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

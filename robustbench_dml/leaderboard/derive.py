@@ -65,9 +65,8 @@ def record_from_result(result: Mapping[str, Any], *, submitter: str, created: st
         where = f"evaluation result ({p} protocol)"
         if not isinstance(block, Mapping):
             raise UserError(f"{where}: not a JSON object; pass the file written by `dmlbench evaluate --json`")
-        raw = derived_raw(block, num_queries=num_queries, batch_size=batch_size, protocol=p, where=where)
-        if "R@1" not in raw and "R@1" in benign:  # a result written before the per-query top-1 was kept
-            raw["R@1"] = benign["R@1"]
+        raw = derived_raw(block, num_queries=num_queries, batch_size=batch_size, protocol=p, where=where,
+                          benign_r1=benign.get("R@1"))
         blocks[p] = derived_scores(raw, block.get("per_query"), block.get("success"), seed, where=where,
                                    stored=block.get("scores"))
     defense_config = meta.get("defense_config")
@@ -107,10 +106,11 @@ def record_from_result(result: Mapping[str, Any], *, submitter: str, created: st
     return Record(**values, protocols=blocks, evidence=evidence)
 
 
-def derived_raw(block: Mapping[str, Any], *, num_queries: Any, batch_size: Any, protocol: str,
-                where: str) -> dict[str, float]:
+def derived_raw(block: Mapping[str, Any], *, num_queries: Any, batch_size: Any, protocol: str, where: str,
+                benign_r1: Any = None) -> dict[str, float]:
     """One protocol's raw results (``R@1`` included) derived from its ``per_query`` results; a stored ``raw``
-    value must agree. ``batch_size``: the suite's query batch (the ``robrank`` protocol averages per-batch means)."""
+    value must agree. ``batch_size``: the suite's query batch (the ``robrank`` protocol averages per-batch means).
+    ``benign_r1``: the ARS denominator of a result written before the per-query top-1 was kept."""
     import numpy as np
 
     per_query = block.get("per_query")
@@ -151,6 +151,8 @@ def derived_raw(block: Mapping[str, Any], *, num_queries: Any, batch_size: Any, 
         if key in stored and not _close(stored[key], raw[key]):
             raise UserError(f"{where}: stored raw {key} {stored[key]} is not what its per-query results give "
                             f"({raw[key]:.6f}); the file was edited, re-run `dmlbench evaluate`")
+    if "R@1" not in raw and isinstance(benign_r1, (int, float)) and not isinstance(benign_r1, bool):
+        raw["R@1"] = float(benign_r1)
     return raw
 
 
@@ -215,9 +217,7 @@ def check_evidence(record: Record, data: bytes | None, *, where: str) -> None:
         pw = f"{where} ({protocol} protocol)"
         e = ev["protocols"][protocol]
         raw = derived_raw({"per_query": e.get("per_query")}, num_queries=ev["num_queries"],
-                          batch_size=ev.get("batch_size"), protocol=protocol, where=pw)
-        if "R@1" not in raw and isinstance(ev.get("benign_r1"), (int, float)):
-            raw["R@1"] = float(ev["benign_r1"])
+                          batch_size=ev.get("batch_size"), protocol=protocol, where=pw, benign_r1=ev.get("benign_r1"))
         derived = derived_scores(raw, e.get("per_query"), e.get("success"), seed, where=pw)
         for f in SCORE_FIELDS:
             stored, value = getattr(block, f.name), getattr(derived, f.name)
