@@ -37,15 +37,16 @@ named by the gradient evaluations per image spent up to it (:meth:`Engine.ladder
 ``g1032+s5000`` after the search), from which one run at the largest budget gives the whole budget curve.
 
 The gradient-free check of an engine without a search (``check_queries`` > 0): the same random search on the
-first ``check_queries`` images of each batch for ``check_steps`` steps (``p_init`` 0.05); ``check`` holds the best
+first ``check_queries`` images of each batch for ``check_steps`` steps (window fraction from ``check_p_init``:
+version 1's 0.05, version 2's Square value 0.8); ``check`` holds the best
 measured keys it found and ``check_gradient`` the gradient result on those images (with a search: the search's
 and the gradient runs' results on every image). Where the search does better, the gradients are suspect
 (gradient masking); so are they where :func:`diagnose` finds the loss's input gradient dead, and a model whose
 embeddings differ between two forward passes is randomised (``eot`` averages each step's loss over forwards).
 
-Cost in gradient evaluations per image: ``steps_pgd + (restarts + targets) x steps x eot`` (rankaa28: 32 + 2 x 24 =
-80, 2.5 times rob28's 32), plus one forward per kept point, ``search_steps`` forwards per image and the check's
-forwards for the few checked images.
+Cost in gradient evaluations per image: ``steps_pgd + (restarts + targets) x steps x eot`` (rankaa28 version 2:
+32 + 2 x 100 = 232, 7.25 times rob28's 32; version 1: 32 + 2 x 24 = 80), plus one forward per kept point,
+``search_steps`` forwards per image and the check's forwards for the few checked images.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ SCHEDULES = {"apgd": "v1", "apgd-paper": "paper"}
 #: the contributions ``parts`` records, in the order they are added
 PARTS = ("pgd", "apgd", "best_iterate", "restarts", "final")
 #: the values at which the later engine fields leave a suite's hash unchanged (:attr:`Engine.params`)
-_NEUTRAL = {"targets": 0, "search_steps": 0, "eot": 1, "prune": True}
+_NEUTRAL = {"targets": 0, "search_steps": 0, "eot": 1, "prune": True, "check_p_init": 0.05}
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class Engine:
     with_pgd: bool = True
     check_queries: int = 8
     check_steps: int = 200
+    #: the check's initial window fraction (version 1: 0.05; Square Attack's own value is 0.8)
+    check_p_init: float = 0.05
     #: targeted APGD runs, after the first run and before the random restarts (as AutoAttack runs APGD-T after
     #: APGD), each ``steps`` long from the clean image against the attack's ``j``-th alternative target
     #: (:meth:`attacks.base.RankingAttack.retarget`); an attack without one runs a restart from a random point
@@ -111,8 +114,9 @@ class Engine:
                 raise UserError(f"engine {name} must be an integer >= {low} (got {v})")
         if not isinstance(self.prune, bool):
             raise UserError(f"engine prune must be true or false (got {self.prune!r})")
-        if not 0 < self.search_p_init <= 1:
-            raise UserError(f"engine search_p_init must be in (0, 1] (got {self.search_p_init})")
+        for name in ("search_p_init", "check_p_init"):
+            if not 0 < getattr(self, name) <= 1:
+                raise UserError(f"engine {name} must be in (0, 1] (got {getattr(self, name)})")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -384,7 +388,7 @@ def run_engine(attack: RankingAttack, x0: torch.Tensor, state: dict[str, torch.T
     if eng.check_queries > 0 and not eng.search_steps:
         q = min(eng.check_queries, b)
         found = _search_run(attack, x0, state, gallery, keys, generator, queries=q, steps=eng.check_steps,
-                            p_init=0.05)
+                            p_init=eng.check_p_init)
         check = {k: v.double() for k, v in found.raw.items()}
         check_gradient = {k: chosen[k][:q] for k in keys}
     return x_adv, adv, success, iterations, {"parts": parts, "check": check, "check_gradient": check_gradient,

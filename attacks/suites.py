@@ -6,14 +6,18 @@ query batch size (128 for 28x28, 112 for 224x224, as RobRank's ``valbatchsize``;
 random generator each query's selection comes from). The decimals are RobRank's truncated literals, not k/255.
 
 ``hash`` is the sha256 of the suite's canonical JSON (sorted keys, no whitespace); it goes into every result.
-A published suite never changes: a new protocol is a new ``version`` (and a new hash). ``tests/test_suites.py``
-pins the published hashes.
+A published suite never changes: a new protocol is a new ``version`` (and a new hash). A bare id names the current
+version, ``id.vN`` (:attr:`Suite.name`) pins one; superseded versions stay loadable (:data:`SUPERSEDED`), so their
+results reproduce, and each version has its own leaderboard (:attr:`Suite.board`). ``tests/test_suites.py`` pins
+the published hashes.
 
 ``rankaa28`` / ``rankaa224`` (ours): the same attacks, targets, eps and batches as rob28 / rob224, each attack run
-by the strong :class:`attacks.engine.Engine` (the published PGD, then two APGD runs of 24 steps, the first from
-the clean image and one from a random point of the ball, the best point per query kept, a random-search check for
-gradient masking on 8 queries per batch). Threat model: white box, L-infinity ``eps``, as the published suite. They
-measure the corrected protocol only (the reference never ran them) and get their own leaderboards.
+by the strong :class:`attacks.engine.Engine`. Threat model: white box, L-infinity ``eps``, as the published suite.
+They measure the corrected protocol only (the reference never ran them) and get their own leaderboards. Version 2
+(current), frozen at the knee of the convergence study: the published PGD, then a 100-step APGD run from the clean
+image and a targeted one (the paper's schedule), the best point per query kept, a random-search check for gradient
+masking on 8 queries per batch. Version 1: the published PGD and two 24-step APGD runs with the reference code's
+checkpoints.
 
 ``rankaa28plus`` / ``rankaa224plus`` (ours): the same, at AutoAttack's scale (:data:`PLUS_ENGINE`: the published PGD,
 ten 100-step APGD runs with the paper's schedule, five of them targeted where the attack has alternatives, and a
@@ -25,11 +29,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from attacks.engine import Engine
 from robustbench_dml import protocols as P
+from robustbench_dml.errors import UserError
+from robustbench_dml.leaderboard.records import board_name
 from robustbench_dml.registry import Registry
 
 SUITES: Registry = Registry("suite")
@@ -77,6 +84,17 @@ class Suite:
         if self.engine is not None:
             out["engine"] = self.engine.params
         return out
+
+    @property
+    def name(self) -> str:
+        """The id with the version, ``rankaa28.v2``: what pins this version where a bare id means the current one."""
+        return f"{self.id}.v{self.version}"
+
+    @property
+    def board(self) -> str:
+        """The leaderboard this suite's records go to: one per suite version (version 1's keeps the bare id it had
+        before suites had a second version)."""
+        return board_name(self.id, self.version)
 
     @property
     def base_id(self) -> str:
@@ -144,15 +162,37 @@ ROB224 = Suite(
     description="RobRank rob224 (CUB/CARS/SOP 224x224): eps 8/255, alpha 3/255, 32 PGD steps, W=M=1",
 )
 
-RANKAA28 = Suite(
+#: version 1 of the strong suites (PGD + 2 x 24-step APGD with the reference code's integer checkpoints): superseded
+#: by version 2, kept so that its results reproduce and load under their hash
+RANKAA28_V1 = Suite(
     id="rankaa28", version=1, eps=ROB28.eps, alpha=ROB28.alpha, steps=ROB28.steps, batch_size=ROB28.batch_size,
     attacks=_rob_attacks(), engine=Engine(), base="rob28",
     description="rob28's attacks and targets, each run as PGD + 2 x 24-step APGD, best point kept, random-search check",
 )
-RANKAA224 = Suite(
+RANKAA224_V1 = Suite(
     id="rankaa224", version=1, eps=ROB224.eps, alpha=ROB224.alpha, steps=ROB224.steps,
     batch_size=ROB224.batch_size, attacks=_rob_attacks(), engine=Engine(), base="rob224",
     description="rob224's attacks and targets, each run as PGD + 2 x 24-step APGD, best point kept, random-search check",
+)
+
+#: version 2 of the strong suites, frozen at the knee of the convergence study (``benchmarks/rankaa_budget.py``:
+#: the smallest budget within 0.5 ARS of the largest on every study model): the published PGD, a 100-step APGD run
+#: from the clean image with the paper's schedule, then one targeted 100-step run (a random restart where the
+#: attack has no alternative target), 232 gradient evaluations per image; the gradient-free check on 8 queries per
+#: batch with Square Attack's window (0.8) for 1,000 proposals
+V2_ENGINE = Engine(schedule="apgd-paper", steps=100, restarts=1, targets=1, check_queries=8, check_steps=1000,
+                   check_p_init=0.8)
+RANKAA28 = Suite(
+    id="rankaa28", version=2, eps=ROB28.eps, alpha=ROB28.alpha, steps=ROB28.steps, batch_size=ROB28.batch_size,
+    attacks=_rob_attacks(), engine=V2_ENGINE, base="rob28",
+    description="rob28's attacks and targets, each run as PGD + 2 x 100-step APGD (the second targeted where the "
+                "attack has alternatives), best point kept, random-search check: 232 gradients per image",
+)
+RANKAA224 = Suite(
+    id="rankaa224", version=2, eps=ROB224.eps, alpha=ROB224.alpha, steps=ROB224.steps,
+    batch_size=ROB224.batch_size, attacks=_rob_attacks(), engine=V2_ENGINE, base="rob224",
+    description="rob224's attacks and targets, each run as PGD + 2 x 100-step APGD (the second targeted where the "
+                "attack has alternatives), best point kept, random-search check: 232 gradients per image",
 )
 
 
@@ -204,9 +244,61 @@ def rankaa224plus() -> Suite:
     return RANKAA224PLUS
 
 
+#: the superseded versions of the built-in suites, by id (the registry holds each suite's current version)
+SUPERSEDED: dict[str, tuple[Suite, ...]] = {"rankaa28": (RANKAA28_V1,), "rankaa224": (RANKAA224_V1,)}
+
+_PINNED = re.compile(r"(?P<id>.+)\.v(?P<version>[1-9][0-9]*)")
+
+
 def get_suite(suite: str | Suite) -> Suite:
-    """The registered suite ``suite`` (an id) or ``suite`` itself."""
-    return suite if isinstance(suite, Suite) else SUITES.create(suite)
+    """The suite ``suite`` names: a registered id (its current version), an id with a version (``rankaa28.v1``,
+    as :attr:`Suite.name` writes it), or a :class:`Suite` itself."""
+    if isinstance(suite, Suite):
+        return suite
+    m = _PINNED.fullmatch(suite)
+    if m is None:
+        return SUITES.create(suite)
+    versions = suite_versions(m["id"])
+    for s in versions:
+        if s.version == int(m["version"]):
+            return s
+    raise UserError(f"suite {m['id']} has version(s) {', '.join(str(s.version) for s in versions)}, not "
+                    f"{m['version']}; `dmlbench list suites` lists them")
+
+
+def suite_versions(suite_id: str) -> list[Suite]:
+    """Every published version of the suite ``suite_id``, oldest first (the last is the current one)."""
+    current = SUITES.create(suite_id)
+    return sorted({*SUPERSEDED.get(suite_id, ()), current}, key=lambda s: s.version)
+
+
+def spec_of(suite_id: str, version: int) -> str:
+    """The name that selects version ``version`` of ``suite_id`` in a command: ``id.vN`` where the suite has several
+    versions, else the bare id (as commands wrote it before a second version existed)."""
+    if suite_id in SUITES and len(suite_versions(suite_id)) > 1:
+        return f"{suite_id}.v{version}"
+    return suite_id
+
+
+def board_of(spec: str) -> str:
+    """The leaderboard a ``--suite`` argument names: the suite version's (:attr:`Suite.board`; a bare id names the
+    current version's); a name that is no installed suite as it is (a store may hold boards of suites that are
+    not installed here)."""
+    m = _PINNED.fullmatch(spec)
+    if (m["id"] if m else spec) not in SUITES:
+        return spec
+    return get_suite(spec).board
+
+
+def find_suite(suite_id: str, version: int | None, suite_hash: str) -> Suite | None:
+    """The published suite ``suite_id`` version ``version`` if its hash is ``suite_hash`` (a result made under it
+    without overrides), else None."""
+    if suite_id not in SUITES:
+        return None
+    for s in suite_versions(suite_id):
+        if s.version == version and s.hash == suite_hash:
+            return s
+    return None
 
 
 def list_suites(pattern: str = "*") -> list[str]:

@@ -62,6 +62,7 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
           boards: Path, device: str) -> Path:
     import torch
 
+    from attacks.suites import get_suite
     from robustbench_dml.evaluation import EvalConfig, evaluate
     from robustbench_dml.leaderboard.official import write_entry
     from robustbench_dml.training import train
@@ -80,20 +81,24 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
         old = json.loads(gzip.decompress(entry_path.read_bytes()))
         from robustbench_dml.numerics import cpu_blas_mode
 
-        kept = {e["recipe"]["evaluate"]["suite"]: e for e in old["evaluations"]  # same weights, same MKL mode
+        kept = {(e["result"]["suite"]["id"], e["result"]["suite"]["version"]): e  # same weights, same MKL mode
+                for e in old["evaluations"]
                 if e["recipe"]["weights_sha256"] == sha and e["result"]["numerics"].get("cpu_blas") == cpu_blas_mode()}
     evaluations = []
-    for suite in suites:
-        ev = EvalConfig(suite, max_queries=max_queries)
-        if suite in kept and kept[suite]["recipe"]["evaluate"]["max_queries"] == max_queries:
-            evaluations.append(kept[suite]["result"])
+    asked = [get_suite(s) for s in suites]
+    for suite in asked:
+        ev = EvalConfig(suite.name, max_queries=max_queries)
+        key = (suite.id, suite.version)
+        if key in kept and kept[key]["recipe"]["evaluate"]["max_queries"] == max_queries:
+            evaluations.append(kept[key]["result"])
             continue
         t0 = time.perf_counter()
         result = evaluate(summary.checkpoint, ev, device=device, state_dir=out / "eval_state",
                           data_root=cfg.data_root)
         evaluations.append(result.to_dict())
-        print(f"{data}/{name}/seed{seed}: {suite} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    evaluations += [e["result"] for suite, e in kept.items() if suite not in suites]  # earlier suites stay
+        print(f"{data}/{name}/seed{seed}: {suite.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    asked_keys = {(s.id, s.version) for s in asked}
+    evaluations += [e["result"] for key, e in kept.items() if key not in asked_keys]  # earlier suites stay
     entry_path.parent.mkdir(parents=True, exist_ok=True)
     return write_entry(entry_path, model=f"{name}-seed{seed}", recipe_train=cfg, weights_sha256=sha, budget=budget,
                        evaluations=evaluations, created=dt.date.today().isoformat())

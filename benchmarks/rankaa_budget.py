@@ -36,7 +36,8 @@ SETS = {  # set -> (runs folder, checkpoint pattern, dataset, data root)
     "digits": ("runs/digits_worst_cases", "{}", "digits", None),
     "fashion": ("runs/official/fashion", "{}/seed0", "fashion", str(HERE.parents[1] / "shared/data/fashion-mnist")),
 }
-SUITES = ("rankaa28", "rankaa28plus")
+#: the suites every model is attacked with, by the label their unit files carry, and the version each label runs
+SUITES = {"rankaa28": "rankaa28.v1", "rankaa28plus": "rankaa28plus.v1"}
 #: the extra models the study also measures: the issue's ACT check (3 epochs, 8-step training PGD)
 EXTRA = {"act_e3": ("runs/act_digits_e3", "digits", {"epochs": 3, "defense_params": {"steps": 8}})}
 
@@ -82,7 +83,7 @@ def run_unit(path: Path, checkpoint: Path, data_root: str | None, suite: str, at
     from robustbench_dml.evaluation import EvalConfig, evaluate
 
     t0 = time.perf_counter()
-    result = evaluate(checkpoint, EvalConfig(suite, max_queries=queries, attacks=(attack,)), device=device,
+    result = evaluate(checkpoint, EvalConfig(SUITES[suite], max_queries=queries, attacks=(attack,)), device=device,
                       data_root=data_root, benign_nmi=False)
     engine = result.extra["engine"]
     unit = {"checkpoint_sha256": result.checkpoint["sha256"], "suite": result.suite["id"],
@@ -102,7 +103,7 @@ def ladder_points() -> list[tuple[str, str, float]]:
     """(column, where to read it, gradient evaluations per image) of the curve, in budget order."""
     from attacks.suites import get_suite
 
-    plus, v1 = get_suite("rankaa28plus"), get_suite("rankaa28")
+    plus, v1 = get_suite(SUITES["rankaa28plus"]), get_suite(SUITES["rankaa28"])
     points = [("rob28", "rankaa28plus:g32", 32.0), ("rankaa28 v1", "rankaa28:final", 32.0 + v1.engine.gradients)]
     for step in plus.engine.ladder(plus.steps)[1:]:
         grads = float(step[1:].split("+")[0])
@@ -227,8 +228,16 @@ def knee(ars: dict[tuple[str, str], dict[str, float]], points, tolerance: float)
     order = {c: i for i, c in enumerate(cols)}
     overall = max(per_model.values(), key=order.__getitem__)
     detail = ", ".join(f"{d}/{m} {c}" for (d, m), c in per_model.items())
+    from attacks.suites import get_suite
+
+    current = get_suite("rankaa28")
+    frozen = f"g{current.steps + current.engine.gradients}" if current.engine.with_pgd else None
+    verdict = (f" `rankaa28` version {current.version} is frozen at `{frozen}` (its two gradient runs are this run's "
+               "first two, so its numbers are that column's)" + ("." if frozen == overall else
+                                                                  f"; the knee has moved to `{overall}` since: a "
+                                                                  "new version is due."))
     return (f"Knee (the smallest budget within {tolerance} ARS of `{largest}` on every one of the {len(ars)} finished "
-            f"models): **{overall}**. Per model: {detail}.")
+            f"models): **{overall}**. Per model: {detail}.{verdict}")
 
 
 def plot(found, path: Path) -> None:

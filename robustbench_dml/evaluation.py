@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.suites import Suite, get_suite
+from attacks.suites import Suite, get_suite, spec_of
 from robustbench_dml import protocols as P
 from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_text, read_bounded
@@ -170,7 +170,7 @@ class EvalConfig:
         d = result.to_dict() if isinstance(result, EvaluationResult) else dict(result)
         try:
             suite, over = d["suite"], d["suite"].get("overrides") or {}
-            return cls(suite["id"], attacks=None if over.get("attacks") is None else tuple(over["attacks"]),
+            return cls(spec_of(suite["id"], suite["version"]), attacks=None if over.get("attacks") is None else tuple(over["attacks"]),
                        max_queries=over.get("max_queries"), eps=over.get("eps"), seed=int(d["seed"]),
                        robrank_compat=bool(d.get("robrank_compat")), numerics=over.get("numerics", "exact"),
                        eot=over.get("eot"))

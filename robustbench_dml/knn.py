@@ -197,9 +197,17 @@ class FlatIndex:
 
     # -- public search ---------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-               extra: int | None = None, *, distances: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+               extra: int | None = None, *, distances: bool = True,
+               relevance: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """k nearest gallery rows per query, ordered by (distance, index); see the module docstring. Returns the
-        canonical distances (B, k) (None with ``distances=False``) and the indices (B, k)."""
+        canonical distances (B, k) (None with ``distances=False``) and the indices (B, k).
+
+        ``relevance`` = (query labels (B,), gallery labels (N,)), for a caller that reads only which places hold an
+        item of the query's label (retrieval metrics): a run of near-ties whose members are all of the query's
+        label, or none of them, and that does not reach the k-th place is left in coarse order instead of
+        canonical order (its places hold the same labels either way), so only the runs that decide a metric pay
+        for canonical distances. The labels at every place, and the k items returned, are those of the canonical
+        order on every backend."""
         n = len(self)
         if queries.ndim != 2 or queries.shape[1] != self.emb.shape[1]:
             raise ValueError(f"queries must be (B, {self.emb.shape[1]}), got {tuple(queries.shape)}")
@@ -218,17 +226,24 @@ class FlatIndex:
         q, ex = q.to(dev), ex.to(dev)
         out_i = torch.empty(b, k, dtype=torch.int64, device=dev)
         slack = self.tie_slack(q)
+        if relevance is not None:
+            q_lab, g_lab = (torch.as_tensor(t, device=dev).reshape(-1) for t in relevance)
+            if q_lab.shape[0] != b or g_lab.shape[0] != n:
+                raise ValueError(f"relevance needs {b} query labels and {n} gallery labels")
+            relevance = (q_lab, g_lab)
         m = min(n, k + 1 + (extra if extra is not None else max(8, k // 8)))
         pending = torch.arange(b, device=dev)
         while pending.numel():
             rows = max(1, min(65536, BLOCK_ELEMENTS // m))
-            oks = [self._search_block(q[sel], sel, k, ex[sel], m, slack[sel], out_i) for sel in pending.split(rows)]
+            oks = [self._search_block(q[sel], sel, k, ex[sel], m, slack[sel], out_i,
+                                      None if relevance is None else (relevance[0][sel], relevance[1]))
+                   for sel in pending.split(rows)]
             pending = pending[~torch.cat(oks)]
             m = min(n, 2 * m)
         out_d = self.exact_distances(q, out_i).to(queries.device) if distances else None
         return out_d, out_i.to(queries.device)
 
-    def _search_block(self, q, sel, k, ex, m, slack, out_i) -> torch.Tensor:
+    def _search_block(self, q, sel, k, ex, m, slack, out_i, relevance=None) -> torch.Tensor:
         """Search the rows ``sel`` with ``m`` candidates each; writes the accepted rows' results, returns which."""
         n = len(self)
         if m >= n:
@@ -243,9 +258,10 @@ class FlatIndex:
         # runs of near-ties: neighbours in coarse order closer than the two distances' combined error
         near = (key[:, 1:] - key[:, :-1]) <= 2 * slack[:, None]
         run = torch.cat([torch.zeros_like(key[:, :1], dtype=torch.int64), (~near).long().cumsum(1)], 1)
-        tied = torch.nonzero(near.any(1)).reshape(-1)
+        needed = near if relevance is None else _deciding(near, run, idx, k, *relevance)
+        tied = torch.nonzero(needed.any(1)).reshape(-1)
         if tied.numel():
-            idx[tied], key[tied], run[tied] = self._order_runs(q[tied], idx[tied], key[tied], run[tied], near[tied])
+            idx[tied], key[tied], run[tied] = self._order_runs(q[tied], idx[tied], key[tied], run[tied], needed[tied])
         if c_last is None:
             ok = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
         else:  # the k-th result's run ends clearly before anything the coarse search left out
@@ -256,7 +272,9 @@ class FlatIndex:
 
     def _order_runs(self, q, idx, key, run, near):
         """Rows whose coarse order has near-ties: every member of a run gets its canonical distance, and the row is
-        ordered by (run, canonical distance, index), i.e. by (canonical distance, index) (module docstring)."""
+        ordered by (run, canonical distance, index), i.e. by (canonical distance, index) (module docstring). ``near``
+        marks the neighbouring pairs to resolve (all of a run's, or none of them: a run left out keeps its members
+        at distance 0, so it ends up in index order)."""
         member = torch.zeros_like(idx, dtype=torch.bool)
         member[:, 1:] |= near
         member[:, :-1] |= near
@@ -270,3 +288,14 @@ class FlatIndex:
             order = torch.argsort((idx, canon, run)[by], dim=1, stable=True)
             idx, canon, key, run = (t.gather(1, order) for t in (idx, canon, key, run))
         return idx, key, run
+
+
+def _deciding(near: torch.Tensor, run: torch.Tensor, idx: torch.Tensor, k: int, q_lab: torch.Tensor,
+              g_lab: torch.Tensor) -> torch.Tensor:
+    """The near-tie pairs (B, m-1) whose order a relevance reader can see (:meth:`FlatIndex.search`'s
+    ``relevance``): those of runs with members both of and not of the query's label, and of the run holding the
+    k-th place (which items are returned)."""
+    rel = g_lab[idx] == q_lab[:, None]
+    mixed_pair = (near & (rel[:, 1:] != rel[:, :-1])).to(torch.int64)
+    mixed_run = torch.zeros_like(run).scatter_add_(1, run[:, 1:], mixed_pair) > 0
+    return near & (mixed_run.gather(1, run[:, 1:]) | (run[:, 1:] == run[:, k - 1:k]))

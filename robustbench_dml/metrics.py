@@ -174,7 +174,7 @@ def retrieval_metrics(embeddings, labels, *, ks=(1, 2), nmi: bool = True, seed: 
     ranks_1 = torch.arange(1, kk + 1, device=emb.device, dtype=torch.float64)
     chunk = max(1, min(4096, BLOCK_ELEMENTS // kk))
     for qrows in queries.split(chunk):
-        _, idx = index.search(emb[qrows], kk, exclude=qrows, distances=False)
+        _, idx = index.search(emb[qrows], kk, exclude=qrows, distances=False, relevance=(lab[qrows], lab))
         rel = lab[idx] == lab[qrows][:, None]
         for k in ks:
             per_query[f"R@{k}"].append(rel[:, :k].any(1).to(torch.float64))

@@ -29,7 +29,8 @@ def test_checkpoints_follow_the_papers_recursion_at_the_suites_budgets():
     # the strong suites of version 1: the reference code's integer rule, the paper's at N = 100 only
     assert apgd_checkpoints(100, "v1") == apgd_checkpoints(100)
     assert apgd_checkpoints(24, "v1") == [5, 9, 12] + list(range(14, 24))
-    assert Engine().schedule == "apgd" and get_suite("rankaa28").engine.steps == 24  # v1's N, v1's rule
+    assert Engine().schedule == "apgd" and get_suite("rankaa28.v1").engine.steps == 24  # v1's N, v1's rule
+    assert (get_suite("rankaa28").engine.schedule, get_suite("rankaa28").engine.steps) == ("apgd-paper", 100)
 
 
 def _scripted(values):
@@ -166,13 +167,19 @@ def test_the_random_search_flags_a_masked_gradient(tmp_path, monkeypatch):
 def test_rankaa_suites_are_registered_frozen_and_share_the_published_targets():
     assert {"rankaa28", "rankaa224"} <= set(list_suites("rankaa*"))
     for strong, published in (("rankaa28", "rob28"), ("rankaa224", "rob224")):
-        s, p = get_suite(strong), get_suite(published)
-        assert (s.eps, s.alpha, s.steps, s.batch_size, s.attacks) == (p.eps, p.alpha, p.steps, p.batch_size, p.attacks)
-        assert s.base_id == published and s.protocols == ("corrected",) and s.engine == Engine()
-        assert s.params["engine"] == {"schedule": "apgd", "steps": 24, "restarts": 2, "with_pgd": True,
-                                      "check_queries": 8, "check_steps": 200}
+        v1, s, p = get_suite(f"{strong}.v1"), get_suite(strong), get_suite(published)
+        for x in (v1, s):
+            assert (x.eps, x.alpha, x.steps, x.batch_size, x.attacks) == (p.eps, p.alpha, p.steps, p.batch_size,
+                                                                          p.attacks)
+            assert x.base_id == published and x.protocols == ("corrected",)
+        assert v1.engine == Engine() and v1.params["engine"] == {
+            "schedule": "apgd", "steps": 24, "restarts": 2, "with_pgd": True, "check_queries": 8, "check_steps": 200}
+        assert s.params["engine"] == {"schedule": "apgd-paper", "steps": 100, "restarts": 1, "targets": 1,
+                                      "with_pgd": True, "check_queries": 8, "check_steps": 1000, "check_p_init": 0.8}
         assert "engine" not in p.params
-        assert 2.5 < s.iterations / p.iterations < 3.0
+        assert 2.5 < v1.iterations / p.iterations < 3.0
+        # version 2: 33 + 2 x 100 + 1 + 2/3 + 2 model passes + 8 x 1000 / 3 forwards over the batch
+        assert s.iterations == pytest.approx(33 + 200 + 1 + 2 / 3 + 2 + 8 * 1000 / 3 / p.batch_size)
 
 
 def test_engine_and_robrank_compat_exclude_each_other():
@@ -244,6 +251,22 @@ def test_targeted_runs_only_add_to_the_worst_case(aid):
     assert more.iterations == 4 + 4 * 6
     for key, sel in plain.selection.items():
         assert torch.equal(sel, more.selection[key])
+
+
+@pytest.mark.parametrize("aid", attacks.list_attacks())
+def test_the_knee_suite_reports_the_large_budgets_step_at_its_budget(aid):
+    # rankaa28 version 2 is frozen at a step of rankaa28plus's ladder: its runs are the larger engine's first runs
+    # (the clean run, then the first targeted one or a random restart), so each query's reported value is that
+    # engine's worst case recorded after the same runs (the budget study's column), on every attack
+    toy = Toy(n=1000, seed=11)
+    kw = dict(eps=0.15, alpha=0.02, steps=4, b=16, **PARAMS.get(aid, {}))
+    small = toy.attack(aid, engine=Engine(schedule="apgd-paper", steps=6, restarts=1, targets=1, check_queries=0),
+                       **kw)
+    large = toy.attack(aid, engine=Engine(schedule="apgd-paper", steps=6, restarts=3, targets=2, check_queries=0,
+                                          search_steps=20), **kw)
+    for k, parts in small.extra["parts"].items():
+        assert torch.equal(parts["final"], large.extra["parts"][k]["g16"]), k
+        assert torch.equal(small.per_query[k].double(), parts["final"]), k
 
 
 def test_a_search_joins_every_querys_worst_case_and_reports_against_the_gradient():

@@ -215,3 +215,37 @@ def test_long_lists_with_many_near_ties_keep_the_canonical_order(backend):
     assert torch.equal(i, order) and torch.equal(d, full.gather(1, order))
     none, again = FlatIndex(emb, backend).search(emb[q], 250, exclude=q, distances=False)
     assert none is None and torch.equal(again, i)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_relevance_search_gives_the_canonical_labels_at_every_place_for_less(backend, monkeypatch):
+    """With ``relevance`` the search leaves runs of near-ties whose members are all of the query's label (or none
+    of them) in coarse order: the same items at the k places, the same label-match at every place as sorting every
+    item by (canonical distance, index), and fewer canonical distances computed."""
+    from robustbench_dml import knn
+    from robustbench_dml.knn import FlatIndex, canonical_distances
+
+    gen = torch.Generator().manual_seed(5)
+    centres = torch.nn.functional.normalize(torch.randn(6, 32, generator=gen), dim=1)
+    emb = torch.nn.functional.normalize(centres.repeat(100, 1) + 0.3 * torch.randn(600, 32, generator=gen), dim=1)
+    emb[200:215] = emb[7]  # exact duplicates: a run that must be ordered by index where it decides
+    labels = torch.randint(6, (600,), generator=gen)  # labels half-tied to the clusters: mixed and uniform runs
+    labels[:300] = torch.arange(300) % 6
+    q, k = torch.arange(0, 600, 7), 180
+    full = canonical_distances(emb[q], emb.expand(len(q), -1, -1))
+    full[torch.arange(len(q)), q] = float("inf")
+    order = torch.argsort(full, dim=1, stable=True)[:, :k]
+    computed = []
+
+    def counting(a, b):
+        computed.append(b.shape[0] * b.shape[1])
+        return canonical_distances(a, b)
+
+    monkeypatch.setattr(knn, "canonical_distances", counting)
+    _, plain = FlatIndex(emb, backend).search(emb[q], k, exclude=q, distances=False)
+    work_plain, computed[:] = sum(computed), []
+    _, fast = FlatIndex(emb, backend).search(emb[q], k, exclude=q, distances=False, relevance=(labels[q], labels))
+    assert torch.equal(plain, order)
+    assert torch.equal(labels[fast] == labels[q][:, None], labels[order] == labels[q][:, None])
+    assert torch.equal(fast.sort(1).values, order.sort(1).values)  # the same k items
+    assert not torch.equal(fast, order) and 0 < sum(computed) < work_plain

@@ -47,7 +47,9 @@ def test_the_recipes_commands_parse_back_to_its_configurations(cfg):
     args = build_parser().parse_args(evaluate_argv(eval_settings(ev), "ck", "e.json")[1:])
     back = EvalConfig(args.suite, attacks=tuple(args.attacks.split(",")), max_queries=args.max_queries,
                       seed=args.eval_seed, eps=args.eps, robrank_compat=args.robrank_compat, numerics=args.numerics)
-    assert back == ev and args.checkpoint == "ck" and args.json == "e.json"
+    # the recipe pins the suite's version (a bare id would name a later version once there is one)
+    assert args.suite == "rankaa28.v2" and back == dataclasses.replace(ev, suite="rankaa28.v2")
+    assert back.suite_obj == ev.suite_obj and args.checkpoint == "ck" and args.json == "e.json"
 
 
 def test_a_recipe_is_validated_and_round_trips():

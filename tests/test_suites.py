@@ -18,16 +18,18 @@ PUBLISHED = {
     ("rob224", 1): "8093a82f2f5d156a4916bb68361653f5ca6267cd678e021ad5581b01c7a3f54b",
     ("rankaa28", 1): "630d9fa8845d90a02d849a3dcdcf10758438eb7e85038c763e72adcd09a1a123",
     ("rankaa224", 1): "1c574df4b6317bd4f89c6ac398debdfc40b5f5bb1d11b7d543a2c3b3ce471996",
+    ("rankaa28", 2): "2bc7e0e98a22c00e6a7c903e003f5cd73b160efddf88814b8c1fa9e698c7ae22",
+    ("rankaa224", 2): "910445880544fda23a88e1141b0d073dc3453462ee602d45a9d6f029dfbe2f0d",
     ("rankaa28plus", 1): "a2a6ac7ca18f2b4a347e02b90137f3d32d4aa2856d1aacd82716f56df9bf1d2f",
     ("rankaa224plus", 1): "161b5ed623fb1668be430c73d290f25970828d63ba4963459bf6a5b8538ee57c",
 }
 ORDER = ["CA+", "CA-", "QA+", "QA-", "TMA", "ES", "LTM", "GTM", "GTT"]
 
 
-@pytest.mark.parametrize("suite_id", ["rob28", "rob224", "rankaa28", "rankaa224", "rankaa28plus", "rankaa224plus"])
-def test_published_hash_is_pinned(suite_id):
-    suite = get_suite(suite_id)
-    assert suite.hash == PUBLISHED[(suite.id, suite.version)]
+@pytest.mark.parametrize("key", sorted(PUBLISHED))
+def test_published_hash_is_pinned(key):
+    suite = get_suite(f"{key[0]}.v{key[1]}")
+    assert (suite.id, suite.version) == key and suite.hash == PUBLISHED[key]
     # the hash is the sha256 of the canonical JSON, recomputed here independently
     canonical = json.dumps({"id": suite.id, "version": suite.version, "params": suite.params}, sort_keys=True,
                            separators=(",", ":"))
@@ -61,5 +63,25 @@ def test_registry():
     assert get_suite(ROB224) is ROB224
     with pytest.raises(UserError, match="unknown suite"):
         get_suite("rob32")
+    assert get_suite("rankaa28") is get_suite("rankaa28.v2") and get_suite("rankaa28.v1").version == 1
+    with pytest.raises(UserError, match="rankaa28 has version"):
+        get_suite("rankaa28.v3")
+    with pytest.raises(UserError, match="unknown suite"):
+        get_suite("rob32.v1")
     custom = Suite("t", 1, 0.1, 0.01, 2, 8, (SuiteAttack("TMA"),))
     assert custom.attack_ids == ["TMA"] and custom.params["attacks"] == [{"id": "TMA", "params": {}}]
+
+
+def test_version_2_is_the_knee_of_the_budget_study_and_version_1_loads_unchanged():
+    """rankaa28 v2 runs the first two gradient runs of rankaa28plus, so its result is the study's ``g232`` step;
+    version 1 keeps its engine (and hash) and each version has its own board."""
+    from attacks.suites import find_suite
+
+    v1, v2, plus = get_suite("rankaa28.v1"), get_suite("rankaa28"), get_suite("rankaa28plus")
+    assert (v1.engine.schedule, v1.engine.steps, v1.engine.restarts, v1.engine.check_p_init) == ("apgd", 24, 2, 0.05)
+    assert (v2.engine.schedule, v2.engine.steps, v2.engine.restarts + v2.engine.targets) == ("apgd-paper", 100, 2)
+    assert v2.engine.ladder(v2.steps) == plus.engine.ladder(plus.steps)[:3] == ["g32", "g132", "g232"]
+    assert v2.engine.targets == 1 and plus.engine.targets >= 1  # the second run is the plus run's first targeted one
+    assert (v1.board, v2.board, plus.board) == ("rankaa28", "rankaa28.v2", "rankaa28plus")
+    assert find_suite("rankaa28", 1, v1.hash) is v1 and find_suite("rankaa28", 2, v1.hash) is None
+    assert find_suite("nope", 1, v1.hash) is None

@@ -38,12 +38,13 @@ def find_result(path: Path, suite: str | None) -> Path:
     with their names."""
     if path.exists() and not path.is_dir():  # a file (a special one is refused when read)
         return path
+    from attacks.suites import board_of
     from robustbench_dml.cli.evaluate import eval_folder
 
     for eval_dir in (path / "eval", eval_folder(path)):  # a run folder, or a checkpoint's own results
         if not eval_dir.is_dir():
             continue
-        for name in [suite] if suite else ["rob28", "rob224"]:
+        for name in [board_of(suite)] if suite else ["rob28", "rob224"]:
             if (eval_dir / f"{name}.json").is_file():
                 return eval_dir / f"{name}.json"
             partial = sorted(eval_dir.glob(f"{name}-*.json"))
@@ -81,7 +82,7 @@ def load_records(paths, suite: str | None, protocol: str | None = None, name: st
             raise UserError(f"{source} holds the {', '.join(record.protocols)} protocol only; compare with "
                             f"--protocol {next(iter(record.protocols))}, or re-evaluate without --robrank-compat")
         records.append(record)
-    suites = sorted({r.suite_id for r in records})
+    suites = sorted({r.board for r in records})  # one suite version: v1's and v2's numbers are not comparable
     if len(suites) > 1:
         raise UserError(f"these results come from different suites ({', '.join(suites)}), whose numbers are not "
                         f"comparable; compare one suite at a time (--suite ID picks it in each run folder)")

@@ -56,8 +56,11 @@ def eval_folder(checkpoint: Path) -> Path:
 def default_json(checkpoint: Path, suite: str, *, attacks: str | None = None, max_queries: int | None = None,
                  eps: float | None = None, robrank_compat: bool = False, numerics: str = "exact",
                  eot: int | None = None) -> Path:
-    """``SUITE[-overrides].json`` in the checkpoint's :func:`eval_folder`."""
-    parts = [suite]
+    """``BOARD[-overrides].json`` in the checkpoint's :func:`eval_folder` (the suite version's board name:
+    ``rankaa28.v2.json``, version 1's ``rankaa28.json``)."""
+    from attacks.suites import board_of
+
+    parts = [board_of(suite)]
     if attacks:
         parts.append("attacks-" + attacks.replace(",", "_").replace("+", "p").replace("-", "m").replace(":", ""))
     if max_queries:

@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
                    help="site: write the static HTML site of every board (official, the store's, the papers') to "
                         "--output DIR")
     p.add_argument("--dataset", help="dataset id (dmlbench list datasets); every action but site needs it")
-    p.add_argument("--suite", help="suite id (default: the dataset's)")
+    p.add_argument("--suite", help="suite id (default: the dataset's); a bare id is its current version's board, "
+                                   "id.vN an earlier version's (dmlbench list suites)")
     p.add_argument("--version", help="N (default: latest), or A..B for diff")
     p.add_argument("--format", choices=FORMATS, help="md (default for show), csv, latex or html")
     p.add_argument("--output", help="write to this new file instead of standard output")
@@ -100,6 +101,7 @@ def emit(text: str, output: str | None, overwrite: bool = False, inputs: tuple =
 
 
 def run(args) -> int:
+    from attacks.suites import board_of
     from robustbench_dml import datasets
     from robustbench_dml.leaderboard import LeaderboardStore, render
 
@@ -110,6 +112,7 @@ def run(args) -> int:
     suite = args.suite or datasets.info(args.dataset).suite if args.dataset in datasets.DATASETS else args.suite
     if suite is None:
         raise UserError(f"unknown dataset {args.dataset!r}; pass --suite as well for a custom one")
+    suite = board_of(suite)  # the suite version's leaderboard
     store = LeaderboardStore(args.leaderboard_dir)
     check_output(args.output, args.overwrite)
     columns = parse_columns(args.columns)

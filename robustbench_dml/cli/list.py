@@ -30,9 +30,13 @@ def _registry(kind: str):
 def run(args) -> int:
     reg = _registry(args.kind)
     for name in reg.list(args.pattern):
-        if args.kind == "suites":
-            suite = reg.create(name)
-            print(f"{name:<15} version {suite.version}  {suite.hash[:12]}  {suite.description}")
+        if args.kind == "suites":  # the current version under its id, then the superseded ones, pinned
+            from attacks.suites import suite_versions
+
+            versions = suite_versions(name)
+            for suite in reversed(versions):
+                label = name if suite is versions[-1] else f"{suite.name} (superseded)"
+                print(f"{label:<15} version {suite.version}  {suite.hash[:12]}  {suite.description}")
         else:
             print(name)
     return 0

@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from attacks.suites import get_suite
     from robustbench_dml.cli.evaluate import evaluate_checkpoint, suite_for
     from robustbench_dml.cli.report import (
         attack_table,
@@ -66,7 +67,7 @@ def run(args) -> int:
         return 0
     if is_rank0():  # the rank that publishes; under torchrun a refusal there stops every rank
         check_run_folder(args.out, cfg, args.resume)  # before the plan measures anything
-        LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, suite)
+        LeaderboardStore(args.leaderboard_dir).check_writable(cfg.dataset, get_suite(suite).board)
     if not args.quiet and is_rank0():  # the estimate comes before the compute
         print_plan(cfg, **plan, show_config=False)
     progress = show_progress(args)

@@ -52,14 +52,14 @@ def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
     from robustbench_dml.cli.leaderboard import board_with_reference
     from robustbench_dml.leaderboard import LeaderboardStore, render
 
-    frame = board_with_reference(LeaderboardStore(leaderboard_dir), record.dataset, record.suite_id, version, True,
+    frame = board_with_reference(LeaderboardStore(leaderboard_dir), record.dataset, record.board, version, True,
                                  record.protocol)
     print(render(frame, "md", highlight_record_id=record.record_id), end="")
     state = "added to" if added else "already on (no new version)"
     from robustbench_dml.cli.report import _num  # "-" for a score a partial suite does not give
 
     scores = "; ".join(f"{p}: ERS {_num(s.ers, 1)}, ARS {_num(s.ars, 1)}" for p, s in record.protocols.items())
-    print(f"{record.record_id} ({scores}) {state} {leaderboard_dir}/{record.dataset}/{record.suite_id} v{version}")
+    print(f"{record.record_id} ({scores}) {state} {leaderboard_dir}/{record.dataset}/{record.board} v{version}")
 
 
 def run(args) -> int:
@@ -73,13 +73,12 @@ def run(args) -> int:
         check_submitter(args.name)
     meta = validate(checkpoint)
     suite = args.suite or datasets.info(meta["dataset"]).suite
-    from attacks.suites import SUITES
+    from attacks.suites import get_suite
 
-    if suite not in SUITES:
-        raise UserError(f"unknown suite {suite!r}; known: {', '.join(SUITES.list())}")
+    board = get_suite(suite).board  # an unknown suite is a one-line UserError naming the known ones
     from robustbench_dml.leaderboard import LeaderboardStore
 
-    LeaderboardStore(args.leaderboard_dir).check_writable(meta["dataset"], suite)
+    LeaderboardStore(args.leaderboard_dir).check_writable(meta["dataset"], board)
     with tempfile.TemporaryDirectory(prefix="dmlbench-submit-") as state:
         result = evaluate(checkpoint, EvalConfig(suite, seed=args.eval_seed), device=args.device, state_dir=state,
                           progress=progress_mode(args), data_root=args.data_root)

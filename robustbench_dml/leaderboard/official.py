@@ -79,7 +79,8 @@ def _read_entry(path: Path) -> dict[str, Any]:
     return entry
 
 
-def _records_of(entry: Mapping[str, Any], *, where: str, suite: str | None = None) -> list[Record]:
+def _records_of(entry: Mapping[str, Any], *, where: str, board: str | None = None) -> list[Record]:
+    from attacks.suites import get_suite
     from robustbench_dml.leaderboard.derive import record_from_result
 
     out = []
@@ -91,24 +92,25 @@ def _records_of(entry: Mapping[str, Any], *, where: str, suite: str | None = Non
         if not isinstance(item, Mapping):
             raise UserError(f"{here}: not a JSON object; reinstall the package")
         recipe = Recipe.from_json(json.dumps(item.get("recipe")), where=f"{here}, recipe")
-        if suite is not None and recipe.evaluate["suite"] != suite:
+        suite = get_suite(recipe.evaluate["suite"])
+        if board is not None and suite.board != board:
             continue  # only the board asked for is derived
         record = record_from_result(item.get("result"), submitter=OFFICIAL_SUBMITTER, created=entry["created"])
         if record.checkpoint_sha256 != recipe.weights_sha256:
             raise UserError(f"{here}: the result is of weights {record.checkpoint_sha256[:12]}..., the recipe's are "
                             f"{recipe.weights_sha256[:12]}...; reinstall the package")
-        if record.suite_id != recipe.evaluate["suite"]:
-            raise UserError(f"{here}: the result is of suite {record.suite_id}, the recipe's is "
-                            f"{recipe.evaluate['suite']}; reinstall the package")
+        if (record.suite_id, record.suite_version) != (suite.id, suite.version):
+            raise UserError(f"{here}: the result is of suite {record.suite_id} version {record.suite_version}, the "
+                            f"recipe's is {suite.name}; reinstall the package")
         out.append(dataclasses.replace(record, source=OFFICIAL_SOURCE, budget=recipe.budget,
                                        recipe=recipe.to_json(), note=f"official: {entry.get('model')}"))
     return out
 
 
-def official_records(dataset: str | None = None, suite: str | None = None, *,
+def official_records(dataset: str | None = None, board: str | None = None, *,
                      root: str | Path | None = None) -> list[Record]:
-    """The official records (of ``dataset`` and ``suite`` when given), each re-derived from its result; ``root``
-    replaces the package's boards (tests, a board being built)."""
+    """The official records (of ``dataset`` and of the leaderboard ``board``, a suite version's, when given), each
+    re-derived from its result; ``root`` replaces the package's boards (tests, a board being built)."""
     base = Path(root) if root is not None else BOARDS
     if dataset is not None:
         folders: Iterable[Path] = [base / dataset]
@@ -117,15 +119,15 @@ def official_records(dataset: str | None = None, suite: str | None = None, *,
     out = []
     for folder in folders:
         for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else []:
-            out += _records_of(_read_entry(path), where=str(path), suite=suite)
+            out += _records_of(_read_entry(path), where=str(path), board=board)
     return out
 
 
-def official_frame(dataset: str, suite: str, *, root: str | Path | None = None) -> pd.DataFrame:
+def official_frame(dataset: str, board: str, *, root: str | Path | None = None) -> pd.DataFrame:
     """The official rows of one board as a leaderboard frame (one row per record and protocol)."""
     from robustbench_dml.leaderboard.frames import records_to_frame
 
-    return records_to_frame(official_records(dataset, suite, root=root))
+    return records_to_frame(official_records(dataset, board, root=root))
 
 
 def is_official(source: Any, reported: Any) -> bool:

@@ -129,10 +129,11 @@ def evaluate_argv(evaluate: Mapping[str, Any], checkpoint: str, json_out: str) -
 
 def eval_settings(eval_cfg) -> dict[str, Any]:
     """The settings of an :class:`~robustbench_dml.evaluation.EvalConfig` a recipe records (JSON values)."""
-    from attacks.suites import get_suite
+    from attacks.suites import get_suite, spec_of
 
     out = {name: getattr(eval_cfg, name) for name in _EVAL_FIELDS}
-    out["suite"] = get_suite(eval_cfg.suite).id
+    suite = get_suite(eval_cfg.suite)
+    out["suite"] = spec_of(suite.id, suite.version)  # the version pinned where the suite has several
     out["attacks"] = list(out["attacks"]) if out["attacks"] is not None else None
     out["numerics"] = getattr(eval_cfg.numerics, "name", eval_cfg.numerics)
     return out

@@ -13,8 +13,8 @@ The two dataclasses are the one declaration of the schema: :data:`RECORD_FIELDS`
 leaderboard column, kind, nullability) are read off them, and the leaderboard frame
 (:mod:`robustbench_dml.leaderboard.frames`) and validation follow from those.
 
-On disk a record is one JSON file (``<root>/records/<dataset>/<suite_id>/<record_id>.json``) written atomically
-and never edited. Loading validates schema version, fields, types and finiteness; a damaged file is a
+On disk a record is one JSON file (``<root>/records/<dataset>/<board>/<record_id>.json``, :func:`board_name`)
+written atomically and never edited. Loading validates schema version, fields, types and finiteness; a damaged file is a
 :class:`~robustbench_dml.errors.UserError` naming the file. Version 1 files (flat, one protocol named by their
 ``robrank_compat`` flag) are read as records of that one protocol. Building a record from an evaluation result
 re-derives every score (:mod:`robustbench_dml.leaderboard.derive`).
@@ -38,7 +38,7 @@ from robustbench_dml.files import atomic_write_bytes, read_bounded
 
 __all__ = ["RECORD_SCHEMA_VERSION", "BUDGETS", "Record", "ProtocolScores", "Field", "RECORD_FIELDS", "SCORE_FIELDS",
            "BENIGN_COLUMNS", "RAW_COLUMNS", "SCORE_COLUMNS", "WORST_COLUMNS", "make_record_id", "write_record",
-           "read_record", "safe_name", "check_submitter"]
+           "read_record", "safe_name", "check_submitter", "board_name"]
 
 RECORD_SCHEMA_VERSION = 5
 #: the training budgets a measured row may name (``budget``): the cpu studies' subset and epochs, or the published
@@ -66,6 +66,13 @@ FIELD_OF_COLUMN = {m.key: m.field for m in columns.ALL}
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def board_name(suite_id: str, version: int | None) -> str:
+    """The leaderboard of suite ``suite_id`` version ``version``: one per suite version, version 1's (and the
+    papers' rows, of no version) under the bare id they had before suites had a second version, a later one under
+    ``<id>.v<version>``."""
+    return suite_id if version in (None, 1) else f"{suite_id}.v{version}"
 
 
 def safe_name(value: str, what: str) -> str:
@@ -195,6 +202,11 @@ class Record:
         check_protocols(self.protocols, where="record")
 
     # ---- views -------------------------------------------------------------------------------------------
+    @property
+    def board(self) -> str:
+        """The leaderboard (suite version) this record belongs to (:func:`board_name`)."""
+        return board_name(self.suite_id, self.suite_version)
+
     @property
     def protocol(self) -> str:
         """The protocol the plain accessors show: the default when measured, else the one measured."""

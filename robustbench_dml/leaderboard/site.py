@@ -70,13 +70,18 @@ def _num(v: Any, decimals: int = 1) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{decimals}f}"
 
 
-def _suite_line(suite_id: str) -> str:
+def _suite_line(rec: Record) -> str:
     from attacks.suites import SUITES, get_suite
 
-    if suite_id not in SUITES:
+    if rec.suite_id not in SUITES or rec.suite_version is None:
         return "the papers' published rows (each paper's own suite and eps)"
-    s = get_suite(suite_id)
+    s = get_suite(f"{rec.suite_id}.v{rec.suite_version}")
     return f"{s.id} v{s.version}: eps {s.eps * 255:.0f}/255 ({s.eps:.4f}); {s.description}"
+
+
+def _suite_name(rec: Record) -> str:
+    """The suite and its version as pages name it (``rankaa28 v2``)."""
+    return rec.suite_id if rec.suite_version is None else f"{rec.suite_id} v{rec.suite_version}"
 
 
 def _page(title: str, body: str, depth: int) -> str:
@@ -136,10 +141,11 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
         cells.append(f'<td data-v="{"" if s.worst_case is None else s.worst_case}">{_num(s.worst_case)}</td>')
         cls = "paper" if rec.reported else "official" if is_official(rec.source, rec.reported) else "local"
         body.append(f'<tr class="{cls}" data-record="{_e(rec.record_id)}">{"".join(cells)}</tr>')
-    caption = f"{dataset} / {suite} / protocol {protocol}"
+    first = next((r for r, _ in rows if not r.reported), rows[0][0])  # a measured row names the suite version
+    caption = f"{dataset} / {_suite_name(first) if not first.reported else suite} / protocol {protocol}"
     table = (f'<table class="sortable" data-protocol="{_e(protocol)}"><caption>{_e(caption)}</caption>'
              f"<thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>")
-    notes = (f"<p>Dataset <b>{_e(dataset)}</b>; suite {_e(_suite_line(suite))}; protocol <b>{_e(protocol)}</b>: "
+    notes = (f"<p>Dataset <b>{_e(dataset)}</b>; suite {_e(_suite_line(first))}; protocol <b>{_e(protocol)}</b>: "
              f"{_e(P.DESCRIPTIONS[protocol])}. Rows are {_e(RANKING)}. Raw attack results in the papers' units "
              "(CA/QA: percent of the gallery; TMA: cosine; ES:D: distance; the rest: percent of queries). "
              "Click a column to sort.</p>")
@@ -172,7 +178,7 @@ def _svg_bars(values: dict[str, float | None]) -> str:
 
 
 def _model(rec: Record, siblings: Sequence[Record]) -> str:
-    facts = [("record", rec.record_id), ("dataset", rec.dataset), ("suite", _suite_line(rec.suite_id)),
+    facts = [("record", rec.record_id), ("dataset", rec.dataset), ("suite", _suite_line(rec)),
              ("defense", rec.defense), ("backbone", rec.backbone), ("training PGD steps", rec.steps),
              ("by", rec.submitter + (" (official)" if is_official(rec.source, rec.reported) else "")),
              ("budget", rec.budget or "not stated"), ("training seed", training_seed(rec.recipe)),
@@ -199,7 +205,7 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
     others = [r for r in siblings if r.record_id != rec.record_id]
     if others:
         body.append("<h2>The same weights under other suites</h2><ul>" + "".join(
-            f'<li><a href="{_e(r.record_id)}.html">{_e(r.suite_id)}</a>: ARS '
+            f'<li><a href="{_e(r.record_id)}.html">{_e(_suite_name(r))}</a>: ARS '
             f"{_num(r.scores().ars)}, ERS {_num(r.scores().ers)} ({_e(r.protocol)})</li>" for r in others) + "</ul>")
     if rec.recipe:
         recipe = json.loads(rec.recipe)
@@ -211,17 +217,17 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
     else:
         body.append("<h2>Configuration</h2><pre>" + _e(json.dumps(json.loads(rec.defense_config), indent=1))
                     + "</pre><p class=\"note\">No recipe was recorded for this row.</p>")
-    return _page(f"{rec.defense} on {rec.dataset}, {rec.suite_id}", "\n".join(body), 1)
+    return _page(f"{rec.defense} on {rec.dataset}, {_suite_name(rec)}", "\n".join(body), 1)
 
 
 def _gap(records: Sequence[Record]) -> str:
     """Per checkpoint measured under a strong suite and its base suite (corrected protocol): both ARS and the gap."""
     from attacks.suites import SUITES, get_suite
 
-    by_key = {(r.checkpoint_sha256, r.suite_id): r for r in records if not r.reported}
+    by_key = {(r.checkpoint_sha256, r.board): r for r in records if not r.reported}
     rows = []
     for r in records:
-        base = get_suite(r.suite_id).base if r.suite_id in SUITES else None
+        base = get_suite(r.suite_id).base if r.suite_id in SUITES else None  # a published suite: one version
         pub = by_key.get((r.checkpoint_sha256, base)) if base else None
         if pub is None or r.reported or P.CORRECTED not in r.protocols or P.CORRECTED not in pub.protocols:
             continue
@@ -233,8 +239,8 @@ def _gap(records: Sequence[Record]) -> str:
                                                           ("ARS strong suite", ""), ("Gap", "")))
     tr = "".join(
         f'<tr><td class="t">{_e(r.dataset)}</td><td class="t"><a href="models/{_e(r.record_id)}.html">'
-        f'{_e(r.defense)}</a>{_tags(r)}</td><td class="t">{_e(_by(r))}</td><td class="t">{_e(pub.suite_id)} → '
-        f'{_e(r.suite_id)}</td><td data-v="{a}">{_num(a)}</td><td data-v="{b}">{_num(b)}</td>'
+        f'{_e(r.defense)}</a>{_tags(r)}</td><td class="t">{_e(_by(r))}</td><td class="t">{_e(_suite_name(pub))} → '
+        f'{_e(_suite_name(r))}</td><td data-v="{a}">{_num(a)}</td><td data-v="{b}">{_num(b)}</td>'
         f'<td data-v="{g}">{_num(g)}</td></tr>' for r, pub, a, b, g in rows)
     text = ("<p>How much of each model's robustness under the published suite (RobRank's sign-PGD, last iterate) "
             "the strong suite takes away: ARS under both, protocol corrected, the same weights and queries.</p>")
@@ -251,7 +257,7 @@ def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
     boards: dict[tuple[str, str, str], list[tuple[Record, str]]] = defaultdict(list)
     for r in measured:
         for protocol in r.protocols:
-            boards[(r.dataset, r.suite_id, protocol)].append((r, protocol))
+            boards[(r.dataset, r.board, protocol)].append((r, protocol))
     papers = defaultdict(list)
     for r in records:
         if r.reported:
@@ -275,7 +281,9 @@ def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
         key = board_key(dataset, suite, protocol)
         put(f"boards/{key}.html", _board(dataset, suite, protocol, rows))
         n_paper = sum(r.reported for r, _ in rows)
-        index.append(f'<tr><td class="t">{_e(dataset)}</td><td class="t">{_e(suite)}</td><td class="t">'
+        first = next((r for r, _ in rows if not r.reported), None)
+        named = suite if first is None else _suite_name(first)
+        index.append(f'<tr><td class="t">{_e(dataset)}</td><td class="t">{_e(named)}</td><td class="t">'
                      f'{_e(protocol)}</td><td data-v="{len(rows) - n_paper}">{len(rows) - n_paper}</td>'
                      f'<td data-v="{n_paper}">{n_paper}</td><td class="t"><a href="boards/{_e(key)}.html">'
                      f"{_e(key)}</a></td></tr>")

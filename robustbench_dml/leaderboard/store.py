@@ -2,12 +2,16 @@
 
 Layout under ``root`` (the ``--leaderboard-dir``)::
 
-    records/<dataset>/<suite>/<record_id>.json      one per (checkpoint sha256, suite hash); never edited
-    records/<dataset>/<suite>/<record_id>.evidence.json.gz   its per-query results (:mod:`.evidence`)
-    <dataset>/<suite>/v<N>.parquet                   leaderboard version N (explicit pyarrow schema)
-    <dataset>/<suite>/v<N>.manifest.json             sha256 of the parquet and of every input record, rows, ...
-    <dataset>/<suite>/latest                         pointer: the number of the newest published version
-    <dataset>/<suite>/.lock                          inter-process lock (filelock)
+    records/<dataset>/<board>/<record_id>.json      one per (checkpoint sha256, suite hash); never edited
+    records/<dataset>/<board>/<record_id>.evidence.json.gz   its per-query results (:mod:`.evidence`)
+    <dataset>/<board>/v<N>.parquet                   leaderboard version N (explicit pyarrow schema)
+    <dataset>/<board>/v<N>.manifest.json             sha256 of the parquet and of every input record, rows, ...
+    <dataset>/<board>/latest                         pointer: the number of the newest published version
+    <dataset>/<board>/.lock                          inter-process lock (filelock)
+
+``<board>`` is the suite version's leaderboard (:func:`~robustbench_dml.leaderboard.records.board_name`:
+``rankaa28.v2``; a version 1 suite's, ``rob28``, the bare id), so the numbers of two versions of a suite never share
+a board. The methods' ``suite`` argument is that name.
 
 Publishing (``add_record``/``add_records``/``rebuild``) runs under the per-(dataset, suite) file lock: read the
 pointer, write the new record files, derive the frame from *all* record files of the leaderboard, write the parquet
@@ -112,10 +116,10 @@ class LeaderboardStore:
         return self.root / "records" / safe_name(dataset, "dataset") / safe_name(suite, "suite")
 
     def evidence_path(self, record: Record) -> Path:
-        return self.records_dir(record.dataset, record.suite_id) / f"{record.record_id}{SUFFIX}"
+        return self.records_dir(record.dataset, record.board) / f"{record.record_id}{SUFFIX}"
 
     def record_path(self, record: Record) -> Path:
-        return self.records_dir(record.dataset, record.suite_id) / f"{record.record_id}.json"
+        return self.records_dir(record.dataset, record.board) / f"{record.record_id}.json"
 
     def parquet_path(self, dataset: str, suite: str, version: int) -> Path:
         return self.board_dir(dataset, suite) / f"v{int(version)}.parquet"
@@ -234,8 +238,8 @@ class LeaderboardStore:
         out = []
         for path in sorted(d.glob("*.json")):
             rec = read_record(path)
-            if rec.dataset != dataset or rec.suite_id != suite:
-                raise UserError(f"record file {path} belongs to {rec.dataset}/{rec.suite_id}, not {dataset}/{suite}")
+            if rec.dataset != dataset or rec.board != suite:
+                raise UserError(f"record file {path} belongs to {rec.dataset}/{rec.board}, not {dataset}/{suite}")
             _check_derived(rec, path)
             if not rec.reported:
                 check_evidence(rec, self._evidence_bytes(rec), where=f"record file {path}")
@@ -360,7 +364,7 @@ class LeaderboardStore:
         records = list(records)
         if not records:
             raise UserError("no records to add")
-        keys = {(r.dataset, r.suite_id) for r in records}
+        keys = {(r.dataset, r.board) for r in records}
         if len(keys) != 1:
             raise UserError(f"records of one call must share dataset and suite, got {sorted(keys)}")
         dataset, suite = keys.pop()

@@ -107,7 +107,7 @@ def caption(protocol: str | None) -> str:
 RANKING = "ranked by ARS, then ERS (higher is more robust)"
 
 
-def _suite_text(suite_id: str) -> str:
+def _suite_text(suite_id: str, version: int | None) -> str:
     from robustbench_dml.leaderboard.reference import REFERENCE_SUITE
 
     if suite_id == REFERENCE_SUITE:
@@ -115,7 +115,7 @@ def _suite_text(suite_id: str) -> str:
     try:
         from attacks.suites import get_suite
 
-        s = get_suite(suite_id)
+        s = get_suite(f"{suite_id}.v{version}")
     except Exception:  # an unknown or plugin suite: its id alone
         return suite_id
     return f"{s.id} v{s.version} (eps {s.eps * 255:.0f}/255)"
@@ -127,7 +127,8 @@ def context(df: pd.DataFrame) -> str:
     from robustbench_dml.leaderboard.frames import sort_frame
 
     parts = [", ".join(sorted(set(df["dataset"].dropna()))) or "no rows"]
-    parts += [_suite_text(s) for s in sorted(set(df["suite_id"].dropna()))]
+    suites = {(s, None if pd.isna(v) else int(v)) for s, v in zip(df["suite_id"], df["suite_version"]) if not pd.isna(s)}
+    parts += [_suite_text(s, v) for s, v in sorted(suites, key=lambda t: (t[0], t[1] or 0))]
     named = caption(protocol_of(df))
     if named:
         parts.append(named)
