@@ -88,7 +88,8 @@ def evaluate(checkpoint: Path, queries: int, folder: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--queries", default="256,2560")
+    p.add_argument("--queries", default="256,2560", help="comma-separated; an empty string measures the benign phase "
+                                                           "alone")
     p.add_argument("--threads", default="1", help="torch threads in the reference pipeline (dmlbench uses its own)")
     p.add_argument("--output", help="also write the Markdown report here")
     args = p.parse_args()
@@ -100,7 +101,7 @@ def main() -> None:
              f"Checkpoint `{checkpoint}`, Fashion-MNIST, CPU; load average before: "
              f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}.", ""]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [evaluate(checkpoint, int(q), Path(tmp)) for q in args.queries.split(",")]
+        rows = [evaluate(checkpoint, int(q), Path(tmp)) for q in args.queries.split(",") if q]  # "": benign only
         benign, _ = timed([sys.executable, "-m", "robustbench_dml.cli.main", "evaluate", "--checkpoint",
                            str(checkpoint), "--data-root", str(DATA), "--benign-only", "--json",
                            str(Path(tmp) / "benign.json"), "--device", "cpu", "--quiet"])

@@ -35,6 +35,8 @@ def main() -> None:
                    help="the strong suites measured against rob28, each attack's calls alternating (rankaa28plus "
                         "costs about 80 times rob28: hours on one CPU core)")
     p.add_argument("--load", default="nothing else noted", help="what else ran on the machine, for the report")
+    p.add_argument("--no-cub", action="store_true", help="skip timing one PGD iteration of CUB's model (ResNet-50, "
+                                                         "112 images of 224x224: about a minute on 2 CPU cores)")
     p.add_argument("--report", default=str(Path(__file__).parent / "results" / "bench_rankaa.md"))
     args = p.parse_args()
     if args.threads:
@@ -75,8 +77,44 @@ def main() -> None:
              "|---|---|" + "---|" * (2 * len(suites)), *rows,
              "| suite | " + " | ".join(f"{t:.1f}" for t in totals) + " | "
              + " | ".join(f"{t / totals[0]:.2f}" for t in totals[1:]) + " |", ""]
+    lines += whole_evaluations(suites, totals, args.no_cub)
     Path(args.report).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def whole_evaluations(suites, totals: list[float], no_cub: bool) -> list[str]:
+    """What whole evaluations would take, priced as ``dmlbench``'s plan prices them (iterations x seconds per
+    iteration), each strong suite by its cost measured against rob28 above: Fashion-MNIST (10,000 queries, c2f2,
+    the iteration time of rob28 in this run) and CUB-200-2011 (5,924 queries, ResNet-50 at 224x224, one iteration
+    timed here)."""
+    from attacks.pgd import iteration_seconds
+    from robustbench_dml.evaluation import EvalConfig
+    from robustbench_dml.plan import clock
+
+    def iterations(suite_id: str, queries: int) -> int:
+        config = EvalConfig(suite_id)
+        batches = -(-queries // config.suite_obj.batch_size)
+        return round(sum(config.runs(a) * batches * config.suite_obj.iterations for a in config.attack_ids))
+
+    per_it = totals[0] / (len(ROB28.attacks) * ROB28.iterations)  # one batch of 128, rob28's own calls
+    sets = [("Fashion-MNIST, 10,000 queries", "rob28", 10000, per_it, "")]
+    if not no_cub:
+        model = backbones.create("resnet50", embedding_dim=512, pretrained=False).eval()
+        x = torch.rand(112, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+        cub = min(iteration_seconds(model, x, repeats=1))
+        sets.append(("CUB-200-2011, 5,924 queries", "rob224", 5924, cub, f" ({cub:.1f} s per iteration timed here)"))
+    out = ["", "## Whole evaluations on this CPU, priced as the plan prices them", "",
+           "Iterations (forward+backward of a query batch; GTM and LTM run once per protocol under rob28/rob224) times "
+           "seconds per iteration, each strong suite scaled by its cost against rob28 measured above (which counts "
+           "what the work count leaves out: the measurement at every APGD iterate, the checks). One GPU: not "
+           "measured; no session has had a GPU machine, and `--plan` on one prices it there.", "",
+           "| data | " + " | ".join(["rob28 / rob224", *(f"{s.id} v{s.version}" for s in suites)]) + " |",
+           "|---|" + "---|" * (1 + len(suites))]
+    for name, base, queries, seconds, note in sets:
+        published = iterations(base, queries) * seconds
+        cells = [clock(published)] + [clock(published * t / totals[0]) for t in totals[1:]]
+        out.append(f"| {name}{note} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 if __name__ == "__main__":

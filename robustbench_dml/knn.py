@@ -18,6 +18,9 @@ How every backend gives the same answer:
    index). How much that saves depends on how the distances crowd: on spread-out embeddings nearly all of the
    ``m x D`` gathered values per query; on a trained 512-d Fashion-MNIST model, where about half the neighbours
    sit in runs, about half. The k results' distances are canonical ones (``distances=False`` skips them).
+   A caller that reads only which places hold an item of the query's label (the retrieval metrics) passes
+   ``relevance``: then only the runs that mix the query's label with others, and the run holding the k-th place,
+   are ordered canonically; the others keep the coarse order, which puts the same labels at the same places.
 3. Boundary check: an item left out by the coarse search has coarse squared distance >= the largest proposed
    one, ``c_m``. When the run holding the k-th result is not clearly below that (near-ties at the k boundary,
    e.g. collapsed embeddings) the query is searched again with twice as many candidates, up to the whole
