@@ -162,18 +162,19 @@ ROB224 = Suite(
     description="RobRank rob224 (CUB/CARS/SOP 224x224): eps 8/255, alpha 3/255, 32 PGD steps, W=M=1",
 )
 
+def _strong(base: Suite, suite_id: str, version: int, engine: Engine, how: str) -> Suite:
+    """A strong suite on the published suite ``base``: its threat, attacks, targets and batches, each attack run by
+    ``engine`` (``how`` says how, for the description)."""
+    return Suite(id=suite_id, version=version, eps=base.eps, alpha=base.alpha, steps=base.steps,
+                 batch_size=base.batch_size, attacks=base.attacks, engine=engine, base=base.id,
+                 description=f"{base.id}'s attacks and targets, each run as {how}")
+
+
 #: version 1 of the strong suites (PGD + 2 x 24-step APGD with the reference code's integer checkpoints): superseded
 #: by version 2, kept so that its results reproduce and load under their hash
-RANKAA28_V1 = Suite(
-    id="rankaa28", version=1, eps=ROB28.eps, alpha=ROB28.alpha, steps=ROB28.steps, batch_size=ROB28.batch_size,
-    attacks=_rob_attacks(), engine=Engine(), base="rob28",
-    description="rob28's attacks and targets, each run as PGD + 2 x 24-step APGD, best point kept, random-search check",
-)
-RANKAA224_V1 = Suite(
-    id="rankaa224", version=1, eps=ROB224.eps, alpha=ROB224.alpha, steps=ROB224.steps,
-    batch_size=ROB224.batch_size, attacks=_rob_attacks(), engine=Engine(), base="rob224",
-    description="rob224's attacks and targets, each run as PGD + 2 x 24-step APGD, best point kept, random-search check",
-)
+_V1 = "PGD + 2 x 24-step APGD, best point kept, random-search check"
+RANKAA28_V1 = _strong(ROB28, "rankaa28", 1, Engine(), _V1)
+RANKAA224_V1 = _strong(ROB224, "rankaa224", 1, Engine(), _V1)
 
 #: version 2 of the strong suites, frozen at the knee of the convergence study (``benchmarks/rankaa_budget.py``:
 #: the smallest budget within 0.5 ARS of the largest on every study model): the published PGD, a 100-step APGD run
@@ -182,36 +183,19 @@ RANKAA224_V1 = Suite(
 #: batch with Square Attack's window (0.8) for 1,000 proposals
 V2_ENGINE = Engine(schedule="apgd-paper", steps=100, restarts=1, targets=1, check_queries=8, check_steps=1000,
                    check_p_init=0.8)
-RANKAA28 = Suite(
-    id="rankaa28", version=2, eps=ROB28.eps, alpha=ROB28.alpha, steps=ROB28.steps, batch_size=ROB28.batch_size,
-    attacks=_rob_attacks(), engine=V2_ENGINE, base="rob28",
-    description="rob28's attacks and targets, each run as PGD + 2 x 100-step APGD (the second targeted where the "
-                "attack has alternatives), best point kept, random-search check: 232 gradients per image",
-)
-RANKAA224 = Suite(
-    id="rankaa224", version=2, eps=ROB224.eps, alpha=ROB224.alpha, steps=ROB224.steps,
-    batch_size=ROB224.batch_size, attacks=_rob_attacks(), engine=V2_ENGINE, base="rob224",
-    description="rob224's attacks and targets, each run as PGD + 2 x 100-step APGD (the second targeted where the "
-                "attack has alternatives), best point kept, random-search check: 232 gradients per image",
-)
-
+_V2 = ("PGD + 2 x 100-step APGD (the second targeted where the attack has alternatives), best point kept, "
+       "random-search check: 232 gradients per image")
+RANKAA28 = _strong(ROB28, "rankaa28", 2, V2_ENGINE, _V2)
+RANKAA224 = _strong(ROB224, "rankaa224", 2, V2_ENGINE, _V2)
 
 #: the largest budget of the convergence study (``benchmarks/rankaa_budget.py``): AutoAttack's scale, >= 1,000
 #: gradient evaluations and a 5,000-query random search per image and attack
 PLUS_ENGINE = Engine(schedule="apgd-paper", steps=100, restarts=5, targets=5, check_queries=0, check_steps=0,
                      search_steps=5000, search_p_init=0.8)
-RANKAA28PLUS = Suite(
-    id="rankaa28plus", version=1, eps=ROB28.eps, alpha=ROB28.alpha, steps=ROB28.steps, batch_size=ROB28.batch_size,
-    attacks=_rob_attacks(), engine=PLUS_ENGINE, base="rob28",
-    description="rob28's attacks and targets, each run as PGD + 10 x 100-step APGD (5 targeted where the attack "
-                "has alternatives) + a 5,000-query random search, best point kept: 1,032 gradients per image",
-)
-RANKAA224PLUS = Suite(
-    id="rankaa224plus", version=1, eps=ROB224.eps, alpha=ROB224.alpha, steps=ROB224.steps,
-    batch_size=ROB224.batch_size, attacks=_rob_attacks(), engine=PLUS_ENGINE, base="rob224",
-    description="rob224's attacks and targets, each run as PGD + 10 x 100-step APGD (5 targeted where the attack "
-                "has alternatives) + a 5,000-query random search, best point kept: 1,032 gradients per image",
-)
+_PLUS = ("PGD + 10 x 100-step APGD (5 targeted where the attack has alternatives) + a 5,000-query random search, "
+         "best point kept: 1,032 gradients per image")
+RANKAA28PLUS = _strong(ROB28, "rankaa28plus", 1, PLUS_ENGINE, _PLUS)
+RANKAA224PLUS = _strong(ROB224, "rankaa224plus", 1, PLUS_ENGINE, _PLUS)
 
 
 @SUITES.register("rob28")
