@@ -265,13 +265,13 @@ def spec_of(suite_id: str, version: int) -> str:
 
 
 def board_of(spec: str) -> str:
-    """The leaderboard a ``--suite`` argument names: the suite version's (:attr:`Suite.board`; a bare id names the
-    current version's); a name that is no installed suite as it is (a store may hold boards of suites that are
-    not installed here)."""
+    """The leaderboard a ``--suite`` argument names: a bare id the current version's (:attr:`Suite.board`), ``id.vN``
+    version N's, whether or not this installation has it (a store may hold boards of suites, or versions, that are
+    not installed here); a bare id that is no installed suite is taken as it is."""
     m = _PINNED.fullmatch(spec)
-    if (m["id"] if m else spec) not in SUITES:
-        return spec
-    return get_suite(spec).board
+    if m is not None:
+        return board_name(m["id"], int(m["version"]))
+    return get_suite(spec).board if spec in SUITES else spec
 
 
 def find_suite(suite_id: str, version: int | None, suite_hash: str) -> Suite | None:

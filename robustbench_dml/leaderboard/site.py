@@ -27,6 +27,7 @@ from typing import Any
 
 from robustbench_dml import columns, scoring
 from robustbench_dml import protocols as P
+from robustbench_dml.errors import UserError
 from robustbench_dml.files import atomic_write_text
 from robustbench_dml.leaderboard.official import is_official
 from robustbench_dml.leaderboard.recipes import training_seed
@@ -75,7 +76,10 @@ def _suite_line(rec: Record) -> str:
 
     if rec.suite_id not in SUITES or rec.suite_version is None:
         return "the papers' published rows (each paper's own suite and eps)"
-    s = get_suite(f"{rec.suite_id}.v{rec.suite_version}")
+    try:
+        s = get_suite(f"{rec.suite_id}.v{rec.suite_version}")
+    except UserError:  # a version this installation does not have (a store written by a newer one)
+        return f"{_suite_name(rec)} (not in this installation; upgrade robustbench-dml to see its parameters)"
     return f"{s.id} v{s.version}: eps {s.eps * 255:.0f}/255 ({s.eps:.4f}); {s.description}"
 
 
