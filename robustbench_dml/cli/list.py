@@ -29,14 +29,18 @@ def _registry(kind: str):
 
 def run(args) -> int:
     reg = _registry(args.kind)
-    for name in reg.list(args.pattern):
-        if args.kind == "suites":  # the current version under its id, then the superseded ones, pinned
-            from attacks.suites import suite_versions
+    if args.kind == "suites":  # the current version under its id, then the superseded ones, pinned
+        from attacks.suites import suite_versions
 
+        rows = []
+        for name in reg.list(args.pattern):
             versions = suite_versions(name)
-            for suite in reversed(versions):
-                label = name if suite is versions[-1] else f"{suite.name} (superseded)"
-                print(f"{label:<15} version {suite.version}  {suite.hash[:12]}  {suite.description}")
-        else:
-            print(name)
+            rows += [(name if s is versions[-1] else s.name, s, s is not versions[-1]) for s in reversed(versions)]
+        width = max((len(label) for label, _, _ in rows), default=0)
+        for label, suite, old in rows:
+            state = " (superseded)" if old else ""
+            print(f"{label:<{width}}  version {suite.version}{state:<13}  {suite.hash[:12]}  {suite.description}")
+        return 0
+    for name in reg.list(args.pattern):
+        print(name)
     return 0
