@@ -15,6 +15,8 @@ from robustbench_dml.config import TrainConfig
 from robustbench_dml.datasets.samplers import SPC2BatchSampler
 from robustbench_dml.training import train
 
+pytestmark = pytest.mark.slow  # each test trains a digits model for an epoch or two
+
 
 @pytest.fixture(scope="module")
 def ca_tride_run(tmp_path_factory):

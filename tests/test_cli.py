@@ -132,6 +132,7 @@ def test_leaderboard_show_reference_rows(tmp_path, capsys):
     assert "51.6" in out  # the CA-TRIDE paper's ARS on CUB
 
 
+@pytest.mark.slow  # two whole Fashion-MNIST benign phases (10,000 x 10,000), end to end
 def test_one_evaluation_writes_both_protocols_and_tables_never_mix_them(tmp_path, capsys, shared_data):
     """evaluate measures corrected and robrank in one run; compare names the protocol it shows and puts the
     papers' (robrank) rows only beside robrank numbers."""
