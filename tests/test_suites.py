@@ -75,7 +75,7 @@ def test_registry():
 def test_version_2_is_the_knee_of_the_budget_study_and_version_1_loads_unchanged():
     """rankaa28 v2 runs the first two gradient runs of rankaa28plus, so its result is the study's ``g232`` step;
     version 1 keeps its engine (and hash) and each version has its own board."""
-    from attacks.suites import find_suite
+    from attacks.suites import board_of, find_suite, spec_of
 
     v1, v2, plus = get_suite("rankaa28.v1"), get_suite("rankaa28"), get_suite("rankaa28plus")
     assert (v1.engine.schedule, v1.engine.steps, v1.engine.restarts, v1.engine.check_p_init) == ("apgd", 24, 2, 0.05)
@@ -85,3 +85,9 @@ def test_version_2_is_the_knee_of_the_budget_study_and_version_1_loads_unchanged
     assert (v1.board, v2.board, plus.board) == ("rankaa28", "rankaa28.v2", "rankaa28plus")
     assert find_suite("rankaa28", 1, v1.hash) is v1 and find_suite("rankaa28", 2, v1.hash) is None
     assert find_suite("nope", 1, v1.hash) is None
+    # the names a command uses: a bare id is the current version's board, id.vN version N's (installed or not),
+    # and a recorded command pins the version wherever a suite has several
+    assert [board_of(s) for s in ("rankaa28", "rankaa28.v1", "rankaa28.v3", "rob28", "mine")] == \
+        ["rankaa28.v2", "rankaa28", "rankaa28.v3", "rob28", "mine"]
+    assert (spec_of("rankaa28", 1), spec_of("rankaa28", 2), spec_of("rob28", 1)) == ("rankaa28.v1", "rankaa28.v2",
+                                                                                     "rob28")
