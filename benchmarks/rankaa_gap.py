@@ -9,7 +9,7 @@ the table gives ERS and ARS under rob28 (the ``pgd`` part) and rankaa28, the gap
 whether every per-attack term under rankaa28 is at most rob28's, and the attacks on which the gradient-free check
 did better (gradient masking suspected); then whether the ARS ranking of the defenses changes.
 
-    python benchmarks/rankaa_gap.py [--max-queries 256] [--sets digits,fashion]
+    python benchmarks/rankaa_gap.py [--max-queries 256] [--sets digits,fashion] [--suite rankaa28.v1]
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ SETS = {
 }
 
 
-def measure(checkpoint: Path, max_queries: int, data_root: str | None, state: Path) -> dict:
+def measure(checkpoint: Path, max_queries: int, data_root: str | None, state: Path, suite: str) -> dict:
     from robustbench_dml import scoring
     from robustbench_dml.evaluation import EvalConfig, evaluate
 
-    result = evaluate(checkpoint, EvalConfig("rankaa28", max_queries=max_queries), state_dir=state,
+    result = evaluate(checkpoint, EvalConfig(suite, max_queries=max_queries), state_dir=state,
                       data_root=data_root)
     pub, strong = result.engine_raw("pgd"), result.raw
     row = {"R@1": strong["R@1"], "masking": result.extra["engine"]["masking_suspected"]}
@@ -46,15 +46,15 @@ def measure(checkpoint: Path, max_queries: int, data_root: str | None, state: Pa
     return row
 
 
-def report(rows: dict[str, dict[str, dict]], max_queries: int) -> str:
+def report(rows: dict[str, dict[str, dict]], max_queries: int, suite: str) -> str:
     lines = ["# rob28 against rankaa28: how much the published suite overestimates robustness", "",
-             f"Each checkpoint attacked once with rankaa28 on its first {max_queries} test queries (corrected "
+             f"Each checkpoint attacked once with rankaa28 (`{suite}`) on its first {max_queries} test queries (corrected "
              "protocol); the rob28 columns are its `pgd` part, the published attacks on the same queries and targets. "
              "`never weaker`: every ERS term under rankaa28 is at most rob28's. `masking`: attacks on which the "
              "gradient-free check did better than the gradient attacks. `ARS by part`: the ARS of each part of the "
              "engine alone (`pgd` = rob28; `apgd` = APGD's first run, last iterate; `best_iterate` = its best "
              "iterate; `restarts` = the best over both APGD runs; `final` = the reported worst case).", "",
-             f"Regenerate: `python benchmarks/rankaa_gap.py --max-queries {max_queries}`", ""]
+             f"Regenerate: `python benchmarks/rankaa_gap.py --max-queries {max_queries} --suite {suite}`", ""]
     for data, by_defense in rows.items():
         lines += [f"## {data}", "", "| defense | R@1 | ERS rob28 | ERS rankaa28 | gap | ARS rob28 | ARS rankaa28 | gap "
                   "| largest term gap | never weaker | masking | ARS by part: " + " / ".join(PARTS) + " |",
@@ -80,6 +80,8 @@ def main() -> None:
     reproducible_cpu_blas()  # before the first matrix product, as dmlbench does
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-queries", type=int, default=256)
+    p.add_argument("--suite", default="rankaa28.v1", help="the strong suite (the report in results/ was measured "
+                                                          "with version 1)")
     p.add_argument("--sets", default=",".join(SETS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/rankaa_gap")
@@ -97,9 +99,10 @@ def main() -> None:
             if not (ck / "meta.json").is_file():
                 print(f"{data}/{d}: no checkpoint at {ck} yet, skipped", flush=True)
                 continue
-            rows.setdefault(data, {})[d] = row = measure(ck, args.max_queries, data_root, Path(args.out) / data / d)
+            rows.setdefault(data, {})[d] = row = measure(ck, args.max_queries, data_root, Path(args.out) / data / d,
+                                                           args.suite)
             print(f"{data}/{d}: {json.dumps(row)}", flush=True)
-            Path(args.report).write_text(report(rows, args.max_queries))
+            Path(args.report).write_text(report(rows, args.max_queries, args.suite))
     print(Path(args.report).read_text())
 
 
