@@ -49,8 +49,8 @@ def measure(checkpoint: Path, max_queries: int, data_root: str | None, state: Pa
 def report(rows: dict[str, dict[str, dict]], max_queries: int, suite: str) -> str:
     lines = ["# rob28 against rankaa28: how much the published suite overestimates robustness", "",
              f"Each checkpoint attacked once with rankaa28 (`{suite}`) on its first {max_queries} test queries "
-             "(corrected protocol); the rob28 columns are its `pgd` part, the published attacks on the same queries and targets. "
-             "`never weaker`: every ERS term under rankaa28 is at most rob28's. `masking`: attacks on which the "
+             "(corrected protocol); the rob28 columns are its `pgd` part, the published attacks on the same queries and "
+             "targets. `never weaker`: every ERS term under rankaa28 is at most rob28's. `masking`: attacks on which the "
              "gradient-free check did better than the gradient attacks. `ARS by part`: the ARS of each part of the "
              "engine alone (`pgd` = rob28; `apgd` = APGD's first run, last iterate; `best_iterate` = its best "
              "iterate; `restarts` = the best over both APGD runs; `final` = the reported worst case).", "",
