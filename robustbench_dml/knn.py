@@ -212,7 +212,8 @@ class FlatIndex:
         label, or none of them, and that does not reach the k-th place is left in coarse order instead of
         canonical order (its places hold the same labels either way), so only the runs that decide a metric pay
         for canonical distances. The labels at every place, and the k items returned, are those of the canonical
-        order on every backend."""
+        order on every backend; the distances, when asked for, are the returned items' own, so within such a run
+        they need not be sorted."""
         n = len(self)
         if queries.ndim != 2 or queries.shape[1] != self.emb.shape[1]:
             raise ValueError(f"queries must be (B, {self.emb.shape[1]}), got {tuple(queries.shape)}")
