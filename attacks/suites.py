@@ -240,14 +240,18 @@ def get_suite(suite: str | Suite) -> Suite:
     if isinstance(suite, Suite):
         return suite
     m = _PINNED.fullmatch(suite)
-    if m is None:
-        return SUITES.create(suite)
-    versions = suite_versions(m["id"])
+    return SUITES.create(suite) if m is None else suite_version(m["id"], int(m["version"]))
+
+
+def suite_version(suite_id: str, version: int) -> Suite:
+    """Version ``version`` of the registered suite ``suite_id`` (a one-line UserError naming the versions there
+    are)."""
+    versions = suite_versions(suite_id)
     for s in versions:
-        if s.version == int(m["version"]):
+        if s.version == version:
             return s
-    raise UserError(f"suite {m['id']} has version(s) {', '.join(str(s.version) for s in versions)}, not "
-                    f"{m['version']}; `dmlbench list suites` lists them")
+    raise UserError(f"suite {suite_id} has version(s) {', '.join(str(s.version) for s in versions)}, not "
+                    f"{version}; `dmlbench list suites` lists them")
 
 
 def suite_versions(suite_id: str) -> list[Suite]:
@@ -277,12 +281,13 @@ def board_of(spec: str) -> str:
 def find_suite(suite_id: str, version: int | None, suite_hash: str) -> Suite | None:
     """The published suite ``suite_id`` version ``version`` if its hash is ``suite_hash`` (a result made under it
     without overrides), else None."""
-    if suite_id not in SUITES:
+    if suite_id not in SUITES or version is None:
         return None
-    for s in suite_versions(suite_id):
-        if s.version == version and s.hash == suite_hash:
-            return s
-    return None
+    try:
+        suite = suite_version(suite_id, version)
+    except UserError:
+        return None
+    return suite if suite.hash == suite_hash else None
 
 
 def list_suites(pattern: str = "*") -> list[str]:

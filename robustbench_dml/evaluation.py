@@ -170,7 +170,8 @@ class EvalConfig:
         d = result.to_dict() if isinstance(result, EvaluationResult) else dict(result)
         try:
             suite, over = d["suite"], d["suite"].get("overrides") or {}
-            return cls(spec_of(suite["id"], suite["version"]), attacks=None if over.get("attacks") is None else tuple(over["attacks"]),
+            return cls(spec_of(suite["id"], suite["version"]),
+                       attacks=None if over.get("attacks") is None else tuple(over["attacks"]),
                        max_queries=over.get("max_queries"), eps=over.get("eps"), seed=int(d["seed"]),
                        robrank_compat=bool(d.get("robrank_compat")), numerics=over.get("numerics", "exact"),
                        eot=over.get("eot"))

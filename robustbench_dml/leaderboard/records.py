@@ -14,8 +14,8 @@ leaderboard column, kind, nullability) are read off them, and the leaderboard fr
 (:mod:`robustbench_dml.leaderboard.frames`) and validation follow from those.
 
 On disk a record is one JSON file (``<root>/records/<dataset>/<board>/<record_id>.json``, :func:`board_name`)
-written atomically and never edited. Loading validates schema version, fields, types and finiteness; a damaged file is a
-:class:`~robustbench_dml.errors.UserError` naming the file. Version 1 files (flat, one protocol named by their
+written atomically and never edited. Loading validates schema version, fields, types and finiteness; a damaged file
+is a :class:`~robustbench_dml.errors.UserError` naming the file. Version 1 files (flat, one protocol named by their
 ``robrank_compat`` flag) are read as records of that one protocol. Building a record from an evaluation result
 re-derives every score (:mod:`robustbench_dml.leaderboard.derive`).
 """

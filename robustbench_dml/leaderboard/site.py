@@ -72,12 +72,12 @@ def _num(v: Any, decimals: int = 1) -> str:
 
 
 def _suite_line(rec: Record) -> str:
-    from attacks.suites import SUITES, get_suite
+    from attacks.suites import SUITES, suite_version
 
     if rec.suite_id not in SUITES or rec.suite_version is None:
         return "the papers' published rows (each paper's own suite and eps)"
     try:
-        s = get_suite(f"{rec.suite_id}.v{rec.suite_version}")
+        s = suite_version(rec.suite_id, rec.suite_version)
     except UserError:  # a version this installation does not have (a store written by a newer one)
         return f"{_suite_name(rec)} (not in this installation; upgrade robustbench-dml to see its parameters)"
     return f"{s.id} v{s.version}: eps {s.eps * 255:.0f}/255 ({s.eps:.4f}); {s.description}"
@@ -118,6 +118,13 @@ def _row_order(item: tuple[Record, str]) -> tuple:
     return (s.ars is None, -(s.ars or 0.0), s.ers is None, -(s.ers or 0.0), item[0].record_id)
 
 
+def _board_suite(suite: str, rows: Sequence[tuple[Record, str]]) -> tuple[Record, str]:
+    """The row that names a board's suite version (its first measured row; a papers' board has none) and the name
+    the pages give the suite (``rankaa28 v2``; a papers' board its key)."""
+    first = next((r for r, _ in rows if not r.reported), rows[0][0])
+    return first, suite if first.reported else _suite_name(first)
+
+
 def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record, str]]) -> str:
     head = ["#", "Defense", "Backbone", "Steps", "By", "Budget", "Seed", *_RAW, "ERS", "ARS", "Worst case"]
     text_cols = {"Defense", "Backbone", "By", "Budget"}
@@ -145,8 +152,8 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
         cells.append(f'<td data-v="{"" if s.worst_case is None else s.worst_case}">{_num(s.worst_case)}</td>')
         cls = "paper" if rec.reported else "official" if is_official(rec.source, rec.reported) else "local"
         body.append(f'<tr class="{cls}" data-record="{_e(rec.record_id)}">{"".join(cells)}</tr>')
-    first = next((r for r, _ in rows if not r.reported), rows[0][0])  # a measured row names the suite version
-    caption = f"{dataset} / {_suite_name(first) if not first.reported else suite} / protocol {protocol}"
+    first, named = _board_suite(suite, rows)
+    caption = f"{dataset} / {named} / protocol {protocol}"
     table = (f'<table class="sortable" data-protocol="{_e(protocol)}"><caption>{_e(caption)}</caption>'
              f"<thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>")
     notes = (f"<p>Dataset <b>{_e(dataset)}</b>; suite {_e(_suite_line(first))}; protocol <b>{_e(protocol)}</b>: "
@@ -285,8 +292,7 @@ def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
         key = board_key(dataset, suite, protocol)
         put(f"boards/{key}.html", _board(dataset, suite, protocol, rows))
         n_paper = sum(r.reported for r, _ in rows)
-        first = next((r for r, _ in rows if not r.reported), None)
-        named = suite if first is None else _suite_name(first)
+        _, named = _board_suite(suite, rows)
         index.append(f'<tr><td class="t">{_e(dataset)}</td><td class="t">{_e(named)}</td><td class="t">'
                      f'{_e(protocol)}</td><td data-v="{len(rows) - n_paper}">{len(rows) - n_paper}</td>'
                      f'<td data-v="{n_paper}">{n_paper}</td><td class="t"><a href="boards/{_e(key)}.html">'

@@ -113,9 +113,9 @@ def _suite_text(suite_id: str, version: int | None) -> str:
     if suite_id == REFERENCE_SUITE:
         return "the papers' rows (their own suites)"
     try:
-        from attacks.suites import get_suite
+        from attacks.suites import suite_version
 
-        s = get_suite(f"{suite_id}.v{version}")
+        s = suite_version(suite_id, version)
     except Exception:  # an unknown or plugin suite: its id alone
         return suite_id
     return f"{s.id} v{s.version} (eps {s.eps * 255:.0f}/255)"
@@ -127,7 +127,8 @@ def context(df: pd.DataFrame) -> str:
     from robustbench_dml.leaderboard.frames import sort_frame
 
     parts = [", ".join(sorted(set(df["dataset"].dropna()))) or "no rows"]
-    suites = {(s, None if pd.isna(v) else int(v)) for s, v in zip(df["suite_id"], df["suite_version"]) if not pd.isna(s)}
+    suites = {(s, None if pd.isna(v) else int(v))
+              for s, v in zip(df["suite_id"], df["suite_version"]) if not pd.isna(s)}
     parts += [_suite_text(s, v) for s, v in sorted(suites, key=lambda t: (t[0], t[1] or 0))]
     named = caption(protocol_of(df))
     if named:
