@@ -140,12 +140,13 @@ def run(args) -> int:
         else:
             hint = "; add one with `dmlbench run` or `dmlbench submit`"
         raise UserError(f"no {args.protocol} rows for {args.dataset}/{suite} in {args.leaderboard_dir} yet{hint}")
-    if args.protocol != P.ROBRANK and not args.no_reference and len(_reference(args.dataset)):
-        print(f"note: the papers' rows were measured with RobRank's code; see them beside yours with "
-              f"--protocol {P.ROBRANK}", file=sys.stderr)
     title = f"{args.dataset} / {suite}" + (f" v{version}" if version else "")
     standalone = args.action == "export" and fmt == "latex"
     emit(render(frame, fmt, title=title, standalone=standalone, columns=columns), args.output, args.overwrite)
+    if args.protocol != P.ROBRANK and not args.no_reference and len(_reference(args.dataset)):
+        # after the table, so that a failed write is the only line on stderr
+        print(f"note: the papers' rows were measured with RobRank's code; see them beside yours with "
+              f"--protocol {P.ROBRANK}", file=sys.stderr)
     return 0
 
 
