@@ -40,7 +40,8 @@ import sys, time
 import numpy as np, torch, faiss
 from robustbench_dml import datasets
 from robustbench_dml.checkpoint import load_checkpoint
-torch.set_num_threads(int(sys.argv[3]))
+if sys.argv[3]:
+    torch.set_num_threads(int(sys.argv[3]))
 model, meta = load_checkpoint(sys.argv[1])
 test = datasets.create(meta["dataset"], root=sys.argv[2], split="test")
 loader = torch.utils.data.DataLoader(test, batch_size=128)
@@ -90,7 +91,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--queries", default="256,2560", help="comma-separated; an empty string measures the benign phase "
                                                            "alone")
-    p.add_argument("--threads", default="1", help="torch threads in the reference pipeline (dmlbench uses its own)")
+    p.add_argument("--threads", default="", help="torch threads in the reference pipeline (default: torch's, as "
+                                                 "dmlbench)")
     p.add_argument("--output", help="also write the Markdown report here")
     args = p.parse_args()
     checkpoint = Path(args.checkpoint)

@@ -13,17 +13,22 @@ percent (0-100).
 * ``MAP@R``: "A Metric Learning Reality Check" (Musgrave et al., ECCV'20), ``R = |P|`` = class size - 1:
   ``(1/R) sum_{i<=R} rel_i * P@i`` (PML ``mean_average_precision_at_r``).
 * ``mAP@10``: RobRank's "mAP@R" with a fixed R = 10 (quirk Q8 of ``docs/protocol.md``):
-  ``(1/10) sum_{i<=10} rel_i * P@i``; note the fixed 1/10 normalisation (a query with fewer than 10 positives cannot reach 100).
+  ``(1/10) sum_{i<=10} rel_i * P@i``; note the fixed 1/10 normalisation (a query with fewer than 10 positives
+  cannot reach 100).
 * ``NMI``: sklearn NMI between the labels and a seeded k-means (faiss ``Kmeans(niter=20, seed=seed)``, or
   sklearn ``KMeans(random_state=seed)`` without faiss) with k = number of classes, on all embeddings.
 
-Cost. The kNN metrics need the K = max(max(ks), 10, largest class - 1) nearest neighbours of every query:
-exact flat search, O(N^2 D) time, O(chunk * K) memory. Exact ``mAP`` needs the rank of every positive;
-queries whose positives are not all inside their K nearest get one more pass over their full distance rows
-(O(N^2) time, O(rows * N) memory in blocks of ~64M floats), where ranks come from float32 distance keys
-(|q|^2 + |g|^2 - 2 q.g, ties by index) and positives inside the K nearest keep their exact kNN rank.
-``map_max_rank=r`` replaces that pass by truncated AP (positives ranked beyond r count 0; a lower bound).
-``max_queries`` scores a seeded random subset of queries against the full gallery (for very large N).
+Cost. The kNN metrics need the K = max(max(ks), 10, largest class - 1) nearest neighbours of every query, and
+exact ``mAP`` the rank of every positive, so every distance is needed: one pass per chunk of queries computes
+their full rows of float32 expansion distances (|q|^2 + |g|^2 - 2 q.g, one matrix product, O(N^2 D) time,
+O(rows * N) memory in blocks of ~16M keys), sorts each row's (distance, index) keys once, and reads off both the
+kNN search's candidates (then ordered canonically, ``robustbench_dml.knn``) and each far positive's rank (a
+positive inside the K nearest keeps its exact kNN rank). ``map_max_rank=r`` replaces exact mAP by truncated AP
+(positives ranked beyond r count 0; a lower bound) and the pass by a plain K-nearest search; so does ``maps=False``
+(R@k alone). ``max_queries`` scores a seeded random subset of queries against the full gallery (for very large N).
+Measured on Fashion-MNIST's 10,000 x 10,000 (512-d, 2 idle cores): a whole ``dmlbench evaluate --benign-only``
+process (NMI and the class distances included) takes 1.37x a plain process that embeds, runs one faiss search and
+computes R@1 and MAP@R (``benchmarks/bench_evaluate.py``).
 
 Sums: each query's values are summed in float64 in one fixed order and the totals exactly (``math.fsum``), so a
 metric of given embeddings is the same float at any thread count, chunking or number of processes.
@@ -36,10 +41,11 @@ import math
 import numpy as np
 import torch
 
-from robustbench_dml.knn import BLOCK_ELEMENTS, FlatIndex, column_blocks, faiss_module
+from robustbench_dml.knn import (FlatIndex, argsort_unique, block_rows, candidate_count, faiss_module,
+                                 sort_values)
 
-# the (rows, N) buffer of full distance rows behind mAP's exact ranks: 256 MiB of float32
-_FULL_ROWS_ELEMENTS = 1 << 26
+# the (rows, N) rows of keys behind mAP's exact ranks: 128 MiB of int64 (plus 64 MiB of distances on the way)
+_FULL_ROWS_ELEMENTS = 1 << 24
 _INT64_MAX = torch.iinfo(torch.int64).max
 
 
@@ -102,43 +108,12 @@ def _class_members(labels: torch.Tensor):
     return inv, counts[inv], table
 
 
-def _full_pass_ranks(index: FlatIndex, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """1-based ranks (B, P) of gallery items ``pos`` (B, P; -1 = padding) among all items but the query.
-
-    Order: float32 coarse squared distance (clamped at 0), ties by index; each row's distances are computed
-    once and the positives' keys are read from the same buffer, so an item compares equal to itself.
-    """
-    emb = index.emb
-    n = emb.shape[0]
-    b, p = pos.shape
-    q = emb[rows]
-    d2 = torch.empty(b, n, dtype=torch.float32, device=emb.device)
-    blocks = column_blocks(n, b)
-    for s, e in blocks:
-        index.sq_distances(q, s, e, out=d2[:, s:e])
-    d2.clamp_min_(0.0)
-    d2[torch.arange(b, device=emb.device), rows] = math.inf
-    valid = pos >= 0
-    pc = pos.clamp_min(0)
-    pkey = (d2.gather(1, pc).view(torch.int32).to(torch.int64) << 32) | pc
-    pkey = pkey.masked_fill(~valid, _INT64_MAX)
-    pkey_sorted, perm = torch.sort(pkey, dim=1)
-    counts = torch.zeros(b, p + 1, dtype=torch.int64, device=emb.device)
-    for s, e in blocks:
-        ids = torch.arange(s, e, device=emb.device)
-        keys = (d2[:, s:e].view(torch.int32).to(torch.int64) << 32) | ids
-        slot = torch.searchsorted(pkey_sorted, keys)
-        counts.scatter_add_(1, slot, torch.ones_like(slot))
-    ranks_sorted = counts.cumsum(1)[:, :p]
-    ranks = torch.empty_like(ranks_sorted)
-    ranks.scatter_(1, perm, ranks_sorted)
-    return ranks.masked_fill(~valid, 0)
-
-
 def retrieval_metrics(embeddings, labels, *, ks=(1, 2), nmi: bool = True, seed: int = 0,
                       backend: str = "auto", map_max_rank: int | None = None,
-                      max_queries: int | None = None, normalize: bool = True) -> dict[str, float]:
+                      max_queries: int | None = None, normalize: bool = True, maps: bool = True) -> dict[str, float]:
     """R@k for each k in ``ks``, mAP, MAP@R, mAP@10 and NMI, in percent (see the module docstring).
+    ``maps=False``: R@k alone (training's per-epoch metric), from one search of max(ks) neighbours; the three
+    mAP values are nan.
 
     ``embeddings``: (N, D) float; ``labels``: (N,) integer class ids; torch tensors (any device) or numpy arrays.
     ``normalize`` (default): L2-normalise the rows first, the metric ``N`` of every number in this project (as
@@ -169,61 +144,72 @@ def retrieval_metrics(embeddings, labels, *, ks=(1, 2), nmi: bool = True, seed: 
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(queries.numel(), size=max_queries, replace=False))
         queries = queries[torch.from_numpy(pick).to(queries.device)]
-    kk = min(n - 1, max(max(ks), 10, int(n_pos.max()), map_max_rank or 0))
+    kk = min(n - 1, max(max(ks), 10, int(n_pos.max()), map_max_rank or 0) if maps else max(ks))
     per_query: dict[str, list[torch.Tensor]] = {key: [] for key in [f"R@{k}" for k in ks] + ["mAP", "MAP@R", "mAP@10"]}
     ranks_1 = torch.arange(1, kk + 1, device=emb.device, dtype=torch.float64)
-    chunk = max(1, min(4096, BLOCK_ELEMENTS // kk))
+    exact_map = maps and map_max_rank is None
+    chunk = min(4096, block_rows(candidate_count(n, kk)))  # one coarse search per chunk
+    if exact_map:  # (chunk, N) keys per chunk
+        chunk = min(chunk, max(1, _FULL_ROWS_ELEMENTS // n))
     for qrows in queries.split(chunk):
-        _, idx = index.search(emb[qrows], kk, exclude=qrows, distances=False, relevance=(lab[qrows], lab))
+        keys = pkeys = pos = None
+        if exact_map:  # every distance, once: the kNN lists' candidates and the ranks of far positives
+            pos = table[inv[qrows]]
+            pos = pos.masked_fill(pos == qrows[:, None], -1)  # the query's positives (-1: padding)
+            keys = index.full_keys(emb[qrows], qrows)
+            pkeys = keys.gather(1, pos.clamp_min(0))
+            keys = sort_values(keys)
+        _, idx = index.search(emb[qrows], kk, exclude=qrows, distances=False, relevance=(lab[qrows], lab),
+                              presorted=keys)
         rel = lab[idx] == lab[qrows][:, None]
         for k in ks:
             per_query[f"R@{k}"].append(rel[:, :k].any(1).to(torch.float64))
+        if not maps:
+            continue
         hits = rel.cumsum(1).to(torch.float64)
         prec = hits / ranks_1 * rel
         r = n_pos[qrows]
         in_r = ranks_1[None, :] <= r[:, None]
         per_query["MAP@R"].append(row_sums(prec * in_r) / r)
         per_query["mAP@10"].append(row_sums(prec[:, :10]) / 10.0)
-        per_query["mAP"].append(_average_precision(index, qrows, idx, rel, prec, r, table[inv[qrows]], map_max_rank))
+        per_query["mAP"].append(_average_precision(idx, rel, prec, r, pos, keys, pkeys, map_max_rank))
     nq = queries.numel()
-    out = {key: (100.0 * exact_sum(v) / nq if nq else math.nan) for key, v in per_query.items()}
+    out = {key: (100.0 * exact_sum(v) / nq if nq and v else math.nan) for key, v in per_query.items()}
     result = {f"R@{k}": out[f"R@{k}"] for k in ks}
     result |= {"mAP": out["mAP"], "MAP@R": out["MAP@R"], "mAP@10": out["mAP@10"]}
     result["NMI"] = nmi_score(emb, lab, seed) if nmi else math.nan
     return result
 
 
-def _average_precision(index, qrows, idx, rel, prec, r, members, map_max_rank) -> torch.Tensor:
-    """Per query of the chunk (B,) float64: AP over all positives (exact), or truncated at ``map_max_rank``."""
+def _average_precision(idx, rel, prec, r, pos, keys, pkeys, map_max_rank) -> torch.Tensor:
+    """Per query of the chunk (B,) float64: AP over all positives (exact), or truncated at ``map_max_rank``.
+
+    ``pos`` (B, P): the positives (-1 = padding); ``keys``: the queries' sorted :meth:`FlatIndex.full_keys` and
+    ``pkeys`` the positives' own keys (exact AP only). A positive inside the exact kNN list keeps its place there;
+    one beyond it ranks where its key falls among all keys (float32 distance, then index), at least past the list.
+    """
     kk = idx.shape[1]
-    found = rel.sum(1)
     if map_max_rank is not None:
         lim = min(map_max_rank, kk)
         return row_sums(prec[:, :lim]) / r
-    complete = found == r
     ap = row_sums(prec) / r  # exact where every positive is inside the list
-    todo = torch.nonzero(~complete).reshape(-1)
+    todo = torch.nonzero(rel.sum(1) != r).reshape(-1)
     if todo.numel() == 0:
         return ap
-    n = len(index)
-    rows_per = max(1, _FULL_ROWS_ELEMENTS // n)
-    for part in todo.split(rows_per):
-        q = qrows[part]
-        pos = members[part].masked_fill(members[part] == q[:, None], -1)
-        coarse = _full_pass_ranks(index, q, pos)
-        # Positives inside the exact kNN list keep their exact rank; the others rank beyond it.
-        knn_sorted, knn_perm = torch.sort(idx[part], dim=1)
-        loc = torch.searchsorted(knn_sorted, pos.clamp_min(0)).clamp_max(kk - 1)
-        inside = (knn_sorted.gather(1, loc) == pos) & (pos >= 0)
-        exact_rank = knn_perm.gather(1, loc) + 1
-        rank = torch.where(inside, exact_rank, coarse.clamp_min(kk + 1))
-        rank = rank.masked_fill(pos < 0, _INT64_MAX)
-        rank_sorted = torch.sort(rank, dim=1).values
-        t = torch.arange(1, rank.shape[1] + 1, device=rank.device)
-        valid = rank_sorted != _INT64_MAX
-        # Keep ranks strictly increasing (guards the rare exact/coarse disagreement at the list boundary).
-        rank_sorted = torch.where(valid, torch.cummax(rank_sorted - t, dim=1).values + t, rank_sorted)
-        ap[part] = row_sums(torch.where(valid, t.to(torch.float64) / rank_sorted.to(torch.float64), 0.0)) / r[part]
+    pos, valid = pos[todo], pos[todo] >= 0
+    coarse = torch.searchsorted(keys[todo], pkeys[todo]) + 1
+    knn_perm = argsort_unique(idx[todo])
+    knn_sorted = idx[todo].gather(1, knn_perm)
+    loc = torch.searchsorted(knn_sorted, pos.clamp_min(0)).clamp_max(kk - 1)
+    inside = (knn_sorted.gather(1, loc) == pos) & valid
+    exact_rank = knn_perm.gather(1, loc) + 1
+    rank = torch.where(inside, exact_rank, coarse.clamp_min(kk + 1))
+    rank_sorted = sort_values(rank.masked_fill(~valid, _INT64_MAX))
+    t = torch.arange(1, rank.shape[1] + 1, device=rank.device)
+    ok = rank_sorted != _INT64_MAX
+    # Keep ranks strictly increasing (guards the rare exact/coarse disagreement at the list boundary).
+    rank_sorted = torch.where(ok, torch.cummax(rank_sorted - t, dim=1).values + t, rank_sorted)
+    ap[todo] = row_sums(torch.where(ok, t.to(torch.float64) / rank_sorted.to(torch.float64), 0.0)) / r[todo]
     return ap
 
 

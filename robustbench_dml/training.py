@@ -286,7 +286,8 @@ def _benign_metrics(model, defense, test_set, device) -> dict[str, float]:
     from robustbench_dml.metrics import collapse_diagnostic, retrieval_metrics
 
     gallery = embed(_export(model, defense), test_set, device=device)
-    r1 = float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False, normalize=False)["R@1"])
+    r1 = float(retrieval_metrics(gallery.embeddings, gallery.labels, ks=(1,), nmi=False, normalize=False,
+                                  maps=False)["R@1"])
     return {"R@1": r1, **collapse_diagnostic(gallery.embeddings, gallery.labels)}
 
 

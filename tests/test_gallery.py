@@ -248,4 +248,30 @@ def test_a_relevance_search_gives_the_canonical_labels_at_every_place_for_less(b
     assert torch.equal(plain, order)
     assert torch.equal(labels[fast] == labels[q][:, None], labels[order] == labels[q][:, None])
     assert torch.equal(fast.sort(1).values, order.sort(1).values)  # the same k items
-    assert not torch.equal(fast, order) and 0 < sum(computed) < work_plain
+    assert 0 < sum(computed) < work_plain
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_search_over_presorted_keys_equals_the_coarse_search(backend):
+    """``presorted`` (every distance of the queries, as :meth:`FlatIndex.full_keys` sorted) replaces the coarse
+    search; the lists must be those of sorting every item by (canonical distance, index), with and without
+    ``relevance``, including rows whose k-th place sits in a run of duplicates (the boundary re-check)."""
+    from robustbench_dml.knn import FlatIndex, canonical_distances, sort_values
+
+    gen = torch.Generator().manual_seed(8)
+    centres = torch.nn.functional.normalize(torch.randn(5, 32, generator=gen), dim=1)
+    emb = torch.nn.functional.normalize(centres.repeat(80, 1) + 0.3 * torch.randn(400, 32, generator=gen), dim=1)
+    emb[100:140] = emb[3]  # 40 duplicates of item 3: query 3's 30th place is inside them
+    labels = torch.arange(400) % 5
+    q, k = torch.cat([torch.tensor([3]), torch.arange(1, 400, 11)]), 30
+    index = FlatIndex(emb, backend)
+    keys = index.full_keys(emb[q], q)
+    assert keys.shape == (len(q), 400) and bool((keys[torch.arange(len(q)), q] >> 32 == 0x7F800000).all())
+    keys = sort_values(keys)
+    full = canonical_distances(emb[q], emb.expand(len(q), -1, -1))
+    full[torch.arange(len(q)), q] = float("inf")
+    order = torch.argsort(full, dim=1, stable=True)[:, :k]
+    _, plain = index.search(emb[q], k, exclude=q, distances=False, presorted=keys)
+    _, fast = index.search(emb[q], k, exclude=q, distances=False, relevance=(labels[q], labels), presorted=keys)
+    assert torch.equal(plain, order) and torch.equal(plain[0], torch.arange(100, 130))
+    assert torch.equal(labels[fast] == labels[q][:, None], labels[order] == labels[q][:, None])

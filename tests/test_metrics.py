@@ -64,6 +64,16 @@ def test_matches_bruteforce(case, backend):
     assert set(got) == set(KEYS) | {"NMI"} and math.isnan(got["NMI"])
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_recall_alone_is_the_brute_force_recall(case):
+    """``maps=False`` (training's per-epoch R@1) searches only max(ks) neighbours: the same R@k, no mAP values."""
+    emb, lab = CASES[case](np.random.default_rng(1))
+    got = retrieval_metrics(emb, lab, ks=(1, 3), nmi=False, maps=False)
+    ref = _brute(emb, lab, ks=(1, 3))
+    assert got["R@1"] == pytest.approx(ref["R@1"], abs=1e-9) and got["R@3"] == pytest.approx(ref["R@3"], abs=1e-9)
+    assert all(math.isnan(got[k]) for k in ("mAP", "MAP@R", "mAP@10"))
+
+
 def test_exact_map_needs_positives_beyond_the_knn_depth():
     """Two classes of 30: K = 29 neighbours cannot hold every positive, so the full pass is exercised."""
     rng = np.random.default_rng(5)
