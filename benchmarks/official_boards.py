@@ -64,7 +64,7 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
 
     from attacks.suites import get_suite
     from robustbench_dml.evaluation import EvalConfig, evaluate
-    from robustbench_dml.leaderboard.official import write_entry
+    from robustbench_dml.leaderboard.official import entry_file, write_entry
     from robustbench_dml.training import train
 
     torch.set_num_threads(1)
@@ -75,7 +75,7 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
     summary = train(cfg, out, resume=True)
     print(f"{data}/{name}/seed{seed}: trained ({time.perf_counter() - t0:.0f} s)", flush=True)
     sha = json.loads((Path(summary.checkpoint) / "meta.json").read_text())["weights_sha256"]
-    entry_path = boards / data / f"{name}-seed{seed}.json.gz".replace("[", "-").replace("]", "")
+    entry_path = entry_file(data, name, seed, root=boards)
     kept = {}
     if entry_path.exists():  # keep what an earlier build evaluated of the same weights
         old = json.loads(gzip.decompress(entry_path.read_bytes()))

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from robustbench_dml.leaderboard.records import Record
 
 __all__ = ["OFFICIAL_SUBMITTER", "OFFICIAL_SOURCE", "ENTRY_SCHEMA", "BOARDS", "official_records", "official_frame",
-           "write_entry", "is_official"]
+           "entry_file", "entry_records", "write_entry", "is_official"]
 
 OFFICIAL_SUBMITTER = "robustbench-dml"
 OFFICIAL_SOURCE = "robustbench-dml official board"
@@ -107,6 +107,17 @@ def _records_of(entry: Mapping[str, Any], *, where: str, board: str | None = Non
     return out
 
 
+def entry_file(dataset: str, model: str, seed: int, *, root: str | Path | None = None) -> Path:
+    """Where the entry of ``model`` (a row name such as ``ca_tride[released]``) at ``seed`` lives (or would)."""
+    name = f"{model}-seed{seed}".replace("[", "-").replace("]", "")
+    return (Path(root) if root is not None else BOARDS) / dataset / f"{name}.json.gz"
+
+
+def entry_records(path: str | Path, board: str | None = None) -> list[Record]:
+    """The records of one entry file (of the leaderboard ``board`` only, when given), each re-derived."""
+    return _records_of(_read_entry(Path(path)), where=str(path), board=board)
+
+
 def official_records(dataset: str | None = None, board: str | None = None, *,
                      root: str | Path | None = None) -> list[Record]:
     """The official records (of ``dataset`` and of the leaderboard ``board``, a suite version's, when given), each
@@ -119,7 +130,7 @@ def official_records(dataset: str | None = None, board: str | None = None, *,
     out = []
     for folder in folders:
         for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else []:
-            out += _records_of(_read_entry(path), where=str(path), board=board)
+            out += entry_records(path, board)
     return out
 
 
