@@ -3,8 +3,9 @@ with ``rob28`` under ``--robrank-compat`` (the published protocol), several trai
 and the verdict on the published ordering vanilla < EST < ACT < HM < CA-TRIDE in ARS.
 
 Rows (``CONFIGS``): vanilla, EST, ACT, HM (its headline config: Softhard source, LGA, ICS), MDProp (c2f2bn),
-CA-TRIDE in three collapseness weightings (the default slides_detached, released, research build) and its two
-single-phase ablations CA-ANP and CA-CAP (default weighting).
+CA-TRIDE in its four collapseness weightings (the default slides_detached, the slides' formula with the gradient
+through the weights, released, research build) and its two single-phase ablations CA-ANP and CA-CAP (default
+weighting).
 
 Budget (``--budget cpu``, the default): a seeded class-stratified subset of ``--train-subset`` training images
 (6,000 of 60,000: every class in proportion, the same subset for every seed), 8 epochs, 8-step training
@@ -43,6 +44,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "hm": ("hm", {}),
     "mdprop": ("mdprop", {}),
     "ca_tride": ("ca_tride", {}),
+    "ca_tride[slides]": ("ca_tride", {"weighting": "slides"}),
     "ca_tride[released]": ("ca_tride", {"weighting": "released"}),
     "ca_tride[research_build]": ("ca_tride", {"weighting": "research_build"}),
     "ca_anp": ("ca_tride", {"mode": "anp"}),
