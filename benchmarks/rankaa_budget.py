@@ -18,8 +18,14 @@ queries of every ladder step, the search against the gradient runs, the masking 
 in ``--raw`` beside this script's report, so the study resumes across sessions and machines; ``--shard i/n``
 splits the units among processes. Scores are derived from the raw results each time the report is written.
 
+Candidates for the next version (:data:`CANDIDATES`, ``--suites LABEL``) run version 2's gradient runs with a random
+search joined; the report sets each against the largest budget on every finished model (measured where its units
+are done, bounded by version 2's ``g232`` elsewhere), so a cheaper knee than the largest budget can be shown where
+the gradient ladder alone does not reach it.
+
     python benchmarks/rankaa_budget.py [--sets digits,fashion] [--max-queries 256] [--shard 0/2] [--device auto]
     python benchmarks/rankaa_budget.py --report-only
+    python benchmarks/rankaa_budget.py --sets fashion --models hm --suites rankaa28s1000 --max-queries 128
 """
 
 from __future__ import annotations
@@ -38,6 +44,31 @@ SETS = {  # set -> (runs folder, checkpoint pattern, dataset, data root)
 }
 #: the suites every model is attacked with, by the label their unit files carry, and the version each label runs
 SUITES = {"rankaa28": "rankaa28.v1", "rankaa28plus": "rankaa28plus.v1"}
+#: candidates for the next version, by label: (search steps joined to version 2's gradient runs, column name). A
+#: candidate runs version 2's engine (the same runs, so its `g232` is the curve's) with a random search of Square's
+#: settings on every standing query whose points join the worst case; registered for this study only
+#: (:func:`register_candidates`), run with ``--suites LABEL`` on the models where version 2 is not within the
+#: tolerance
+CANDIDATES = {"rankaa28s1000": (1000, "g232+s1000")}
+
+
+def register_candidates() -> None:
+    """Register each candidate as a suite of this process (``dmlbench`` never sees them)."""
+    from dataclasses import replace
+
+    from attacks.suites import RANKAA28, SUITES as REGISTRY
+
+    for label, (steps, column) in CANDIDATES.items():
+        if label not in REGISTRY.list():
+            engine = replace(RANKAA28.engine, check_queries=0, check_steps=0, search_steps=steps, search_p_init=0.8)
+            suite = replace(RANKAA28, id=label, version=1, engine=engine,
+                            description=f"rankaa28 version 2 with a {steps}-query random search joined ({column})")
+            REGISTRY.register(label)(lambda suite=suite: suite)
+
+
+def suite_of(label: str) -> str:
+    """The suite name a unit label runs."""
+    return SUITES.get(label) or f"{label}.v1"
 #: the extra models the study also measures: the issue's ACT check (3 epochs, 8-step training PGD)
 EXTRA = {"act_e3": ("runs/act_digits_e3", "digits", {"epochs": 3, "defense_params": {"steps": 8}})}
 
@@ -83,7 +114,7 @@ def run_unit(path: Path, checkpoint: Path, data_root: str | None, suite: str, at
     from robustbench_dml.evaluation import EvalConfig, evaluate
 
     t0 = time.perf_counter()
-    result = evaluate(checkpoint, EvalConfig(SUITES[suite], max_queries=queries, attacks=(attack,)), device=device,
+    result = evaluate(checkpoint, EvalConfig(suite_of(suite), max_queries=queries, attacks=(attack,)), device=device,
                       data_root=data_root, benign_nmi=False)
     engine = result.extra["engine"]
     unit = {"checkpoint_sha256": result.checkpoint["sha256"], "suite": result.suite["id"],
@@ -154,7 +185,7 @@ def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: i
             lines.append(f"| {data} | {model} | units of several checkpoints: rerun to redo the stale ones |")
             continue
         c = curves(units)
-        done = len(units)
+        done = sum(1 for s, _ in units if s in SUITES)
         masking = sorted({u["attack"] for u in units.values() if u["suite"] == "rankaa28plus" and _masked(u)})
         if c is None:
             lines.append(f"| {data} | {model} | - | " + " | ".join("-" for _ in cols) +
@@ -167,6 +198,7 @@ def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: i
         lines.append(f"| {data} | {model} | {c[cols[0]]['R@1']:.1f} | " + " | ".join(f"{a[col]:.1f}" for col in cols) +
                      f" | {a[last_grad] - a[cols[-1]]:.2f} | {', '.join(masking) or '-'} | {done}/{2 * 9} |")
     lines += ["", knee(ars, points, tolerance), ""]
+    lines += candidates(found, ars, tolerance)
     lines += per_attack(found, cols)
     if terms_at:
         lines += ["## Every ERS term per budget", "",
@@ -178,6 +210,49 @@ def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: i
             lines += [f"| {col} | " + " | ".join(f"{by_col[col][k]:.1f}" for k in keys) + " |" for col in cols]
             lines.append("")
     return "\n".join(lines)
+
+
+def candidates(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float) -> list[str]:
+    """Each candidate for the next version against the largest budget on every finished model: measured where its
+    nine units are done, else bounded by version 2's `g232` (the candidate runs the same gradient runs and only
+    joins more points to them, so its ARS is at most that)."""
+    import attacks
+    from attacks.suites import get_suite
+    from robustbench_dml import scoring
+
+    if not ars:
+        return []
+    attack_ids = get_suite("rankaa28plus").attack_ids
+    lines = ["## Candidates for the next version", "",
+             "A candidate runs version 2's gradient runs (its `g232` must equal the curve's: `same runs`) and joins a "
+             "random search. It passes on a model when its ARS is within the tolerance of the largest budget's; "
+             "where it was not run, version 2's `g232` bounds it.", ""]
+    for label, (steps, column) in CANDIDATES.items():
+        lines += [f"### `{column}` ({label})", "", "| set | model | g232 | " + column + " | largest | within | same runs |",
+                  "|---|---|---|---|---|---|---|"]
+        passes = []
+        for (data, model), a in ars.items():
+            units = found[(data, model)]
+            largest = a[list(a)[-1]]
+            mine = [units.get((label, att)) for att in attack_ids]
+            if all(mine):
+                raw = {"R@1": mine[0]["benign_R@1"]}
+                same = True
+                for att, unit in zip(attack_ids, mine):
+                    for key in attacks.ATTACKS.get(att).keys:
+                        if key in unit["parts"]:
+                            raw[key] = unit["parts"][key]["final"]
+                            same &= unit["parts"][key]["g232"] == units[("rankaa28plus", att)]["parts"][key]["g232"]
+                value, how, same_cell = scoring.score(raw, "ARS"), "measured", "yes" if same else "NO"
+            else:
+                value, how, same_cell = a["g232"], f"bounded ({sum(map(bool, mine))}/9 units)", "-"
+            ok = value - largest <= tolerance
+            passes.append(ok)
+            lines.append(f"| {data} | {model} | {a['g232']:.1f} | {value:.1f} ({how}) | {largest:.1f} | "
+                         f"{'yes' if ok else 'no'} | {same_cell} |")
+        lines += ["", f"`{column}` is within {tolerance} ARS of the largest budget on "
+                  f"{sum(passes)} of {len(passes)} finished models.", ""]
+    return lines
 
 
 def per_attack(found, cols: list[str]) -> list[str]:
@@ -275,6 +350,8 @@ def main() -> None:
     p.add_argument("--sets", default="digits,fashion")
     p.add_argument("--models", help="comma-separated model names, run in this order (default: all of each set)")
     p.add_argument("--attacks", help="comma-separated attack ids (default: the suite's nine)")
+    p.add_argument("--suites", default=",".join(SUITES),
+                   help=f"unit labels to run (default: the curve's; candidates: {', '.join(CANDIDATES)})")
     p.add_argument("--max-queries", type=int, default=256)
     p.add_argument("--tolerance", type=float, default=0.5)
     p.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th model from the i-th (a model's "
@@ -299,14 +376,19 @@ def main() -> None:
         names = args.models.split(",")
         chosen = sorted((m for m in chosen if m[1] in names), key=lambda m: names.index(m[1]))
     attack_ids = get_suite("rankaa28plus").attack_ids
-    todo = [(m, s, a) for i, m in enumerate(chosen) if i % shards == shard for s in SUITES for a in attack_ids
+    labels = args.suites.split(",")
+    unknown = sorted(set(labels) - set(SUITES) - set(CANDIDATES))
+    if unknown:
+        p.error(f"unknown suite labels {', '.join(unknown)}; known: {', '.join([*SUITES, *CANDIDATES])}")
+    register_candidates()
+    todo = [(m, s, a) for i, m in enumerate(chosen) if i % shards == shard for s in labels for a in attack_ids
             if not args.attacks or a in args.attacks.split(",")]
 
     def write() -> None:  # the report covers every model with results, whatever this process was asked to run
         found = {}
         for data, model, _, _ in models(list(SETS)):
             units = {}
-            for s in SUITES:
+            for s in [*SUITES, *CANDIDATES]:
                 for a in attack_ids:
                     path = unit_path(raw, data, model, s, a, args.max_queries)
                     if path.is_file():
