@@ -228,8 +228,8 @@ def candidates(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: f
              "random search. It passes on a model when its ARS is within the tolerance of the largest budget's; "
              "where it was not run, version 2's `g232` bounds it.", ""]
     for label, (steps, column) in CANDIDATES.items():
-        lines += [f"### `{column}` ({label})", "", "| set | model | g232 | " + column + " | largest | within | same runs |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"### `{column}` ({label})", "",
+                  f"| set | model | g232 | {column} | largest | within | same runs |", "|---|---|---|---|---|---|---|"]
         passes = []
         for (data, model), a in ars.items():
             units = found[(data, model)]
