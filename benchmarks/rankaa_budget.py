@@ -49,7 +49,7 @@ SUITES = {"rankaa28": "rankaa28.v1", "rankaa28plus": "rankaa28plus.v1"}
 #: settings on every standing query whose points join the worst case; registered for this study only
 #: (:func:`register_candidates`), run with ``--suites LABEL`` on the models where version 2 is not within the
 #: tolerance
-CANDIDATES = {"rankaa28s1000": (1000, "g232+s1000")}
+CANDIDATES = {"rankaa28s1000": (1000, "g232+s1000"), "rankaa28s5000": (5000, "g232+s5000")}
 
 
 def register_candidates() -> None:
