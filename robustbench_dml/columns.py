@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 __all__ = ["Metric", "BENIGN", "SPACE", "ATTACKS", "SCORES", "WORST", "ALL", "BY_KEY", "BENIGN_KEYS", "SPACE_KEYS",
            "ATTACK_KEYS", "SCORE_KEYS", "WORST_KEYS", "LOWER_IS_BETTER", "DEFENSE_TITLES", "UNIT_BOUNDS",
-           "defense_title", "field_name", "out_of_range"]
+           "defense_title", "defense_variant", "field_name", "out_of_range"]
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,39 @@ DEFENSE_TITLES: dict[str, str] = {"vanilla": "Vanilla", "est": "EST", "act": "AC
                                   "ca_tride": "CA-TRIDE", "mdprop": "MDProp"}
 
 
-def defense_title(defense_id: str) -> str:
-    """The name a table gives a measured row's defense (:data:`DEFENSE_TITLES`, else the id)."""
-    return DEFENSE_TITLES.get(defense_id, defense_id)
+def defense_title(defense_id: str, config: str | None = None) -> str:
+    """The name a table gives a measured row's defense (:data:`DEFENSE_TITLES`, else the id), followed by its
+    variant when ``config`` (the record's ``defense_config`` JSON) sets a categorical option away from the
+    defense's default: ``CA-TRIDE (weighting=released)``, ``CA-TRIDE (mode=anp)``. Numbers (steps, eps, alpha) are
+    budget, shown in their own columns, not variants."""
+    title = DEFENSE_TITLES.get(defense_id, defense_id)
+    variant = defense_variant(defense_id, config) if config else ""
+    return f"{title} ({variant})" if variant else title
+
+
+def defense_variant(defense_id: str, config: str) -> str:
+    """``name=value`` of every option of a defense's configuration whose type is a string or a boolean and whose
+    value is not the default (an ``*_alias`` field records an old name, not a variant); "" for an unknown defense
+    or unreadable configuration."""
+    import dataclasses
+    import json
+
+    import defenses
+    from robustbench_dml.errors import UserError
+
+    try:
+        cls = defenses.DEFENSES.get(defense_id).Config
+        values = json.loads(config)
+    except (UserError, AttributeError, ValueError):  # a plugin not installed here, unreadable JSON: no variant
+        return ""
+    parts = []
+    for f in dataclasses.fields(cls):
+        if f.name.endswith("_alias") or f.name not in values or f.default is dataclasses.MISSING:
+            continue
+        value = values[f.name]
+        if isinstance(value, (str, bool)) and value != f.default:
+            parts.append(f"{f.name}={value}")
+    return ", ".join(parts)
 
 
 def out_of_range(key: str, value: float) -> str | None:

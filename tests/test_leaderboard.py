@@ -741,3 +741,20 @@ def test_each_suite_version_has_its_own_board_and_version_1_keeps_its_folder(tmp
         assert main(["leaderboard", "export", "--dataset", "digits", "--suite", spec, "--format", "csv",
                      "--no-official", "--leaderboard-dir", str(tmp_path / "lb"), "--output", str(out)]) == 0
         assert pd.read_csv(out)["record_id"].tolist() == [recs[version].record_id]
+
+
+def test_a_defense_variant_is_named_in_tables_and_plain_defaults_are_not():
+    """Rows of one defense that differ in a categorical option (CA-TRIDE's weighting or mode) must be told apart in
+    every table: the title carries each non-default string or boolean option; numbers (budget) and the recorded
+    alias of an old name do not; a defense this installation does not know shows its id alone."""
+    from defenses.ca_tride import CATRIDEConfig
+    from robustbench_dml.columns import defense_title
+
+    default = json.dumps(dataclasses.asdict(CATRIDEConfig()))
+    released = json.dumps(dataclasses.asdict(CATRIDEConfig(weighting="released", steps=8, mode="anp")))
+    alias = json.dumps({**dataclasses.asdict(CATRIDEConfig()), "weighting_alias": "paper", "step_ramp": False})
+    assert defense_title("ca_tride", default) == "CA-TRIDE" == defense_title("ca_tride")
+    assert defense_title("ca_tride", released) == "CA-TRIDE (weighting=released, mode=anp)"  # declaration order
+    assert defense_title("ca_tride", alias) == "CA-TRIDE (step_ramp=False)"
+    assert defense_title("my_plugin", released) == "my_plugin"
+    assert defense_title("hm", "{not json") == "HM"

@@ -112,7 +112,8 @@ def suite_gap(paths, suites: list[str], protocol: str, name: str | None, fmt: st
             raise UserError(f"{a.note}: its {suites[0]} and {suites[1]} results are of different weights")
         sa, sb = a.scores(protocol), b.scores(protocol)
         gap = None if None in (sa.ars, sb.ars) else sa.ars - sb.ars
-        rows.append([defense_title(a.defense), a.submitter, a.note, sa.ers, sb.ers, sa.ars, sb.ars, gap])
+        rows.append([defense_title(a.defense, a.defense_config), a.submitter, a.note, sa.ers, sb.ers, sa.ars, sb.ars,
+                     gap])
     rows.sort(key=lambda r: (r[6] is None, -(r[6] or 0.0)))
     headers = ["Defense", "By", "Run", f"ERS {suites[0]}", f"ERS {suites[1]}", f"ARS {suites[0]}",
                f"ARS {suites[1]}", "ARS difference"]

@@ -38,7 +38,8 @@ def _label(row: Mapping[str, Any]) -> str:
     from robustbench_dml.columns import defense_title
 
     reported = bool(row.get("reported", False))
-    label = str(row.get("defense", "?")) if reported else defense_title(str(row.get("defense", "?")))
+    label = (str(row.get("defense", "?")) if reported else
+             defense_title(str(row.get("defense", "?")), row.get("defense_config")))
     steps = row.get("steps")
     if steps is not None and not pd.isna(steps):
         label += f", {int(steps)}-step training PGD"

@@ -133,7 +133,7 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
     for i, (rec, protocol_) in enumerate(sorted(rows, key=_row_order), 1):
         s = rec.protocols[protocol_]
         raw = {"R@1": rec.r1, **{k: s.columns()[k] for k in columns.ATTACK_KEYS}}
-        defense = _e(rec.defense)
+        defense = _e(_name(rec))
         if not rec.reported:
             defense = f'<a href="../models/{_e(rec.record_id)}.html">{defense}</a>'
         cells = [f'<td data-v="{i}">{i}</td>', f'<td class="t">{defense}{_tags(rec)}</td>',
@@ -188,9 +188,14 @@ def _svg_bars(values: dict[str, float | None]) -> str:
     return "".join(parts) + "</svg>"
 
 
+def _name(rec: Record) -> str:
+    """A row's defense as tables name it: the paper's own name for a printed row, else the title and variant."""
+    return rec.defense if rec.reported else columns.defense_title(rec.defense, rec.defense_config)
+
+
 def _model(rec: Record, siblings: Sequence[Record]) -> str:
     facts = [("record", rec.record_id), ("dataset", rec.dataset), ("suite", _suite_line(rec)),
-             ("defense", rec.defense), ("backbone", rec.backbone), ("training PGD steps", rec.steps),
+             ("defense", _name(rec)), ("backbone", rec.backbone), ("training PGD steps", rec.steps),
              ("by", rec.submitter + (" (official)" if is_official(rec.source, rec.reported) else "")),
              ("budget", rec.budget or "not stated"), ("training seed", training_seed(rec.recipe)),
              ("evaluation seed", rec.seed), ("queries attacked", rec.num_queries),
@@ -228,7 +233,7 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
     else:
         body.append("<h2>Configuration</h2><pre>" + _e(json.dumps(json.loads(rec.defense_config), indent=1))
                     + "</pre><p class=\"note\">No recipe was recorded for this row.</p>")
-    return _page(f"{rec.defense} on {rec.dataset}, {_suite_name(rec)}", "\n".join(body), 1)
+    return _page(f"{_name(rec)} on {rec.dataset}, {_suite_name(rec)}", "\n".join(body), 1)
 
 
 def _gap(records: Sequence[Record]) -> str:
@@ -250,7 +255,7 @@ def _gap(records: Sequence[Record]) -> str:
                                                           ("ARS strong suite", ""), ("Gap", "")))
     tr = "".join(
         f'<tr><td class="t">{_e(r.dataset)}</td><td class="t"><a href="models/{_e(r.record_id)}.html">'
-        f'{_e(r.defense)}</a>{_tags(r)}</td><td class="t">{_e(_by(r))}</td><td class="t">{_e(_suite_name(pub))} → '
+        f'{_e(_name(r))}</a>{_tags(r)}</td><td class="t">{_e(_by(r))}</td><td class="t">{_e(_suite_name(pub))} → '
         f'{_e(_suite_name(r))}</td><td data-v="{a}">{_num(a)}</td><td data-v="{b}">{_num(b)}</td>'
         f'<td data-v="{g}">{_num(g)}</td></tr>' for r, pub, a, b, g in rows)
     text = ("<p>How much of each model's robustness under the published suite (RobRank's sign-PGD, last iterate) "

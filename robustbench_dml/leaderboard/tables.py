@@ -155,7 +155,8 @@ def table_frame(df: pd.DataFrame, *, columns: Sequence[str] | None = None, value
     out["rank"] = pd.Series(np.arange(1, len(df) + 1), dtype="int64")
     if df["dataset"].nunique() > 1:
         out["dataset"] = df["dataset"].reset_index(drop=True).astype(pd.StringDtype())
-    names = [d if bool(rep) else defense_title(d) for d, rep in zip(df["defense"], df["reported"])]
+    names = [d if bool(rep) else defense_title(d, cfg)
+             for d, rep, cfg in zip(df["defense"], df["reported"], df["defense_config"])]
     out["defense"] = pd.Series(names, dtype=pd.StringDtype())
     out["backbone"] = df["backbone"].reset_index(drop=True).astype(pd.StringDtype())
     out["steps"] = df["steps"].reset_index(drop=True).astype("Int64")
