@@ -49,7 +49,7 @@ tr.paper td{background:#fff8e1}tr.official td.t:first-of-type{font-weight:600}
 .tag{font-size:.8em;padding:0 .35em;border-radius:3px;margin-left:.3em}
 .tag.paper{background:#f0c36d}.tag.official{background:#8fd19e}.tag.partial{background:#ddd}
 .ci{color:#777;font-size:.85em}caption{text-align:left;font-weight:600;padding:.3em 0}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.note{color:#555}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.note{color:#555}.wide{overflow-x:auto}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:600}dd{margin:0}"""
 _SORT = """document.querySelectorAll('table.sortable th').forEach(function(th,i){th.addEventListener('click',function(){
 var t=th.closest('table'),b=t.tBodies[0],r=Array.from(b.rows),d=th.dataset.dir==='desc'?'asc':'desc';
@@ -126,7 +126,8 @@ def _board_suite(suite: str, rows: Sequence[tuple[Record, str]]) -> tuple[Record
 
 
 def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record, str]]) -> str:
-    head = ["#", "Defense", "Backbone", "Steps", "By", "Budget", "Seed", *_RAW, "ERS", "ARS", "Worst case"]
+    # the ranking key and its companions beside the name, so they are on screen without scrolling
+    head = ["#", "Defense", "ARS", "ERS", "Worst case", "Backbone", "Steps", "By", "Budget", "Seed", *_RAW]
     text_cols = {"Defense", "Backbone", "By", "Budget"}
     th = "".join(f'<th class="{"t" if h in text_cols else ""}">{_e(h)}</th>' for h in head)
     body = []
@@ -136,8 +137,13 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
         defense = _e(_name(rec))
         if not rec.reported:
             defense = f'<a href="../models/{_e(rec.record_id)}.html">{defense}</a>'
-        cells = [f'<td data-v="{i}">{i}</td>', f'<td class="t">{defense}{_tags(rec)}</td>',
-                 f'<td class="t">{_e(rec.backbone)}</td>', f'<td data-v="{rec.steps if rec.steps is not None else ""}">'
+        cells = [f'<td data-v="{i}">{i}</td>', f'<td class="t">{defense}{_tags(rec)}</td>']
+        for score in ("ARS", "ERS"):
+            v, lo, hi = (getattr(s, n) for n in (score.lower(), f"{score.lower()}_lo", f"{score.lower()}_hi"))
+            ci = "" if lo is None else f' <span class="ci">[{lo:.1f}, {hi:.1f}]</span>'
+            cells.append(f'<td data-v="{"" if v is None else v}">{_num(v)}{ci}</td>')
+        cells.append(f'<td data-v="{"" if s.worst_case is None else s.worst_case}">{_num(s.worst_case)}</td>')
+        cells += [f'<td class="t">{_e(rec.backbone)}</td>', f'<td data-v="{rec.steps if rec.steps is not None else ""}">'
                  f'{"–" if rec.steps is None else rec.steps}</td>', f'<td class="t">{_e(_by(rec))}</td>',
                  f'<td class="t">{_e(rec.budget or "–")}</td>']
         seed = training_seed(rec.recipe)
@@ -145,17 +151,12 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
         for k in _RAW:
             v = raw[k]
             cells.append(f'<td data-v="{"" if v is None else v}">{_num(v, columns.BY_KEY[k].decimals)}</td>')
-        for score in ("ERS", "ARS"):
-            v, lo, hi = (getattr(s, n) for n in (score.lower(), f"{score.lower()}_lo", f"{score.lower()}_hi"))
-            ci = "" if lo is None else f' <span class="ci">[{lo:.1f}, {hi:.1f}]</span>'
-            cells.append(f'<td data-v="{"" if v is None else v}">{_num(v)}{ci}</td>')
-        cells.append(f'<td data-v="{"" if s.worst_case is None else s.worst_case}">{_num(s.worst_case)}</td>')
         cls = "paper" if rec.reported else "official" if is_official(rec.source, rec.reported) else "local"
         body.append(f'<tr class="{cls}" data-record="{_e(rec.record_id)}">{"".join(cells)}</tr>')
     first, named = _board_suite(suite, rows)
     caption = f"{dataset} / {named} / protocol {protocol}"
-    table = (f'<table class="sortable" data-protocol="{_e(protocol)}"><caption>{_e(caption)}</caption>'
-             f"<thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    table = (f'<div class="wide"><table class="sortable" data-protocol="{_e(protocol)}"><caption>{_e(caption)}'
+             f"</caption><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
     notes = (f"<p>Dataset <b>{_e(dataset)}</b>; suite {_e(_suite_line(first))}; protocol <b>{_e(protocol)}</b>: "
              f"{_e(P.DESCRIPTIONS[protocol])}. Rows are {_e(RANKING)}. Raw attack results in the papers' units "
              "(CA/QA: percent of the gallery; TMA: cosine; ES:D: distance; the rest: percent of queries). "
