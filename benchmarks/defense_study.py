@@ -86,8 +86,7 @@ def official_row(name: str, seed: int) -> dict | None:
         return None
     rec = records[0]
     ps = rec.protocols["robrank"]
-    history_file = OFFICIAL_RUNS / name / f"seed{seed}" / "history.jsonl"
-    history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.is_file() else []
+    history = _history(OFFICIAL_RUNS / name / f"seed{seed}" / "history.jsonl")
     return {"name": name, "seed": seed, "source": "official", **{k: getattr(ps, f) for k, f in FIELDS.items()},
             "benign_R@1": rec.r1, "entanglement": rec.entanglement, "intra": rec.intra_class_distance,
             "inter": rec.inter_class_distance, "ERS": ps.ers, "ERS_ci": [ps.ers_lo, ps.ers_hi], "ARS": ps.ars,
@@ -116,18 +115,22 @@ def run_one(name: str, seed: int, args, budget: dict) -> dict:
     t0 = time.perf_counter()
     result = evaluate(summary.checkpoint, EvalConfig("rob28", max_queries=budget["max_queries"], robrank_compat=True),
                       state_dir=out / "eval_state", data_root=args.data_root)
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    gains = [h["adv_gain"] for h in history if "adv_gain" in h]
+    history = _history(out / "history.jsonl")
     row = {"name": name, "seed": seed, "source": "local", **{k: result.raw[k] for k in COLUMNS if k in result.raw},
            "benign_R@1": result.benign["R@1"], "entanglement": result.benign.get("entanglement"),
            "intra": result.benign.get("intra_class_distance"), "inter": result.benign.get("inter_class_distance"),
            "ERS": result.scores["ERS"], "ERS_ci": result.scores["ERS_ci"], "ARS": result.scores["ARS"],
-           "ARS_ci": result.scores["ARS_ci"], "adv_gain": sum(gains) / len(gains) if gains else None,
+           "ARS_ci": result.scores["ARS_ci"], "adv_gain": _mean(history, "adv_gain"),
            "adv_gain_cap": _mean(history, "adv_gain_cap"), "adv_gain_anp": _mean(history, "adv_gain_anp"),
            "train_s": t_train, "eval_s": time.perf_counter() - t0, "s_per_epoch": summary.seconds_per_epoch,
            "defense_params": params(defense, options, budget)}
     row_path.write_text(json.dumps(row, indent=1))
     return row
+
+
+def _history(path: Path) -> list[dict]:
+    """A run's ``history.jsonl`` records ([] when the file is not on this machine)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def _mean(history: list[dict], key: str) -> float | None:
