@@ -44,9 +44,10 @@ and the gradient runs' results on every image). Where the search does better, th
 (gradient masking); so are they where :func:`diagnose` finds the loss's input gradient dead, and a model whose
 embeddings differ between two forward passes is randomised (``eot`` averages each step's loss over forwards).
 
-Cost in gradient evaluations per image: ``steps_pgd + (restarts + targets) x steps x eot`` (rankaa28 version 2:
-32 + 2 x 100 = 232, 7.25 times rob28's 32; version 1: 32 + 2 x 24 = 80), plus one forward per kept point,
-``search_steps`` forwards per image and the check's forwards for the few checked images.
+Cost in gradient evaluations per image: ``steps_pgd + (restarts + targets) x steps x eot`` (rankaa28 versions 2
+and 3: 32 + 2 x 100 = 232, 7.25 times rob28's 32; version 1: 32 + 2 x 24 = 80), plus one forward per kept point,
+``search_steps`` forwards per standing image (version 3: 5,000) and the check's forwards for the few checked
+images.
 """
 
 from __future__ import annotations
@@ -254,8 +255,11 @@ def _apgd_run(attack: RankingAttack, x0: torch.Tensor, start: torch.Tensor, stat
 def _search_run(attack: RankingAttack, x0: torch.Tensor, state, gallery, keys, generator, *, queries: int,
                 steps: int, p_init: float, active: torch.Tensor | None = None) -> _Best:
     """The random search on the first ``queries`` images (of those, the ``active`` ones), every proposal measured
-    (as APGD's iterates are). Its draws do not depend on ``active`` (:func:`attacks.square.random_search`)."""
+    (as APGD's iterates are). Its draws do not depend on ``active`` (:func:`attacks.square.random_search`); with no
+    active query it draws nothing (the search is the engine's last use of the batch's generator)."""
     best = _Best(keys, x0[:queries])
+    if active is not None and not active[:queries].any():
+        return best
     sub_state = {k: v[:queries] for k, v in state.items()}
     for s, act, rows, sub, fixed in _active_passes(attack, sub_state, gallery, active, every=True):
         rows = rows.to(x0.device)

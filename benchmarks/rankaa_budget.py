@@ -21,7 +21,9 @@ splits the units among processes. Scores are derived from the raw results each t
 Candidates for the next version (:data:`CANDIDATES`, ``--suites LABEL``) run version 2's gradient runs with a random
 search joined; the report sets each against the largest budget on every finished model (measured where its units
 are done, bounded by version 2's ``g232`` elsewhere), so a cheaper knee than the largest budget can be shown where
-the gradient ladder alone does not reach it.
+the gradient ladder alone does not reach it. The ``rankaa28plus`` units also keep every query's value of every ladder
+step and of the search, from which the report derives the search joined to each smaller gradient budget
+(:func:`search_joined`; ``--per-query`` re-runs the units written before they were kept).
 
     python benchmarks/rankaa_budget.py [--sets digits,fashion] [--max-queries 256] [--shard 0/2] [--device auto]
     python benchmarks/rankaa_budget.py --report-only
@@ -56,12 +58,12 @@ def register_candidates() -> None:
     """Register each candidate as a suite of this process (``dmlbench`` never sees them)."""
     from dataclasses import replace
 
-    from attacks.suites import RANKAA28, SUITES as REGISTRY
+    from attacks.suites import RANKAA28_V2, SUITES as REGISTRY
 
     for label, (steps, column) in CANDIDATES.items():
         if label not in REGISTRY.list():
-            engine = replace(RANKAA28.engine, check_queries=0, check_steps=0, search_steps=steps, search_p_init=0.8)
-            suite = replace(RANKAA28, id=label, version=1, engine=engine,
+            engine = replace(RANKAA28_V2.engine, check_queries=0, check_steps=0, search_steps=steps, search_p_init=0.8)
+            suite = replace(RANKAA28_V2, id=label, version=1, engine=engine,
                             description=f"rankaa28 version 2 with a {steps}-query random search joined ({column})")
             REGISTRY.register(label)(lambda suite=suite: suite)
 
@@ -115,14 +117,15 @@ def run_unit(path: Path, checkpoint: Path, data_root: str | None, suite: str, at
 
     t0 = time.perf_counter()
     result = evaluate(checkpoint, EvalConfig(suite_of(suite), max_queries=queries, attacks=(attack,)), device=device,
-                      data_root=data_root, benign_nmi=False)
+                      data_root=data_root, benign_nmi=False, engine_per_query=True)
     engine = result.extra["engine"]
     unit = {"checkpoint_sha256": result.checkpoint["sha256"], "suite": result.suite["id"],
             "suite_hash": result.suite["hash"], "queries": result.num_queries, "attack": attack,
             "benign_R@1": result.benign["R@1"], "R@1": result.raw["R@1"],
             "parts": engine["parts"][attack], "check": engine["check"].get(attack, {}),
             "no_gradient": engine["no_gradient"].get(attack), "randomised": attack in engine["randomised"],
-            "seconds": time.perf_counter() - t0, "device": result.device}
+            "seconds": time.perf_counter() - t0, "device": result.device,
+            "per_query": engine.get("per_query", {}).get(attack)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(unit, indent=1))
@@ -199,6 +202,7 @@ def report(found: dict[tuple[str, str], dict[tuple[str, str], dict]], queries: i
                      f" | {a[last_grad] - a[cols[-1]]:.2f} | {', '.join(masking) or '-'} | {done}/{2 * 9} |")
     lines += ["", knee(ars, points, tolerance), ""]
     lines += candidates(found, ars, tolerance)
+    lines += joined(found, ars, tolerance)
     lines += per_attack(found, cols)
     if terms_at:
         lines += ["## Every ERS term per budget", "",
@@ -255,6 +259,95 @@ def candidates(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: f
     return lines
 
 
+def search_joined(unit: dict, step: str):
+    """Per scored key of a ``rankaa28plus`` unit, each query's worst case had its random search been joined to the
+    gradient runs up to ladder step ``step`` (``gN``) instead of to all ten: the better of ``gN`` and the search's
+    point (the search starts from the clean image, so its points do not depend on the runs before it; only its
+    random draws may). Where the run cannot tell, conservatively ``gN``: a query whose search value equals the
+    gradients' (not searched, because all the gradient runs together had reached the floor, or nothing better
+    found). Returns ({key: (queries,) values}, {key: (queries,) bool, undetermined: so kept although all the runs
+    did better}), or None for a unit without per-query values."""
+    import torch
+
+    from attacks.engine import resistance
+
+    pq = unit.get("per_query")
+    if not pq:
+        return None
+    values, undetermined = {}, {}
+    for key, parts in pq["parts"].items():
+        g = torch.tensor(parts[step], dtype=torch.float64)
+        search = torch.tensor(pq["check"][key]["search"], dtype=torch.float64)
+        last = torch.tensor(pq["check"][key]["gradient"], dtype=torch.float64)
+        found = (search != last) & (resistance(key, search) < resistance(key, g))
+        undetermined[key] = (search == last) & (resistance(key, last) < resistance(key, g))
+        values[key] = torch.where(found, search, g)
+    return values, undetermined
+
+
+def joined(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float) -> list[str]:
+    """The random search joined to each gradient budget ``gN`` on every finished model: derived from the largest
+    run's per-query values (:func:`search_joined`) where its units kept them, measured where a candidate's nine
+    units ran (``g232``), else bounded by ``gN`` without the search (the search only adds points); and the smallest
+    ``gN`` so joined that is within the tolerance of the largest budget on every finished model."""
+    import attacks
+    from attacks.suites import get_suite
+    from robustbench_dml import scoring
+
+    if not ars:
+        return []
+    plus = get_suite("rankaa28plus")
+    attack_ids, steps = plus.attack_ids, [s for s in plus.engine.ladder(plus.steps)[1:] if "+s" not in s]
+    search = plus.engine.search_steps
+    lines = ["## The search joined to fewer gradient runs", "",
+             f"Each cell: the ARS had the {search:,}-query random search been joined to the first gradient runs only "
+             "(`gN+s`), against the largest budget. `d`: derived from the largest run's per-query values (per query "
+             "the better of `gN` and the search's point; a query the search left at the gradients' value keeps "
+             "`gN`'s, so a derived cell can only overstate the ARS); `m`: measured by a candidate's own run; `b`: "
+             "bounded by `gN` without the search; `–`: a smaller budget passed by measurement. Undetermined: query-attack results where the derivation kept "
+             "`gN`'s value although all ten runs did better.", "",
+             "| set | model | " + " | ".join(f"{s}+s" for s in steps[:-1]) + " | largest | undetermined |",
+             "|---|---|" + "---|" * (len(steps) + 1)]
+    passing = {s: [] for s in steps[:-1]}
+    for (data, model), a in ars.items():
+        units = found[(data, model)]
+        largest = a[list(a)[-1]]
+        mine = [units[("rankaa28plus", att)] for att in attack_ids]
+        measured = [units.get(("rankaa28s5000", att)) for att in attack_ids]
+        cells, undetermined, shown = [], None, False
+        for step in steps[:-1]:
+            derived = [search_joined(u, step) for u in mine]
+            if all(derived):
+                raw = {"R@1": mine[0]["benign_R@1"]}
+                for values, _ in derived:
+                    raw.update({k: float(v.mean()) for k, v in values.items()})
+                value, how = scoring.score(raw, "ARS"), "d"
+                undetermined = max(undetermined or 0, sum(int(m.sum()) for _, u in derived for m in u.values()))
+            elif step == "g232" and all(measured):
+                raw = {"R@1": measured[0]["benign_R@1"]}
+                for att, unit in zip(attack_ids, measured):
+                    raw.update({k: v["final"] for k, v in unit["parts"].items() if k in attacks.ATTACKS.get(att).keys})
+                value, how = scoring.score(raw, "ARS"), "m"
+            elif shown:  # a smaller budget passed by measurement: more gradient runs only add points
+                passing[step].append(True)
+                cells.append("–")
+                continue
+            else:
+                value, how = a[step], "b"
+            ok = value - largest <= tolerance
+            shown |= ok and how != "b"
+            passing[step].append(ok)
+            cells.append(f"{value:.1f} {how}{'' if ok else ' ✗'}")
+        lines.append(f"| {data} | {model} | " + " | ".join(cells) + f" | {largest:.1f} | "
+                     f"{'-' if undetermined is None else undetermined} |")
+    knee_step = next((s for s in steps[:-1] if all(passing[s])), None)
+    knee_step = f"{knee_step}+s{search}" if knee_step else None
+    lines += ["", f"✗: more than {tolerance} ARS above the largest budget. Smallest gradient budget that, with the "
+              f"search joined, is within {tolerance} ARS of the largest on all {len(ars)} finished models: "
+              f"**{knee_step or 'none below the largest'}**. {verdict(knee_step)}", ""]
+    return lines
+
+
 def per_attack(found, cols: list[str]) -> list[str]:
     """Every finished rankaa28plus unit's ERS term per budget (rankaa28 v1's beside it), so a model's curve shows
     attack by attack before all nine are done."""
@@ -303,16 +396,19 @@ def knee(ars: dict[tuple[str, str], dict[str, float]], points, tolerance: float)
     order = {c: i for i, c in enumerate(cols)}
     overall = max(per_model.values(), key=order.__getitem__)
     detail = ", ".join(f"{d}/{m} {c}" for (d, m), c in per_model.items())
+    return (f"Knee of the gradient runs alone (the smallest budget within {tolerance} ARS of `{largest}` on every one "
+            f"of the {len(ars)} finished models): **{overall}**. Per model: {detail}.")
+
+
+def verdict(knee_step: str | None) -> str:
+    """Whether the current ``rankaa28`` sits at the knee ``knee_step`` (a ``gN+sM`` name, None: none)."""
     from attacks.suites import get_suite
 
     current = get_suite("rankaa28")
-    frozen = f"g{current.steps + current.engine.gradients}" if current.engine.with_pgd else None
-    verdict = (f" `rankaa28` version {current.version} is frozen at `{frozen}` (its two gradient runs are this run's "
-               "first two, so its numbers are that column's)" + ("." if frozen == overall else
-                                                                  f"; the knee has moved to `{overall}` since: a "
-                                                                  "new version is due."))
-    return (f"Knee (the smallest budget within {tolerance} ARS of `{largest}` on every one of the {len(ars)} finished "
-            f"models): **{overall}**. Per model: {detail}.{verdict}")
+    frozen = current.engine.ladder(current.steps)[-1]
+    return (f"`rankaa28` version {current.version} is frozen at `{frozen}` (its gradient runs are this run's first "
+            "ones and its search the same search)" +
+            ("." if frozen == knee_step else f"; the knee is at `{knee_step}`: a new version is due."))
 
 
 def plot(found, path: Path) -> None:
@@ -361,6 +457,9 @@ def main() -> None:
     p.add_argument("--raw", default=str(HERE / "results" / "rankaa_budget"))
     p.add_argument("--report", default=str(HERE / "results" / "rankaa_budget.md"))
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--per-query", action="store_true",
+                   help="also re-run the units written before the study kept per-query values (the search joined to "
+                        "fewer gradient runs is derived from them)")
     args = p.parse_args()
     import torch
 
@@ -402,9 +501,11 @@ def main() -> None:
         for (data, model, folder, data_root), suite, attack in todo:
             path = unit_path(raw, data, model, suite, attack, args.max_queries)
             checkpoint = folder / "checkpoint"
-            if path.is_file() and (not (checkpoint / "meta.json").is_file() or
-                                   json.loads(path.read_text())["checkpoint_sha256"] == checkpoint_sha256(checkpoint)):
-                continue  # done (on these weights, when they are here to tell)
+            if path.is_file():
+                unit = json.loads(path.read_text())
+                stale = (checkpoint / "meta.json").is_file() and unit["checkpoint_sha256"] != checkpoint_sha256(checkpoint)
+                if not stale and not (args.per_query and suite == "rankaa28plus" and not unit.get("per_query")):
+                    continue  # done (on these weights, when they are here to tell)
             if not (checkpoint / "meta.json").is_file():
                 print(f"{data}/{model}: training", flush=True)
                 train(train_config(data, model), folder, resume=True)

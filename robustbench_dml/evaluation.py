@@ -268,7 +268,7 @@ def _query_batch(dataset, start: int, stop: int) -> tuple[torch.Tensor, torch.Te
 def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None = None, *, device: str = "auto",
              state_dir: str | os.PathLike | None = None, progress: bool | str | None = False,
              data_root: str | None = None, benign_nmi: bool = True,
-             probe: Sequence[float] | None = None) -> EvaluationResult:
+             probe: Sequence[float] | None = None, engine_per_query: bool = False) -> EvaluationResult:
     """Evaluate ``target`` (a checkpoint directory, or an :class:`EvalTarget` from :func:`load_target` /
     :func:`model_target`) as ``config`` says (default: the full ``rob28``); see the module docstring for the protocol.
 
@@ -280,6 +280,9 @@ def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None =
     same neighbours, and the chunked torch search measured 7-15x faster than faiss-cpu's flat index on 2 CPU cores)
     and the result records them. ``probe``: seconds of forward+backward calls on a full query batch already measured
     (the plan's), used as the first measurement of the attacks' lower bound instead of timing again.
+    ``engine_per_query``: a strong suite's result also keeps every query's value of every engine part
+    (``extra["engine"]["per_query"]``, for studies of the attack budget; about parts x keys floats per query, so
+    off for results that are kept).
     """
     config = config or EvalConfig()
     from robustbench_dml.runtime import rank_device, resolve_device
@@ -287,13 +290,13 @@ def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None =
     dev = rank_device(resolve_device(device) if isinstance(device, str) else torch.device(device))
     with applied(config.numerics, dev) as numerics:
         result = _evaluate(target, config, dev, state_dir, progress, data_root, benign_nmi, numerics["knn_backend"],
-                           probe)
+                           probe, engine_per_query)
     result.numerics = numerics
     return result
 
 
 def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress, data_root, benign_nmi,
-              knn_backend: str, probe: Sequence[float] | None) -> EvaluationResult:
+              knn_backend: str, probe: Sequence[float] | None, engine_per_query: bool = False) -> EvaluationResult:
     from robustbench_dml import metrics
     from robustbench_dml.gallery import embed
     from robustbench_dml.progress import Progress
@@ -328,7 +331,7 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     r1 = ((gallery.labels[top[:, 0]] == gallery.labels[:num_queries]).double() * 100).cpu().tolist()
     blocks = {p: {"per_query": {"R@1": r1}, "clean": {}, "success": {}} for p in config.protocols}
     phases.done("benign")
-    runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world)
+    runner = _AttackRunner(config, model, gallery, target.dataset, ranges, rank, world, engine_per_query)
     # the lower bound's unit, measured before the first attack (or taken from the plan's probe) and after the last
     bound_before = min(probe) if probe else runner.forward_backward()
     phases.done("bound")
@@ -398,7 +401,9 @@ def engine_summary(engine, by_attack: Mapping[str, dict], num_queries: int) -> d
     queries whose loss had a zero or non-finite input gradient at the clean image; ``randomised``, the attacks whose
     model gave two different embeddings of the same images (:func:`attacks.engine.diagnose`); and, in
     ``masking_suspected``, the attacks whose search did better on average or with a share of dead gradients of at
-    least ``NO_GRADIENT_SHARE`` (signs of gradient masking)."""
+    least ``NO_GRADIENT_SHARE`` (signs of gradient masking). With :func:`evaluate`'s ``engine_per_query``, also
+    ``per_query``: per attack and key, every query's value of each part, and the check's values per query
+    (``search``, ``gradient``: with a search, on every query, a query not searched holding the gradients' value)."""
     from attacks.engine import resistance
 
     parts, check, suspected = {}, {}, []
@@ -420,8 +425,12 @@ def engine_summary(engine, by_attack: Mapping[str, dict], num_queries: int) -> d
                 suspected.append(attack_id)
         if no_gradient.get(attack_id, 0.0) >= NO_GRADIENT_SHARE and attack_id not in suspected:
             suspected.append(attack_id)
-    return {"params": engine.params, "parts": parts, "check": check, "no_gradient": no_gradient,
-            "randomised": randomised, "masking_suspected": suspected}
+    out = {"params": engine.params, "parts": parts, "check": check, "no_gradient": no_gradient,
+           "randomised": randomised, "masking_suspected": suspected}
+    per_query = {a: {"parts": d["parts"], "check": d["check"]} for a, d in by_attack.items() if "parts" in d}
+    if per_query:
+        out["per_query"] = per_query
+    return out
 
 
 #: the share of queries with a dead input gradient (:func:`attacks.engine.diagnose`) from which an attack's numbers
@@ -454,9 +463,11 @@ class _Phases:
 class _AttackRunner:
     """Runs one attack of ``config``'s suite over this rank's query batches and merges every rank's results."""
 
-    def __init__(self, config: EvalConfig, model, gallery, dataset, ranges, rank: int, world: int):
+    def __init__(self, config: EvalConfig, model, gallery, dataset, ranges, rank: int, world: int,
+                 engine_per_query: bool = False):
         self.config, self.model, self.gallery, self.dataset = config, model, gallery, dataset
         self.ranges, self.rank, self.world = ranges, rank, world
+        self.engine_per_query = engine_per_query
 
     def forward_backward(self) -> float:
         """Seconds of one forward + input-backward of the model on a full query batch (the unit of an attack's
@@ -522,6 +533,9 @@ class _AttackRunner:
                               for k, v in out.extra["check"].items()},
                     "diagnostics": {"randomised": out.extra["diagnostics"]["randomised"],
                                     "no_gradient": int(out.extra["diagnostics"]["no_gradient"].sum())}}
+                if self.engine_per_query:
+                    local[b]["engine"]["parts"] = {k: {part: v.tolist() for part, v in d.items()}
+                                                   for k, d in out.extra["parts"].items()}
             bar.advance(f"{attack_id}{' (robrank)' if robrank and len(config.protocols) > 1 else ''} "
                         f"batch {b + 1}/{len(self.ranges)}")
         merged = _gather(local, self.world)
@@ -543,6 +557,9 @@ class _AttackRunner:
                           for k in engines[0]["check"]},
                 "diagnostics": {"randomised": any(e["diagnostics"]["randomised"] for e in engines),
                                 "no_gradient": sum(e["diagnostics"]["no_gradient"] for e in engines)}}
+            if "parts" in engines[0]:
+                block["engine"]["parts"] = {k: {part: [v for e in engines for v in e["parts"][k][part]] for part in d}
+                                            for k, d in engines[0]["parts"].items()}
         return atk, block
 
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attacks.py"
 
 
@@ -22,3 +24,45 @@ def test_scaling_runs_each_size_in_its_own_process_and_reports_memory():
     assert rows["gallery embeddings MB"] == ["0", "0"]
     base, peak = (list(map(float, rows[k])) for k in ("peak RSS before the gallery MB", "peak RSS MB"))
     assert all(p >= b > 0 for p, b in zip(peak, base))
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_budget_study_derives_a_smaller_engine_with_its_search_from_the_larger_run():
+    # the study reads "the search joined to the first gradient runs" off one run at the largest budget. On an attack
+    # with alternative targets (GTT: the next neighbours) the targeted runs draw nothing, so an engine with fewer of
+    # them makes the same search draws, and the derivation must give its values: exactly where the larger run
+    # searched, conservatively (never a stronger attack) where it had reached the floor and left the query
+    # unsearched. A small budget and a weak gradient leave queries standing for the search to break
+    import torch
+    from test_attacks import Toy
+
+    from attacks.engine import Engine, resistance
+
+    toy = Toy(n=1000, seed=11)
+
+    def run(targets):
+        engine = Engine(schedule="apgd-paper", steps=2, restarts=1, targets=targets, check_queries=0, search_steps=200)
+        return toy.attack("GTT", eps=0.06, alpha=0.004, steps=1, b=32, engine=engine).extra
+
+    small, large = run(1), run(3)
+    unit = {"per_query": {"parts": {k: {p: v.tolist() for p, v in d.items()} for k, d in large["parts"].items()},
+                          "check": {k: {"search": large["check"][k].tolist(),
+                                        "gradient": large["check_gradient"][k].tolist()} for k in large["check"]}}}
+    study = _script("rankaa_budget")
+    assert study.search_joined({"per_query": None}, "g5") is None
+    at_largest, none_left = study.search_joined(unit, "g9")  # all the runs: the run's own last step
+    assert torch.equal(at_largest["GTT"], large["parts"]["GTT"]["g9+s200"]) and not none_left["GTT"].any()
+    derived, undetermined = study.search_joined(unit, "g5")
+    v, known, truth = derived["GTT"], ~undetermined["GTT"], small["parts"]["GTT"]["g5+s200"]
+    assert torch.equal(v[known], truth[known])
+    assert (resistance("GTT", v) >= resistance("GTT", truth)).all()
+    # the search broke queries the first runs left standing, and the derivation saw it
+    assert (resistance("GTT", v) < resistance("GTT", small["parts"]["GTT"]["g5"]))[known].any()

@@ -29,8 +29,9 @@ def test_list_suites_shows_each_version_and_hash(capsys):
 
     assert main(["list", "suites", "rankaa28*"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["rankaa28", "rankaa28.v1", "rankaa28plus"]
-    assert "superseded" in lines[1] and "superseded" not in lines[0]
+    # the current version first, then the superseded ones, newest first
+    assert [line.split()[0] for line in lines] == ["rankaa28", "rankaa28.v2", "rankaa28.v1", "rankaa28plus"]
+    assert "superseded" in lines[1] and "superseded" in lines[2] and "superseded" not in lines[0]
     for line in lines:
         suite = get_suite(line.split()[0])
         assert f"version {suite.version}" in line and suite.hash[:12] in line
@@ -194,35 +195,38 @@ def test_evaluate_logs_one_line_per_finished_attack_off_a_terminal(tmp_path, cap
 
 def test_run_with_the_strong_suite_publishes_to_its_own_board(tmp_path, capsys):
     lb = tmp_path / "lb"
+    # GTT: the first APGD run breaks every query, so pruning spares the later runs and the search (the search
+    # joining the worst case is tested in test_engine.py); the plan counts the nominal work
     args = ["run", "--defense", "vanilla", "--dataset", "digits", "--epochs", "1", "--suite", "rankaa28",
-            "--attacks", "TMA", "--max-queries", "4", "--out", str(tmp_path / "run"), "--leaderboard-dir", str(lb),
+            "--attacks", "GTT", "--max-queries", "4", "--out", str(tmp_path / "run"), "--leaderboard-dir", str(lb),
             "--name", "ci", "--device", "cpu", "--quiet"]
     assert main(args + ["--plan"]) == 0
-    # rankaa28 (version 2) per query: 33 PGD + 2 x 100 APGD + the diagnosis (1 gradient, 2 forwards) + 2 forwards
-    # + 8 x 1000 / (3 x 128) check forwards = 257.5 passes (258 as the plan rounds it)
-    assert "1 attacks over 1 query batches, 258 PGD iterations" in capsys.readouterr().out
+    # rankaa28 (version 3) per query: 33 PGD + 2 x 100 APGD + the diagnosis (1 gradient, 2 forwards) + 2 forwards
+    # + 5,000 search forwards at a third of a pass = 1,903.3 passes (1903 as the plan rounds it)
+    assert "1 attacks over 1 query batches, 1903 PGD iterations" in capsys.readouterr().out
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "pgd: ERS" in out and "what rankaa28 adds" in out
-    result = json.loads(next((tmp_path / "run").rglob("rankaa28.v2-*.json")).read_text())
-    assert (result["suite"]["id"], result["suite"]["version"]) == ("rankaa28", 2)
+    result = json.loads(next((tmp_path / "run").rglob("rankaa28.v3-*.json")).read_text())
+    assert (result["suite"]["id"], result["suite"]["version"]) == ("rankaa28", 3)
     assert list(result["protocols"]) == ["corrected"]
-    parts = result["extra"]["engine"]["parts"]
-    assert sorted(parts) == ["TMA"] and parts["TMA"]["TMA"]["final"] >= parts["TMA"]["TMA"]["pgd"]
+    parts = result["extra"]["engine"]["parts"]["GTT"]["GTT"]
+    assert sorted(result["extra"]["engine"]["parts"]) == ["GTT"] and parts["final"] <= parts["pgd"]
+    assert parts["g232+s5000"] == parts["final"] == 0.0  # every query broken
     from robustbench_dml.leaderboard import LeaderboardStore
 
-    board = LeaderboardStore(lb).load("digits", "rankaa28.v2")  # version 2's own board
+    board = LeaderboardStore(lb).load("digits", "rankaa28.v3")  # version 3's own board
     assert list(board["protocol"]) == ["corrected"] and list(board["suite_id"]) == ["rankaa28"]
     assert not (lb / "digits" / "rankaa28").exists()
     assert not (lb / "digits" / "rob28").exists()
     # a rob28 result of the same checkpoint is never put in one table with it
     published = tmp_path / "rob28.json"
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--attacks", "TMA",
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "checkpoint"), "--attacks", "GTT",
                  "--max-queries", "8", "--device", "cpu", "--json", str(published), "--quiet"]) == 0
     capsys.readouterr()
-    strong = next((tmp_path / "run").rglob("rankaa28.v2-*.json"))
+    strong = next((tmp_path / "run").rglob("rankaa28.v3-*.json"))
     assert main(["compare", str(published), str(strong)]) == 2
-    assert "different suites (rankaa28.v2, rob28)" in _err_line(capsys)
+    assert "different suites (rankaa28.v3, rob28)" in _err_line(capsys)
 
 
 @pytest.mark.slow

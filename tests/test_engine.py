@@ -167,19 +167,25 @@ def test_the_random_search_flags_a_masked_gradient(tmp_path, monkeypatch):
 def test_rankaa_suites_are_registered_frozen_and_share_the_published_targets():
     assert {"rankaa28", "rankaa224"} <= set(list_suites("rankaa*"))
     for strong, published in (("rankaa28", "rob28"), ("rankaa224", "rob224")):
-        v1, s, p = get_suite(f"{strong}.v1"), get_suite(strong), get_suite(published)
-        for x in (v1, s):
+        v1, v2, s, p = (get_suite(f"{strong}.v1"), get_suite(f"{strong}.v2"), get_suite(strong),
+                        get_suite(published))
+        for x in (v1, v2, s):
             assert (x.eps, x.alpha, x.steps, x.batch_size, x.attacks) == (p.eps, p.alpha, p.steps, p.batch_size,
                                                                           p.attacks)
             assert x.base_id == published and x.protocols == ("corrected",)
         assert v1.engine == Engine() and v1.params["engine"] == {
             "schedule": "apgd", "steps": 24, "restarts": 2, "with_pgd": True, "check_queries": 8, "check_steps": 200}
+        assert v2.params["engine"] == {"schedule": "apgd-paper", "steps": 100, "restarts": 1, "targets": 1,
+                                       "with_pgd": True, "check_queries": 8, "check_steps": 1000, "check_p_init": 0.8}
         assert s.params["engine"] == {"schedule": "apgd-paper", "steps": 100, "restarts": 1, "targets": 1,
-                                      "with_pgd": True, "check_queries": 8, "check_steps": 1000, "check_p_init": 0.8}
+                                      "with_pgd": True, "check_queries": 0, "check_steps": 0, "search_steps": 5000,
+                                      "search_p_init": 0.8}
         assert "engine" not in p.params
         assert 2.5 < v1.iterations / p.iterations < 3.0
         # version 2: 33 + 2 x 100 + 1 + 2/3 + 2 model passes + 8 x 1000 / 3 forwards over the batch
-        assert s.iterations == pytest.approx(33 + 200 + 1 + 2 / 3 + 2 + 8 * 1000 / 3 / p.batch_size)
+        assert v2.iterations == pytest.approx(33 + 200 + 1 + 2 / 3 + 2 + 8 * 1000 / 3 / p.batch_size)
+        # version 3: the same gradient work + 5,000 forwards (a third of a pass each) per query
+        assert s.iterations == pytest.approx(33 + 200 + 1 + 2 / 3 + 2 + 5000 / 3)
 
 
 def test_engine_and_robrank_compat_exclude_each_other():

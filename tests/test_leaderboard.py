@@ -718,25 +718,26 @@ def test_resistance_plots_come_as_pdf_and_svg_with_intervals_and_readable_labels
 
 
 def test_each_suite_version_has_its_own_board_and_version_1_keeps_its_folder(tmp_path):
-    """rankaa28's two versions measure different things: records of the same weights under each go to their own
-    board (version 1's under the bare id it had before version 2 existed), `--suite` picks a version, and a store
-    written before there was a version 2 reads on unchanged."""
+    """rankaa28's versions measure different things: records of the same weights under each go to their own
+    board (version 1's under the bare id it had before version 2 existed), `--suite` picks a version (a bare id the
+    current one), and a store written before there was a version 2 reads on unchanged."""
     from robustbench_dml.cli.main import main
 
     store = LeaderboardStore(tmp_path / "lb")
     recs = {}
-    for version in (1, 2):
+    for version in (1, 2, 3):
         ev = make_eval(3)
         ev["suite"] = {**ev["suite"], "id": "rankaa28", "version": version,
                        "hash": hashlib.sha256(f"rankaa28.v{version}".encode()).hexdigest()}
         recs[version] = record_from_result(ev, submitter="ann", created="2025-01-01")
         assert store.add_record(recs[version]) == (1, True)
-    assert (recs[1].board, recs[2].board) == ("rankaa28", "rankaa28.v2")
-    assert sorted(store.leaderboards()) == [("digits", "rankaa28"), ("digits", "rankaa28.v2")]
+    assert (recs[1].board, recs[2].board, recs[3].board) == ("rankaa28", "rankaa28.v2", "rankaa28.v3")
+    assert sorted(store.leaderboards()) == [("digits", "rankaa28"), ("digits", "rankaa28.v2"),
+                                            ("digits", "rankaa28.v3")]
     assert (tmp_path / "lb" / "records" / "digits" / "rankaa28" / f"{recs[1].record_id}.json").is_file()
     assert [r.suite_version for r in store.records("digits", "rankaa28.v2")] == [2]
     assert list(store.load("digits", "rankaa28")["suite_version"]) == [1]
-    for spec, version in (("rankaa28", 2), ("rankaa28.v2", 2), ("rankaa28.v1", 1)):
+    for spec, version in (("rankaa28", 3), ("rankaa28.v3", 3), ("rankaa28.v2", 2), ("rankaa28.v1", 1)):
         out = tmp_path / f"{spec}.csv"
         assert main(["leaderboard", "export", "--dataset", "digits", "--suite", spec, "--format", "csv",
                      "--no-official", "--leaderboard-dir", str(tmp_path / "lb"), "--output", str(out)]) == 0

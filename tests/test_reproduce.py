@@ -49,7 +49,7 @@ def test_the_recipes_commands_parse_back_to_its_configurations(cfg):
     back = EvalConfig(args.suite, attacks=tuple(args.attacks.split(",")), max_queries=args.max_queries,
                       seed=args.eval_seed, eps=args.eps, robrank_compat=args.robrank_compat, numerics=args.numerics)
     # the recipe pins the suite's version (a bare id would name a later version once there is one)
-    assert args.suite == "rankaa28.v2" and back == dataclasses.replace(ev, suite="rankaa28.v2")
+    assert args.suite == "rankaa28.v3" and back == dataclasses.replace(ev, suite="rankaa28.v3")
     assert back.suite_obj == ev.suite_obj and args.checkpoint == "ck" and args.json == "e.json"
 
 

@@ -164,9 +164,9 @@ def _run_folder(root: Path, i: int, files: dict[str, str]) -> Path:
 
 
 def test_compare_puts_two_suites_side_by_side_and_finds_partial_evaluations(tmp_path, capsys):
-    # the current rankaa28 (version 2) is found under its board's name, a version-1 file beside it is not read
-    runs = [_run_folder(tmp_path, i, {"rob28.json": "rob28", "rankaa28.v2-q64.json": "rankaa28.v2",
-                                      "rankaa28.json": "rankaa28.v1"}) for i in range(2)]
+    # the current rankaa28 (version 3) is found under its board's name, earlier versions' files beside it are not read
+    runs = [_run_folder(tmp_path, i, {"rob28.json": "rob28", "rankaa28.v3-q64.json": "rankaa28.v3",
+                                      "rankaa28.v2-q64.json": "rankaa28.v2", "rankaa28.json": "rankaa28.v1"}) for i in range(2)]
     assert main(["compare", *map(str, runs), "--suite", "rob28,rankaa28", "--name", "ann"]) == 0
     out = capsys.readouterr().out
     title, blank, header, _, *rows = out.strip().splitlines()
@@ -181,10 +181,10 @@ def test_compare_puts_two_suites_side_by_side_and_finds_partial_evaluations(tmp_
         assert cells[:2] == ["CA-TRIDE", "ann"] and cells[-1] == f"{a - b:.1f}" and cells[5] == f"{a:.1f}"
     # rankaa28 alone: the one partial file is found; two partial files are named, not guessed between
     assert main(["compare", str(runs[0]), "--suite", "rankaa28"]) == 0
-    assert "rankaa28 v2 (eps 77/255)" in capsys.readouterr().out
-    two = _run_folder(tmp_path, 5, {"rankaa28.v2-q64.json": "rankaa28.v2", "rankaa28.v2-q32.json": "rankaa28.v2"})
+    assert "rankaa28 v3 (eps 77/255)" in capsys.readouterr().out
+    two = _run_folder(tmp_path, 5, {"rankaa28.v3-q64.json": "rankaa28.v3", "rankaa28.v3-q32.json": "rankaa28.v3"})
     assert main(["compare", str(two), "--suite", "rankaa28"]) == 2
-    assert "rankaa28.v2-q32.json, rankaa28.v2-q64.json" in capsys.readouterr().err
+    assert "rankaa28.v3-q32.json, rankaa28.v3-q64.json" in capsys.readouterr().err
 
 
 def test_the_attack_table_fits_80_columns_and_ranks_worst_cases_by_threat():

@@ -20,6 +20,8 @@ PUBLISHED = {
     ("rankaa224", 1): "1c574df4b6317bd4f89c6ac398debdfc40b5f5bb1d11b7d543a2c3b3ce471996",
     ("rankaa28", 2): "2bc7e0e98a22c00e6a7c903e003f5cd73b160efddf88814b8c1fa9e698c7ae22",
     ("rankaa224", 2): "910445880544fda23a88e1141b0d073dc3453462ee602d45a9d6f029dfbe2f0d",
+    ("rankaa28", 3): "329abc946f49c35a970c865614e27106c6a424e6843d59f3913602462286687e",
+    ("rankaa224", 3): "33065985d8c8dbcbbc9da26edc7425925a42be0627928a15cedeea82387613aa",
     ("rankaa28plus", 1): "a2a6ac7ca18f2b4a347e02b90137f3d32d4aa2856d1aacd82716f56df9bf1d2f",
     ("rankaa224plus", 1): "161b5ed623fb1668be430c73d290f25970828d63ba4963459bf6a5b8538ee57c",
 }
@@ -63,31 +65,40 @@ def test_registry():
     assert get_suite(ROB224) is ROB224
     with pytest.raises(UserError, match="unknown suite"):
         get_suite("rob32")
-    assert get_suite("rankaa28") is get_suite("rankaa28.v2") and get_suite("rankaa28.v1").version == 1
+    assert get_suite("rankaa28") is get_suite("rankaa28.v3") and get_suite("rankaa28.v1").version == 1
     with pytest.raises(UserError, match="rankaa28 has version"):
-        get_suite("rankaa28.v3")
+        get_suite("rankaa28.v4")
     with pytest.raises(UserError, match="unknown suite"):
         get_suite("rob32.v1")
     custom = Suite("t", 1, 0.1, 0.01, 2, 8, (SuiteAttack("TMA"),))
     assert custom.attack_ids == ["TMA"] and custom.params["attacks"] == [{"id": "TMA", "params": {}}]
 
 
-def test_version_2_is_the_knee_of_the_budget_study_and_version_1_loads_unchanged():
-    """rankaa28 v2 runs the first two gradient runs of rankaa28plus, so its result is the study's ``g232`` step;
-    version 1 keeps its engine (and hash) and each version has its own board."""
+def test_version_3_is_the_knee_of_the_budget_study_and_earlier_versions_load_unchanged():
+    """rankaa28 v3 runs the first two gradient runs of rankaa28plus and then that suite's search, so its gradient
+    part is the study's ``g232`` step; versions 1 and 2 keep their engines (and hashes) and each version has its
+    own board."""
     from attacks.suites import board_of, find_suite, spec_of
 
-    v1, v2, plus = get_suite("rankaa28.v1"), get_suite("rankaa28"), get_suite("rankaa28plus")
+    v1, v2, v3 = get_suite("rankaa28.v1"), get_suite("rankaa28.v2"), get_suite("rankaa28")
+    plus = get_suite("rankaa28plus")
     assert (v1.engine.schedule, v1.engine.steps, v1.engine.restarts, v1.engine.check_p_init) == ("apgd", 24, 2, 0.05)
-    assert (v2.engine.schedule, v2.engine.steps, v2.engine.restarts + v2.engine.targets) == ("apgd-paper", 100, 2)
-    assert v2.engine.ladder(v2.steps) == plus.engine.ladder(plus.steps)[:3] == ["g32", "g132", "g232"]
-    assert v2.engine.targets == 1 and plus.engine.targets >= 1  # the second run is the plus run's first targeted one
-    assert (v1.board, v2.board, plus.board) == ("rankaa28", "rankaa28.v2", "rankaa28plus")
+    for strong in (v2, v3):
+        assert (strong.engine.schedule, strong.engine.steps, strong.engine.restarts + strong.engine.targets) == \
+            ("apgd-paper", 100, 2)
+        assert strong.engine.ladder(strong.steps)[:3] == plus.engine.ladder(plus.steps)[:3] == ["g32", "g132", "g232"]
+        assert strong.engine.targets == 1 and plus.engine.targets >= 1  # the second run: the plus run's first target
+    # version 2 checks 8 queries per batch; version 3 joins the plus suite's search on every query
+    assert (v2.engine.check_queries, v2.engine.search_steps) == (8, 0)
+    assert (v3.engine.check_queries, v3.engine.search_steps, v3.engine.search_p_init) == \
+        (0, plus.engine.search_steps, plus.engine.search_p_init) == (0, 5000, 0.8)
+    assert v3.engine.ladder(v3.steps)[-1] == "g232+s5000"
+    assert (v1.board, v2.board, v3.board, plus.board) == ("rankaa28", "rankaa28.v2", "rankaa28.v3", "rankaa28plus")
     assert find_suite("rankaa28", 1, v1.hash) is v1 and find_suite("rankaa28", 2, v1.hash) is None
-    assert find_suite("nope", 1, v1.hash) is None
+    assert find_suite("rankaa28", 2, v2.hash) is v2 and find_suite("nope", 1, v1.hash) is None
     # the names a command uses: a bare id is the current version's board, id.vN version N's (installed or not),
     # and a recorded command pins the version wherever a suite has several
-    assert [board_of(s) for s in ("rankaa28", "rankaa28.v1", "rankaa28.v3", "rob28", "mine")] == \
-        ["rankaa28.v2", "rankaa28", "rankaa28.v3", "rob28", "mine"]
-    assert (spec_of("rankaa28", 1), spec_of("rankaa28", 2), spec_of("rob28", 1)) == ("rankaa28.v1", "rankaa28.v2",
+    assert [board_of(s) for s in ("rankaa28", "rankaa28.v1", "rankaa28.v2", "rankaa28.v9", "rob28", "mine")] == \
+        ["rankaa28.v3", "rankaa28", "rankaa28.v2", "rankaa28.v9", "rob28", "mine"]
+    assert (spec_of("rankaa28", 1), spec_of("rankaa28", 3), spec_of("rob28", 1)) == ("rankaa28.v1", "rankaa28.v3",
                                                                                      "rob28")
