@@ -122,6 +122,15 @@ def test_the_gap_page_subtracts_the_strong_suites_ars(tmp_path):
         if suite == "rankaa28":
             gap = by[(sha, "rob28")].protocols["corrected"].ars - r.protocols["corrected"].ars
             assert f">{gap:.1f}</td>" in text and f'href="models/{r.record_id}.html"' in text
+    # a strong suite that attacked the first 128 of the published suite's queries says so
+    import dataclasses
+
+    pairs = [(by[(sha, "rob28")], r) for (sha, suite), r in by.items() if suite == "rankaa28"]
+    pub, strong = pairs[0]
+    write_site(tmp_path / "subset", [dataclasses.replace(pub, num_queries=1000),
+                                     dataclasses.replace(strong, num_queries=128)])
+    assert '<td class="t">1,000 → 128</td>' in (tmp_path / "subset" / "gap.html").read_text()
+    assert '<td class="t">1,000 → 128</td>' not in text
 
 
 def test_leaderboard_site_command_writes_an_empty_store_and_refuses_a_used_folder(tmp_path, capsys):
