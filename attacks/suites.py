@@ -304,3 +304,7 @@ def find_suite(suite_id: str, version: int | None, suite_hash: str) -> Suite | N
 
 def list_suites(pattern: str = "*") -> list[str]:
     return SUITES.list(pattern)
+
+
+#: the strong suite of each published suite: what boards rank by by default (as RobustBench ranks by AutoAttack)
+STRONG = {"rob28": "rankaa28", "rob224": "rankaa224"}

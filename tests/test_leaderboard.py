@@ -717,6 +717,41 @@ def test_resistance_plots_come_as_pdf_and_svg_with_intervals_and_readable_labels
     assert not (tmp_path / "res.jpg").exists()
 
 
+def test_boards_rank_by_the_strong_suite_where_it_has_rows_with_the_published_ars_beside(tmp_path, capsys):
+    """Without --suite a board is the dataset's strong suite (as RobustBench ranks by AutoAttack), each row with the
+    same weights' ARS under the published suite beside it; a dataset without strong-suite rows shows the published
+    suite and says so after the table."""
+    from attacks.suites import get_suite
+    from robustbench_dml.cli.main import main
+
+    store = LeaderboardStore(tmp_path / "lb")
+    lb = ["--dataset", "digits", "--no-official", "--leaderboard-dir", str(tmp_path / "lb"), "--format", "csv"]
+    published = [record_from_result(make_eval(i), submitter="ann", created="2025-01-01") for i in range(3)]
+    for rec in published:
+        store.add_record(rec)
+    out = tmp_path / "one.csv"
+    assert main(["leaderboard", "export", *lb, "--output", str(out)]) == 0
+    assert "no rankaa28 rows for digits yet" in capsys.readouterr().err
+    assert "ARS rob28" not in pd.read_csv(out).columns
+    v3 = get_suite("rankaa28")
+    strong = {}
+    for i in (0, 2):  # two of the three models measured under the strong suite
+        ev = make_eval(i + 10)
+        ev["checkpoint"] = make_eval(i)["checkpoint"]
+        ev["suite"] = {**ev["suite"], "id": v3.id, "version": v3.version, "hash": v3.hash}
+        strong[i] = record_from_result(ev, submitter="ann", created="2025-01-01")
+        store.add_record(strong[i], allow_ineligible=True)
+    out = tmp_path / "two.csv"
+    assert main(["leaderboard", "export", *lb, "--output", str(out)]) == 0
+    assert "no rankaa28 rows" not in capsys.readouterr().err
+    table = pd.read_csv(out).set_index("record_id")
+    assert sorted(table.index) == sorted(r.record_id for r in strong.values())
+    for i, rec in strong.items():
+        assert table.loc[rec.record_id, "ARS"] == pytest.approx(rec.protocols["corrected"].ars, abs=0.05)
+        assert table.loc[rec.record_id, "ARS rob28"] == pytest.approx(published[i].protocols["corrected"].ars,
+                                                                      abs=0.05)
+
+
 def test_each_suite_version_has_its_own_board_and_version_1_keeps_its_folder(tmp_path):
     """rankaa28's versions measure different things: records of the same weights under each go to their own
     board (version 1's under the bare id it had before version 2 existed), `--suite` picks a version (a bare id the

@@ -133,6 +133,23 @@ def test_the_gap_page_subtracts_the_strong_suites_ars(tmp_path):
     assert '<td class="t">1,000 → 128</td>' not in text
 
 
+def test_the_index_puts_each_datasets_current_strong_suite_board_first(tmp_path):
+    # the boards rank by the strong suite: its current version's board leads the dataset's rows, then the published
+    # suite's, then the rest (here version 1's board, which sorted first by name)
+    import dataclasses
+
+    from attacks.suites import get_suite
+
+    records = _records()
+    v3 = get_suite("rankaa28")
+    current = [dataclasses.replace(r, suite_version=v3.version) for r in records if r.suite_id == "rankaa28"]
+    write_site(tmp_path, records + current)
+    index = (tmp_path / "index.html").read_text()
+    order = [index.index(f'href="boards/{board_key("digits", b, P.CORRECTED)}.html"')
+             for b in (v3.board, "rob28", "rankaa28")]
+    assert order == sorted(order) and v3.board == "rankaa28.v3"
+
+
 def test_leaderboard_site_command_writes_an_empty_store_and_refuses_a_used_folder(tmp_path, capsys):
     # the papers' rows alone (an empty store): a board per dataset they cover
     assert main(["leaderboard", "site", "--output", str(tmp_path / "site"),

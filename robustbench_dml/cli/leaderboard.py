@@ -112,10 +112,13 @@ def run(args) -> int:
     suite = args.suite or datasets.info(args.dataset).suite if args.dataset in datasets.DATASETS else args.suite
     if suite is None:
         raise UserError(f"unknown dataset {args.dataset!r}; pass --suite as well for a custom one")
-    suite = board_of(suite)  # the suite version's leaderboard
     store = LeaderboardStore(args.leaderboard_dir)
     check_output(args.output, args.overwrite)
     columns = parse_columns(args.columns)
+    fallback = None
+    if args.suite is None and args.action in ("show", "export"):
+        suite, fallback = _headline(store, args, suite)
+    suite = board_of(suite)  # the suite version's leaderboard
     if args.action == "rebuild":
         version = store.rebuild(args.dataset, suite)
         print(f"{args.leaderboard_dir}/{args.dataset}/{suite} v{version}")
@@ -141,13 +144,60 @@ def run(args) -> int:
             hint = "; add one with `dmlbench run` or `dmlbench submit`"
         raise UserError(f"no {args.protocol} rows for {args.dataset}/{suite} in {args.leaderboard_dir} yet{hint}")
     title = f"{args.dataset} / {suite}" + (f" v{version}" if version else "")
+    frame, columns = _with_base_ars(store, args, suite, frame, columns, official)
     standalone = args.action == "export" and fmt == "latex"
     emit(render(frame, fmt, title=title, standalone=standalone, columns=columns), args.output, args.overwrite)
+    notes = [fallback] if fallback else []
     if args.protocol != P.ROBRANK and not args.no_reference and len(_reference(args.dataset)):
-        # after the table, so that a failed write is the only line on stderr
-        print(f"note: the papers' rows were measured with RobRank's code; see them beside yours with "
-              f"--protocol {P.ROBRANK}", file=sys.stderr)
+        notes.append(f"note: the papers' rows were measured with RobRank's code; see them beside yours with "
+                     f"--protocol {P.ROBRANK}")
+    for note in notes:  # after the table, so that a failed write is the only line on stderr
+        print(note, file=sys.stderr)
     return 0
+
+
+def _headline(store, args, published: str) -> tuple[str, str | None]:
+    """The suite a board shows without ``--suite``: the dataset's strong suite (:data:`attacks.suites.STRONG`, as
+    RobustBench ranks by AutoAttack) where its board has rows of the protocol asked for, else the published one
+    and a note naming the strong suite (None where there is nothing to say)."""
+    from attacks.suites import STRONG, board_of
+
+    strong = STRONG.get(published)
+    if strong is None:
+        return published, None
+    if len(board_with_reference(store, args.dataset, board_of(strong), None, False, args.protocol,
+                                not args.no_official)):
+        return strong, None
+    note = None
+    if args.protocol == P.CORRECTED:  # the strong suites measure the corrected protocol only
+        note = (f"note: no {strong} rows for {args.dataset} yet (the strong suite, which boards rank by where it has "
+                f"rows); this is {published}")
+    return published, note
+
+
+#: the column a strong suite's table adds: the same weights' ARS under its published suite (corrected protocol)
+def base_ars_column(base: str) -> str:
+    return f"ARS {base}"
+
+
+def _with_base_ars(store, args, board: str, frame, columns, official: bool):
+    """A strong suite's table with each row's ARS under the published suite it strengthens beside it (the same
+    weights, by checkpoint sha256, corrected protocol; empty where that suite has no row of them): how much the
+    strong suite takes away, and the number the papers' tables compare with. Other suites' tables unchanged."""
+    from attacks.suites import SUITES, get_suite
+    from robustbench_dml.leaderboard.tables import TABLE_COLUMNS
+
+    suite_id = board.split(".v")[0]
+    base = get_suite(suite_id).base if suite_id in SUITES else ""
+    if not base or base == suite_id:
+        return frame, columns
+    pub = board_with_reference(store, args.dataset, base, None, False, P.CORRECTED, official)
+    ars = {sha: a for sha, a in zip(pub["checkpoint_sha256"], pub["ARS"]) if isinstance(sha, str)}
+    name = base_ars_column(base)
+    frame = frame.copy()
+    frame[name] = [ars.get(sha) if isinstance(sha, str) else None for sha in frame["checkpoint_sha256"]]
+    frame[name] = frame[name].astype("float64")
+    return frame, (*(columns or TABLE_COLUMNS), name)
 
 
 def site(args) -> int:

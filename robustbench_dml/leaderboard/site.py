@@ -237,6 +237,16 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
     return _page(f"{_name(rec)} on {rec.dataset}, {_suite_name(rec)}", "\n".join(body), 1)
 
 
+def _order(board: str) -> int:
+    """Where a board stands among its dataset's: the current strong suites' first, then the published suites',
+    then the rest (earlier versions, the largest budgets, the papers')."""
+    from attacks.suites import STRONG, get_suite
+
+    if board in {get_suite(s).board for s in STRONG.values()}:
+        return 0
+    return 1 if board in STRONG else 2
+
+
 def _queries(pub: Record, strong: Record) -> str:
     """The queries each record attacked: one number where they agree, ``published → strong`` where not."""
     a, b = (f"{r.num_queries:,}" if r.num_queries else "all" for r in (pub, strong))
@@ -303,7 +313,7 @@ def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
     put("style.css", _CSS + "\n")
     put("sort.js", _SORT + "\n")
     index = []
-    for (dataset, suite, protocol), rows in sorted(boards.items()):
+    for (dataset, suite, protocol), rows in sorted(boards.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]), kv[0])):
         key = board_key(dataset, suite, protocol)
         put(f"boards/{key}.html", _board(dataset, suite, protocol, rows))
         n_paper = sum(r.reported for r, _ in rows)
@@ -321,7 +331,8 @@ def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
     th = "".join(f'<th class="{c}">{h}</th>' for h, c in (("Dataset", "t"), ("Suite", "t"), ("Protocol", "t"),
                                                           ("Measured rows", ""), ("Papers' rows", ""), ("Board", "t")))
     body = ("<p>Adversarial robustness of deep metric learning defenses, measured by ranking attacks and summarised "
-            f"as ERS and ARS; every board is {_e(RANKING)}. The headline: <a href=\"gap.html\">how much the strong "
+            f"as ERS and ARS; every board is {_e(RANKING)}. Each dataset's strong-suite board comes first: it ranks "
+            "the defenses, as RobustBench ranks by AutoAttack. The headline: <a href=\"gap.html\">how much the strong "
             "suite lowers each model's score</a>.</p>"
             f'<table class="sortable" data-protocol="all"><caption>Boards (dataset x suite x protocol)</caption>'
             f"<thead><tr>{th}</tr></thead><tbody>{''.join(index)}</tbody></table>")
