@@ -108,8 +108,10 @@ def _safe_terms(raw: Mapping[str, float], score: str) -> dict[str, float]:
 
     try:
         return scoring.resistance_terms(raw, score)
-    except ValueError:
-        return {}
+    except ValueError:  # a subset of attacks: each term its inputs allow
+        keys = scoring.ERS_TERMS if score == "ERS" else scoring.ARS_TERMS
+        return {k: scoring.term(raw, k, score) for k in keys
+                if all(i in raw for i in scoring.term_inputs(k, score))}
 
 
 def _num(v: Any, digits: int) -> str:
