@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attacks.engine import Engine
@@ -188,17 +188,6 @@ _V2 = ("PGD + 2 x 100-step APGD (the second targeted where the attack has altern
 RANKAA28_V2 = _strong(ROB28, "rankaa28", 2, V2_ENGINE, _V2)
 RANKAA224_V2 = _strong(ROB224, "rankaa224", 2, V2_ENGINE, _V2)
 
-#: version 3 of the strong suites, frozen at the knee of the convergence study (``benchmarks/rankaa_budget.py``:
-#: the smallest budget within 0.5 ARS of the largest on every study model): version 2's gradient runs, then the
-#: largest budget's random search (5,000 proposals with Square Attack's settings on every query still standing),
-#: whose points join the worst case
-V3_ENGINE = Engine(schedule="apgd-paper", steps=100, restarts=1, targets=1, check_queries=0, check_steps=0,
-                   search_steps=5000, search_p_init=0.8)
-_V3 = ("PGD + 2 x 100-step APGD (the second targeted where the attack has alternatives) + a 5,000-query random "
-       "search, best point kept: 232 gradients per image")
-RANKAA28 = _strong(ROB28, "rankaa28", 3, V3_ENGINE, _V3)
-RANKAA224 = _strong(ROB224, "rankaa224", 3, V3_ENGINE, _V3)
-
 #: the largest budget of the convergence study (``benchmarks/rankaa_budget.py``): AutoAttack's scale, >= 1,000
 #: gradient evaluations and a 5,000-query random search per image and attack
 PLUS_ENGINE = Engine(schedule="apgd-paper", steps=100, restarts=5, targets=5, check_queries=0, check_steps=0,
@@ -207,6 +196,16 @@ _PLUS = ("PGD + 10 x 100-step APGD (5 targeted where the attack has alternatives
          "best point kept: 1,032 gradients per image")
 RANKAA28PLUS = _strong(ROB28, "rankaa28plus", 1, PLUS_ENGINE, _PLUS)
 RANKAA224PLUS = _strong(ROB224, "rankaa224plus", 1, PLUS_ENGINE, _PLUS)
+
+#: version 3 of the strong suites, frozen at the knee of the convergence study (``benchmarks/rankaa_budget.py``:
+#: the smallest budget within 0.5 ARS of the largest on every study model): version 2's gradient runs, then the
+#: largest budget's random search (5,000 proposals with Square Attack's settings on every query still standing),
+#: whose points join the worst case: the largest budget's engine with its first two gradient runs
+V3_ENGINE = replace(PLUS_ENGINE, restarts=1, targets=1)
+_V3 = ("PGD + 2 x 100-step APGD (the second targeted where the attack has alternatives) + a 5,000-query random "
+       "search, best point kept: 232 gradients per image")
+RANKAA28 = _strong(ROB28, "rankaa28", 3, V3_ENGINE, _V3)
+RANKAA224 = _strong(ROB224, "rankaa224", 3, V3_ENGINE, _V3)
 
 
 @SUITES.register("rob28")
