@@ -207,6 +207,7 @@ def test_run_with_the_strong_suite_publishes_to_its_own_board(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "pgd: ERS" in out and "what rankaa28 adds" in out
+    assert "| ARS | ARS rob28 |" in out  # the board beside the published suite's ARS (none here: empty cell)
     result = json.loads(next((tmp_path / "run").rglob("rankaa28.v3-*.json")).read_text())
     assert (result["suite"]["id"], result["suite"]["version"]) == ("rankaa28", 3)
     assert list(result["protocols"]) == ["corrected"]

@@ -144,7 +144,7 @@ def run(args) -> int:
             hint = "; add one with `dmlbench run` or `dmlbench submit`"
         raise UserError(f"no {args.protocol} rows for {args.dataset}/{suite} in {args.leaderboard_dir} yet{hint}")
     title = f"{args.dataset} / {suite}" + (f" v{version}" if version else "")
-    frame, columns = _with_base_ars(store, args, suite, frame, columns, official)
+    frame, columns = with_base_ars(store, args.dataset, suite, frame, columns, official)
     standalone = args.action == "export" and fmt == "latex"
     emit(render(frame, fmt, title=title, standalone=standalone, columns=columns), args.output, args.overwrite)
     notes = [fallback] if fallback else []
@@ -180,7 +180,7 @@ def base_ars_column(base: str) -> str:
     return f"ARS {base}"
 
 
-def _with_base_ars(store, args, board: str, frame, columns, official: bool):
+def with_base_ars(store, dataset: str, board: str, frame, columns=None, official: bool = True):
     """A strong suite's table with each row's ARS under the published suite it strengthens beside it (the same
     weights, by checkpoint sha256, corrected protocol; empty where that suite has no row of them): how much the
     strong suite takes away, and the number the papers' tables compare with. Other suites' tables unchanged."""
@@ -191,7 +191,7 @@ def _with_base_ars(store, args, board: str, frame, columns, official: bool):
     base = get_suite(suite_id).base if suite_id in SUITES else ""
     if not base or base == suite_id:
         return frame, columns
-    pub = board_with_reference(store, args.dataset, base, None, False, P.CORRECTED, official)
+    pub = board_with_reference(store, dataset, base, None, False, P.CORRECTED, official)
     ars = {sha: a for sha, a in zip(pub["checkpoint_sha256"], pub["ARS"]) if isinstance(sha, str)}
     name = base_ars_column(base)
     frame = frame.copy()

@@ -49,12 +49,13 @@ def publish(result, *, leaderboard_dir: str, name: str | None, partial_ok: bool 
 def show_board(record, version: int, added: bool, leaderboard_dir: str) -> None:
     """The leaderboard in the record's shown protocol (the papers' rows only beside ``robrank`` numbers), then the
     record's scores under every protocol it holds."""
-    from robustbench_dml.cli.leaderboard import board_with_reference
+    from robustbench_dml.cli.leaderboard import board_with_reference, with_base_ars
     from robustbench_dml.leaderboard import LeaderboardStore, render
 
-    frame = board_with_reference(LeaderboardStore(leaderboard_dir), record.dataset, record.board, version, True,
-                                 record.protocol)
-    print(render(frame, "md", highlight_record_id=record.record_id), end="")
+    store = LeaderboardStore(leaderboard_dir)
+    frame = board_with_reference(store, record.dataset, record.board, version, True, record.protocol)
+    frame, columns = with_base_ars(store, record.dataset, record.board, frame)  # a strong suite's: rob28's ARS beside
+    print(render(frame, "md", highlight_record_id=record.record_id, columns=columns), end="")
     state = "added to" if added else "already on (no new version)"
     from robustbench_dml.cli.report import _num  # "-" for a score a partial suite does not give
 
