@@ -50,6 +50,8 @@ class Plan:
     #: training), and the seconds the probe took, warm-up included
     probe_seconds: tuple[float, ...] = ()
     probe_wall: float = 0.0
+    #: the iterations are a strong engine's nominal work, which its pruning cuts on every query already broken
+    pruned: bool = False
 
     @property
     def train_seconds(self) -> float:
@@ -74,7 +76,9 @@ class Plan:
             probe = f" (the probe took {self.probe_wall:.1f} s)" if self.probe_seconds else ""
             out.append(f"evaluation: {len(self.attacks)} attacks over {self.eval_batches} query batches, "
                        f"{sum(self.attacks.values())} PGD iterations; {self.seconds_per_iteration:.3f} s/iteration "
-                       f"measured{probe}: about {clock(self.eval_seconds)} ({per})")
+                       f"measured{probe}: about {clock(self.eval_seconds)} ({per})"
+                       + ("; at most: the strong engine skips the queries already broken, often most of them"
+                          if self.pruned else ""))
         total = (self.train_seconds if training else 0) + (self.eval_seconds if evaluation else 0)
         out.append(f"total: about {clock(total)} on {self.device}")
         return out
@@ -206,6 +210,7 @@ def plan_evaluation(result: Plan, model: torch.nn.Module, *, dataset: str, data_
     result.seconds_per_iteration = q * result.seconds_per_image
     result.eval_batches = batches
     result.attacks = {a: round(config.runs(a) * batches * suite_obj.iterations) for a in config.attack_ids}
+    result.pruned = suite_obj.engine is not None and suite_obj.engine.prune
     return result
 
 

@@ -203,7 +203,9 @@ def test_run_with_the_strong_suite_publishes_to_its_own_board(tmp_path, capsys):
     assert main(args + ["--plan"]) == 0
     # rankaa28 (version 3) per query: 33 PGD + 2 x 100 APGD + the diagnosis (1 gradient, 2 forwards) + 2 forwards
     # + 5,000 search forwards at a third of a pass = 1,903.3 passes (1903 as the plan rounds it)
-    assert "1 attacks over 1 query batches, 1903 PGD iterations" in capsys.readouterr().out
+    plan = capsys.readouterr().out
+    assert "1 attacks over 1 query batches, 1903 PGD iterations" in plan
+    assert "at most: the strong engine skips the queries already broken" in plan
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "pgd: ERS" in out and "what rankaa28 adds" in out
@@ -248,6 +250,7 @@ def test_the_224_path_end_to_end_on_a_cub_fixture(tmp_path, capsys):
     # training: one epoch of SPC-2 batches over the 12 training images (3 classes x 4); GTT and ES over one batch
     # of 2 queries, 32 PGD steps + the clean pass each
     assert "plan: training: 3 steps" in plan and "2 attacks over 1 query batches, 66 PGD iterations" in plan
+    assert "at most" not in plan  # the published suite does all its work
     assert "a GPU is expected" in plan and not (tmp_path / "run").exists() and not lb.exists()
     assert main(args + ["--quiet"]) == 0
     out = capsys.readouterr().out
