@@ -122,6 +122,14 @@ def test_the_gap_page_subtracts_the_strong_suites_ars(tmp_path):
         if suite == "rankaa28":
             gap = by[(sha, "rob28")].protocols["corrected"].ars - r.protocols["corrected"].ars
             assert f">{gap:.1f}</td>" in text and f'href="models/{r.record_id}.html"' in text
+    # each strong board's row carries the same weights' published-suite ARS beside its own
+    strong_board = (tmp_path / "boards" / f"{board_key('digits', 'rankaa28', P.CORRECTED)}.html").read_text()
+    assert "<th class=\"\">ARS rob28</th>" in strong_board
+    for (sha, suite), r in by.items():
+        if suite == "rankaa28":
+            row = strong_board[strong_board.index(f'data-record="{r.record_id}"'):]
+            row = row[:row.index("</tr>")]
+            assert f'data-v="{by[(sha, "rob28")].protocols["corrected"].ars}"' in row
     # a strong suite that attacked the first 128 of the published suite's queries says so
     import dataclasses
 

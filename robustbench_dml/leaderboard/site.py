@@ -125,9 +125,13 @@ def _board_suite(suite: str, rows: Sequence[tuple[Record, str]]) -> tuple[Record
     return first, suite if first.reported else _suite_name(first)
 
 
-def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record, str]]) -> str:
+def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record, str]],
+           base: tuple[str, dict[str, float | None]] | None = None) -> str:
+    """One board's page. ``base``: for a strong suite, its published suite and that suite's ARS (corrected protocol)
+    per checkpoint sha256, shown beside each row's ARS."""
     # the ranking key and its companions beside the name, so they are on screen without scrolling
-    head = ["#", "Defense", "ARS", "ERS", "Worst case", "Backbone", "Steps", "By", "Budget", "Seed", *_RAW]
+    head = ["#", "Defense", "ARS", *([f"ARS {base[0]}"] if base else []), "ERS", "Worst case", "Backbone", "Steps",
+            "By", "Budget", "Seed", *_RAW]
     text_cols = {"Defense", "Backbone", "By", "Budget"}
     th = "".join(f'<th class="{"t" if h in text_cols else ""}">{_e(h)}</th>' for h in head)
     body = []
@@ -142,6 +146,9 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
             v, lo, hi = (getattr(s, n) for n in (score.lower(), f"{score.lower()}_lo", f"{score.lower()}_hi"))
             ci = "" if lo is None else f' <span class="ci">[{lo:.1f}, {hi:.1f}]</span>'
             cells.append(f'<td data-v="{"" if v is None else v}">{_num(v)}{ci}</td>')
+            if score == "ARS" and base:
+                b = base[1].get(rec.checkpoint_sha256)
+                cells.append(f'<td data-v="{"" if b is None else b}">{_num(b)}</td>')
         cells.append(f'<td data-v="{"" if s.worst_case is None else s.worst_case}">{_num(s.worst_case)}</td>')
         cells += [f'<td class="t">{_e(rec.backbone)}</td>', f'<td data-v="{rec.steps if rec.steps is not None else ""}">'
                  f'{"–" if rec.steps is None else rec.steps}</td>', f'<td class="t">{_e(_by(rec))}</td>',
@@ -161,6 +168,9 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
              f"{_e(P.DESCRIPTIONS[protocol])}. Rows are {_e(RANKING)}. Raw attack results in the papers' units "
              "(CA/QA: percent of the gallery; TMA: cosine; ES:D: distance; the rest: percent of queries). "
              "Click a column to sort.</p>")
+    if base:
+        notes += (f"<p>ARS {_e(base[0])}: the same weights' ARS under the published suite this one strengthens "
+                  f"(protocol {P.CORRECTED}; empty where it has no row of them).</p>")
     if protocol == P.ROBRANK:
         notes += ('<p class="note">Rows marked <span class="tag paper">paper</span> are the numbers the papers '
                   "printed (measured with RobRank's code, often at other budgets); the others were measured here "
@@ -235,6 +245,18 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
         body.append("<h2>Configuration</h2><pre>" + _e(json.dumps(json.loads(rec.defense_config), indent=1))
                     + "</pre><p class=\"note\">No recipe was recorded for this row.</p>")
     return _page(f"{_name(rec)} on {rec.dataset}, {_suite_name(rec)}", "\n".join(body), 1)
+
+
+def _base(board: str, measured: Sequence[Record]) -> tuple[str, dict[str, float | None]] | None:
+    """For a strong suite's board: its published suite and that suite's ARS (corrected) per checkpoint sha256."""
+    from attacks.suites import SUITES, get_suite
+
+    suite_id = board.split(".v")[0]
+    base = get_suite(suite_id).base if suite_id in SUITES else ""
+    if not base or base == suite_id:
+        return None
+    return base, {r.checkpoint_sha256: r.protocols[P.CORRECTED].ars for r in measured
+                  if r.board == base and P.CORRECTED in r.protocols}
 
 
 def _order(board: str) -> int:
@@ -315,7 +337,7 @@ def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
     index = []
     for (dataset, suite, protocol), rows in sorted(boards.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]), kv[0])):
         key = board_key(dataset, suite, protocol)
-        put(f"boards/{key}.html", _board(dataset, suite, protocol, rows))
+        put(f"boards/{key}.html", _board(dataset, suite, protocol, rows, _base(suite, measured)))
         n_paper = sum(r.reported for r, _ in rows)
         _, named = _board_suite(suite, rows)
         index.append(f'<tr><td class="t">{_e(dataset)}</td><td class="t">{_e(named)}</td><td class="t">'
