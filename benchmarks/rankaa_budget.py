@@ -304,8 +304,8 @@ def joined(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float
              "(`gN+s`), against the largest budget. `d`: derived from the largest run's per-query values (per query "
              "the better of `gN` and the search's point; a query the search left at the gradients' value keeps "
              "`gN`'s, so a derived cell can only overstate the ARS); `m`: measured by a candidate's own run; `b`: "
-             "bounded by `gN` without the search; `–`: a smaller budget passed by measurement. Undetermined: query-attack results where the derivation kept "
-             "`gN`'s value although all ten runs did better.", "",
+             "bounded by `gN` without the search; `–`: a smaller budget passed by measurement. Undetermined: "
+             "query-attack results where the derivation kept `gN`'s value although all ten runs did better.", "",
              "| set | model | " + " | ".join(f"{s}+s" for s in steps[:-1]) + " | largest | undetermined |",
              "|---|---|" + "---|" * (len(steps) + 1)]
     passing = {s: [] for s in steps[:-1]}
@@ -503,7 +503,8 @@ def main() -> None:
             checkpoint = folder / "checkpoint"
             if path.is_file():
                 unit = json.loads(path.read_text())
-                stale = (checkpoint / "meta.json").is_file() and unit["checkpoint_sha256"] != checkpoint_sha256(checkpoint)
+                stale = ((checkpoint / "meta.json").is_file()
+                         and unit["checkpoint_sha256"] != checkpoint_sha256(checkpoint))
                 if not stale and not (args.per_query and suite == "rankaa28plus" and not unit.get("per_query")):
                     continue  # done (on these weights, when they are here to tell)
             if not (checkpoint / "meta.json").is_file():

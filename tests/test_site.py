@@ -200,7 +200,8 @@ def _run_folder(root: Path, i: int, files: dict[str, str]) -> Path:
 def test_compare_puts_two_suites_side_by_side_and_finds_partial_evaluations(tmp_path, capsys):
     # the current rankaa28 (version 3) is found under its board's name, earlier versions' files beside it are not read
     runs = [_run_folder(tmp_path, i, {"rob28.json": "rob28", "rankaa28.v3-q64.json": "rankaa28.v3",
-                                      "rankaa28.v2-q64.json": "rankaa28.v2", "rankaa28.json": "rankaa28.v1"}) for i in range(2)]
+                                      "rankaa28.v2-q64.json": "rankaa28.v2", "rankaa28.json": "rankaa28.v1"})
+            for i in range(2)]
     assert main(["compare", *map(str, runs), "--suite", "rob28,rankaa28", "--name", "ann"]) == 0
     out = capsys.readouterr().out
     title, blank, header, _, *rows = out.strip().splitlines()

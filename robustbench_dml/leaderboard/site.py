@@ -289,9 +289,9 @@ def _gap(records: Sequence[Record]) -> str:
         a, b = pub.protocols[P.CORRECTED].ars, r.protocols[P.CORRECTED].ars
         rows.append((r, pub, a, b, None if a is None or b is None else a - b))
     rows.sort(key=lambda t: (t[0].dataset, -(t[4] or 0.0)))
-    th = "".join(f'<th class="{c}">{h}</th>' for h, c in (("Dataset", "t"), ("Defense", "t"), ("By", "t"),
-                                                          ("Suites", "t"), ("Queries", "t"), ("ARS published suite", ""),
-                                                          ("ARS strong suite", ""), ("Gap", "")))
+    th = "".join(f'<th class="{c}">{h}</th>' for h, c in (
+        ("Dataset", "t"), ("Defense", "t"), ("By", "t"), ("Suites", "t"), ("Queries", "t"), ("ARS published suite", ""),
+        ("ARS strong suite", ""), ("Gap", "")))
     tr = "".join(
         f'<tr><td class="t">{_e(r.dataset)}</td><td class="t"><a href="models/{_e(r.record_id)}.html">'
         f'{_e(_name(r))}</a>{_tags(r)}</td><td class="t">{_e(_by(r))}</td><td class="t">{_e(_suite_name(pub))} → '
