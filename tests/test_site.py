@@ -264,3 +264,27 @@ def test_the_attack_table_gives_each_attacks_terms_for_a_subset_of_the_suite():
     raw = block["raw"]
     assert rows["TMA"][-2:] == [f"{scoring.term(raw, 'TMA', 'ERS'):.1f}", "-"]  # TMA is no ARS term
     assert rows["GTT"][-2:] == [f"{scoring.term(raw, 'GTT', 'ERS'):.1f}", f"{scoring.term(raw, 'GTT', 'ARS'):.1f}"]
+
+
+def test_a_strong_result_reports_what_the_published_attacks_and_the_search_each_leave():
+    # version 3 joins a search to the gradient runs: evaluate prints the published attacks alone (pgd), the gradient
+    # runs alone (the step before the search) and the reported scores, each computed from the recorded parts
+    from attacks.suites import get_suite
+    from robustbench_dml import scoring
+    from robustbench_dml.cli.report import protocol_lines
+    from robustbench_dml.results import EvaluationResult
+
+    v3 = get_suite("rankaa28")
+    ev = make_eval(1)
+    raw = ev["protocols"]["corrected"]["raw"]
+    ev["suite"] = {**ev["suite"], "id": v3.id, "version": v3.version, "hash": v3.hash, "params": v3.params}
+    scale = {"pgd": 1.3, "g232": 1.1, "g232+s5000": 1.0, "final": 1.0}  # each part's CA+, as a multiple of the final
+    parts = {k: {"pgd": v, "g232": v, "g232+s5000": v, "final": v} for k, v in raw.items() if k != "R@1"}
+    parts["CA+"] = {part: raw["CA+"] * m for part, m in scale.items()}
+    ev["extra"] = {"engine": {"parts": {"CA+": {"CA+": parts.pop("CA+")}, "rest": parts}, "masking_suspected": []}}
+    lines = {line.split(":")[0].strip(): line for line in protocol_lines(EvaluationResult.from_dict(ev))}
+    for name, step in (("pgd", "pgd"), ("g232", "g232")):
+        expected = scoring.ars({**raw, "CA+": raw["CA+"] * scale[step]})
+        assert f"ARS {expected:.1f}" in lines[name], lines[name]
+    assert "what the random search adds" in lines["g232"]
+    assert f"ARS {scoring.ars(raw):.1f}" in lines["corrected"]

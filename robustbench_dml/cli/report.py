@@ -81,6 +81,15 @@ def protocol_lines(result) -> list[str]:
         pub = {name: _score_or_none(scoring.score, published, name) for name in scoring.SCORES}
         out.append(f"{'pgd':>9}: ERS {_num(pub['ERS'], 1)}, ARS {_num(pub['ARS'], 1)}  (the published suite's "
                    f"attacks alone, same queries and targets: what {result.suite['id']} adds is the difference)")
+        from attacks.engine import Engine
+
+        params = result.suite["params"]
+        ladder = Engine(**params["engine"]).ladder(params["steps"])
+        if "+s" in ladder[-1]:  # the step before the search: the gradient runs alone
+            grad = ladder[-2]
+            g = {name: _score_or_none(scoring.score, result.engine_raw(grad), name) for name in scoring.SCORES}
+            out.append(f"{grad:>9}: ERS {_num(g['ERS'], 1)}, ARS {_num(g['ARS'], 1)}  (the PGD and APGD runs "
+                       "alone: what the random search adds is the difference)")
         suspected = result.extra["engine"].get("masking_suspected") or []
         if suspected:
             out.append(f"   note: gradient masking is likely on {', '.join(suspected)} (the gradient-free search beat "
