@@ -17,6 +17,7 @@ Suites: ``rob28`` (both protocols) and ``rankaa28`` (corrected) by default; a st
 :data:`STRONG_QUERIES` queries only (its cost; the board says how many).
 
     python benchmarks/official_boards.py --sets digits --suites rob28 --seeds 0,1 [--shard 0/2]
+    python benchmarks/official_boards.py --sets digits,fashion --status   # what each board holds
 """
 
 from __future__ import annotations
@@ -110,6 +111,27 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
                        evaluations=evaluations, created=dt.date.today().isoformat())
 
 
+def status(sets: list[str], suites: list[str], seeds: list[str], boards: Path) -> str:
+    """A table per set: each model and seed, the queries its entry holds under each suite's current version (``-``:
+    missing)."""
+    from attacks.suites import get_suite
+    from robustbench_dml.leaderboard.official import entry_file, entry_records
+
+    asked = [get_suite(s) for s in suites]
+    lines = []
+    for data in sets:
+        lines += [f"{data}: queries per suite (- missing)", "", "| model | seed | " + " | ".join(s.name for s in asked)
+                  + " |", "|---|---|" + "---|" * len(asked)]
+        for name, _, _ in models(data):
+            for seed in seeds:
+                path = entry_file(data, name, int(seed), root=boards)
+                recs = {r.board: r for r in entry_records(path)} if path.exists() else {}
+                cells = [str(recs[s.board].num_queries) if s.board in recs else "-" for s in asked]
+                lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     from robustbench_dml.numerics import reproducible_cpu_blas
 
@@ -123,7 +145,12 @@ def main() -> None:
     p.add_argument("--runs", default=str(ROOT / "runs" / "official"))
     p.add_argument("--boards", default=str(ROOT / "robustbench_dml" / "boards"))
     p.add_argument("--device", default="auto")
+    p.add_argument("--status", action="store_true", help="print which rows each board holds (queries per suite) "
+                                                        "and what is missing; build nothing")
     args = p.parse_args()
+    if args.status:
+        print(status(args.sets.split(","), args.suites.split(","), args.seeds.split(","), Path(args.boards)))
+        return
     shard, shards = (int(v) for v in args.shard.split("/"))
     todo = [(data, name, d, prm, int(seed)) for data in args.sets.split(",") for name, d, prm in models(data)
             if not args.models or name in args.models.split(",") for seed in args.seeds.split(",")]
