@@ -243,27 +243,36 @@ def test_the_attack_table_fits_80_columns_and_ranks_worst_cases_by_threat():
     assert labels[-4:] == ["WC candidate %", "WC query %", "WC recall %", "WC any attack %"]  # none folded
 
 
-def test_the_attack_table_gives_each_attacks_terms_for_a_subset_of_the_suite():
-    # `--attacks TMA,GTT` has no ERS, but each attack's resistance term is defined on its own (ARS's recall terms
-    # with the benign R@1); TMA has an ERS term only
+def _attack_rows(ev: dict) -> dict[str, list[str]]:
+    """The cells of evaluate's attack table for the result ``ev``, by row label."""
     import io
 
     from rich.console import Console
 
-    from robustbench_dml import scoring
     from robustbench_dml.cli.report import attack_table
     from robustbench_dml.results import EvaluationResult
 
-    ev = make_eval(1)
-    block = ev["protocols"]["corrected"]
-    block["raw"] = {k: v for k, v in block["raw"].items() if k in ("TMA", "GTT", "R@1")}
     buf = io.StringIO()
     Console(file=buf, width=80, highlight=False).print(attack_table(EvaluationResult.from_dict(ev)))
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+    return {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
             for line in buf.getvalue().splitlines() if line.startswith("│")}
-    raw = block["raw"]
+
+
+def test_the_attack_table_gives_each_attacks_terms_for_a_subset_of_the_suite():
+    # `--attacks TMA,GTT` has no ERS, but each attack's resistance term is defined on its own (ARS's recall terms
+    # with the benign R@1); TMA has an ERS term only
+    from robustbench_dml import scoring
+
+    ev = make_eval(1)
+    block = ev["protocols"]["corrected"]
+    raw = block["raw"] = {k: v for k, v in block["raw"].items() if k in ("TMA", "GTT", "R@1")}
+    rows = _attack_rows(ev)
     assert rows["TMA"][-2:] == [f"{scoring.term(raw, 'TMA', 'ERS'):.1f}", "-"]  # TMA is no ARS term
     assert rows["GTT"][-2:] == [f"{scoring.term(raw, 'GTT', 'ERS'):.1f}", f"{scoring.term(raw, 'GTT', 'ARS'):.1f}"]
+    # a model whose clean top-1 is always wrong has no recall term (they divide by R@1): '-', not a crash
+    block["raw"] = {"ES:D": 1.3, "ES:R": 50.0, "GTT": 0.0, "R@1": 0.0}
+    rows = _attack_rows(ev)
+    assert rows["ES:R"][-1] == "-" and rows["GTT"][-1] == "0.0"
 
 
 def test_a_strong_result_reports_what_the_published_attacks_and_the_search_each_leave():

@@ -117,10 +117,10 @@ def _safe_terms(raw: Mapping[str, float], score: str) -> dict[str, float]:
 
     try:
         return scoring.resistance_terms(raw, score)
-    except ValueError:  # a subset of attacks: each term its inputs allow
+    except ValueError:  # a subset of attacks (or a benign R@1 of 0): each term its inputs allow
         keys = scoring.ERS_TERMS if score == "ERS" else scoring.ARS_TERMS
         return {k: scoring.term(raw, k, score) for k in keys
-                if all(i in raw for i in scoring.term_inputs(k, score))}
+                if all(i in raw and (i != "R@1" or raw[i] > 0) for i in scoring.term_inputs(k, score))}
 
 
 def _num(v: Any, digits: int) -> str:
