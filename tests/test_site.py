@@ -4,6 +4,7 @@ protocol of every table named, the gap computed from the two suites' records."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -99,7 +100,6 @@ def test_the_site_links_every_row_and_names_every_tables_protocol(tmp_path):
 
 def test_rows_of_two_training_seeds_are_told_apart_by_their_recipes_seed(tmp_path):
     # two seeds of one defense were two identical-looking rows, and the card's "seed" was the evaluation's
-    import dataclasses
     import json
 
     a, b = (dataclasses.replace(r, recipe=json.dumps({"train": {"seed": s}, "evaluate": {"seed": 0}}))
@@ -122,30 +122,43 @@ def test_the_gap_page_subtracts_the_strong_suites_ars(tmp_path):
         if suite == "rankaa28":
             gap = by[(sha, "rob28")].protocols["corrected"].ars - r.protocols["corrected"].ars
             assert f">{gap:.1f}</td>" in text and f'href="models/{r.record_id}.html"' in text
-    # each strong board's row carries the same weights' published-suite ARS beside its own
-    strong_board = (tmp_path / "boards" / f"{board_key('digits', 'rankaa28', P.CORRECTED)}.html").read_text()
-    assert "<th class=\"\">ARS rob28</th>" in strong_board
-    for (sha, suite), r in by.items():
-        if suite == "rankaa28":
-            row = strong_board[strong_board.index(f'data-record="{r.record_id}"'):]
-            row = row[:row.index("</tr>")]
-            assert f'data-v="{by[(sha, "rob28")].protocols["corrected"].ars}"' in row
     # a strong suite that attacked the first 128 of the published suite's queries says so
-    import dataclasses
-
-    pairs = [(by[(sha, "rob28")], r) for (sha, suite), r in by.items() if suite == "rankaa28"]
-    pub, strong = pairs[0]
+    pub, strong = next((by[(sha, "rob28")], r) for (sha, suite), r in by.items() if suite == "rankaa28")
     write_site(tmp_path / "subset", [dataclasses.replace(pub, num_queries=1000),
                                      dataclasses.replace(strong, num_queries=128)])
     assert '<td class="t">1,000 → 128</td>' in (tmp_path / "subset" / "gap.html").read_text()
     assert '<td class="t">1,000 → 128</td>' not in text
 
 
+def test_a_strong_board_shows_each_rows_published_suite_ars_beside_its_own(tmp_path):
+    records = _records()
+    write_site(tmp_path, records)
+    by = {(r.checkpoint_sha256, r.suite_id): r for r in records}
+    board = (tmp_path / "boards" / f"{board_key('digits', 'rankaa28', P.CORRECTED)}.html").read_text()
+    assert "<th class=\"\">ARS rob28</th>" in board
+    for (sha, suite), r in by.items():
+        if suite == "rankaa28":
+            row = board[board.index(f'data-record="{r.record_id}"'):]
+            assert f'data-v="{by[(sha, "rob28")].protocols["corrected"].ars}"' in row[:row.index("</tr>")]
+    published = (tmp_path / "boards" / f"{board_key('digits', 'rob28', P.CORRECTED)}.html").read_text()
+    assert "ARS rob28" not in published
+
+
+def test_a_board_and_a_card_give_the_worst_case_per_threat(tmp_path):
+    # the share of queries any attack broke is near 100 for every model; per threat the models differ
+    pub = next(r for r in _records() if r.suite_id == "rob28")
+    scores = dataclasses.replace(pub.protocols["corrected"], wc_candidate=37.5, wc_query=12.25, wc_recall=None)
+    write_site(tmp_path, [dataclasses.replace(pub, protocols={**pub.protocols, "corrected": scores})])
+    board = (tmp_path / "boards" / f"{board_key('digits', 'rob28', P.CORRECTED)}.html").read_text()
+    assert '<th class="">WC candidate %</th>' in board and "Worst case" not in board
+    assert '<td data-v="37.5">37.5</td><td data-v="12.25">12.2</td><td data-v="">–</td>' in board
+    card = (tmp_path / "models" / f"{pub.record_id}.html").read_text()
+    assert "Queries broken per threat (%): candidate 37.5, query 12.2, recall –;" in card
+
+
 def test_the_index_puts_each_datasets_current_strong_suite_board_first(tmp_path):
     # the boards rank by the strong suite: its current version's board leads the dataset's rows, then the published
     # suite's, then the rest (here version 1's board, which sorted first by name)
-    import dataclasses
-
     from attacks.suites import get_suite
 
     records = _records()

@@ -5,9 +5,9 @@
 - ``index.html``: every board (dataset x suite x protocol) with its row count, and the headline, the gap between
   each model's published-suite and strong-suite ARS (``gap.html``);
 - ``boards/<dataset>-<suite>-<protocol>.html``: every row of the board in leaderboard order (ARS, then ERS),
-  its 95% bootstrap intervals, budget and worst case, sortable by any column (a few lines of script); under the
-  ``robrank`` protocol the papers' published rows sit beside the measured ones, marked ``paper``; official rows are
-  marked ``official``;
+  its 95% bootstrap intervals, budget and worst cases per threat, sortable by any column (a few lines of script);
+  under the ``robrank`` protocol the papers' published rows sit beside the measured ones, marked ``paper``;
+  official rows are marked ``official``;
 - ``models/<record_id>.html``: a measured row's card: provenance, the recipe's commands and configuration, the
   hashes, every protocol's resistance terms as an inline SVG bar chart with ERS and ARS, and the same checkpoint's
   rows under other suites.
@@ -40,6 +40,8 @@ RANKING = f"{TABLE_RANKING}; a row's interval is its 95% bootstrap interval over
 #: the terms the model card draws: ARS's eight, then TMA and ES:D as ERS has them
 _BARS = scoring.ARS_TERMS + ("TMA", "ES:D")
 _RAW = ("R@1",) + columns.ATTACK_KEYS
+#: the per-threat worst cases a board shows (percent of queries broken by any attack of that threat), by key
+_WC = {"WC:candidate": "WC candidate %", "WC:query": "WC query %", "WC:recall": "WC recall %"}
 _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1400px;padding:0 1em;color:#1a1a1a}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}a{color:#0645ad}
 table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
@@ -130,7 +132,8 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
     """One board's page. ``base``: for a strong suite, its published suite and that suite's ARS (corrected protocol)
     per checkpoint sha256, shown beside each row's ARS."""
     # the ranking key and its companions beside the name, so they are on screen without scrolling
-    head = ["#", "Defense", "ARS", *([f"ARS {base[0]}"] if base else []), "ERS", "Worst case", "Backbone", "Steps",
+    # worst cases per threat (the share of queries any attack broke is near 100 for every model: no ranking key)
+    head = ["#", "Defense", "ARS", *([f"ARS {base[0]}"] if base else []), "ERS", *_WC.values(), "Backbone", "Steps",
             "By", "Budget", "Seed", *_RAW]
     text_cols = {"Defense", "Backbone", "By", "Budget"}
     th = "".join(f'<th class="{"t" if h in text_cols else ""}">{_e(h)}</th>' for h in head)
@@ -149,7 +152,9 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
             if score == "ARS" and base:
                 b = base[1].get(rec.checkpoint_sha256)
                 cells.append(f'<td data-v="{"" if b is None else b}">{_num(b)}</td>')
-        cells.append(f'<td data-v="{"" if s.worst_case is None else s.worst_case}">{_num(s.worst_case)}</td>')
+        for k in _WC:
+            v = s.columns()[k]
+            cells.append(f'<td data-v="{"" if v is None else v}">{_num(v)}</td>')
         cells += [f'<td class="t">{_e(rec.backbone)}</td>', f'<td data-v="{rec.steps if rec.steps is not None else ""}">'
                  f'{"–" if rec.steps is None else rec.steps}</td>', f'<td class="t">{_e(_by(rec))}</td>',
                  f'<td class="t">{_e(rec.budget or "–")}</td>']
@@ -225,8 +230,11 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
             except (KeyError, ZeroDivisionError):
                 terms[k] = None
         ci = lambda lo, hi: "" if lo is None else f" [{lo:.1f}, {hi:.1f}]"  # noqa: E731
+        wc = s.columns()
+        worst = ", ".join(f"{k.split(':')[1]} {_num(wc[k])}" for k in _WC)
         body.append(f"<h2>Protocol {_e(protocol)}: ERS {_num(s.ers)}{ci(s.ers_lo, s.ers_hi)}, ARS {_num(s.ars)}"
-                    f"{ci(s.ars_lo, s.ars_hi)}, worst case {_num(s.worst_case)}% of queries broken</h2>")
+                    f"{ci(s.ars_lo, s.ars_hi)}</h2><p>Queries broken per threat (%): {worst}; by any attack "
+                    f"{_num(s.worst_case)}.</p>")
         body.append(f"<p class=\"note\">{_e(P.DESCRIPTIONS[protocol])}. Resistance terms, 0-100, higher is more "
                     "robust (ARS's eight; TMA and ES:D as ERS has them).</p>" + _svg_bars(terms))
     others = [r for r in siblings if r.record_id != rec.record_id]
