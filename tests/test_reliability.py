@@ -441,19 +441,30 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+#: the training the signal tests interrupt (digits, three epochs, one thread)
+_TRAIN = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "3", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_weights(tmp_path_factory) -> str:
+    """The weights sha256 of :data:`_TRAIN` run to the end without a signal (one run for every signal's test)."""
+    out = tmp_path_factory.mktemp("full")
+    full = subprocess.run(_TRAIN + ["--out", str(out / "run")], capture_output=True, timeout=600)
+    assert full.returncode == 0, full.stderr.decode()[-500:]
+    return read_meta(out / "run" / "checkpoint")["weights_sha256"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code, line", [
     ("SIGINT", 130, "dmlbench: interrupted"),
     ("SIGTERM", 143, "dmlbench: terminated (SIGTERM); run the same command again to resume")])
-def test_a_signal_stops_training_with_one_line_and_resume_gives_the_same_weights(tmp_path, sig, code, line):
+def test_a_signal_stops_training_with_one_line_and_resume_gives_the_same_weights(tmp_path, sig, code, line,
+                                                                                  uninterrupted_weights):
     # SIGTERM is what a batch scheduler sends: it unwinds as Ctrl-C does
     import signal
     import time
 
-    base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "3", "--threads", "1"]
-    full = subprocess.run(base + ["--out", str(tmp_path / "full")], capture_output=True, timeout=600)
-    assert full.returncode == 0
-    proc = subprocess.Popen(base + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_TRAIN + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             preexec_fn=_default_sigint)
     history = tmp_path / "cut" / "history.jsonl"
     deadline = time.time() + 300
@@ -463,10 +474,9 @@ def test_a_signal_stops_training_with_one_line_and_resume_gives_the_same_weights
     _, err = proc.communicate(timeout=120)
     lines = err.decode().strip().splitlines()
     assert proc.returncode == code and lines == [line], err.decode()[-500:]
-    resumed = subprocess.run(base + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, timeout=600)
+    resumed = subprocess.run(_TRAIN + ["--out", str(tmp_path / "cut"), "--resume"], capture_output=True, timeout=600)
     assert resumed.returncode == 0
-    assert read_meta(tmp_path / "cut" / "checkpoint")["weights_sha256"] == \
-        read_meta(tmp_path / "full" / "checkpoint")["weights_sha256"]
+    assert read_meta(tmp_path / "cut" / "checkpoint")["weights_sha256"] == uninterrupted_weights
 
 
 @pytest.mark.slow
