@@ -287,9 +287,10 @@ def search_joined(unit: dict, step: str):
 
 def joined(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float) -> list[str]:
     """The random search joined to each gradient budget ``gN`` on every finished model: derived from the largest
-    run's per-query values (:func:`search_joined`) where its units kept them, measured where a candidate's nine
-    units ran (``g232``), else bounded by ``gN`` without the search (the search only adds points); and the smallest
-    ``gN`` so joined that is within the tolerance of the largest budget on every finished model."""
+    run's per-query values (:func:`search_joined`) where its units kept them, measured where a candidate's units
+    ran (``g232``; attack by attack, so a candidate run on the attacks whose derivation was undetermined settles
+    them), else bounded by ``gN`` without the search (the search only adds points); and the smallest ``gN`` so
+    joined that is within the tolerance of the largest budget on every finished model."""
     import attacks
     from attacks.suites import get_suite
     from robustbench_dml import scoring
@@ -303,7 +304,8 @@ def joined(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float
              f"Each cell: the ARS had the {search:,}-query random search been joined to the first gradient runs only "
              "(`gN+s`), against the largest budget. `d`: derived from the largest run's per-query values (per query "
              "the better of `gN` and the search's point; a query the search left at the gradients' value keeps "
-             "`gN`'s, so a derived cell can only overstate the ARS); `m`: measured by a candidate's own run; `b`: "
+             "`gN`'s, so a derived cell can only overstate the ARS); `m`: measured by a candidate's own run; `d+m`: "
+             "the attacks a candidate ran measured, the others derived; `b`: "
              "bounded by `gN` without the search; `–`: a smaller budget passed by measurement. Undetermined: "
              "query-attack results where the derivation kept `gN`'s value although all ten runs did better.", "",
              "| set | model | " + " | ".join(f"{s}+s" for s in steps[:-1]) + " | largest | undetermined |",
@@ -316,13 +318,19 @@ def joined(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float
         measured = [units.get(("rankaa28s5000", att)) for att in attack_ids]
         cells, undetermined, shown = [], None, False
         for step in steps[:-1]:
-            derived = [search_joined(u, step) for u in mine]
-            if all(derived):
+            # per attack: the candidate's own unit where it ran (g232 only), else derived from the largest run
+            own = measured if step == "g232" else [None] * len(mine)
+            derived = [None if unit else search_joined(u, step) for u, unit in zip(mine, own)]
+            if all(d or unit for d, unit in zip(derived, own)) and not all(own):
                 raw = {"R@1": mine[0]["benign_R@1"]}
-                for values, _ in derived:
-                    raw.update({k: float(v.mean()) for k, v in values.items()})
-                value, how = scoring.score(raw, "ARS"), "d"
-                undetermined = max(undetermined or 0, sum(int(m.sum()) for _, u in derived for m in u.values()))
+                for att, d, unit in zip(attack_ids, derived, own):
+                    if unit:
+                        raw.update({k: v["final"] for k, v in unit["parts"].items()
+                                    if k in attacks.ATTACKS.get(att).keys})
+                    else:
+                        raw.update({k: float(v.mean()) for k, v in d[0].items()})
+                value, how = scoring.score(raw, "ARS"), "d" if not any(own) else "d+m"
+                undetermined = max(undetermined or 0, sum(int(m.sum()) for d in derived if d for m in d[1].values()))
             elif step == "g232" and all(measured):
                 raw = {"R@1": measured[0]["benign_R@1"]}
                 for att, unit in zip(attack_ids, measured):
