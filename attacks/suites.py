@@ -307,3 +307,11 @@ def list_suites(pattern: str = "*") -> list[str]:
 
 #: the strong suite of each published suite: what boards rank by by default (as RobustBench ranks by AutoAttack)
 STRONG = {"rob28": "rankaa28", "rob224": "rankaa224"}
+
+
+def base_of(board: str) -> str:
+    """The published suite whose attacks the suite of ``board`` (a suite id, or a board name such as ``rankaa28.v3``)
+    strengthens: ``rob28`` for every ``rankaa28`` version; "" for a published suite or one not installed here."""
+    m = _PINNED.fullmatch(board)
+    suite_id = board if m is None else m["id"]
+    return SUITES.create(suite_id).base if suite_id in SUITES else ""

@@ -78,7 +78,7 @@ def test_version_3_is_the_knee_of_the_budget_study_and_earlier_versions_load_unc
     """rankaa28 v3 runs the first two gradient runs of rankaa28plus and then that suite's search, so its gradient
     part is the study's ``g232`` step; versions 1 and 2 keep their engines (and hashes) and each version has its
     own board."""
-    from attacks.suites import board_of, find_suite, spec_of
+    from attacks.suites import base_of, board_of, find_suite, spec_of
 
     v1, v2, v3 = get_suite("rankaa28.v1"), get_suite("rankaa28.v2"), get_suite("rankaa28")
     plus = get_suite("rankaa28plus")
@@ -100,5 +100,8 @@ def test_version_3_is_the_knee_of_the_budget_study_and_earlier_versions_load_unc
     # and a recorded command pins the version wherever a suite has several
     assert [board_of(s) for s in ("rankaa28", "rankaa28.v1", "rankaa28.v2", "rankaa28.v9", "rob28", "mine")] == \
         ["rankaa28.v3", "rankaa28", "rankaa28.v2", "rankaa28.v9", "rob28", "mine"]
+    # the published suite each board's suite strengthens, by id or board name (none for a published or unknown one)
+    assert [base_of(b) for b in ("rankaa28", "rankaa28.v2", "rankaa224.v3", "rankaa28plus", "rob28", "mine")] == \
+        ["rob28", "rob28", "rob224", "rob28", "", ""]
     assert (spec_of("rankaa28", 1), spec_of("rankaa28", 3), spec_of("rob28", 1)) == ("rankaa28.v1", "rankaa28.v3",
                                                                                      "rob28")

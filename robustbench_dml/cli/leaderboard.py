@@ -175,25 +175,19 @@ def _headline(store, args, published: str) -> tuple[str, str | None]:
     return published, note
 
 
-#: the column a strong suite's table adds: the same weights' ARS under its published suite (corrected protocol)
-def base_ars_column(base: str) -> str:
-    return f"ARS {base}"
-
-
 def with_base_ars(store, dataset: str, board: str, frame, columns=None, official: bool = True):
     """A strong suite's table with each row's ARS under the published suite it strengthens beside it (the same
     weights, by checkpoint sha256, corrected protocol; empty where that suite has no row of them): how much the
     strong suite takes away, and the number the papers' tables compare with. Other suites' tables unchanged."""
-    from attacks.suites import SUITES, get_suite
+    from attacks.suites import base_of
     from robustbench_dml.leaderboard.tables import TABLE_COLUMNS
 
-    suite_id = board.split(".v")[0]
-    base = get_suite(suite_id).base if suite_id in SUITES else ""
-    if not base or base == suite_id:
+    base = base_of(board)
+    if not base:
         return frame, columns
     pub = board_with_reference(store, dataset, base, None, False, P.CORRECTED, official)
     ars = {sha: a for sha, a in zip(pub["checkpoint_sha256"], pub["ARS"]) if isinstance(sha, str)}
-    name = base_ars_column(base)
+    name = f"ARS {base}"
     frame = frame.copy()
     frame[name] = [ars.get(sha) if isinstance(sha, str) else None for sha in frame["checkpoint_sha256"]]
     frame[name] = frame[name].astype("float64")

@@ -257,11 +257,10 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
 
 def _base(board: str, measured: Sequence[Record]) -> tuple[str, dict[str, float | None]] | None:
     """For a strong suite's board: its published suite and that suite's ARS (corrected) per checkpoint sha256."""
-    from attacks.suites import SUITES, get_suite
+    from attacks.suites import base_of
 
-    suite_id = board.split(".v")[0]
-    base = get_suite(suite_id).base if suite_id in SUITES else ""
-    if not base or base == suite_id:
+    base = base_of(board)
+    if not base:
         return None
     return base, {r.checkpoint_sha256: r.protocols[P.CORRECTED].ars for r in measured
                   if r.board == base and P.CORRECTED in r.protocols}
@@ -285,12 +284,12 @@ def _queries(pub: Record, strong: Record) -> str:
 
 def _gap(records: Sequence[Record]) -> str:
     """Per checkpoint measured under a strong suite and its base suite (corrected protocol): both ARS and the gap."""
-    from attacks.suites import SUITES, get_suite
+    from attacks.suites import base_of
 
     by_key = {(r.checkpoint_sha256, r.board): r for r in records if not r.reported}
     rows = []
     for r in records:
-        base = get_suite(r.suite_id).base if r.suite_id in SUITES else None  # a published suite: one version
+        base = base_of(r.suite_id)  # a published suite: one version, its board the bare id
         pub = by_key.get((r.checkpoint_sha256, base)) if base else None
         if pub is None or r.reported or P.CORRECTED not in r.protocols or P.CORRECTED not in pub.protocols:
             continue
