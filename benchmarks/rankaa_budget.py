@@ -291,7 +291,6 @@ def joined(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float
     ran (``g232``; attack by attack, so a candidate run on the attacks whose derivation was undetermined settles
     them), else bounded by ``gN`` without the search (the search only adds points); and the smallest ``gN`` so
     joined that is within the tolerance of the largest budget on every finished model."""
-    import attacks
     from attacks.suites import get_suite
     from robustbench_dml import scoring
 
@@ -321,21 +320,15 @@ def joined(found, ars: dict[tuple[str, str], dict[str, float]], tolerance: float
             # per attack: the candidate's own unit where it ran (g232 only), else derived from the largest run
             own = measured if step == "g232" else [None] * len(mine)
             derived = [None if unit else search_joined(u, step) for u, unit in zip(mine, own)]
-            if all(d or unit for d, unit in zip(derived, own)) and not all(own):
+            if all(d or unit for d, unit in zip(derived, own)):
                 raw = {"R@1": mine[0]["benign_R@1"]}
-                for att, d, unit in zip(attack_ids, derived, own):
-                    if unit:
-                        raw.update({k: v["final"] for k, v in unit["parts"].items()
-                                    if k in attacks.ATTACKS.get(att).keys})
-                    else:
-                        raw.update({k: float(v.mean()) for k, v in d[0].items()})
-                value, how = scoring.score(raw, "ARS"), "d" if not any(own) else "d+m"
-                undetermined = max(undetermined or 0, sum(int(m.sum()) for d in derived if d for m in d[1].values()))
-            elif step == "g232" and all(measured):
-                raw = {"R@1": measured[0]["benign_R@1"]}
-                for att, unit in zip(attack_ids, measured):
-                    raw.update({k: v["final"] for k, v in unit["parts"].items() if k in attacks.ATTACKS.get(att).keys})
-                value, how = scoring.score(raw, "ARS"), "m"
+                for d, unit in zip(derived, own):
+                    raw.update({k: v["final"] for k, v in unit["parts"].items()} if unit else
+                               {k: float(v.mean()) for k, v in d[0].items()})
+                value, how = scoring.score(raw, "ARS"), "m" if all(own) else "d+m" if any(own) else "d"
+                if any(derived):
+                    kept = sum(int(m.sum()) for d in derived if d for m in d[1].values())
+                    undetermined = max(undetermined or 0, kept)
             elif shown:  # a smaller budget passed by measurement: more gradient runs only add points
                 passing[step].append(True)
                 cells.append("–")
