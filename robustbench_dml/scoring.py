@@ -105,39 +105,53 @@ def _score_name(score: str) -> str:
     return name
 
 
+def _number(raw: Mapping[str, Any], key: str, score: str) -> float:
+    """``raw[key]`` as a finite float; ValueError naming the key when it is missing or not a finite number (or, for
+    ARS, when it is a benign R@1 of 0 or less: the recall terms divide by it)."""
+    if key not in raw:
+        raise ValueError(f"{score} needs raw attack results for keys {key} (missing)")
+    v = raw[key]
+    if isinstance(v, bool):
+        raise ValueError(f"{score}: raw[{key!r}] is a bool, expected a number")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{score}: raw[{key!r}] = {v!r} is not a number") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{score}: raw[{key!r}] = {f} is not finite")
+    if score == "ARS" and key == "R@1" and f <= 0.0:
+        raise ValueError(f"ARS is undefined for benign R@1 = {f} (the recall terms divide by R@1)")
+    return f
+
+
 def _checked(raw: Mapping[str, Any], score: str) -> dict[str, float]:
     """The finite float values of the keys ``score`` needs; ValueError naming missing or bad keys."""
-    keys = _KEYS[score]
-    missing = [k for k in keys if k not in raw]
+    missing = [k for k in _KEYS[score] if k not in raw]
     if missing:
         raise ValueError(f"{score} needs raw attack results for keys {', '.join(missing)} (missing)")
-    out: dict[str, float] = {}
-    for k in keys:
-        v = raw[k]
-        if isinstance(v, bool):
-            raise ValueError(f"{score}: raw[{k!r}] is a bool, expected a number")
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"{score}: raw[{k!r}] = {v!r} is not a number") from None
-        if not math.isfinite(f):
-            raise ValueError(f"{score}: raw[{k!r}] = {f} is not finite")
-        out[k] = f
-    if score == "ARS" and out["R@1"] <= 0.0:
-        raise ValueError(f"ARS is undefined for benign R@1 = {out['R@1']} (the recall terms divide by R@1)")
-    return out
+    return {k: _number(raw, k, score) for k in _KEYS[score]}
 
 
-def resistance_terms(raw: Mapping[str, Any], score: str = "ERS") -> dict[str, float]:
+def resistance_terms(raw: Mapping[str, Any], score: str = "ERS", partial: bool = False) -> dict[str, float]:
     """The per-attack resistance terms that ``score`` averages, keyed by attack key, in the order of the papers.
 
     ERS: ``CA+ CA- QA+ QA- TMA ES:D ES:R LTM GTM GTT`` (10 terms); ARS: ``CA+ CA- QA+ QA- ES:R LTM GTM GTT`` (8 terms;
     ES:R, LTM and GTM relative to the benign R@1). Terms are on a 0-100 scale (100 = the attack had no effect) but
-    are not clipped.
+    are not clipped. ``partial``: the terms whose inputs ``raw`` holds and allows (a subset of the attacks; no
+    recall term where the benign R@1 is 0) instead of a ValueError for the rest.
     """
     name = _score_name(score)
-    values = _checked(raw, name)
-    return {term: float(f(values)) for term, f in _TERMS[name].items()}
+    if not partial:
+        values = _checked(raw, name)
+        return {term: float(f(values)) for term, f in _TERMS[name].items()}
+    out: dict[str, float] = {}
+    for term, f in _TERMS[name].items():
+        try:
+            values = {k: _number(raw, k, name) for k in term_inputs(term, name)}
+        except ValueError:
+            continue
+        out[term] = float(f(values))
+    return out
 
 
 def term(raw: Mapping[str, Any], key: str, score: str | None = None) -> Any:

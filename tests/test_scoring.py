@@ -226,3 +226,20 @@ def test_single_terms_and_their_inverses_agree_with_the_scores():
     for k in scoring.ARS_TERMS:  # published rows give ARS terms: the inverse recovers the raw result
         assert scoring.raw_from_term(k, scoring.term(raw, k, "ARS"), raw["R@1"]) == pytest.approx(raw[k])
     assert scoring.term(raw, "TMA") == pytest.approx(39.0) and scoring.term(raw, "GTM") == pytest.approx(51.25)
+
+
+def test_partial_terms_are_those_the_inputs_allow():
+    raw = {"CA+": 12.5, "QA-": 55.5, "LTM": 22.0, "GTM": float("nan"), "R@1": 80.0}
+    # by hand: CA+ 2 * 12.5; QA- 100 - 55.5; LTM 100 * 22 / 80; GTM not finite: left out
+    assert scoring.resistance_terms(raw, "ARS", partial=True) == {"CA+": 25.0, "QA-": 44.5, "LTM": 27.5}
+    assert scoring.resistance_terms(raw, "ERS", partial=True) == {"CA+": 25.0, "QA-": 44.5, "LTM": 22.0}
+    # a benign R@1 of 0: the recall terms divide by it, so ARS has none of them; ERS's need no R@1
+    zero = {**raw, "R@1": 0.0}
+    assert scoring.resistance_terms(zero, "ARS", partial=True) == {"CA+": 25.0, "QA-": 44.5}
+    assert "LTM" in scoring.resistance_terms(zero, "ERS", partial=True)
+    full = {"CA+": 12.5, "CA-": 40.0, "QA+": 7.0, "QA-": 55.5, "TMA": 0.61, "ES:D": 0.8, "ES:R": 30.0, "LTM": 22.0,
+            "GTM": 41.0, "GTT": 3.0, "R@1": 80.0}
+    for name in scoring.SCORES:  # whole inputs: the same terms either way
+        assert scoring.resistance_terms(full, name, partial=True) == scoring.resistance_terms(full, name)
+    with pytest.raises(ValueError, match="missing"):
+        scoring.resistance_terms(raw, "ARS")

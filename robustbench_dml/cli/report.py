@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from robustbench_dml import scoring
 from robustbench_dml.columns import ATTACK_KEYS, BENIGN_KEYS, BY_KEY
 
 
@@ -38,7 +39,7 @@ def attack_table(result, protocol: str | None = None) -> Table:
     protocol = protocol or result.protocol
     block = result.block(protocol)
     raw = block["raw"]
-    terms = {s: _safe_terms(raw, s) for s in ("ERS", "ARS")}
+    terms = {s: scoring.resistance_terms(raw, s, partial=True) for s in ("ERS", "ARS")}
     clean = block["clean"]
     t = Table(title=f"attacks ({result.suite['id']}, {result.num_queries} queries, {protocol} protocol)")
     cols = ("attack", "raw", "clean", "better", "ERS term", "ARS term") if clean else \
@@ -76,8 +77,6 @@ def protocol_lines(result) -> list[str]:
         out.append(f"{p:>9}: ERS {_num(sc.get('ERS'), 1)}, ARS {_num(sc.get('ARS'), 1)}  ({DESCRIPTIONS[p]})")
     published = result.engine_raw("pgd")
     if published is not None:
-        from robustbench_dml import scoring
-
         pub = {name: _score_or_none(scoring.score, published, name) for name in scoring.SCORES}
         out.append(f"{'pgd':>9}: ERS {_num(pub['ERS'], 1)}, ARS {_num(pub['ARS'], 1)}  (the published suite's "
                    f"attacks alone, same queries and targets: what {result.suite['id']} adds is the difference)")
@@ -110,17 +109,6 @@ def _score_or_none(fn, raw, name):
         return fn(raw, name)
     except ValueError:  # a subset of attacks
         return None
-
-
-def _safe_terms(raw: Mapping[str, float], score: str) -> dict[str, float]:
-    from robustbench_dml import scoring
-
-    try:
-        return scoring.resistance_terms(raw, score)
-    except ValueError:  # a subset of attacks (or a benign R@1 of 0): each term its inputs allow
-        keys = scoring.ERS_TERMS if score == "ERS" else scoring.ARS_TERMS
-        return {k: scoring.term(raw, k, score) for k in keys
-                if all(i in raw and (i != "R@1" or raw[i] > 0) for i in scoring.term_inputs(k, score))}
 
 
 def _num(v: Any, digits: int) -> str:
