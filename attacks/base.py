@@ -225,7 +225,41 @@ def chunked_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, exclude: to
 
 
 @torch.no_grad()
-def chunked_row_hinge(gallery, z: torch.Tensor, a: torch.Tensor, sign: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sorted_sq_rows(gallery, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of ``q`` (R, D)'s fast squared distances to the whole gallery, sorted ascending (R, N) float32, and
+    the gallery index at each place (R, N) int32: the table :func:`sorted_strict_counts` counts from, for rows that
+    stay fixed while something else moves (CA's queries)."""
+    d2 = torch.cat([gallery.block_sq_distances(q, s, e) for s, e in gallery.blocks(q.shape[0])], dim=1)
+    srt, order = torch.sort(d2, dim=1)
+    return srt, order.to(torch.int32)
+
+
+@torch.no_grad()
+def sorted_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, srt: torch.Tensor,
+                         order: torch.Tensor) -> torch.Tensor:
+    """:func:`chunked_strict_counts` without exclusion, from ``q``'s :func:`sorted_sq_rows` table (``srt``,
+    ``order``): two binary searches per row and the canonical distances of the near-ties only, instead of a pass over
+    the gallery. The same counts: an item below the tie band counts, one above does not, whichever rounding of the
+    fast formula placed it there (the band is wider than the formula's error), and the band is decided exactly."""
+    r = q.shape[0]
+    a = canonical_distances(q, z[:, None, :])[:, 0]  # (R,)
+    lo, hi = _tie_band(a.view(-1, 1), gallery.tie_slack(q).view(-1, 1))
+    first = torch.searchsorted(srt, lo.contiguous(), right=False)[:, 0]  # #{d2 < lo}
+    width = torch.searchsorted(srt, hi.contiguous(), right=True)[:, 0] - first  # #{lo <= d2 <= hi}
+    cnt = first.clone()
+    total = int(width.sum())
+    if total:
+        ri = torch.repeat_interleave(torch.arange(r, device=q.device), width)
+        start = torch.repeat_interleave(first - (width.cumsum(0) - width), width)
+        ci = order[ri, start + torch.arange(total, device=q.device)].long()
+        d = canonical_distances(q[ri], gallery.embeddings[ci][:, None, :])[:, 0]
+        cnt.index_add_(0, ri, (d < a[ri]).to(torch.int64))
+    return cnt
+
+
+@torch.no_grad()
+def chunked_row_hinge(gallery, z: torch.Tensor, a: torch.Tensor, sign: str,
+                      grad: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """For each query row z_i (B, D) and thresholds a (B, M): the hinge sums over the whole gallery and the part
     of their gradient w.r.t. z_i that flows through the distances B_x = d(z_i, X_x).
 
@@ -233,7 +267,8 @@ def chunked_row_hinge(gallery, z: torch.Tensor, a: torch.Tensor, sign: str) -> t
     Returns (H (B, M) float64, active (B, M) int64 = #{x : B_x < a} for "+" / #{x : B_x > a} for "-",
     V (B, D) = sum_m sum_{x active} (z_i - X_x) / B_x), so that with a = A(z) the gradient of sum_m H_im is
     s * (sum_m active_im grad A_im - V_i), s = +1 for "+" and -1 for "-". A distance of exactly 0 contributes no
-    gradient (as torch.cdist). One pass over the gallery in chunks: memory O(B x chunk).
+    gradient (as torch.cdist). One pass over the gallery in chunks: memory O(B x chunk). ``grad=False``: V is None
+    (H and active unchanged, without the second matrix product; a gradient-free search needs only H).
     """
     b, m = a.shape
     h = torch.zeros(b, m, dtype=torch.float64, device=z.device)
@@ -252,11 +287,13 @@ def chunked_row_hinge(gallery, z: torch.Tensor, a: torch.Tensor, sign: str) -> t
             sd = torch.mul(dist, on).sum(dim=1, dtype=torch.float64)
             h[:, j] += (t[:, 0].double() * cnt - sd) if sign == "+" else (sd - t[:, 0].double() * cnt)
             active[:, j] += cnt
-            wm = on.div_(dist).nan_to_num_(nan=0.0, posinf=0.0)  # 1 / B_x where active; 0 at distance 0
-            w = wm if w is None else w.add_(wm)
-        wsum += w.sum(dim=1, keepdim=True)
-        wx.addmm_(w, gallery.embeddings[start:stop])
-    return h, active, z * wsum - wx
+            if grad:
+                wm = on.div_(dist).nan_to_num_(nan=0.0, posinf=0.0)  # 1 / B_x where active; 0 at distance 0
+                w = wm if w is None else w.add_(wm)
+        if grad:
+            wsum += w.sum(dim=1, keepdim=True)
+            wx.addmm_(w, gallery.embeddings[start:stop])
+    return h, active, z * wsum - wx if grad else None
 
 
 @torch.no_grad()

@@ -37,10 +37,14 @@ def row_hinge_loss(z: torch.Tensor, cands: torch.Tensor, gallery, sign: str) -> 
     """Per-query mean_{x,m} hinge of QA (sign "+" or "-"), differentiable w.r.t. ``z`` (B, D).
 
     ``cands`` (B, M, D) are fixed gallery embeddings. The value and gradient equal the dense relu formulation.
+    Without a gradient to carry (a random search), the value alone: the gradient's gallery pass is skipped.
     """
     b, m, _ = cands.shape
     n = len(gallery)
     a = pair_distance(z.unsqueeze(1), cands)  # (B, M), differentiable
+    if not a.requires_grad:
+        h, _, _ = chunked_row_hinge(gallery, z.detach(), a, sign, grad=False)
+        return (h.sum(dim=1) / (n * m)).to(z.dtype)
     h, active, v = chunked_row_hinge(gallery, z.detach(), a.detach(), sign)
     s = 1.0 if sign == "+" else -1.0
     # d/dz sum_m H_m = s * (sum_m active_m * grad A_m - V)
