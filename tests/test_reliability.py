@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -558,22 +560,53 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_files(full_disk, tmp_path, c
         assert "not writable" in err and not (full_disk / "lb").exists()  # refused before any compute
 
 
+def _held(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s lock (the kernel's flock on the folder, as the commands take it)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if this test took it
+    return False
+
+
 @pytest.mark.slow
 def test_a_second_process_training_into_the_same_folder_is_refused_in_one_line(tmp_path):
-    # two real processes started together into one --out (without the lock both exited 0, one run's weights beside
-    # both runs' mixed history): one trains, the other is refused in one line; the run is whole, and once it is
-    # done the folder is free again (for --resume)
-    base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "4", "--threads", "1",
-            "--out", str(tmp_path / "run")]
-    procs = [subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    codes = [p.returncode for p in procs]
-    assert sorted(codes) == [0, 2], outs
-    refused = outs[codes.index(2)][1].strip().splitlines()
-    assert refused == [f"dmlbench: error: another process is training into {tmp_path / 'run'}; wait for it to "
-                       "finish or choose another folder"], refused
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
-    assert epochs == list(range(1, 5))
+    # without the lock two trainings into one --out both exited 0, one run's weights beside both runs' mixed
+    # history. The first process is caught holding the folder (stopped with SIGSTOP, then checked, so it cannot
+    # finish in between on a fast machine) and the second, a real process, is refused in one line; once the first
+    # is let go it completes a whole run, and the folder is free again (for --resume)
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "robustbench_dml.cli.main", "train", "--epochs", "2", "--threads", "1",
+            "--out", str(run)]
+    first = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held = False
+    try:
+        while first.poll() is None:
+            os.kill(first.pid, signal.SIGSTOP)
+            held = _held(run)
+            if held:
+                break
+            os.kill(first.pid, signal.SIGCONT)
+            time.sleep(0.01)
+        assert held, "the first training ended before it was seen holding its folder"
+        second = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=900)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"dmlbench: error: another process is training into {run}; wait for it to finish or choose another folder"]
+    assert first.returncode == 0, err
+    epochs = [json.loads(line)["epoch"] for line in (run / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
     again = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
 
