@@ -16,11 +16,12 @@ from robustbench_dml.backbones.base import BACKBONES, EmbeddingNet
 class MaxPool(nn.MaxPool2d):
     """``nn.MaxPool2d`` whose gradient-free CPU forward pools a channels-last copy: the same values to the bit (a
     maximum is exact), several times faster than torch's NCHW CPU kernel at these sizes, which made the two pools
-    about a third of a forward pass; that is most of the cost of a gradient-free random search and of embedding a
-    gallery. With gradients, or on another device, torch's own path runs (its backward is faster in NCHW)."""
+    about a third of a forward pass (and forward passes are most of a gradient-free random search's cost and all of
+    embedding a gallery). With gradients, on another device or for an input not in the NCHW layout, torch's own path runs (its
+    backward is faster in NCHW, and the layer after sees the layout it would have seen)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
             return super().forward(x)
         y = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
                          self.padding, self.dilation, ceil_mode=self.ceil_mode)
