@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import functional as TF
 
 from robustbench_dml.datasets.base import DatasetInfo, RetrievalDataset
 from robustbench_dml.errors import UserError
@@ -188,6 +187,8 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 def eval_transform(img: Image.Image) -> torch.Tensor:
     """Resize((256,256)) -> CenterCrop(224) -> ToTensor: (3, 224, 224) float32 in [0, 1], deterministic."""
+    from torchvision.transforms import functional as TF  # here: torchvision's import costs a second or so
+
     img = TF.resize(img, [RESIZE, RESIZE])
     return to_tensor(TF.center_crop(img, [CROP, CROP]))
 
@@ -198,6 +199,8 @@ def train_transform(img: Image.Image, generator: torch.Generator | None = None) 
     The crop's top-left corner is uniform over {0..32}^2 and the flip a fair coin, all drawn from
     ``generator`` (torch's default generator when None).
     """
+    from torchvision.transforms import functional as TF
+
     img = TF.resize(img, [RESIZE, RESIZE])
     top, left = torch.randint(0, RESIZE - CROP + 1, (2,), generator=generator).tolist()
     flip = bool(torch.rand((), generator=generator) < 0.5)
