@@ -440,3 +440,29 @@ def test_pruning_the_queries_at_the_floor_changes_no_result(aid):
     assert rows[False] - rows[True] == 6 * (n["g10"] + n["g16"] + n["g22"]) + 21 * n["g28"]
     if aid in ("GTM", "LTM", "GTT"):
         assert at_floor.any()  # the test exercises the pruning on the binary attacks
+
+
+@pytest.mark.parametrize("aid", ["CA+", "CA-"])
+def test_ca_s_counting_table_changes_no_part_of_a_strong_run(aid, monkeypatch):
+    # every measurement after the clean one reads CA's sorted table (APGD's iterates, the search's proposals, on
+    # the active rows only); without the table (as where it does not fit the memory budget) each is a pass over
+    # the gallery: the same run, the same bits
+    from attacks.candidate import CandidateAttack
+
+    toy = Toy(n=1000, seed=9)
+    eng = Engine(steps=4, restarts=1, targets=1, check_queries=0, search_steps=30, search_p_init=0.8)
+    table = toy.attack(aid, eps=0.1, alpha=0.01, steps=4, b=8, W=2, engine=eng)
+    select = CandidateAttack.select
+
+    def without_table(self, *args):
+        state = select(self, *args)
+        assert {"rank_sq", "rank_order"} <= set(state)  # it fits the default budget
+        return {k: v for k, v in state.items() if not k.startswith("rank_")}
+
+    monkeypatch.setattr(CandidateAttack, "select", without_table)
+    passes = toy.attack(aid, eps=0.1, alpha=0.01, steps=4, b=8, W=2, engine=eng)
+    parts = table.extra["parts"][aid]
+    assert set(parts) >= {"g4", "g8", "g12", "g12+s30"}
+    for name, values in parts.items():
+        assert torch.equal(values, passes.extra["parts"][aid][name]), name
+    assert torch.equal(table.x_adv, passes.x_adv) and torch.equal(table.success, passes.success)
