@@ -101,7 +101,8 @@ class CandidateAttack(RankingAttack):
             cnt = chunked_strict_counts(gallery, q, zw, exclude=own)
         else:
             n = len(gallery)
-            cnt = sorted_strict_counts(gallery, q, zw, state["rank_sq"].reshape(-1, n), state["rank_order"].reshape(-1, n))
+            srt, order = state["rank_sq"].reshape(-1, n), state["rank_order"].reshape(-1, n)
+            cnt = sorted_strict_counts(gallery, q, zw, srt, order)
         rank = cnt.view(-1, self.W).double().mean(dim=1)
         return {self.id: 100.0 * rank / len(gallery)}
 

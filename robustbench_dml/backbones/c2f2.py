@@ -17,8 +17,8 @@ class MaxPool(nn.MaxPool2d):
     """``nn.MaxPool2d`` whose gradient-free CPU forward pools a channels-last copy: the same values to the bit (a
     maximum is exact), several times faster than torch's NCHW CPU kernel at these sizes, which made the two pools
     about a third of a forward pass (and forward passes are most of a gradient-free random search's cost and all of
-    embedding a gallery). With gradients, on another device or for an input not in the NCHW layout, torch's own path runs (its
-    backward is faster in NCHW, and the layer after sees the layout it would have seen)."""
+    embedding a gallery). With gradients, on another device or for an input not in the NCHW layout, torch's own
+    path runs (its backward is faster in NCHW, and the layer after sees the layout it would have seen)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4 or not x.is_contiguous():
