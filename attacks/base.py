@@ -229,8 +229,9 @@ def sorted_sq_rows(gallery, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """Each row of ``q`` (R, D)'s fast squared distances to the whole gallery, sorted ascending (R, N) float32, and
     the gallery index at each place (R, N) int32: the table :func:`sorted_strict_counts` counts from, for rows that
     stay fixed while something else moves (CA's queries)."""
-    d2 = torch.cat([gallery.block_sq_distances(q, s, e) for s, e in gallery.blocks(q.shape[0])], dim=1)
-    srt, order = torch.sort(d2, dim=1)
+    # peak 16 bytes per entry: the distances (freed once sorted) or the int32 copy, the sorted values, int64 indices
+    srt, order = torch.sort(torch.cat([gallery.block_sq_distances(q, s, e) for s, e in gallery.blocks(q.shape[0])],
+                                      dim=1), dim=1)
     return srt, order.to(torch.int32)
 
 

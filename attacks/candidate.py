@@ -63,9 +63,9 @@ class CandidateAttack(RankingAttack):
             sel = near.cpu().gather(1, pos)
         state = {"sel_queries": sel.to(z0.device)}
         # the queries stay fixed, so one sorted table of their distances turns every later measurement (each step of
-        # a strong engine, each query of its search) into binary searches; where memory allows (int64 sort indices
-        # at the peak: 12 bytes per entry)
-        if 12 * b * self.W * n <= self.memory_budget // 2:  # half: the passes' own sorted rows need the rest
+        # a strong engine, each query of its search) into binary searches; where memory allows (8 bytes per entry
+        # kept, 16 while it is sorted)
+        if 16 * b * self.W * n <= self.memory_budget // 2:  # half: the passes' own sorted rows need the rest
             srt, order = sorted_sq_rows(gallery, gallery.embeddings[state["sel_queries"].reshape(-1)])
             state.update(rank_sq=srt.view(b, self.W, n), rank_order=order.view(b, self.W, n))
         return state

@@ -515,7 +515,7 @@ def test_candidate_passes_split_by_memory_budget_agree(toy):
     budget = 2 * 3 * (20 * 2 * 1000 + 1)  # half for the passes: 3 rows each
     assert attacks.create("CA+", model=toy.model, eps=0.1, alpha=0.01, steps=4, W=2,
                           memory_budget=budget).max_rows(1000) == 3
-    # passes of 3, 3, 2 rows; and no counting table (8 x 2 x 1000 entries at 12 bytes exceed the other half), so
+    # passes of 3, 3, 2 rows; and no counting table (8 x 2 x 1000 entries at 16 bytes exceed the other half), so
     # the result is measured by passes over the gallery where the whole batch's is read off its table
     split = toy.attack("CA+", W=2, memory_budget=budget)
     assert torch.equal(whole.selection["sel_queries"], split.selection["sel_queries"])
