@@ -200,6 +200,22 @@ def _tie_band(dist: torch.Tensor, slack: torch.Tensor) -> tuple[torch.Tensor, to
     return (d2 - slack).to(torch.float32), (d2 + slack).to(torch.float32)
 
 
+def _strict_band(gallery, q: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For CA's strict counts: the canonical d(q_r, z_r) per row (R,) and its tie band (lo, hi) (R, 1) on the fast
+    squared distances from ``q``'s rows (:func:`_tie_band`)."""
+    a = canonical_distances(q, z[:, None, :])[:, 0]
+    lo, hi = _tie_band(a.view(-1, 1), gallery.tie_slack(q).view(-1, 1))
+    return a, lo, hi
+
+
+def _add_closer_ties(cnt: torch.Tensor, gallery, q: torch.Tensor, a: torch.Tensor, ri: torch.Tensor,
+                     ci: torch.Tensor) -> None:
+    """Add to ``cnt`` (R,) the near-ties (rows ``ri``, gallery items ``ci``) that are canonically closer to their
+    row of ``q`` than ``a`` is: the exact decision inside the tie band."""
+    d = canonical_distances(q[ri], gallery.embeddings[ci][:, None, :])[:, 0]
+    cnt.index_add_(0, ri, (d < a[ri]).to(torch.int64))
+
+
 @torch.no_grad()
 def chunked_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """CA's rank: #{x : d(X_x, q_r) < d(z_r, q_r)} per row r of ``q`` and ``z`` (R, D) over the whole gallery, ties
@@ -207,8 +223,7 @@ def chunked_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, exclude: to
     formula where it decides, :func:`robustbench_dml.knn.canonical_distances` at near-ties, so an item equal to
     ``z_r`` (its own clean copy, a duplicate) ties it exactly."""
     r = q.shape[0]
-    a = canonical_distances(q, z[:, None, :])[:, 0]  # (R,)
-    lo, hi = _tie_band(a.view(-1, 1), gallery.tie_slack(q).view(-1, 1))
+    a, lo, hi = _strict_band(gallery, q, z)
     rows = torch.arange(r, device=q.device)
     cnt = torch.zeros(r, dtype=torch.int64, device=q.device)
     for start, stop in gallery.blocks(r):
@@ -219,8 +234,7 @@ def chunked_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, exclude: to
         cnt += (d2 < lo).sum(dim=1)
         ri, ci = torch.nonzero((d2 >= lo) & (d2 <= hi), as_tuple=True)
         if ri.numel():
-            d = canonical_distances(q[ri], gallery.embeddings[ci + start][:, None, :])[:, 0]
-            cnt.index_add_(0, ri, (d < a[ri]).to(torch.int64))
+            _add_closer_ties(cnt, gallery, q, a, ri, ci + start)
     return cnt
 
 
@@ -243,8 +257,7 @@ def sorted_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, srt: torch.T
     the gallery. The same counts: an item below the tie band counts, one above does not, whichever rounding of the
     fast formula placed it there (the band is wider than the formula's error), and the band is decided exactly."""
     r = q.shape[0]
-    a = canonical_distances(q, z[:, None, :])[:, 0]  # (R,)
-    lo, hi = _tie_band(a.view(-1, 1), gallery.tie_slack(q).view(-1, 1))
+    a, lo, hi = _strict_band(gallery, q, z)
     first = torch.searchsorted(srt, lo.contiguous(), right=False)[:, 0]  # #{d2 < lo}
     width = torch.searchsorted(srt, hi.contiguous(), right=True)[:, 0] - first  # #{lo <= d2 <= hi}
     cnt = first.clone()
@@ -252,9 +265,7 @@ def sorted_strict_counts(gallery, q: torch.Tensor, z: torch.Tensor, srt: torch.T
     if total:
         ri = torch.repeat_interleave(torch.arange(r, device=q.device), width)
         start = torch.repeat_interleave(first - (width.cumsum(0) - width), width)
-        ci = order[ri, start + torch.arange(total, device=q.device)].long()
-        d = canonical_distances(q[ri], gallery.embeddings[ci][:, None, :])[:, 0]
-        cnt.index_add_(0, ri, (d < a[ri]).to(torch.int64))
+        _add_closer_ties(cnt, gallery, q, a, ri, order[ri, start + torch.arange(total, device=q.device)].long())
     return cnt
 
 

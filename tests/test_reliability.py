@@ -438,8 +438,6 @@ def test_a_publisher_killed_at_each_write_point_leaves_the_previous_version_inta
 def _default_sigint() -> None:
     """In the child: SIGINT as a terminal delivers it, even when the test runner was started in the background
     (a non-interactive shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN)."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -463,9 +461,6 @@ def uninterrupted_weights(tmp_path_factory) -> str:
 def test_a_signal_stops_training_with_one_line_and_resume_gives_the_same_weights(tmp_path, sig, code, line,
                                                                                   uninterrupted_weights):
     # SIGTERM is what a batch scheduler sends: it unwinds as Ctrl-C does
-    import signal
-    import time
-
     proc = subprocess.Popen(_TRAIN + ["--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             preexec_fn=_default_sigint)
     history = tmp_path / "cut" / "history.jsonl"
@@ -483,9 +478,6 @@ def test_a_signal_stops_training_with_one_line_and_resume_gives_the_same_weights
 
 @pytest.mark.slow
 def test_sigint_stops_an_evaluation_with_one_line_and_rerunning_resumes_to_the_same_numbers(tmp_path):
-    import signal
-    import time
-
     torch.manual_seed(0)
     ck = save_checkpoint(tmp_path / "ck", backbones.create("c2f2", embedding_dim=8, in_channels=1),
                          {"dataset": "digits", "defense": "vanilla"})
