@@ -3,7 +3,9 @@
 Each model is trained from its recipe (one thread, so the weights are the same on any machine of the same build),
 evaluated with every suite asked for, and its entry written with the complete results (the evidence every load
 re-derives the scores from, :mod:`robustbench_dml.leaderboard.official`). Work resumes: training per epoch,
-evaluation per attack, and an entry already holding a suite's result for the same weights keeps it.
+evaluation per attack, and an entry already holding a suite's result for the same weights keeps it. With ``--state
+DIR`` the finished attacks of unfinished evaluations live in DIR, keyed by the weights' sha256: a build carried to
+another machine or session with DIR (the training is deterministic) retrains and resumes at the next attack.
 
 Models:
 
@@ -38,9 +40,10 @@ DIGITS = ("vanilla", "est", "act", "hm", "ca_tride", "mdprop")
 FASHION_ROOT = str(ROOT.parent / "shared/data/fashion-mnist")
 #: set -> (budget label, max queries)
 SETS = {"digits": ("full", None), "fashion": ("cpu", 1000)}
-#: the queries a strong suite attacks on either set: its search makes it some 19 times rob28's cost (version 3, about
-#: 45 minutes per model on 128 Fashion-MNIST queries on one core), so its rows cover the first 128 queries, those of
-#: the convergence study (``benchmarks/rankaa_budget.py``), and say so
+#: the queries a strong suite attacks on either set: its search makes its attacks some 50 times rob28's
+#: (``benchmarks/results/bench_rankaa.md``; version 3 took 30-70 minutes per Fashion-MNIST model on 128 queries on one
+#: loaded core), so its rows cover the first 128 queries, those of the convergence study
+#: (``benchmarks/rankaa_budget.py``), and say so
 STRONG_QUERIES = 128
 
 
@@ -65,11 +68,11 @@ def train_config(data: str, defense: str, defense_params: dict, seed: int):
 
 
 def build(data: str, name: str, defense: str, defense_params: dict, seed: int, suites: list[str], runs: Path,
-          boards: Path, device: str) -> Path:
+          boards: Path, device: str, state: Path | None = None) -> Path:
     import torch
 
     from attacks.suites import get_suite
-    from robustbench_dml.evaluation import EvalConfig, evaluate
+    from robustbench_dml.evaluation import EvalConfig, discard_state, evaluate
     from robustbench_dml.leaderboard.official import entry_file, write_entry
     from robustbench_dml.training import train
 
@@ -100,9 +103,11 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
             evaluations.append(kept[key]["result"])
             continue
         t0 = time.perf_counter()
-        result = evaluate(summary.checkpoint, ev, device=device, state_dir=out / "eval_state",
-                          data_root=cfg.data_root)
+        state_dir = out / "eval_state" if state is None else state
+        result = evaluate(summary.checkpoint, ev, device=device, state_dir=state_dir, data_root=cfg.data_root)
         evaluations.append(result.to_dict())
+        if state is not None:  # the entry below holds it now; a kept folder keeps only unfinished evaluations
+            discard_state(state_dir, result)
         print(f"{data}/{name}/seed{seed}: {suite.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     asked_keys = {(s.id, s.version) for s in asked}
     evaluations += [e["result"] for key, e in kept.items() if key not in asked_keys]  # earlier suites stay
@@ -144,6 +149,9 @@ def main() -> None:
     p.add_argument("--shard", default="0/1", help="i/n: this process builds every n-th model from the i-th")
     p.add_argument("--runs", default=str(ROOT / "runs" / "official"))
     p.add_argument("--boards", default=str(ROOT / "robustbench_dml" / "boards"))
+    p.add_argument("--state", help="keep the finished attacks of unfinished evaluations here (default: in each "
+                                    "model's run folder): a folder kept between machines or sessions lets a build "
+                                    "resume there after retraining, since the files are keyed by the weights' sha256")
     p.add_argument("--device", default="auto")
     p.add_argument("--status", action="store_true", help="print which rows each board holds (queries per suite) "
                                                         "and what is missing; build nothing")
@@ -156,7 +164,8 @@ def main() -> None:
             if not args.models or name in args.models.split(",") for seed in args.seeds.split(",")]
     for i, job in enumerate(todo):
         if i % shards == shard:
-            print(build(*job, args.suites.split(","), Path(args.runs), Path(args.boards), args.device), flush=True)
+            print(build(*job, args.suites.split(","), Path(args.runs), Path(args.boards), args.device,
+                        Path(args.state) if args.state else None), flush=True)
 
 
 if __name__ == "__main__":
