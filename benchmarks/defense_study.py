@@ -16,8 +16,9 @@ CA-TRIDE, all 10,000 queries); a GPU machine runs it, the CPU would need weeks.
 
 The ``cpu`` rows are the official Fashion-MNIST board's (``benchmarks/official_boards.py --sets fashion`` trains and
 evaluates exactly these configurations, and the package ships the entries): a row with an entry is read from it (the
-``robrank`` protocol's scores, re-derived from the per-query results; the adversary's training gains from the run's
-``history.jsonl`` when the run folder is on this machine), so the study and the board never disagree. A row without
+``robrank`` protocol's scores, re-derived from the per-query results; the adversary's training gains from the entry's
+training log, or for an entry built without one from the run's ``history.jsonl`` when the run folder is on this
+machine), so the study and the board never disagree. A row without
 one is trained and evaluated here (``--out``), as every ``gpu`` row is. Every run resumes (training per epoch,
 evaluation per attack), so the study can be stopped and restarted; after each row the table is rewritten to
 ``--report``. Rows measured before CA-TRIDE's lambda rule and L_TR placement changed (lambda extrapolated to 0 on
@@ -78,7 +79,7 @@ FIELDS = {"R@1": "r1", "CA+": "ca_plus", "CA-": "ca_minus", "QA+": "qa_plus", "Q
 
 def official_row(name: str, seed: int) -> dict | None:
     """The ``cpu`` row of ``name`` at ``seed`` from the official Fashion-MNIST entry, or None without one."""
-    from robustbench_dml.leaderboard.official import entry_file, entry_records
+    from robustbench_dml.leaderboard.official import entry_file, entry_history, entry_records
 
     path = entry_file("fashion", name, seed)
     records = entry_records(path, board="rob28") if path.is_file() else []
@@ -86,7 +87,7 @@ def official_row(name: str, seed: int) -> dict | None:
         return None
     rec = records[0]
     ps = rec.protocols["robrank"]
-    history = _history(OFFICIAL_RUNS / name / f"seed{seed}" / "history.jsonl")
+    history = entry_history(path) or _history(OFFICIAL_RUNS / name / f"seed{seed}" / "history.jsonl")
     return {"name": name, "seed": seed, "source": "official", **{k: getattr(ps, f) for k, f in FIELDS.items()},
             "benign_R@1": rec.r1, "entanglement": rec.entanglement, "intra": rec.intra_class_distance,
             "inter": rec.inter_class_distance, "ERS": ps.ers, "ERS_ci": [ps.ers_lo, ps.ers_hi], "ARS": ps.ars,

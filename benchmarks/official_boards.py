@@ -2,7 +2,7 @@
 
 Each model is trained from its recipe (one thread, so the weights are the same on any machine of the same build),
 evaluated with every suite asked for, and its entry written with the complete results (the evidence every load
-re-derives the scores from, :mod:`robustbench_dml.leaderboard.official`). Work resumes: training per epoch,
+re-derives the scores from, :mod:`robustbench_dml.leaderboard.official`) and the training's per-epoch log. Work resumes: training per epoch,
 evaluation per attack, and an entry already holding a suite's result for the same weights keeps it. With ``--state
 DIR`` the finished attacks of unfinished evaluations live in DIR, keyed by the weights' sha256: a build carried to
 another machine or session with DIR (the training is deterministic) retrains and resumes at the next attack.
@@ -112,8 +112,9 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
     asked_keys = {(s.id, s.version) for s in asked}
     evaluations += [e["result"] for key, e in kept.items() if key not in asked_keys]  # earlier suites stay
     entry_path.parent.mkdir(parents=True, exist_ok=True)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     return write_entry(entry_path, model=f"{name}-seed{seed}", recipe_train=cfg, weights_sha256=sha, budget=budget,
-                       evaluations=evaluations, created=dt.date.today().isoformat())
+                       evaluations=evaluations, created=dt.date.today().isoformat(), history=history)
 
 
 def status(sets: list[str], suites: list[str], seeds: list[str], boards: Path) -> str:

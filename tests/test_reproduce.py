@@ -17,8 +17,8 @@ from robustbench_dml.cli.main import build_parser
 from robustbench_dml.config import TrainConfig
 from robustbench_dml.errors import UserError
 from robustbench_dml.evaluation import EvalConfig
-from robustbench_dml.leaderboard.official import (OFFICIAL_SOURCE, entry_file, entry_records, official_records,
-                                                  write_entry)
+from robustbench_dml.leaderboard.official import (OFFICIAL_SOURCE, entry_file, entry_history, entry_records,
+                                                  official_records, write_entry)
 from robustbench_dml.leaderboard.recipes import Recipe, eval_settings, evaluate_argv, train_argv
 from robustbench_dml.leaderboard.frames import records_to_frame
 from robustbench_dml.leaderboard.tables import render
@@ -131,10 +131,14 @@ def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_ru
     sha = result["checkpoint"]["sha256"]
     # the evaluation settings an entry records are read from the result itself (what `run` was asked for)
     assert EvalConfig.from_result(result) == EvalConfig("rob28", attacks=("GTT", "ES"), max_queries=16)
+    history = [json.loads(line) for line in (tiny_run / "run" / "history.jsonl").read_text().splitlines()]
     path = write_entry(entry_file("digits", "ca_tride[released]", 0, root=tmp_path),
                        model="ca_tride[released]-seed0", recipe_train=cfg, weights_sha256=sha, budget="cpu",
-                       evaluations=[result], created="2026-12-06")
+                       evaluations=[result], created="2026-12-06", history=history)
     assert path == tmp_path / "digits" / "ca_tride-released-seed0.json.gz"  # a file name without brackets
+    assert entry_history(path) == history and [h["epoch"] for h in history] == [1]  # the training's own log
+    assert entry_history(write_entry(tmp_path / "bare.json.gz", model="bare", recipe_train=cfg, weights_sha256=sha,
+                                     budget="cpu", evaluations=[result], created="2026-12-06")) == []
     (rec,) = official_records("digits", "rob28", root=tmp_path)
     assert entry_records(path) == [rec] and entry_records(path, board="rankaa28.v2") == []
     assert rec.source == OFFICIAL_SOURCE and rec.budget == "cpu" and rec.submitter == "robustbench-dml"
@@ -157,4 +161,8 @@ def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_ru
     with pytest.raises(UserError, match="recipe's are"):
         write_entry(tmp_path / "x.json.gz", model="x", recipe_train=cfg, weights_sha256=SHA, budget="cpu",
                     evaluations=[result], created="2026-12-06")
+    assert not (tmp_path / "x.json.gz").exists()
+    with pytest.raises(UserError, match="damaged training log"):  # a log that is not one record per epoch
+        write_entry(tmp_path / "x.json.gz", model="x", recipe_train=cfg, weights_sha256=sha, budget="cpu",
+                    evaluations=[result], created="2026-12-06", history=[{"loss": 0.1}])
     assert not (tmp_path / "x.json.gz").exists()

@@ -2,7 +2,9 @@
 
 An official row is not a stored score. The package holds, per model, one entry file
 (``robustbench_dml/boards/<dataset>/<model>.json.gz``): the model's training recipe and every evaluation result
-made of it (the complete ``dmlbench evaluate --json`` output, per-query results and success flags included). Each
+made of it (the complete ``dmlbench evaluate --json`` output, per-query results and success flags included), and
+the training's per-epoch log (its ``history.jsonl`` records: losses, the adversary's gains, benign R@1, the
+collapse diagnostic) where the entry was built with it. Each
 load derives the records from those results as ``dmlbench submit`` would (:func:`record_from_result`: every
 score, interval and worst case re-derived, an edited value refused), so what a board shows is always what its
 evidence gives. Each record carries its :class:`~robustbench_dml.leaderboard.recipes.Recipe` (``dmlbench
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from robustbench_dml.leaderboard.records import Record
 
 __all__ = ["OFFICIAL_SUBMITTER", "OFFICIAL_SOURCE", "ENTRY_SCHEMA", "BOARDS", "official_records", "official_frame",
-           "entry_file", "entry_records", "write_entry", "is_official"]
+           "entry_file", "entry_records", "entry_history", "write_entry", "is_official"]
 
 OFFICIAL_SUBMITTER = "robustbench-dml"
 OFFICIAL_SOURCE = "robustbench-dml official board"
@@ -44,17 +46,22 @@ MAX_ENTRY_BYTES = 64 * 2**20
 
 
 def write_entry(path: str | Path, *, model: str, recipe_train: Any, weights_sha256: str, budget: str | None,
-                evaluations: Sequence[Mapping[str, Any]], created: str) -> Path:
-    """Write one model's entry: ``recipe_train`` (its ``TrainConfig``) and its evaluation results
-    (``EvaluationResult.to_dict()``), each recorded with the evaluation settings it holds. Every result must be of
-    the weights ``weights_sha256``."""
+                evaluations: Sequence[Mapping[str, Any]], created: str,
+                history: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """Write one model's entry: ``recipe_train`` (its ``TrainConfig``), its evaluation results
+    (``EvaluationResult.to_dict()``), each recorded with the evaluation settings it holds, and the training's
+    ``history`` (its ``history.jsonl`` records; none: the entry has no log). Every result must be of the weights
+    ``weights_sha256``."""
     from robustbench_dml.evaluation import EvalConfig
 
     entry = {"schema": ENTRY_SCHEMA, "model": model, "created": created, "evaluations": []}
     for result in evaluations:
         recipe = Recipe.of(recipe_train, EvalConfig.from_result(result), weights_sha256, budget)
         entry["evaluations"].append({"recipe": json.loads(recipe.to_json()), "result": result})
+    if history:
+        entry["history"] = [dict(h) for h in history]
     _records_of(entry, where=str(path))  # what cannot be loaded is not written
+    _history_of(entry, where=str(path))
     data = json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     path = Path(path)
     atomic_write_bytes(path, gzip.compress(data, mtime=0))
@@ -116,6 +123,20 @@ def entry_file(dataset: str, model: str, seed: int, *, root: str | Path | None =
 def entry_records(path: str | Path, board: str | None = None) -> list[Record]:
     """The records of one entry file (of the leaderboard ``board`` only, when given), each re-derived."""
     return _records_of(_read_entry(Path(path)), where=str(path), board=board)
+
+
+def _history_of(entry: Mapping[str, Any], *, where: str) -> list[dict[str, Any]]:
+    history = entry.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) and isinstance(h.get("epoch"), int)
+                                                for h in history):
+        raise UserError(f"official board entry {where} has a damaged training log; reinstall the package")
+    return history
+
+
+def entry_history(path: str | Path) -> list[dict[str, Any]]:
+    """The training's per-epoch records an entry holds (its ``history.jsonl``, in order; [] for an entry built
+    without them)."""
+    return _history_of(_read_entry(Path(path)), where=str(path))
 
 
 def official_records(dataset: str | None = None, board: str | None = None, *,
