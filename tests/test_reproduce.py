@@ -18,7 +18,7 @@ from robustbench_dml.config import TrainConfig
 from robustbench_dml.errors import UserError
 from robustbench_dml.evaluation import EvalConfig
 from robustbench_dml.leaderboard.official import (OFFICIAL_SOURCE, entry_file, entry_history, entry_records,
-                                                  official_records, write_entry)
+                                                  official_histories, official_records, write_entry)
 from robustbench_dml.leaderboard.recipes import Recipe, eval_settings, evaluate_argv, train_argv
 from robustbench_dml.leaderboard.frames import records_to_frame
 from robustbench_dml.leaderboard.tables import render
@@ -137,6 +137,7 @@ def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_ru
                        evaluations=[result], created="2026-12-06", history=history)
     assert path == tmp_path / "digits" / "ca_tride-released-seed0.json.gz"  # a file name without brackets
     assert entry_history(path) == history and [h["epoch"] for h in history] == [1]  # the training's own log
+    assert official_histories("digits", root=tmp_path) == official_histories(root=tmp_path) == {sha: history}
     assert entry_history(write_entry(tmp_path / "bare.json.gz", model="bare", recipe_train=cfg, weights_sha256=sha,
                                      budget="cpu", evaluations=[result], created="2026-12-06")) == []
     (rec,) = official_records("digits", "rob28", root=tmp_path)

@@ -69,15 +69,18 @@ def _records() -> list[Record]:
 
 def test_the_site_links_every_row_and_names_every_tables_protocol(tmp_path):
     records = _records() + reference_records()
-    pages = write_site(tmp_path, records)
+    log = [{"epoch": 1, "loss": 0.2, "R@1": 90.0, "inter_class_distance": 1.1}]
+    pages = write_site(tmp_path, records, {records[0].checkpoint_sha256: log})
     assert (tmp_path / "index.html") in pages and (tmp_path / "gap.html") in pages
     parsed = {p: Page(p) for p in pages if p.suffix == ".html"}
     for path, page in parsed.items():
         for link in page.links:  # every link resolves to a written file
             assert (path.parent / link.split("#")[0]).resolve().is_file(), (path.name, link)
-        for table in page.tables:  # every table names its protocol
-            assert table["protocol"] in (*P.PROTOCOLS, "all")
-            if table["protocol"] != "all":
+        for table in page.tables:  # every table names its protocol, or says it has none
+            assert table["protocol"] in (*P.PROTOCOLS, "all", "none")
+            if table["protocol"] == "none":
+                assert "no protocol" in table["caption"]
+            elif table["protocol"] != "all":
                 assert f"protocol {table['protocol']}" in table["caption"]
     measured = [r for r in records if not r.reported]
     for r in measured:  # every measured row on its board under each protocol, once, and a card per record
@@ -310,3 +313,21 @@ def test_a_strong_result_reports_what_the_published_attacks_and_the_search_each_
         assert f"ARS {expected:.1f}" in lines[name], lines[name]
     assert "what the random search adds" in lines["g232"]
     assert f"ARS {scoring.ars(raw):.1f}" in lines["corrected"]
+
+
+def test_a_model_page_shows_its_training_log_one_row_per_epoch(tmp_path):
+    rec = _records()[0]
+    log = [{"epoch": 1, "loss": 0.25, "R@1": 90.0, "inter_class_distance": 1.1, "adv_gain": 0.04, "seconds": 20.0},
+           {"epoch": 2, "loss": 0.125, "R@1": 91.0, "inter_class_distance": 0.5, "adv_gain": 0.03, "seconds": 21.0},
+           {"epoch": 2, "loss": 0.1, "R@1": 92.5, "inter_class_distance": 0.25, "adv_gain": 0.02, "seconds": 19.0}]
+    write_site(tmp_path, [rec], {rec.checkpoint_sha256: log})
+    page = (tmp_path / "models" / f"{rec.record_id}.html").read_text()
+    table = page[page.index("<caption>Training log"):]
+    table = table[:table.index("</table>")]
+    # the columns the log has, in the page's order; a redone epoch (a resumed run logs it again) shows its last record
+    assert "<th>epoch</th><th>loss</th><th>R@1</th><th>inter-class</th><th>adv_gain</th><th>seconds</th>" in table
+    assert "intra-class" not in table and "lambda" not in table
+    assert table.count("<tr><td>") == 2
+    assert "<tr><td>2</td><td>0.1000</td><td>92.50</td><td>0.250</td><td>0.020</td><td>19</td></tr>" in table
+    assert "Training log" not in (write_site(tmp_path / "bare", [rec]) and
+                                  (tmp_path / "bare" / "models" / f"{rec.record_id}.html").read_text())

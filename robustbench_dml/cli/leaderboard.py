@@ -197,7 +197,7 @@ def with_base_ars(store, dataset: str, board: str, frame, columns=None, official
 def site(args) -> int:
     """``leaderboard site --output DIR``: the official rows, every board of the store and the papers' rows."""
     from robustbench_dml.leaderboard import LeaderboardStore, reference_records
-    from robustbench_dml.leaderboard.official import official_records
+    from robustbench_dml.leaderboard.official import official_histories, official_records
     from robustbench_dml.leaderboard.site import write_site
 
     if not args.output:
@@ -209,7 +209,7 @@ def site(args) -> int:
     records = [r for r in official_records() if args.dataset in (None, r.dataset)]
     records += store.all_records(args.dataset)
     records += [r for r in reference_records() if args.dataset in (None, r.dataset)]
-    pages = write_site(out, records)
+    pages = write_site(out, records, official_histories(args.dataset))
     print(f"{out / 'index.html'} ({len(pages)} files)")
     return 0
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from robustbench_dml.leaderboard.records import Record
 
 __all__ = ["OFFICIAL_SUBMITTER", "OFFICIAL_SOURCE", "ENTRY_SCHEMA", "BOARDS", "official_records", "official_frame",
-           "entry_file", "entry_records", "entry_history", "write_entry", "is_official"]
+           "entry_file", "entry_records", "entry_history", "official_histories", "write_entry", "is_official"]
 
 OFFICIAL_SUBMITTER = "robustbench-dml"
 OFFICIAL_SOURCE = "robustbench-dml official board"
@@ -152,6 +152,19 @@ def official_records(dataset: str | None = None, board: str | None = None, *,
     for folder in folders:
         for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else []:
             out += entry_records(path, board)
+    return out
+
+
+def official_histories(dataset: str | None = None, *, root: str | Path | None = None) -> dict[str, list[dict]]:
+    """The training logs the official entries hold (of ``dataset`` when given), by weights sha256."""
+    base = Path(root) if root is not None else BOARDS
+    folders = [base / dataset] if dataset is not None else sorted(p for p in base.glob("*") if p.is_dir())
+    out = {}
+    for path in (p for folder in folders for p in sorted(folder.glob("*.json.gz"))):
+        entry = _read_entry(path)
+        history = _history_of(entry, where=str(path))
+        if history and entry["evaluations"]:
+            out[entry["evaluations"][0]["recipe"]["weights_sha256"]] = history
     return out
 
 

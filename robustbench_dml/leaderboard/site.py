@@ -21,7 +21,7 @@ import html
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,12 +204,32 @@ def _svg_bars(values: dict[str, float | None]) -> str:
     return "".join(parts) + "</svg>"
 
 
+#: a training log's columns the model page shows, where the log has them (history.jsonl keys -> heading, decimals)
+_LOG = {"loss": ("loss", 4), "R@1": ("R@1", 2), "intra_class_distance": ("intra-class", 3),
+        "inter_class_distance": ("inter-class", 3), "adv_gain": ("adv_gain", 3), "adv_gain_cap": ("adv_gain CAP", 3),
+        "adv_gain_anp": ("adv_gain ANP", 3), "lam": ("lambda", 2), "seconds": ("seconds", 0)}
+
+
+def _training(history: Sequence[Mapping[str, Any]]) -> str:
+    """The training's per-epoch log as a table (an epoch logged twice, by a resumed run, shows its last record)."""
+    epochs = {h["epoch"]: h for h in history}
+    keys = [k for k in _LOG if any(isinstance(h.get(k), (int, float)) for h in epochs.values())]
+    head = "".join(f"<th>{_e(_LOG[k][0])}</th>" for k in keys)
+    rows = "".join(f"<tr><td>{e}</td>" + "".join(f"<td>{_num(h.get(k), _LOG[k][1])}</td>" for k in keys) + "</tr>"
+                   for e, h in sorted(epochs.items()))
+    return ("<h2>Training</h2><p class=\"note\">Per epoch, from the training's own log: the loss, benign R@1 and the mean "
+            "intra- and inter-class distance of the normalised test embeddings (a falling inter-class distance is a "
+            "collapsing space), the adversary's mean loss gain where the defense attacks.</p>"
+            f'<table data-protocol="none"><caption>Training log (clean test embeddings: no attack, no protocol)</caption><thead><tr><th>epoch</th>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
 def _name(rec: Record) -> str:
     """A row's defense as tables name it: the paper's own name for a printed row, else the title and variant."""
     return rec.defense if rec.reported else columns.defense_title(rec.defense, rec.defense_config)
 
 
-def _model(rec: Record, siblings: Sequence[Record]) -> str:
+def _model(rec: Record, siblings: Sequence[Record], history: Sequence[Mapping[str, Any]] = ()) -> str:
     facts = [("record", rec.record_id), ("dataset", rec.dataset), ("suite", _suite_line(rec)),
              ("defense", _name(rec)), ("backbone", rec.backbone), ("training PGD steps", rec.steps),
              ("by", rec.submitter + (" (official)" if is_official(rec.source, rec.reported) else "")),
@@ -237,6 +257,8 @@ def _model(rec: Record, siblings: Sequence[Record]) -> str:
                     f"{_num(s.worst_case)}.</p>")
         body.append(f"<p class=\"note\">{_e(P.DESCRIPTIONS[protocol])}. Resistance terms, 0-100, higher is more "
                     "robust (ARS's eight; TMA and ES:D as ERS has them).</p>" + _svg_bars(terms))
+    if history:
+        body.append(_training(history))
     others = [r for r in siblings if r.record_id != rec.record_id]
     if others:
         body.append("<h2>The same weights under other suites</h2><ul>" + "".join(
@@ -314,8 +336,10 @@ def _gap(records: Sequence[Record]) -> str:
     return _page("The strong suite's gap", text + (table if rows else "<p>No model has both yet.</p>"), 0)
 
 
-def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
-    """Write the site for ``records`` (measured and published) into the folder ``out``; return the pages."""
+def write_site(out: str | Path, records: Iterable[Record],
+               histories: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[Path]:
+    """Write the site for ``records`` (measured and published) into the folder ``out``; return the pages.
+    ``histories``: training logs (``history.jsonl`` records) by weights sha256, shown on their models' pages."""
     out = Path(out)
     records = list(records)
     measured = [r for r in records if not r.reported]
@@ -355,7 +379,8 @@ def write_site(out: str | Path, records: Iterable[Record]) -> list[Path]:
     for r in measured:
         siblings[r.checkpoint_sha256].append(r)
     for r in measured:
-        put(f"models/{r.record_id}.html", _model(r, siblings[r.checkpoint_sha256]))
+        put(f"models/{r.record_id}.html", _model(r, siblings[r.checkpoint_sha256],
+                                                  (histories or {}).get(r.checkpoint_sha256, ())))
     put("gap.html", _gap(measured))
     th = "".join(f'<th class="{c}">{h}</th>' for h, c in (("Dataset", "t"), ("Suite", "t"), ("Protocol", "t"),
                                                           ("Measured rows", ""), ("Papers' rows", ""), ("Board", "t")))
