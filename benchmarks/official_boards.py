@@ -93,28 +93,33 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
         kept = {(e["result"]["suite"]["id"], e["result"]["suite"]["version"]): e  # same weights, same MKL mode
                 for e in old["evaluations"]
                 if e["recipe"]["weights_sha256"] == sha and e["result"]["numerics"].get("cpu_blas") == cpu_blas_mode()}
-    evaluations = []
     asked = [get_suite(s) for s in suites]
+    asked_keys = {(s.id, s.version) for s in asked}
+    done = {key: e["result"] for key, e in kept.items() if key not in asked_keys}  # earlier suites stay
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    entry_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> Path:
+        return write_entry(entry_path, model=f"{name}-seed{seed}", recipe_train=cfg, weights_sha256=sha,
+                           budget=budget, evaluations=list(done.values()), created=dt.date.today().isoformat(),
+                           history=history)
+
     for suite in asked:
         queries = max_queries if suite.engine is None else min(max_queries or STRONG_QUERIES, STRONG_QUERIES)
         ev = EvalConfig(suite.name, max_queries=queries)
         key = (suite.id, suite.version)
         if key in kept and kept[key]["recipe"]["evaluate"]["max_queries"] == queries:
-            evaluations.append(kept[key]["result"])
+            done[key] = kept[key]["result"]
             continue
         t0 = time.perf_counter()
         state_dir = out / "eval_state" if state is None else state
         result = evaluate(summary.checkpoint, ev, device=device, state_dir=state_dir, data_root=cfg.data_root)
-        evaluations.append(result.to_dict())
-        if state is not None:  # the entry below holds it now; a kept folder keeps only unfinished evaluations
+        done[key] = result.to_dict()
+        write()  # each finished suite at once, so a build stopped in the next one keeps it
+        if state is not None:  # the entry holds it now; a kept folder keeps only unfinished evaluations
             discard_state(state_dir, result)
         print(f"{data}/{name}/seed{seed}: {suite.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    asked_keys = {(s.id, s.version) for s in asked}
-    evaluations += [e["result"] for key, e in kept.items() if key not in asked_keys]  # earlier suites stay
-    entry_path.parent.mkdir(parents=True, exist_ok=True)
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    return write_entry(entry_path, model=f"{name}-seed{seed}", recipe_train=cfg, weights_sha256=sha, budget=budget,
-                       evaluations=evaluations, created=dt.date.today().isoformat(), history=history)
+    return write()
 
 
 def status(sets: list[str], suites: list[str], seeds: list[str], boards: Path) -> str:
