@@ -2,8 +2,9 @@
 
 Each model is trained from its recipe (one thread, so the weights are the same on any machine of the same build),
 evaluated with every suite asked for, and its entry written with the complete results (the evidence every load
-re-derives the scores from, :mod:`robustbench_dml.leaderboard.official`) and the training's per-epoch log. Work resumes: training per epoch,
-evaluation per attack, and an entry already holding a suite's result for the same weights keeps it. With ``--state
+re-derives the scores from, :mod:`robustbench_dml.leaderboard.official`) and the training's per-epoch log, after each
+finished suite. Work resumes: training per epoch, evaluation per attack, and an entry already holding a suite's
+result for the same weights keeps it. With ``--state
 DIR`` the finished attacks of unfinished evaluations live in DIR, keyed by the weights' sha256: a build carried to
 another machine or session with DIR (the training is deterministic) retrains and resumes at the next attack.
 

@@ -215,13 +215,16 @@ def _training(history: Sequence[Mapping[str, Any]]) -> str:
     epochs = {h["epoch"]: h for h in history}
     keys = [k for k in _LOG if any(isinstance(h.get(k), (int, float)) for h in epochs.values())]
     head = "".join(f"<th>{_e(_LOG[k][0])}</th>" for k in keys)
-    rows = "".join(f"<tr><td>{e}</td>" + "".join(f"<td>{_num(h.get(k), _LOG[k][1])}</td>" for k in keys) + "</tr>"
+    def cell(v: Any, decimals: int) -> str:
+        return _num(v if isinstance(v, (int, float)) else None, decimals)
+
+    rows = "".join(f"<tr><td>{e}</td>" + "".join(f"<td>{cell(h.get(k), _LOG[k][1])}</td>" for k in keys) + "</tr>"
                    for e, h in sorted(epochs.items()))
-    return ("<h2>Training</h2><p class=\"note\">Per epoch, from the training's own log: the loss, benign R@1 and the mean "
-            "intra- and inter-class distance of the normalised test embeddings (a falling inter-class distance is a "
-            "collapsing space), the adversary's mean loss gain where the defense attacks.</p>"
-            f'<table data-protocol="none"><caption>Training log (clean test embeddings: no attack, no protocol)</caption><thead><tr><th>epoch</th>{head}</tr></thead>'
-            f"<tbody>{rows}</tbody></table>")
+    return ("<h2>Training</h2><p class=\"note\">Per epoch, from the training's own log: the loss, benign R@1 and the "
+            "mean intra- and inter-class distance of the normalised test embeddings (a falling inter-class distance "
+            "is a collapsing space), the adversary's mean loss gain where the defense attacks.</p>"
+            '<table data-protocol="none"><caption>Training log (clean test embeddings: no attack, no protocol)'
+            f"</caption><thead><tr><th>epoch</th>{head}</tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _name(rec: Record) -> str:
