@@ -114,6 +114,19 @@ def test_rows_of_two_training_seeds_are_told_apart_by_their_recipes_seed(tmp_pat
         assert f'<td class="t">–</td><td data-v="{seed}">{seed}</td>' in board
     card = (tmp_path / "models" / f"{b.record_id}.html").read_text()
     assert "<dt>training seed</dt><dd>1</dd>" in card and "<dt>evaluation seed</dt><dd>0</dd>" in card
+    assert "--data-root" not in card  # a dataset without a folder (digits ships with scikit-learn)
+
+
+def test_a_recipe_built_from_a_data_folder_tells_the_reader_to_give_theirs(tmp_path):
+    import json
+
+    rec = dataclasses.replace(_records()[0], recipe=json.dumps(
+        {"train": {"seed": 0, "data_root": "/builder/fashion-mnist"}, "evaluate": {"seed": 0},
+         "commands": ["dmlbench train --dataset fashion --data-root /builder/fashion-mnist --seed 0 --out RUN"]}))
+    write_site(tmp_path, [rec])
+    card = (tmp_path / "models" / f"{rec.record_id}.html").read_text()
+    assert f"dmlbench reproduce {rec.record_id} --data-root DIR</code>" in card
+    assert "names the folder the row was built from; give yours" in card and "/builder/fashion-mnist" in card
 
 
 def test_the_gap_page_subtracts_the_strong_suites_ars(tmp_path):

@@ -269,8 +269,12 @@ def _model(rec: Record, siblings: Sequence[Record], history: Sequence[Mapping[st
             f"{_num(r.scores().ars)}, ERS {_num(r.scores().ers)} ({_e(r.protocol)})</li>" for r in others) + "</ul>")
     if rec.recipe:
         recipe = json.loads(rec.recipe)
+        root = (recipe.get("train") or {}).get("data_root")
+        where = (" (<code>--data-root</code> names the folder the row was built from; give yours, with the files "
+                 "whose sha256 the configuration lists)" if root else "")
         body.append("<h2>Recipe</h2><p>Rebuild this row with <code>dmlbench reproduce "
-                    f"{_e(rec.record_id)}</code>, or by hand:</p><pre>{_e(chr(10).join(recipe.get('commands', [])))}"
+                    f"{_e(rec.record_id)}{' --data-root DIR' if root else ''}</code>, or by hand{where}:</p>"
+                    f"<pre>{_e(chr(10).join(recipe.get('commands', [])))}"
                     "</pre><h2>Configuration</h2><pre>" + _e(json.dumps(
                         {k: recipe.get(k) for k in ("train", "evaluate", "data_sha256", "environment")}, indent=1))
                     + "</pre>")
