@@ -110,8 +110,9 @@ def test_rows_of_two_training_seeds_are_told_apart_by_their_recipes_seed(tmp_pat
     write_site(tmp_path, [a, b])
     board = (tmp_path / "boards" / f"{board_key('digits', 'rob28', P.CORRECTED)}.html").read_text()
     assert "<th class=\"\">Seed</th>" in board
-    for seed in (0, 1):  # the cell after the budget's
+    for seed in (0, 1):  # the cell after the budget's, and a tag beside the name (on screen without scrolling)
         assert f'<td class="t">–</td><td data-v="{seed}">{seed}</td>' in board
+        assert board.count(f'<span class="tag seed">seed {seed}</span>') == 1
     card = (tmp_path / "models" / f"{b.record_id}.html").read_text()
     assert "<dt>training seed</dt><dd>1</dd>" in card and "<dt>evaluation seed</dt><dd>0</dd>" in card
     assert "--data-root" not in card  # a dataset without a folder (digits ships with scikit-learn)

@@ -50,6 +50,7 @@ th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}th.t,td.t{text-align:
 tr.paper td{background:#fff8e1}tr.official td.t:first-of-type{font-weight:600}
 .tag{font-size:.8em;padding:0 .35em;border-radius:3px;margin-left:.3em}
 .tag.paper{background:#f0c36d}.tag.official{background:#8fd19e}.tag.partial{background:#ddd}
+.tag.seed{background:#cfe0f5}
 .ci{color:#777;font-size:.85em}caption{text-align:left;font-weight:600;padding:.3em 0}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}.note{color:#555}.wide{overflow-x:auto}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:600}dd{margin:0}"""
@@ -104,6 +105,9 @@ def _tags(rec: Record) -> str:
         out += '<span class="tag paper">paper</span>'
     elif is_official(rec.source, rec.reported):
         out += '<span class="tag official">official</span>'
+    seed = None if rec.reported else training_seed(rec.recipe)
+    if seed is not None:  # two seeds of one defense otherwise read as the same row until the Seed column
+        out += f'<span class="tag seed">seed {_e(seed)}</span>'
     if not rec.reported and not rec.eligible:
         out += f'<span class="tag partial">{rec.num_queries} queries</span>'
     return out
@@ -155,7 +159,8 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
         for k in _WC:
             v = s.columns()[k]
             cells.append(f'<td data-v="{"" if v is None else v}">{_num(v)}</td>')
-        cells += [f'<td class="t">{_e(rec.backbone)}</td>', f'<td data-v="{rec.steps if rec.steps is not None else ""}">'
+        steps = "" if rec.steps is None else rec.steps
+        cells += [f'<td class="t">{_e(rec.backbone)}</td>', f'<td data-v="{steps}">'
                  f'{"–" if rec.steps is None else rec.steps}</td>', f'<td class="t">{_e(_by(rec))}</td>',
                  f'<td class="t">{_e(rec.budget or "–")}</td>']
         seed = training_seed(rec.recipe)
