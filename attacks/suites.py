@@ -289,6 +289,14 @@ def board_of(spec: str) -> str:
     return get_suite(spec).board if spec in SUITES else spec
 
 
+def superseded(board: str) -> bool:
+    """Whether the leaderboard ``board`` is an earlier version's of an installed suite (its rows stay loadable; the
+    current version's board is the one that ranks)."""
+    m = _PINNED.fullmatch(board)
+    suite_id, version = (m["id"], int(m["version"])) if m is not None else (board, 1)  # version 1's is the bare id
+    return suite_id in SUITES and version < get_suite(suite_id).version
+
+
 def find_suite(suite_id: str, version: int | None, suite_hash: str) -> Suite | None:
     """The published suite ``suite_id`` version ``version`` if its hash is ``suite_hash`` (a result made under it
     without overrides), else None."""

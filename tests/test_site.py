@@ -186,6 +186,10 @@ def test_the_index_puts_each_datasets_current_strong_suite_board_first(tmp_path)
     order = [index.index(f'href="boards/{board_key("digits", b, P.CORRECTED)}.html"')
              for b in (v3.board, "rob28", "rankaa28")]
     assert order == sorted(order) and v3.board == "rankaa28.v3"
+    # and the earlier version's row says so (one row: it has one protocol), the current one's does not
+    assert index.count(" (earlier version)</td>") == 1
+    row = index[index.rindex("<tr>", 0, order[2]):order[2]]
+    assert "(earlier version)" in row and "v1" in row
 
 
 def test_leaderboard_site_command_writes_an_empty_store_and_refuses_a_used_folder(tmp_path, capsys):

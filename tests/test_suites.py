@@ -78,7 +78,7 @@ def test_version_3_is_the_knee_of_the_budget_study_and_earlier_versions_load_unc
     """rankaa28 v3 runs the first two gradient runs of rankaa28plus and then that suite's search, so its gradient
     part is the study's ``g232`` step; versions 1 and 2 keep their engines (and hashes) and each version has its
     own board."""
-    from attacks.suites import base_of, board_of, find_suite, spec_of
+    from attacks.suites import base_of, board_of, find_suite, spec_of, superseded
 
     v1, v2, v3 = get_suite("rankaa28.v1"), get_suite("rankaa28.v2"), get_suite("rankaa28")
     plus = get_suite("rankaa28plus")
@@ -100,6 +100,9 @@ def test_version_3_is_the_knee_of_the_budget_study_and_earlier_versions_load_unc
     # and a recorded command pins the version wherever a suite has several
     assert [board_of(s) for s in ("rankaa28", "rankaa28.v1", "rankaa28.v2", "rankaa28.v9", "rob28", "mine")] == \
         ["rankaa28.v3", "rankaa28", "rankaa28.v2", "rankaa28.v9", "rob28", "mine"]
+    # the boards of earlier versions (version 1's under the bare id), not the current one, a later one or another's
+    assert [superseded(b) for b in ("rankaa28", "rankaa28.v2", "rankaa28.v3", "rankaa28.v9", "rob28", "rankaa28plus",
+                                    "mine", "mine.v1")] == [True, True, False, False, False, False, False, False]
     # the published suite each board's suite strengthens, by id or board name (none for a published or unknown one)
     assert [base_of(b) for b in ("rankaa28", "rankaa28.v2", "rankaa224.v3", "rankaa28plus", "rob28", "mine")] == \
         ["rob28", "rob28", "rob224", "rob28", "", ""]

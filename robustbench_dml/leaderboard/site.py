@@ -352,6 +352,8 @@ def write_site(out: str | Path, records: Iterable[Record],
                histories: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[Path]:
     """Write the site for ``records`` (measured and published) into the folder ``out``; return the pages.
     ``histories``: training logs (``history.jsonl`` records) by weights sha256, shown on their models' pages."""
+    from attacks.suites import superseded
+
     out = Path(out)
     records = list(records)
     measured = [r for r in records if not r.reported]
@@ -383,6 +385,8 @@ def write_site(out: str | Path, records: Iterable[Record],
         put(f"boards/{key}.html", _board(dataset, suite, protocol, rows, _base(suite, measured)))
         n_paper = sum(r.reported for r, _ in rows)
         _, named = _board_suite(suite, rows)
+        if superseded(suite):
+            named += " (earlier version)"
         index.append(f'<tr><td class="t">{_e(dataset)}</td><td class="t">{_e(named)}</td><td class="t">'
                      f'{_e(protocol)}</td><td data-v="{len(rows) - n_paper}">{len(rows) - n_paper}</td>'
                      f'<td data-v="{n_paper}">{n_paper}</td><td class="t"><a href="boards/{_e(key)}.html">'
@@ -397,9 +401,9 @@ def write_site(out: str | Path, records: Iterable[Record],
     th = "".join(f'<th class="{c}">{h}</th>' for h, c in (("Dataset", "t"), ("Suite", "t"), ("Protocol", "t"),
                                                           ("Measured rows", ""), ("Papers' rows", ""), ("Board", "t")))
     body = ("<p>Adversarial robustness of deep metric learning defenses, measured by ranking attacks and summarised "
-            f"as ERS and ARS; every board is {_e(RANKING)}. Each dataset's strong-suite board comes first: it ranks "
-            "the defenses, as RobustBench ranks by AutoAttack. The headline: <a href=\"gap.html\">how much the strong "
-            "suite lowers each model's score</a>.</p>"
+            f"as ERS and ARS; every board is {_e(RANKING)}. Each dataset's current strong-suite board, once it has "
+            "rows, comes first: it ranks the defenses, as RobustBench ranks by AutoAttack. The headline: "
+            "<a href=\"gap.html\">how much the strong suite lowers each model's score</a>.</p>"
             f'<table class="sortable" data-protocol="all"><caption>Boards (dataset x suite x protocol)</caption>'
             f"<thead><tr>{th}</tr></thead><tbody>{''.join(index)}</tbody></table>")
     put("index.html", _page("robustbench-dml leaderboards", body, 0))
