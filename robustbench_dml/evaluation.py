@@ -289,8 +289,12 @@ def evaluate(target: EvalTarget | str | os.PathLike, config: EvalConfig | None =
 
     dev = rank_device(resolve_device(device) if isinstance(device, str) else torch.device(device))
     with applied(config.numerics, dev) as numerics:
-        result = _evaluate(target, config, dev, state_dir, progress, data_root, benign_nmi, numerics["knn_backend"],
-                           probe, engine_per_query)
+        try:
+            result = _evaluate(target, config, dev, state_dir, progress, data_root, benign_nmi,
+                               numerics["knn_backend"], probe, engine_per_query)
+        finally:  # a caller's model leaves in the layout it came in
+            if config.numerics.channels_last and isinstance(target, EvalTarget):
+                target.model.to(memory_format=torch.contiguous_format)
     result.numerics = numerics
     return result
 
@@ -308,6 +312,8 @@ def _evaluate(target, config: EvalConfig, dev: torch.device, state_dir, progress
     if not isinstance(target, EvalTarget):
         target = load_target(target, dev, data_root)
     model = target.model.to(dev)
+    if config.numerics.channels_last:
+        model.to(memory_format=torch.channels_last)  # the convolutions' weights (and so their outputs) in NHWC
     show = progress if rank == 0 else None
     phases.done("load")
 

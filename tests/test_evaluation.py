@@ -290,7 +290,7 @@ def test_user_errors(model, digits):
         run("/nonexistent/ckpt", device="cpu")
 
 
-@pytest.mark.parametrize("setting", ["matmul_tf32", "cudnn_tf32", "cudnn_benchmark", "deterministic"])
+@pytest.mark.parametrize("setting", ["matmul_tf32", "cudnn_tf32", "cudnn_benchmark", "deterministic", "channels_last"])
 def test_each_numeric_setting_is_applied_recorded_and_restored(setting, model, digits):
     import dataclasses
 
@@ -305,13 +305,38 @@ def test_each_numeric_setting_is_applied_recorded_and_restored(setting, model, d
             device="cpu", benign_nmi=False)
     assert r.numerics[setting] is (not getattr(EXACT, setting))   # what torch reported while it ran
     assert all(r.numerics[k] is getattr(EXACT, k) for k in ("matmul_tf32", "cudnn_tf32", "cudnn_benchmark",
-                                                             "deterministic") if k != setting)
+                                                             "deterministic", "channels_last") if k != setting)
     assert r.numerics["policy"] == f"flip-{setting}" and r.suite["overrides"]["numerics"] == f"flip-{setting}"
     assert not r.eligible
     after = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
              torch.are_deterministic_algorithms_enabled())
     assert after == before
     assert json.loads(r.to_json())["numerics"] == r.numerics
+
+
+def test_the_channels_last_layout_runs_the_convolutions_in_nhwc_and_leaves_the_callers_model_as_it_was(digits):
+    # the fast policy's CPU speed-up: the same model in another memory layout, so the same numbers up to the last
+    # bits of the convolutions' sums; the caller's weights come back in their own layout
+    import dataclasses
+
+    from robustbench_dml import backbones
+    from robustbench_dml.numerics import EXACT
+
+    torch.manual_seed(0)
+    net = backbones.create("c2f2", embedding_dim=32, in_channels=1).eval()
+    seen = []
+    net.trunk[0].register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+    target = model_target(net, {"dataset": "digits"}, digits)
+    nhwc = dataclasses.replace(EXACT, name="nhwc", channels_last=True)
+    fast = run(target, attacks=["TMA", "ES"], max_queries=16, numerics=nhwc, device="cpu", benign_nmi=False)
+    assert seen and all(seen) and fast.numerics["channels_last"] is True and not fast.eligible
+    assert all(p.is_contiguous() for p in net.parameters())  # back in the layout it came in
+    seen.clear()
+    exact = run(target, attacks=["TMA", "ES"], max_queries=16, device="cpu", benign_nmi=False)
+    assert seen and not any(seen) and exact.numerics["channels_last"] is False
+    assert fast.benign["R@1"] == exact.benign["R@1"]  # a 300-item gallery: no neighbour moves at 1e-7
+    for key in ("TMA", "ES:D"):
+        assert max(abs(a - b) for a, b in zip(fast.per_query[key], exact.per_query[key])) < 1e-3
 
 
 def test_the_default_numeric_policy_is_recorded_and_eligible(base):
