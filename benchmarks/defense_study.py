@@ -18,10 +18,9 @@ The ``cpu`` rows are the official Fashion-MNIST board's (``benchmarks/official_b
 evaluates exactly these configurations, and the package ships the entries): a row with an entry is read from it (the
 ``robrank`` protocol's scores, re-derived from the per-query results; the adversary's training gains from the entry's
 training log, or for an entry built without one from the run's ``history.jsonl`` when the run folder is on this
-machine), so the study and the board never disagree. A row without
-one is trained and evaluated here (``--out``), as every ``gpu`` row is. Every run resumes (training per epoch,
-evaluation per attack), so the study can be stopped and restarted; after each row the table is rewritten to
-``--report``. Rows measured before CA-TRIDE's lambda rule and L_TR placement changed (lambda extrapolated to 0 on
+machine), so the study and the board never disagree. A row without one is trained and evaluated here (``--out``),
+as every ``gpu`` row is. Every run resumes (training per epoch, evaluation per attack), so the study can be stopped
+and restarted; after each row the table is rewritten to ``--report``. Rows measured before CA-TRIDE's lambda rule and L_TR placement changed (lambda extrapolated to 0 on
 28x28 data, L_TR on every step) are kept, frozen, in ``benchmarks/results/defense_study_cpu_before.md``.
 
     python benchmarks/defense_study.py --report-only            # the table from the official entries

@@ -4,9 +4,9 @@ Each model is trained from its recipe (one thread, so the weights are the same o
 evaluated with every suite asked for, and its entry written with the complete results (the evidence every load
 re-derives the scores from, :mod:`robustbench_dml.leaderboard.official`) and the training's per-epoch log, after each
 finished suite. Work resumes: training per epoch, evaluation per attack, and an entry already holding a suite's
-result for the same weights keeps it. With ``--state
-DIR`` the finished attacks of unfinished evaluations live in DIR, keyed by the weights' sha256: a build carried to
-another machine or session with DIR (the training is deterministic) retrains and resumes at the next attack.
+result for the same weights keeps it. With ``--state DIR`` the finished attacks of unfinished evaluations live in
+DIR, keyed by the weights' sha256: a build carried to another machine or session with DIR (the training is
+deterministic) retrains and resumes at the next attack.
 
 Models:
 
@@ -95,8 +95,7 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
                 for e in old["evaluations"]
                 if e["recipe"]["weights_sha256"] == sha and e["result"]["numerics"].get("cpu_blas") == cpu_blas_mode()}
     asked = [get_suite(s) for s in suites]
-    asked_keys = {(s.id, s.version) for s in asked}
-    done = {key: e["result"] for key, e in kept.items() if key not in asked_keys}  # earlier suites stay
+    done = {key: e["result"] for key, e in kept.items()}  # earlier results stay until a new one replaces them
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     entry_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -110,7 +109,6 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
         ev = EvalConfig(suite.name, max_queries=queries)
         key = (suite.id, suite.version)
         if key in kept and kept[key]["recipe"]["evaluate"]["max_queries"] == queries:
-            done[key] = kept[key]["result"]
             continue
         t0 = time.perf_counter()
         state_dir = out / "eval_state" if state is None else state
