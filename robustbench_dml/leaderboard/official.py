@@ -4,12 +4,12 @@ An official row is not a stored score. The package holds, per model, one entry f
 (``robustbench_dml/boards/<dataset>/<model>.json.gz``): the model's training recipe and every evaluation result
 made of it (the complete ``dmlbench evaluate --json`` output, per-query results and success flags included), and
 the training's per-epoch log (its ``history.jsonl`` records: losses, the adversary's gains, benign R@1, the
-collapse diagnostic) where the entry was built with it. Each
-load derives the records from those results as ``dmlbench submit`` would (:func:`record_from_result`: every
-score, interval and worst case re-derived, an edited value refused), so what a board shows is always what its
-evidence gives. Each record carries its :class:`~robustbench_dml.leaderboard.recipes.Recipe` (``dmlbench
-reproduce`` rebuilds the row) and its budget label (``cpu``: the project's CPU studies' subset and epochs;
-``full``: the published schedule), and its ``source`` says it is official (:data:`OFFICIAL_SOURCE`).
+collapse diagnostic) where the entry was built with it. Each load derives the records from those results as
+``dmlbench submit`` would (:func:`record_from_result`: every score, interval and worst case re-derived, an edited
+value refused), so what a board shows is always what its evidence gives. Each record carries its
+:class:`~robustbench_dml.leaderboard.recipes.Recipe` (``dmlbench reproduce`` rebuilds the row) and its budget
+label (``cpu``: the project's CPU studies' subset and epochs; ``full``: the published schedule), and its ``source``
+says it is official (:data:`OFFICIAL_SOURCE`).
 
 Official rows are read, never written into a user's store: ``dmlbench leaderboard show`` places them beside the
 local store's rows, marked ``(official)``.
@@ -139,28 +139,27 @@ def entry_history(path: str | Path) -> list[dict[str, Any]]:
     return _history_of(_read_entry(Path(path)), where=str(path))
 
 
-def official_records(dataset: str | None = None, board: str | None = None, *,
-                     root: str | Path | None = None) -> list[Record]:
-    """The official records (of ``dataset`` and of the leaderboard ``board``, a suite version's, when given), each
-    re-derived from its result; ``root`` replaces the package's boards (tests, a board being built)."""
+def _entry_paths(dataset: str | None, root: str | Path | None) -> list[Path]:
+    """The entry files of ``dataset`` (every dataset's when None) under ``root`` (default: the package's boards)."""
     base = Path(root) if root is not None else BOARDS
     if dataset is not None:
         folders: Iterable[Path] = [base / dataset]
     else:
         folders = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-    out = []
-    for folder in folders:
-        for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else []:
-            out += entry_records(path, board)
-    return out
+    return [path for folder in folders for path in (sorted(folder.glob("*.json.gz")) if folder.is_dir() else [])]
+
+
+def official_records(dataset: str | None = None, board: str | None = None, *,
+                     root: str | Path | None = None) -> list[Record]:
+    """The official records (of ``dataset`` and of the leaderboard ``board``, a suite version's, when given), each
+    re-derived from its result; ``root`` replaces the package's boards (tests, a board being built)."""
+    return [rec for path in _entry_paths(dataset, root) for rec in entry_records(path, board)]
 
 
 def official_histories(dataset: str | None = None, *, root: str | Path | None = None) -> dict[str, list[dict]]:
     """The training logs the official entries hold (of ``dataset`` when given), by weights sha256."""
-    base = Path(root) if root is not None else BOARDS
-    folders = [base / dataset] if dataset is not None else sorted(p for p in base.glob("*") if p.is_dir())
     out = {}
-    for path in (p for folder in folders for p in sorted(folder.glob("*.json.gz"))):
+    for path in _entry_paths(dataset, root):
         entry = _read_entry(path)
         history = _history_of(entry, where=str(path))
         if history and entry["evaluations"]:
