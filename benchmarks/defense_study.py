@@ -192,6 +192,7 @@ def report(rows: list[dict], args, budget: dict) -> str:
                     f"feature attack of eps {eps * 255:.2f}/255 (the paper's 0.01 in normalised input space), "
                     f"1/{ROB28.eps / eps:.0f} of rob28's {ROB28.eps * 255:.0f}/255: it buys clean R@1, as its paper "
                     "reports, not robustness at rob28's radius.")
+    weighting = weighting_verdict(by_name)
     settings = (f"Fashion-MNIST (genuine, `{Path(args.data_root).name}`); training subset "
                 f"{budget['train_subset'] or 'all 60,000'} images; 8 epochs; training PGD {budget['steps']} steps "
                 f"(CA-TRIDE {budget['ca_steps']}); rob28 on the first {budget['max_queries'] or 10000} test "
@@ -204,7 +205,55 @@ def report(rows: list[dict], args, budget: dict) -> str:
             f"benchmarks/defense_study.py --budget {args.budget} --seeds 0,1` (resumes; `--report-only` rewrites "
             "this table from the finished rows)\n\n"
             + "\n".join(lines) + "\n\nMean over seeds, ordered by ARS:\n\n" + "\n".join(summary)
-            + f"\n\n{verdict}\n" + ("\n" + "\n".join(explained) + "\n" if explained else ""))
+            + f"\n\n{verdict}\n" + ("\n" + "\n".join(explained) + "\n" if explained else "")
+            + ("\n" + "\n".join(weighting) + "\n" if weighting else ""))
+
+
+def weighting_verdict(by_name: dict[str, list[dict]]) -> list[str]:
+    """Which collapseness weighting CA-TRIDE should default to, by three tests over the seeds measured: (a) its
+    adversary attacks in both phases (mean ``adv_gain_cap`` > 0 and mean ``adv_gain_anp`` > 0: the gains are on the
+    training loss, and ANP's objective holds the assist, which pulls collapsed anchors back, so > 0 means its attack
+    outweighs the pull back), (b) the space does not
+    shrink more than HM's (mean inter-class distance at least HM's on the same seeds), (c) among the weightings
+    passing both, the best mean ARS. Rows are the alternating CA-TRIDE ones (not the single-phase ablations); a test
+    that lacks a measurement fails (``-``)."""
+    from defenses.ca_tride import CATRIDEConfig
+
+    rows = {n: by_name[n] for n, (defense, opts) in CONFIGS.items()
+            if defense == "ca_tride" and "mode" not in opts and n in by_name}
+    if not rows or "hm" not in by_name:
+        return []
+    hm = {r["seed"]: r["inter"] for r in by_name["hm"] if r.get("inter") is not None}
+
+    def mean(values: list) -> float | None:
+        return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+    lines = ["Default weighting (CA-TRIDE's alternating rows): (a) the adversary attacks in both phases (mean "
+             "adv_gain_cap > 0 and adv_gain_anp > 0), (b) the mean inter-class distance is at least HM's on the same "
+             "seeds, (c) the best ARS of the weightings passing both:", "",
+             "| weighting | seeds | adv_gain CAP / ANP | (a) | inter-class (HM) | (b) | ARS |",
+             "|---|---|---|---|---|---|---|"]
+    passing = {}
+    for name, rs in rows.items():
+        weighting = CONFIGS[name][1].get("weighting", CATRIDEConfig.weighting)
+        cap, anp = mean([r.get("adv_gain_cap") for r in rs]), mean([r.get("adv_gain_anp") for r in rs])
+        seeds = sorted(r["seed"] for r in rs if r["seed"] in hm)
+        inter = mean([r.get("inter") for r in rs if r["seed"] in hm])
+        ref = mean([hm[s] for s in seeds])
+        ars = sum(r["ARS"] for r in rs) / len(rs)
+        a = cap is not None and anp is not None and cap > 0 and anp > 0
+        b = inter is not None and ref is not None and inter >= ref
+        if a and b:
+            passing[weighting] = ars
+        lines.append(f"| `{weighting}` | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
+                     f"{_num(cap, 3)} / {_num(anp, 3)} | {'yes' if a else 'no'} | {_num(inter, 3)} ({_num(ref, 3)}) | "
+                     f"{'yes' if b else 'no'} | {ars:.1f} |")
+    if passing:
+        best = max(passing, key=passing.get)
+        lines += ["", f"Verdict: `{best}` passes (a) and (b) with the best ARS ({passing[best]:.1f}) of those that do."]
+    else:
+        lines += ["", "Verdict: no weighting passes (a) and (b) together (the table says which test each fails)."]
+    return lines
 
 
 def inversions(by_name: dict[str, list[dict]], means: dict[str, dict]) -> list[str]:

@@ -66,3 +66,36 @@ def test_the_budget_study_derives_a_smaller_engine_with_its_search_from_the_larg
     assert (resistance("GTT", v) >= resistance("GTT", truth)).all()
     # the search broke queries the first runs left standing, and the derivation saw it
     assert (resistance("GTT", v) < resistance("GTT", small["parts"]["GTT"]["g5"]))[known].any()
+
+
+def test_the_defense_study_picks_the_default_weighting_by_its_three_tests():
+    study = _script("defense_study")
+
+    def row(name, seed, cap, anp, inter, ars):
+        return {"name": name, "seed": seed, "adv_gain_cap": cap, "adv_gain_anp": anp, "inter": inter, "ARS": ars}
+
+    by_name = {
+        "hm": [row("hm", 0, None, None, 0.70, 48.0), row("hm", 1, None, None, 0.80, 50.0)],  # reference: 0.75
+        # attacks in both phases on average (one seed's CAP gain negative) and shrinks less than HM: passes
+        "ca_tride": [row("ca_tride", 0, -0.01, 0.05, 0.74, 40.0), row("ca_tride", 1, 0.03, 0.05, 0.78, 42.0)],
+        # passes too, with the better ARS: the verdict
+        "ca_tride[slides]": [row("ca_tride[slides]", 0, 0.02, 0.01, 0.90, 45.0),
+                             row("ca_tride[slides]", 1, 0.02, 0.01, 0.90, 47.0)],
+        "ca_tride[released]": [row("ca_tride[released]", 0, -0.05, 0.09, 0.80, 60.0)],  # (a) fails: CAP eases
+        "ca_tride[research_build]": [row("ca_tride[research_build]", 0, 0.07, 0.07, 0.10, 70.0)],  # (b) fails
+        "ca_anp": [row("ca_anp", 0, None, 0.06, 0.90, 80.0)],  # a single-phase ablation is no candidate
+    }
+    lines = study.weighting_verdict(by_name)
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in lines if line.startswith("| `")}
+    assert list(table) == ["`slides_detached`", "`slides`", "`released`", "`research_build`"]
+    assert table["`slides_detached`"] == ["0,1", "0.010 / 0.050", "yes", "0.760 (0.750)", "yes", "41.0"]
+    assert table["`released`"][2:5] == ["no", "0.800 (0.700)", "yes"]  # HM on its seed only
+    assert table["`research_build`"][2:5] == ["yes", "0.100 (0.700)", "no"]
+    assert lines[-1] == "Verdict: `slides` passes (a) and (b) with the best ARS (46.0) of those that do."
+    # without the adversary's gains (an entry built without its training log) nothing passes (a)
+    for rs in by_name.values():
+        for r in rs:
+            r["adv_gain_cap"] = r["adv_gain_anp"] = None
+    assert study.weighting_verdict(by_name)[-1].startswith("Verdict: no weighting passes (a) and (b) together")
+    assert study.weighting_verdict({k: v for k, v in by_name.items() if k != "hm"}) == []
