@@ -20,8 +20,10 @@ evaluates exactly these configurations, and the package ships the entries): a ro
 training log, or for an entry built without one from the run's ``history.jsonl`` when the run folder is on this
 machine), so the study and the board never disagree. A row without one is trained and evaluated here (``--out``),
 as every ``gpu`` row is. Every run resumes (training per epoch, evaluation per attack), so the study can be stopped
-and restarted; after each row the table is rewritten to ``--report``. Rows measured before CA-TRIDE's lambda rule and L_TR placement changed (lambda extrapolated to 0 on
-28x28 data, L_TR on every step) are kept, frozen, in ``benchmarks/results/defense_study_cpu_before.md``.
+and restarted; after each row the table is rewritten to ``--report``, with the verdicts on the published ordering
+and on CA-TRIDE's default weighting (:func:`weighting_verdict`). Rows measured before CA-TRIDE's lambda rule and
+L_TR placement changed (lambda extrapolated to 0 on 28x28 data, L_TR on every step) are kept, frozen, in
+``benchmarks/results/defense_study_cpu_before.md``.
 
     python benchmarks/defense_study.py --report-only            # the table from the official entries
     python benchmarks/defense_study.py --seeds 0,1             # and train what no entry holds
@@ -213,10 +215,10 @@ def weighting_verdict(by_name: dict[str, list[dict]]) -> list[str]:
     """Which collapseness weighting CA-TRIDE should default to, by three tests over the seeds measured: (a) its
     adversary attacks in both phases (mean ``adv_gain_cap`` > 0 and mean ``adv_gain_anp`` > 0: the gains are on the
     training loss, and ANP's objective holds the assist, which pulls collapsed anchors back, so > 0 means its attack
-    outweighs the pull back), (b) the space does not
-    shrink more than HM's (mean inter-class distance at least HM's on the same seeds), (c) among the weightings
-    passing both, the best mean ARS. Rows are the alternating CA-TRIDE ones (not the single-phase ablations); a test
-    that lacks a measurement fails (``-``)."""
+    outweighs the pull back), (b) the space does not shrink more than HM's (mean inter-class distance at least HM's
+    on the same seeds), (c) among the weightings passing both, the best mean ARS. Rows are the alternating CA-TRIDE
+    ones (not the single-phase ablations). A test without its measurement (an entry built without its training log,
+    a seed HM lacks) is ``-``, and the verdict waits for it."""
     from defenses.ca_tride import CATRIDEConfig
 
     rows = {n: by_name[n] for n, (defense, opts) in CONFIGS.items()
@@ -228,28 +230,37 @@ def weighting_verdict(by_name: dict[str, list[dict]]) -> list[str]:
     def mean(values: list) -> float | None:
         return None if not values or any(v is None for v in values) else sum(values) / len(values)
 
+    def mark(test: bool | None) -> str:
+        return "-" if test is None else "yes" if test else "no"
+
     lines = ["Default weighting (CA-TRIDE's alternating rows): (a) the adversary attacks in both phases (mean "
              "adv_gain_cap > 0 and adv_gain_anp > 0), (b) the mean inter-class distance is at least HM's on the same "
              "seeds, (c) the best ARS of the weightings passing both:", "",
              "| weighting | seeds | adv_gain CAP / ANP | (a) | inter-class (HM) | (b) | ARS |",
              "|---|---|---|---|---|---|---|"]
-    passing = {}
+    passing, pending = {}, []
     for name, rs in rows.items():
         weighting = CONFIGS[name][1].get("weighting", CATRIDEConfig.weighting)
         cap, anp = mean([r.get("adv_gain_cap") for r in rs]), mean([r.get("adv_gain_anp") for r in rs])
-        seeds = sorted(r["seed"] for r in rs if r["seed"] in hm)
-        inter = mean([r.get("inter") for r in rs if r["seed"] in hm])
-        ref = mean([hm[s] for s in seeds])
+        inter = mean([r.get("inter") for r in rs]) if all(r["seed"] in hm for r in rs) else None
+        ref = mean([hm[r["seed"]] for r in rs]) if inter is not None else None
         ars = sum(r["ARS"] for r in rs) / len(rs)
-        a = cap is not None and anp is not None and cap > 0 and anp > 0
-        b = inter is not None and ref is not None and inter >= ref
+        a = None if cap is None or anp is None else cap > 0 and anp > 0
+        b = None if inter is None or ref is None else inter >= ref
         if a and b:
             passing[weighting] = ars
+        if None in (a, b) and a is not False and b is not False:
+            pending.append(weighting)
         lines.append(f"| `{weighting}` | {','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
-                     f"{_num(cap, 3)} / {_num(anp, 3)} | {'yes' if a else 'no'} | {_num(inter, 3)} ({_num(ref, 3)}) | "
-                     f"{'yes' if b else 'no'} | {ars:.1f} |")
-    if passing:
-        best = max(passing, key=passing.get)
+                     f"{_num(cap, 3)} / {_num(anp, 3)} | {mark(a)} | {_num(inter, 3)} ({_num(ref, 3)}) | {mark(b)} | "
+                     f"{ars:.1f} |")
+    best = max(passing, key=passing.get) if passing else None
+    if pending:
+        lines += ["", "Verdict pending: " + ", ".join(f"`{w}`" for w in pending)
+                  + (" lacks" if len(pending) == 1 else " lack") + " a measurement (-)"
+                  + (f"; of the rest `{best}` passes (a) and (b) with the best ARS ({passing[best]:.1f})."
+                     if best else ".")]
+    elif best:
         lines += ["", f"Verdict: `{best}` passes (a) and (b) with the best ARS ({passing[best]:.1f}) of those that do."]
     else:
         lines += ["", "Verdict: no weighting passes (a) and (b) together (the table says which test each fails)."]
