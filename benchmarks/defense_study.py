@@ -88,7 +88,7 @@ def official_row(name: str, seed: int) -> dict | None:
         return None
     rec = records[0]
     ps = rec.protocols["robrank"]
-    history = entry_history(path) or _history(OFFICIAL_RUNS / name / f"seed{seed}" / "history.jsonl")
+    history = entry_history(path) or _run_history(OFFICIAL_RUNS / name / f"seed{seed}", rec.checkpoint_sha256)
     return {"name": name, "seed": seed, "source": "official", **{k: getattr(ps, f) for k, f in FIELDS.items()},
             "benign_R@1": rec.r1, "entanglement": rec.entanglement, "intra": rec.intra_class_distance,
             "inter": rec.inter_class_distance, "ERS": ps.ers, "ERS_ci": [ps.ers_lo, ps.ers_hi], "ARS": ps.ars,
@@ -133,6 +133,14 @@ def run_one(name: str, seed: int, args, budget: dict) -> dict:
 def _history(path: Path) -> list[dict]:
     """A run's ``history.jsonl`` records ([] when the file is not on this machine)."""
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _run_history(run: Path, weights_sha256: str) -> list[dict]:
+    """The log of the run folder that trained these weights ([] for a retraining under way, or other weights)."""
+    meta = run / "checkpoint" / "meta.json"
+    if not meta.is_file() or json.loads(meta.read_text()).get("weights_sha256") != weights_sha256:
+        return []
+    return _history(run / "history.jsonl")
 
 
 def _mean(history: list[dict], key: str) -> float | None:

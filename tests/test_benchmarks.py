@@ -112,3 +112,15 @@ def test_the_defense_study_picks_the_default_weighting_by_its_three_tests():
     assert [line.split("|")[4].strip() for line in lines if line.startswith("| `")] == ["-"] * 4
     assert lines[-1] == "Verdict pending: `released` lacks a measurement (-)."
     assert study.weighting_verdict({k: v for k, v in by_name.items() if k != "hm"}) == []
+
+
+def test_the_defense_study_reads_a_run_folders_log_only_for_the_weights_it_trained(tmp_path):
+    # an entry without a training log falls back to its run folder, but not to a retraining under way there (no
+    # checkpoint yet: its partial log would give partial means) nor to a folder holding other weights
+    study = _script("defense_study")
+    (tmp_path / "history.jsonl").write_text('{"epoch": 0, "adv_gain": 0.1}\n')
+    assert study._run_history(tmp_path, "ab" * 32) == []
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "meta.json").write_text('{"weights_sha256": "' + "cd" * 32 + '"}')
+    assert study._run_history(tmp_path, "ab" * 32) == []
+    assert study._run_history(tmp_path, "cd" * 32) == [{"epoch": 0, "adv_gain": 0.1}]
