@@ -271,7 +271,9 @@ def weighting_verdict(by_name: dict[str, list[dict]]) -> list[str]:
     elif best:
         lines += ["", f"Verdict: `{best}` passes (a) and (b) with the best ARS ({passing[best]:.1f}) of those that do."]
     else:
-        lines += ["", "Verdict: no weighting passes (a) and (b) together (the table says which test each fails)."]
+        lines += ["", "Verdict: no weighting passes (a) and (b) together (the table says which test each fails); the "
+                  f"default stays the package's, `{CATRIDEConfig().weighting}` (docs/training.md, \"Which weighting is "
+                  "the default\", says why)."]
     return lines
 
 

@@ -102,7 +102,9 @@ def test_the_defense_study_picks_the_default_weighting_by_its_three_tests():
     # every test known and none passing both: said plainly
     for r in by_name["ca_tride"] + by_name["ca_tride[slides]"]:
         r["inter"] = 0.5
-    assert study.weighting_verdict(by_name)[-1].startswith("Verdict: no weighting passes (a) and (b) together")
+    none = study.weighting_verdict(by_name)[-1]
+    assert none.startswith("Verdict: no weighting passes (a) and (b) together")
+    assert "the default stays the package's, `slides_detached`" in none  # what a CA-TRIDE run without --set gets
     # without the adversary's gains (an entry built without its training log) (a) is unknown, not failed: the
     # verdict waits for every weighting that has not failed a known test (the others fail (b) whatever (a) is)
     for rs in by_name.values():

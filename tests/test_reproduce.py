@@ -19,7 +19,7 @@ from robustbench_dml.errors import UserError
 from robustbench_dml.evaluation import EvalConfig
 from robustbench_dml.leaderboard.official import (OFFICIAL_SOURCE, entry_file, entry_history, entry_records,
                                                   official_histories, official_records, write_entry)
-from robustbench_dml.leaderboard.recipes import Recipe, eval_settings, evaluate_argv, train_argv
+from robustbench_dml.leaderboard.recipes import Recipe, environment, eval_settings, evaluate_argv, train_argv
 from robustbench_dml.leaderboard.frames import records_to_frame
 from robustbench_dml.leaderboard.tables import render
 
@@ -63,6 +63,10 @@ def test_a_recipe_is_validated_and_round_trips():
 
     assert r.environment["cpu_blas"] == ("AUTO,STRICT" if torch.backends.mkl.is_available() else "none")
     assert r.eval_config() == EvalConfig("rob28") and r.train_config(data_root="/x").data_root == "/x"
+    # a result made on another machine keeps that machine's description (an entry rewritten here, for a training
+    # log, must not claim this CPU evaluated it)
+    there = {**r.environment, "cpu": "another CPU", "torch": "0.0"}
+    assert Recipe.of(TrainConfig(seed=1), EvalConfig("rob28"), SHA, budget="cpu", env=there).environment == there
     bad = json.loads(r.to_json())
     for change, match in (({"weights_sha256": "12"}, "sha256"), ({"budget": "gpu"}, "budget"),
                           ({"schema": 9}, "schema"), ({"evaluate": {"suite": "rob28", "speed": 1}}, "unknown"),
@@ -140,6 +144,11 @@ def test_an_official_entry_is_re_derived_from_its_evidence_at_every_load(tiny_ru
     assert official_histories("digits", root=tmp_path) == official_histories(root=tmp_path) == {sha: history}
     assert entry_history(write_entry(tmp_path / "bare.json.gz", model="bare", recipe_train=cfg, weights_sha256=sha,
                                      budget="cpu", evaluations=[result], created="2026-12-06")) == []
+    there = {**environment(), "cpu": "another CPU"}
+    moved = write_entry(tmp_path / "moved.json.gz", model="moved", recipe_train=cfg, weights_sha256=sha,
+                        budget="cpu", evaluations=[result], created="2026-12-06", environments=[there])
+    assert [Recipe.from_json(r.recipe).environment for r in entry_records(moved)] == [there]
+    assert {Recipe.from_json(r.recipe).environment["cpu"] for r in entry_records(path)} == {environment()["cpu"]}
     (rec,) = official_records("digits", "rob28", root=tmp_path)
     assert entry_records(path) == [rec] and entry_records(path, board="rankaa28.v2") == []
     assert rec.source == OFFICIAL_SOURCE and rec.budget == "cpu" and rec.submitter == "robustbench-dml"

@@ -47,16 +47,19 @@ MAX_ENTRY_BYTES = 64 * 2**20
 
 def write_entry(path: str | Path, *, model: str, recipe_train: Any, weights_sha256: str, budget: str | None,
                 evaluations: Sequence[Mapping[str, Any]], created: str,
-                history: Sequence[Mapping[str, Any]] = ()) -> Path:
+                history: Sequence[Mapping[str, Any]] = (),
+                environments: Sequence[Mapping[str, str] | None] = ()) -> Path:
     """Write one model's entry: ``recipe_train`` (its ``TrainConfig``), its evaluation results
-    (``EvaluationResult.to_dict()``), each recorded with the evaluation settings it holds, and the training's
-    ``history`` (its ``history.jsonl`` records; none: the entry has no log). Every result must be of the weights
-    ``weights_sha256``."""
+    (``EvaluationResult.to_dict()``), each recorded with the evaluation settings it holds and the machine it was made
+    on (``environments[i]`` for result ``i``, as :func:`~robustbench_dml.leaderboard.recipes.environment` returned it
+    there; missing or None: this machine), and the training's ``history`` (its ``history.jsonl`` records; none: the
+    entry has no log). Every result must be of the weights ``weights_sha256``."""
     from robustbench_dml.evaluation import EvalConfig
 
     entry = {"schema": ENTRY_SCHEMA, "model": model, "created": created, "evaluations": []}
-    for result in evaluations:
-        recipe = Recipe.of(recipe_train, EvalConfig.from_result(result), weights_sha256, budget)
+    for i, result in enumerate(evaluations):
+        env = environments[i] if i < len(environments) else None
+        recipe = Recipe.of(recipe_train, EvalConfig.from_result(result), weights_sha256, budget, env)
         entry["evaluations"].append({"recipe": json.loads(recipe.to_json()), "result": result})
     if history:
         entry["history"] = [dict(h) for h in history]

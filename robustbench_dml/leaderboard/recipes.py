@@ -214,9 +214,12 @@ class Recipe:
             raise UserError(f"{where}: {exc}") from None
 
     @classmethod
-    def of(cls, train_cfg, eval_cfg, weights_sha256: str, budget: str | None = None) -> Recipe:
-        """The recipe of a run that trained ``train_cfg`` and evaluated with ``eval_cfg`` (an ``EvalConfig``)."""
+    def of(cls, train_cfg, eval_cfg, weights_sha256: str, budget: str | None = None,
+           env: Mapping[str, str] | None = None) -> Recipe:
+        """The recipe of a run that trained ``train_cfg`` and evaluated with ``eval_cfg`` (an ``EvalConfig``) on the
+        machine ``env`` describes (:func:`environment`; None: this one)."""
         train = {**train_cfg.to_dict(), "device": "auto", "num_workers": 0}  # neither changes the weights
         return cls(train=train, evaluate=eval_settings(eval_cfg), weights_sha256=weights_sha256,
-                   data_sha256=data_sha256(train_cfg.dataset, train_cfg.data_root), environment=environment(),
+                   data_sha256=data_sha256(train_cfg.dataset, train_cfg.data_root),
+                   environment=dict(env) if env is not None else environment(),
                    budget=budget)
