@@ -95,15 +95,16 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
                 for e in old["evaluations"]
                 if e["recipe"]["weights_sha256"] == sha and e["result"]["numerics"].get("cpu_blas") == cpu_blas_mode()}
     asked = [get_suite(s) for s in suites]
-    done = {key: e["result"] for key, e in kept.items()}  # earlier results stay until a new one replaces them
-    made_on = {key: e["recipe"]["environment"] for key, e in kept.items()}  # a kept result keeps its machine
+    # earlier results stay, each with the machine it was made on, until a new one replaces them (None: this machine)
+    done = {key: (e["result"], e["recipe"]["environment"]) for key, e in kept.items()}
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     entry_path.parent.mkdir(parents=True, exist_ok=True)
 
     def write() -> Path:
         return write_entry(entry_path, model=f"{name}-seed{seed}", recipe_train=cfg, weights_sha256=sha,
-                           budget=budget, evaluations=list(done.values()), created=dt.date.today().isoformat(),
-                           history=history, environments=[made_on.get(key) for key in done])
+                           budget=budget, evaluations=[r for r, _ in done.values()],
+                           created=dt.date.today().isoformat(), history=history,
+                           environments=[env for _, env in done.values()])
 
     for suite in asked:
         queries = max_queries if suite.engine is None else min(max_queries or STRONG_QUERIES, STRONG_QUERIES)
@@ -114,8 +115,7 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
         t0 = time.perf_counter()
         state_dir = out / "eval_state" if state is None else state
         result = evaluate(summary.checkpoint, ev, device=device, state_dir=state_dir, data_root=cfg.data_root)
-        done[key] = result.to_dict()
-        made_on.pop(key, None)
+        done[key] = (result.to_dict(), None)
         write()  # each finished suite at once, so a build stopped in the next one keeps it
         if state is not None:  # the entry holds it now; a kept folder keeps only unfinished evaluations
             discard_state(state_dir, result)
