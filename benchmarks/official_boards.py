@@ -82,7 +82,11 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
     cfg = train_config(data, defense, defense_params, seed)
     out = runs / data / name / f"seed{seed}"
     t0 = time.perf_counter()
-    summary = train(cfg, out, resume=True)
+    def epoch_line(r: dict) -> None:  # a plain line per epoch, so a build's log shows where it is
+        print(f"{data}/{name}/seed{seed}: epoch {r['epoch']}/{cfg.epochs} loss {r['loss']:.4f} R@1 {r.get('R@1', '-')}",
+              flush=True)
+
+    summary = train(cfg, out, resume=True, on_epoch=epoch_line)
     print(f"{data}/{name}/seed{seed}: trained ({time.perf_counter() - t0:.0f} s)", flush=True)
     sha = json.loads((Path(summary.checkpoint) / "meta.json").read_text())["weights_sha256"]
     entry_path = entry_file(data, name, seed, root=boards)
@@ -114,7 +118,8 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
             continue
         t0 = time.perf_counter()
         state_dir = out / "eval_state" if state is None else state
-        result = evaluate(summary.checkpoint, ev, device=device, state_dir=state_dir, data_root=cfg.data_root)
+        result = evaluate(summary.checkpoint, ev, device=device, state_dir=state_dir, data_root=cfg.data_root,
+                          progress="log")  # plain lines: each finished attack, one at least every 30 s
         done[key] = (result.to_dict(), None)
         write()  # each finished suite at once, so a build stopped in the next one keeps it
         if state is not None:  # the entry holds it now; a kept folder keeps only unfinished evaluations
