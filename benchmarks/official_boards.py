@@ -83,7 +83,7 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
     out = runs / data / name / f"seed{seed}"
     t0 = time.perf_counter()
     def epoch_line(r: dict) -> None:  # a plain line per epoch, so a build's log shows where it is
-        print(f"{data}/{name}/seed{seed}: epoch {r['epoch']}/{cfg.epochs} loss {r['loss']:.4f} R@1 {r.get('R@1', '-')}",
+        print(f"{data}/{name}/seed{seed}: epoch {r['epoch']} loss {r['loss']:.4f} R@1 {r.get('R@1', '-')}",
               flush=True)
 
     summary = train(cfg, out, resume=True, on_epoch=epoch_line)
