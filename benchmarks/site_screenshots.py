@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--board")
     p.add_argument("--model")
     p.add_argument("--out", default=str(HERE / "results" / "site"))
-    p.add_argument("--width", type=int, default=1600)
+    p.add_argument("--width", type=int, default=1920)  # a common desktop screen
     args = p.parse_args()
     site, out = Path(args.site), Path(args.out)
     index = (site / "index.html").read_text(encoding="utf-8")

@@ -42,13 +42,13 @@ _BARS = scoring.ARS_TERMS + ("TMA", "ES:D")
 _RAW = ("R@1",) + columns.ATTACK_KEYS
 #: the per-threat worst cases a board shows (percent of queries broken by any attack of that threat), by key
 _WC = {"WC:candidate": "WC candidate %", "WC:query": "WC query %", "WC:recall": "WC recall %"}
-_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1400px;padding:0 1em;color:#1a1a1a}
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em 2em;color:#1a1a1a}p,dl,pre{max-width:1400px}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}a{color:#0645ad}
 table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
 th,td{padding:.25em .55em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
-th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}th.t,td.t{text-align:left}
+th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}th.t,td.t{text-align:left}td.name{white-space:normal;min-width:19em}
 tr.paper td{background:#fff8e1}tr.official td.t:first-of-type{font-weight:600}
-.tag{font-size:.8em;padding:0 .35em;border-radius:3px;margin-left:.3em}
+.tag{font-size:.8em;padding:0 .35em;border-radius:3px;margin-left:.3em;display:inline-block;white-space:nowrap}
 .tag.paper{background:#f0c36d}.tag.official{background:#8fd19e}.tag.partial{background:#ddd}
 .tag.seed{background:#cfe0f5}
 .ci{color:#777;font-size:.85em}caption{text-align:left;font-weight:600;padding:.3em 0}
@@ -148,7 +148,7 @@ def _board(dataset: str, suite: str, protocol: str, rows: Sequence[tuple[Record,
         defense = _e(_name(rec))
         if not rec.reported:
             defense = f'<a href="../models/{_e(rec.record_id)}.html">{defense}</a>'
-        cells = [f'<td data-v="{i}">{i}</td>', f'<td class="t">{defense}{_tags(rec)}</td>']
+        cells = [f'<td data-v="{i}">{i}</td>', f'<td class="t name">{defense}{_tags(rec)}</td>']
         for score in ("ARS", "ERS"):
             v, lo, hi = (getattr(s, n) for n in (score.lower(), f"{score.lower()}_lo", f"{score.lower()}_hi"))
             ci = "" if lo is None else f' <span class="ci">[{lo:.1f}, {hi:.1f}]</span>'
@@ -334,7 +334,7 @@ def _gap(records: Sequence[Record]) -> str:
         ("Dataset", "t"), ("Defense", "t"), ("By", "t"), ("Suites", "t"), ("Queries", "t"), ("ARS published suite", ""),
         ("ARS strong suite", ""), ("Gap", "")))
     tr = "".join(
-        f'<tr><td class="t">{_e(r.dataset)}</td><td class="t"><a href="models/{_e(r.record_id)}.html">'
+        f'<tr><td class="t">{_e(r.dataset)}</td><td class="t name"><a href="models/{_e(r.record_id)}.html">'
         f'{_e(_name(r))}</a>{_tags(r)}</td><td class="t">{_e(_by(r))}</td><td class="t">{_e(_suite_name(pub))} → '
         f'{_e(_suite_name(r))}</td><td class="t">{_e(_queries(pub, r))}</td><td data-v="{a}">{_num(a)}</td>'
         f'<td data-v="{b}">{_num(b)}</td>'
