@@ -522,6 +522,9 @@ class _AttackRunner:
             if b % self.world != self.rank:
                 continue
             images, labels = _query_batch(self.dataset, start, stop)
+            step = (f"{attack_id}{' (robrank)' if robrank and len(config.protocols) > 1 else ''} "
+                    f"batch {b + 1}/{len(self.ranges)}")
+            bar.begin(step)
             t0 = time.perf_counter()
             out = atk(images, labels, self.gallery, generator=generator(config.seed, attack_id, b),
                       query_index=torch.arange(start, stop))
@@ -542,8 +545,7 @@ class _AttackRunner:
                 if self.engine_per_query:
                     local[b]["engine"]["parts"] = {k: {part: v.tolist() for part, v in d.items()}
                                                    for k, d in out.extra["parts"].items()}
-            bar.advance(f"{attack_id}{' (robrank)' if robrank and len(config.protocols) > 1 else ''} "
-                        f"batch {b + 1}/{len(self.ranges)}")
+            bar.advance(step)
         merged = _gather(local, self.world)
         order = range(len(self.ranges))
         flat = lambda part, k: [v for b in order for v in merged[b][part][k]]  # noqa: E731
