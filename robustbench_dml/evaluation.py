@@ -561,8 +561,8 @@ class _AttackRunner:
             block["engine"] = {
                 "parts_sum": {k: {part: math.fsum(e["parts_sum"][k][part] for e in engines) for part in d}
                               for k, d in engines[0]["parts_sum"].items()},
-                "check": {k: {side: [v for e in engines for v in e["check"][k][side]] for side in ("search", "gradient")}
-                          for k in engines[0]["check"]},
+                "check": {k: {side: [v for e in engines for v in e["check"][k][side]]
+                              for side in ("search", "gradient")} for k in engines[0]["check"]},
                 "diagnostics": {"randomised": any(e["diagnostics"]["randomised"] for e in engines),
                                 "no_gradient": sum(e["diagnostics"]["no_gradient"] for e in engines)}}
             if "parts" in engines[0]:
