@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from robustbench_dml import backbones
+from robustbench_dml import backbones, datasets
 from robustbench_dml.checkpoint import save_checkpoint
 from robustbench_dml.cli.main import main
 
@@ -106,6 +106,18 @@ def test_convert_then_benign_evaluate(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     data = json.loads(out.read_text())
     assert set(data["benign"]) >= {"R@1", "R@2", "mAP", "MAP@R", "mAP@10", "NMI"} and data["num_items"] == 896
+    # the collapse diagnostic too, as every evaluation's benign block has it: brute force over all pairs i != j of
+    # the normalised test embeddings
+    assert "intra d" in capsys.readouterr().out
+    test = datasets.create("digits", split="test")
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(model(torch.stack([test[i][0] for i in range(len(test))])), dim=1)
+    labels = torch.tensor([int(test[i][1]) for i in range(len(test))])
+    dist, same = torch.cdist(emb.double(), emb.double()), labels[:, None] == labels[None, :]
+    same.fill_diagonal_(False)
+    other = labels[:, None] != labels[None, :]
+    assert data["benign"]["intra_class_distance"] == pytest.approx(dist[same].mean().item(), abs=1e-4)
+    assert data["benign"]["inter_class_distance"] == pytest.approx(dist[other].mean().item(), abs=1e-4)
 
 
 def test_leaderboard_show_without_board_is_one_line(tmp_path, capsys):

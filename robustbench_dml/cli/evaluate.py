@@ -168,7 +168,7 @@ def _benign(checkpoint: Path, args, con) -> int:
     from robustbench_dml import datasets
     from robustbench_dml.checkpoint import load_checkpoint, training_data_root
     from robustbench_dml.gallery import embed
-    from robustbench_dml.metrics import retrieval_metrics
+    from robustbench_dml.metrics import collapse_diagnostic, retrieval_metrics
     from robustbench_dml.runtime import resolve_device
 
     device = resolve_device(args.device)
@@ -178,6 +178,7 @@ def _benign(checkpoint: Path, args, con) -> int:
     test = datasets.create(meta["dataset"], root=args.data_root or training_data_root(meta), split="test")
     gallery = embed(model, test, device=device, progress=show_progress(args))
     metrics = retrieval_metrics(gallery.embeddings, gallery.labels, seed=args.eval_seed, normalize=False)
+    metrics.update(collapse_diagnostic(gallery.embeddings, gallery.labels, seed=args.eval_seed))  # as a full one's
     con.print(benign_table(metrics))
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"checkpoint": str(checkpoint), "sha256": meta["weights_sha256"], "dataset": meta["dataset"],
