@@ -349,3 +349,13 @@ def test_a_model_page_shows_its_training_log_one_row_per_epoch(tmp_path):
     assert "<tr><td>2</td><td>0.1000</td><td>92.50</td><td>0.250</td><td>0.020</td><td>19</td></tr>" in table
     assert "Training log" not in (write_site(tmp_path / "bare", [rec]) and
                                   (tmp_path / "bare" / "models" / f"{rec.record_id}.html").read_text())
+
+
+def test_a_model_card_gives_both_class_distances_of_the_collapse_diagnostic(tmp_path):
+    ev = make_eval(0, protocols=("corrected",))
+    ev["benign"].update(intra_class_distance=0.125, inter_class_distance=0.5, entanglement=0.25)
+    rec = record_from_result(ev, submitter="user0", created="2026-01-01")
+    write_site(tmp_path, [rec])
+    page = (tmp_path / "models" / f"{rec.record_id}.html").read_text()
+    assert "<dt>intra- / inter-class distance</dt><dd>0.125 / 0.500</dd>" in page
+    assert "<dt>entanglement</dt><dd>0.250</dd>" in page

@@ -246,7 +246,8 @@ def _model(rec: Record, siblings: Sequence[Record], history: Sequence[Mapping[st
              ("eligible (whole suite)", rec.eligible), ("device", rec.device), ("created", rec.created),
              ("weights sha256", rec.checkpoint_sha256), ("suite hash", rec.suite_hash),
              ("benign R@1 / mAP@R / NMI", f"{_num(rec.r1)} / {_num(rec.map_at_r)} / {_num(rec.nmi)}"),
-             ("inter-class distance", _num(rec.inter_class_distance, 3)),
+             ("intra- / inter-class distance",
+              f"{_num(rec.intra_class_distance, 3)} / {_num(rec.inter_class_distance, 3)}"),
              ("entanglement", _num(rec.entanglement, 3))]
     body = ["<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e('–' if v is None else v)}</dd>" for k, v in facts) + "</dl>"]
     for protocol, s in rec.protocols.items():
