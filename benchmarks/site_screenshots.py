@@ -1,7 +1,8 @@
 """Look at the leaderboard site in a real browser: the index, a board and a model page rendered by headless Chromium
 (Debian's ``chromium`` package) into PNGs.
 
-    python benchmarks/site_screenshots.py --site DIR [--board KEY] [--model RECORD_ID] [--out benchmarks/results/site]
+    python benchmarks/site_screenshots.py --site DIR [--board KEY] [--model RECORD_ID] [--board-height PX]
+        [--out benchmarks/results/site]
 
 ``DIR`` is a folder written by ``dmlbench leaderboard site --output DIR``; the board defaults to the first listed
 in the index with measured rows, the model to the first row of that board.
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--model")
     p.add_argument("--out", default=str(HERE / "results" / "site"))
     p.add_argument("--width", type=int, default=1920)  # a common desktop screen
+    p.add_argument("--board-height", type=int, default=900, help="tall enough for every row of the board to show")
     args = p.parse_args()
     site, out = Path(args.site), Path(args.out)
     index = (site / "index.html").read_text(encoding="utf-8")
@@ -47,7 +49,7 @@ def main() -> None:
     page = (site / "boards" / f"{board}.html").read_text(encoding="utf-8")
     model = args.model or re.findall(r'href="\.\./models/([^"]+)\.html"', page)[0]
     shoot(site / "index.html", out / "index.png", args.width, 700)
-    shoot(site / "boards" / f"{board}.html", out / "board.png", args.width, 900)
+    shoot(site / "boards" / f"{board}.html", out / "board.png", args.width, args.board_height)
     shoot(site / "models" / f"{model}.html", out / "model.png", 1000, 1300)
 
 
