@@ -81,11 +81,12 @@ def build(data: str, name: str, defense: str, defense_params: dict, seed: int, s
     budget, max_queries = SETS[data]
     cfg = train_config(data, defense, defense_params, seed)
     out = runs / data / name / f"seed{seed}"
-    t0 = time.perf_counter()
+
     def epoch_line(r: dict) -> None:  # a plain line per epoch, so a build's log shows where it is
         print(f"{data}/{name}/seed{seed}: epoch {r['epoch']} loss {r['loss']:.4f} R@1 {r.get('R@1', '-')}",
               flush=True)
 
+    t0 = time.perf_counter()
     summary = train(cfg, out, resume=True, on_epoch=epoch_line)
     print(f"{data}/{name}/seed{seed}: trained ({time.perf_counter() - t0:.0f} s)", flush=True)
     sha = json.loads((Path(summary.checkpoint) / "meta.json").read_text())["weights_sha256"]

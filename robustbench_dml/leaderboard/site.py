@@ -46,7 +46,8 @@ _CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5em 2em;color:#1a1a1
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}a{color:#0645ad}
 table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
 th,td{padding:.25em .55em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
-th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}th.t,td.t{text-align:left}td.name{white-space:normal;min-width:19em}
+th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}th.t,td.t{text-align:left}
+td.name{white-space:normal;min-width:19em}
 tr.paper td{background:#fff8e1}tr.official td.t:first-of-type{font-weight:600}
 .tag{font-size:.8em;padding:0 .35em;border-radius:3px;margin-left:.3em;display:inline-block;white-space:nowrap}
 .tag.paper{background:#f0c36d}.tag.official{background:#8fd19e}.tag.partial{background:#ddd}
