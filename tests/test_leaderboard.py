@@ -752,6 +752,39 @@ def test_boards_rank_by_the_strong_suite_where_it_has_rows_with_the_published_ar
                                                                       abs=0.05)
 
 
+def test_a_strong_board_missing_a_defense_is_not_the_headline(tmp_path, capsys):
+    """A strong board that lacks a defense the published board has would hide that defense's rows: boards rank by
+    the published suite until every defense has strong rows, and say which are missing."""
+    import copy
+
+    from attacks.suites import get_suite
+    from robustbench_dml.cli.main import main
+
+    store = LeaderboardStore(tmp_path / "lb")
+    lb = ["--dataset", "digits", "--no-official", "--leaderboard-dir", str(tmp_path / "lb"), "--format", "csv"]
+    evals = [make_eval(0), make_eval(1)]
+    evals[1]["checkpoint"]["meta"]["defense"] = "hm"
+    for ev in evals:
+        store.add_record(record_from_result(ev, submitter="ann", created="2025-01-01"))
+    v3 = get_suite("rankaa28")
+
+    def add_strong(i: int) -> None:
+        ev = copy.deepcopy(evals[i])
+        ev["suite"] = {**ev["suite"], "id": v3.id, "version": v3.version, "hash": v3.hash}
+        store.add_record(record_from_result(ev, submitter="ann", created="2025-01-01"), allow_ineligible=True)
+
+    add_strong(0)  # CA-TRIDE only: HM's row would vanish from a strong headline
+    out = tmp_path / "one.csv"
+    assert main(["leaderboard", "export", *lb, "--output", str(out)]) == 0
+    assert "rankaa28 has no rows of hm for digits yet" in capsys.readouterr().err
+    assert len(pd.read_csv(out)) == 2 and "ARS rob28" not in pd.read_csv(out).columns
+    add_strong(1)
+    out = tmp_path / "two.csv"
+    assert main(["leaderboard", "export", *lb, "--output", str(out)]) == 0
+    assert "no rows of" not in capsys.readouterr().err
+    assert "ARS rob28" in pd.read_csv(out).columns and len(pd.read_csv(out)) == 2
+
+
 def test_each_suite_version_has_its_own_board_and_version_1_keeps_its_folder(tmp_path):
     """rankaa28's versions measure different things: records of the same weights under each go to their own
     board (version 1's under the bare id it had before version 2 existed), `--suite` picks a version (a bare id the

@@ -158,20 +158,27 @@ def run(args) -> int:
 
 def _headline(store, args, published: str) -> tuple[str, str | None]:
     """The suite a board shows without ``--suite``: the dataset's strong suite (:data:`attacks.suites.STRONG`, as
-    RobustBench ranks by AutoAttack) where its board has rows of the protocol asked for, else the published one
+    RobustBench ranks by AutoAttack) where its board has rows of the protocol asked for and of every defense the
+    published suite's board has (a strong board of a few defenses would hide the others), else the published one
     and a note naming the strong suite (None where there is nothing to say)."""
     from attacks.suites import STRONG, board_of
 
     strong = STRONG.get(published)
     if strong is None:
         return published, None
-    if len(board_with_reference(store, args.dataset, board_of(strong), None, False, args.protocol,
-                                not args.no_official)):
+    rows = board_with_reference(store, args.dataset, board_of(strong), None, False, args.protocol,
+                                not args.no_official)
+    missing = sorted(set(board_with_reference(store, args.dataset, board_of(published), None, False, args.protocol,
+                                              not args.no_official)["defense"]) - set(rows["defense"]))
+    if len(rows) and not missing:
         return strong, None
     note = None
-    if args.protocol == P.CORRECTED:  # the strong suites measure the corrected protocol only
+    if args.protocol == P.CORRECTED and not len(rows):  # the strong suites measure the corrected protocol only
         note = (f"note: no {strong} rows for {args.dataset} yet (the strong suite, which boards rank by where it has "
-                f"rows); this is {published}")
+                f"rows of every defense); this is {published}")
+    elif args.protocol == P.CORRECTED:
+        note = (f"note: {strong} has no rows of {', '.join(missing)} for {args.dataset} yet, so boards rank by "
+                f"{published} here; --suite {strong} shows the defenses it has")
     return published, note
 
 
