@@ -166,20 +166,20 @@ def _headline(store, args, published: str) -> tuple[str, str | None]:
     strong = STRONG.get(published)
     if strong is None:
         return published, None
-    rows = board_with_reference(store, args.dataset, board_of(strong), None, False, args.protocol,
-                                not args.no_official)
-    missing = sorted(set(board_with_reference(store, args.dataset, board_of(published), None, False, args.protocol,
-                                              not args.no_official)["defense"]) - set(rows["defense"]))
-    if len(rows) and not missing:
+    def board(suite: str):
+        return board_with_reference(store, args.dataset, board_of(suite), None, False, args.protocol,
+                                    not args.no_official)
+
+    rows = board(strong)
+    corrected = args.protocol == P.CORRECTED  # the strong suites measure the corrected protocol only
+    if not len(rows):  # the published board is read only where the strong one has rows to compare
+        return published, (f"note: no {strong} rows for {args.dataset} yet (the strong suite, which boards rank by "
+                           f"where it has rows of every defense); this is {published}") if corrected else None
+    missing = sorted(set(board(published)["defense"]) - set(rows["defense"]))
+    if not missing:
         return strong, None
-    note = None
-    if args.protocol == P.CORRECTED and not len(rows):  # the strong suites measure the corrected protocol only
-        note = (f"note: no {strong} rows for {args.dataset} yet (the strong suite, which boards rank by where it has "
-                f"rows of every defense); this is {published}")
-    elif args.protocol == P.CORRECTED:
-        note = (f"note: {strong} has no rows of {', '.join(missing)} for {args.dataset} yet, so boards rank by "
-                f"{published} here; --suite {strong} shows the defenses it has")
-    return published, note
+    return published, (f"note: {strong} has no rows of {', '.join(missing)} for {args.dataset} yet, so boards rank "
+                       f"by {published} here; --suite {strong} shows the defenses it has") if corrected else None
 
 
 def with_base_ars(store, dataset: str, board: str, frame, columns=None, official: bool = True):
